@@ -1,0 +1,3 @@
+from container_mcp.cli import main
+
+main()

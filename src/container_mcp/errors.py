@@ -1,0 +1,209 @@
+"""The one error tree of container-mcp.
+
+Every layer below ``server/`` and ``api/`` raises only these. Providers translate their
+backend's failures into this tree in one table each; ``server/errors.py`` maps the tree to
+MCP tool errors and ``api/errors.py`` maps it to OpenAI's error envelope, each in one place.
+
+Messages are written for the reader at the end of the chain, usually a model: they say what
+happened and what to do next, and never contain secrets.
+
+* ContainerMCPError
+  x InvalidRequest               bad input: nothing was changed
+    - InvalidPath                a file path that is not a plain path under /mnt/data
+    - InvalidId                  a malformed container or file id
+  x NotFound                     unknown id, or an id owned by another session
+    - ContainerNotFound
+    - FileNotFound
+  x ContainerExpired             the container expired; its files are gone
+  x QuotaExceeded                a per-session limit would be exceeded
+    - FileTooLarge               one file over the per-file byte limit
+    - RateLimited                too many calls per minute
+  x Unsupported                  the provider lacks the capability
+  x ExecError                    a command could not be run (not: a command that failed)
+    - SandboxUnavailable
+  x ProviderError                the backend failed; carries status and request id
+    - ProviderAuthError
+    - ProviderRateLimited
+    - ProviderUnavailable        5xx, timeouts, dropped connections
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ContainerExpired",
+    "ContainerMCPError",
+    "ContainerNotFound",
+    "ExecError",
+    "FileNotFound",
+    "FileTooLarge",
+    "InvalidId",
+    "InvalidPath",
+    "InvalidRequest",
+    "NotFound",
+    "ProviderAuthError",
+    "ProviderError",
+    "ProviderRateLimited",
+    "ProviderUnavailable",
+    "QuotaExceeded",
+    "RateLimited",
+    "SandboxUnavailable",
+    "Unsupported",
+]
+
+
+class ContainerMCPError(Exception):
+    """Root of every error this package raises on purpose.
+
+    ``message`` is the full, reader-facing text. ``param`` names the offending argument when
+    there is one (OpenAI's envelope carries it); ``code`` is a short machine-readable tag.
+    """
+
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+class InvalidRequest(ContainerMCPError):
+    """The request was malformed or out of range; nothing was changed."""
+
+    code = "invalid_request"
+
+
+class InvalidPath(InvalidRequest):
+    """A file path is not a plain relative path confined to /mnt/data."""
+
+    code = "invalid_path"
+
+
+class InvalidId(InvalidRequest):
+    """A container or file id does not have the expected form."""
+
+    code = "invalid_id"
+
+
+class NotFound(ContainerMCPError):
+    """The object does not exist, or belongs to another session (indistinguishable on purpose)."""
+
+    code = "not_found"
+
+
+class ContainerNotFound(NotFound):
+    def __init__(self, container_id: str) -> None:
+        super().__init__(
+            f"Container with id '{container_id}' not found. "
+            "List your containers with container_list, or create one with container_create.",
+            param="container_id",
+        )
+        self.container_id = container_id
+
+
+class FileNotFound(NotFound):
+    def __init__(self, container_id: str, file_id: str) -> None:
+        super().__init__(
+            f"File {file_id} not found on container {container_id}. List the container's files with file_list.",
+            param="file_id",
+        )
+        self.container_id = container_id
+        self.file_id = file_id
+
+
+class ContainerExpired(ContainerMCPError):
+    """The container expired after inactivity; its metadata stays, its files are gone."""
+
+    code = "container_expired"
+
+    def __init__(self, container_id: str) -> None:
+        super().__init__(
+            f"Container is expired: {container_id} was inactive past its expires_after window, "
+            "and its files were discarded. An expired container cannot be reactivated: create a "
+            "new one with container_create and upload the files again.",
+            param="container_id",
+        )
+        self.container_id = container_id
+
+
+class QuotaExceeded(ContainerMCPError):
+    """A per-session limit would be exceeded; nothing was changed.
+
+    ``limit_name`` is the setting that holds the limit (e.g. ``CONTAINER_MCP_MAX_CONTAINERS``).
+    """
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, limit_name: str, limit: int, used: int) -> None:
+        super().__init__(message)
+        self.limit_name = limit_name
+        self.limit = limit
+        self.used = used
+
+
+class FileTooLarge(QuotaExceeded):
+    code = "file_too_large"
+
+
+class RateLimited(QuotaExceeded):
+    """Too many calls in the current minute; ``retry_after`` is in seconds."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, limit_name: str, limit: int, used: int, retry_after: float) -> None:
+        super().__init__(message, limit_name=limit_name, limit=limit, used=used)
+        self.retry_after = retry_after
+
+
+class Unsupported(ContainerMCPError):
+    """The provider does not offer this operation (see its capabilities)."""
+
+    code = "unsupported"
+
+
+class ExecError(ContainerMCPError):
+    """A command could not be started or supervised. A command that exits non-zero is not an error."""
+
+    code = "exec_error"
+
+
+class SandboxUnavailable(ExecError):
+    code = "sandbox_unavailable"
+
+
+class ProviderError(ContainerMCPError):
+    """The backend failed. ``status`` is the upstream HTTP status (None for transport failures)."""
+
+    code = "provider_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        request_id: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.status = status
+        self.request_id = request_id
+
+
+class ProviderAuthError(ProviderError):
+    code = "provider_auth_error"
+
+
+class ProviderRateLimited(ProviderError):
+    code = "provider_rate_limited"
+
+
+class ProviderUnavailable(ProviderError):
+    code = "provider_unavailable"

@@ -1,0 +1,47 @@
+"""Object ids in OpenAI's shapes: ``cntr_`` + 48 hex, ``cfile_`` + 32 hex.
+
+The first 8 hex digits are the creation time in Unix seconds, as OpenAI's are, so ids sort
+roughly by age; the rest is random, so ids are unguessable.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from .errors import InvalidId
+
+__all__ = ["check_container_id", "check_file_id", "new_container_id", "new_file_id"]
+
+_CONTAINER_RE = re.compile(r"cntr_[0-9a-f]{48}")
+_FILE_RE = re.compile(r"cfile_[0-9a-f]{32}")
+
+
+def new_container_id(now: float) -> str:
+    return f"cntr_{int(now) & 0xFFFFFFFF:08x}{secrets.token_hex(20)}"
+
+
+def new_file_id(now: float) -> str:
+    return f"cfile_{int(now) & 0xFFFFFFFF:08x}{secrets.token_hex(12)}"
+
+
+def check_container_id(value: str) -> str:
+    """Return ``value`` if it is a well-formed local container id, else raise ``InvalidId``."""
+    if not _CONTAINER_RE.fullmatch(value):
+        raise InvalidId(
+            f"Invalid container id {value[:80]!r}: container ids look like 'cntr_' followed by 48 "
+            "lowercase hex characters. Copy the id from container_create or container_list.",
+            param="container_id",
+        )
+    return value
+
+
+def check_file_id(value: str) -> str:
+    """Return ``value`` if it is a well-formed local file id, else raise ``InvalidId``."""
+    if not _FILE_RE.fullmatch(value):
+        raise InvalidId(
+            f"Invalid file id {value[:80]!r}: file ids look like 'cfile_' followed by 32 lowercase "
+            "hex characters. Copy the id from file_create or file_list.",
+            param="file_id",
+        )
+    return value

@@ -1,0 +1,214 @@
+"""The Provider protocol: what a backend must offer, and its capabilities as data.
+
+A provider knows one backend (the local sandbox, OpenAI's hosted API, ...). It knows nothing of
+sessions, owners or quotas: the ``ContainerService`` enforces those before calling it. Every
+method raises only ``ContainerMCPError`` subclasses; translating backend failures is the
+provider's job, in one table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from types import TracebackType
+from typing import Literal, Protocol, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..models import (
+    Container,
+    ContainerDeleted,
+    ContainerFile,
+    ContainerSpec,
+    FileDeleted,
+    ListParams,
+    Page,
+)
+from ..uploads import Upload
+
+__all__ = [
+    "Capabilities",
+    "ExecRequest",
+    "ExecResult",
+    "ApproveChanges",
+    "FileChanges",
+    "ProgressCallback",
+    "Provider",
+]
+
+
+class Capabilities(BaseModel):
+    """What a provider supports and its limits; published at ``container://capabilities``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    provider: str = Field(description="The provider's name, e.g. 'local' or 'openai'.")
+    exec: bool = Field(description="Whether commands can run in containers (container_exec).")
+    exec_unavailable_reason: str | None = Field(None, description="Why exec is not offered, when it is not.")
+    memory_limits: list[str] = Field(description="memory_limit values accepted on create.")
+    memory_enforcement: str | None = Field(
+        None, description="How memory_limit is enforced for commands: cgroup-v2, cgroup-v1, rlimit-as."
+    )
+    network_policies: list[str] = Field(description="network_policy types accepted on create.")
+    network_enforcement: str | None = Field(None, description="How network_policy is enforced.")
+    max_file_bytes: int | None = Field(None, description="Largest single file the backend accepts.")
+    expiry_minutes_range: tuple[int, int] = Field(description="Accepted expires_after.minutes range.")
+    file_paths: Literal["exact", "basename"] = Field(
+        description="'exact': files land at the requested path; 'basename': the backend picks the "
+        "directory and keeps only the file name."
+    )
+    upstream_file_ids: bool = Field(
+        False, description="Whether file_ids may name backend-level files (OpenAI 'file-...' ids)."
+    )
+
+
+class ExecRequest(BaseModel):
+    """A command to run in a container. ``argv`` is run as is (a shell string arrives as sh -c)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    argv: list[str] = Field(min_length=1)
+    timeout_s: float = Field(60, gt=0)
+    stdin: bytes | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    workdir: str = "/mnt/data"
+    max_output_bytes: int = Field(64 * 1024, ge=0, description="Bytes kept of stdout and of stderr, each.")
+
+
+class FileChanges(BaseModel):
+    """The net effect a finished command would have on a container's files, before it is applied."""
+
+    model_config = ConfigDict(frozen=True)
+
+    created: list[str] = Field(default_factory=list, description="Paths of new files.")
+    changed: list[str] = Field(default_factory=list, description="Paths of modified files.")
+    deleted: list[str] = Field(default_factory=list, description="Paths of removed files.")
+    largest_file_bytes: int = 0
+    files_delta: int = 0
+    bytes_delta: int = 0
+    files_after: int = 0
+    bytes_after: int = 0
+
+
+class ExecResult(BaseModel):
+    """What a command did. A non-zero exit code is a result, not an error."""
+
+    model_config = ConfigDict(frozen=True)
+
+    exit_code: int | None = Field(description="Exit status; None when killed by a signal or timeout.")
+    signal: int | None = Field(None, description="The signal that ended the command, if any.")
+    stdout: str = Field(description="Captured standard output (UTF-8, undecodable bytes replaced).")
+    stderr: str = Field(description="Captured standard error (UTF-8, undecodable bytes replaced).")
+    stdout_bytes: int = Field(description="Total bytes the command wrote to stdout.")
+    stderr_bytes: int = Field(description="Total bytes the command wrote to stderr.")
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    duration_ms: int
+    timed_out: bool = False
+    files_created: list[ContainerFile] = Field(default_factory=list)
+    files_changed: list[ContainerFile] = Field(default_factory=list)
+    files_deleted: list[str] = Field(default_factory=list, description="Paths of files the command removed.")
+
+
+ProgressCallback = Callable[[float, str], Awaitable[None]]
+"""Called while a command runs with (elapsed seconds, message)."""
+
+ApproveChanges = Callable[[FileChanges], Awaitable[None]]
+"""Called once a command has finished and before its file changes are applied; raising (e.g.
+``QuotaExceeded``) discards every change the command made under /mnt/data."""
+
+
+class Provider(Protocol):
+    """A backend that owns containers and their files.
+
+    Ids a provider does not know answer ``ContainerNotFound``/``FileNotFound``. Operations on an
+    expired container's files raise ``ContainerExpired``. Every operation on a container except
+    listing refreshes its ``last_active_at`` (``get_container(touch=False)`` does not).
+    Providers are async context managers; ``aclose()`` releases what they hold.
+    """
+
+    name: str
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    async def create_container(self, spec: ContainerSpec) -> Container:
+        """Create a running container. ``spec.file_ids`` are backend-level ids (may be empty)."""
+        ...
+
+    async def get_container(self, container_id: str, *, touch: bool = True) -> Container:
+        """Return the container (expired ones too). Raises ``ContainerNotFound``."""
+        ...
+
+    async def list_containers(self, params: ListParams) -> Page[Container]:
+        """All containers of this backend, cursor-paged (``name`` filters by exact name)."""
+        ...
+
+    async def delete_container(self, container_id: str) -> ContainerDeleted:
+        """Delete the container and its files. Raises ``ContainerNotFound``."""
+        ...
+
+    async def create_file(
+        self,
+        container_id: str,
+        path: str,
+        upload: Upload,
+        *,
+        max_bytes: int | None = None,
+        approve: ApproveChanges | None = None,
+    ) -> ContainerFile:
+        """Store ``upload`` at ``path`` (already normalized, under /mnt/data), replacing a file there.
+
+        Raises ``FileTooLarge`` (and stores nothing) when the content exceeds ``max_bytes``.
+        ``approve`` is called with the net change once the size is known and before the file
+        becomes visible; if it raises, nothing is stored.
+        """
+        ...
+
+    async def copy_file(
+        self,
+        src_container_id: str,
+        src_file_id: str,
+        dst_container_id: str,
+        *,
+        approve: ApproveChanges | None = None,
+    ) -> ContainerFile:
+        """Copy a file between two containers of this backend, keeping its path (``approve`` as above)."""
+        ...
+
+    async def list_files(self, container_id: str, params: ListParams) -> Page[ContainerFile]: ...
+
+    async def get_file(self, container_id: str, file_id: str) -> ContainerFile: ...
+
+    async def delete_file(self, container_id: str, file_id: str) -> FileDeleted: ...
+
+    def read_file(
+        self, container_id: str, file_id: str, *, offset: int = 0, length: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """Yield the file's bytes from ``offset``, at most ``length`` of them, in chunks.
+
+        Errors (not found, expired) are raised on first iteration. Close the iterator (``aclose``)
+        when stopping early.
+        """
+        ...
+
+    async def exec(
+        self,
+        container_id: str,
+        request: ExecRequest,
+        *,
+        approve: ApproveChanges,
+        progress: ProgressCallback | None = None,
+    ) -> ExecResult:
+        """Run a command (only with ``capabilities.exec``; otherwise raises ``Unsupported``)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...

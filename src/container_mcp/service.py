@@ -1,0 +1,430 @@
+"""ContainerService: the one shared, async entry point of every tool and API route.
+
+It is the only place that knows who is calling (an opaque *session key*: an MCP session, the
+stdio user, an API key) and what that caller may touch and use. Every public method takes the
+key first, then:
+
+1. counts the call against the per-minute budget;
+2. checks ownership: an id the caller did not create answers ``ContainerNotFound``, exactly as
+   an id that does not exist, so callers learn nothing about each other;
+3. checks and charges quotas atomically in the ``SessionStore`` before anything becomes
+   visible, and releases them when a provider call fails;
+4. calls the provider.
+
+One instance per process, shared by every transport and by the REST API.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .clock import Clock, system_clock
+from .errors import (
+    ContainerExpired,
+    ContainerNotFound,
+    FileNotFound,
+    FileTooLarge,
+    InvalidId,
+    InvalidRequest,
+    NotFound,
+    QuotaExceeded,
+    Unsupported,
+)
+from .models import (
+    Container,
+    ContainerDeleted,
+    ContainerFile,
+    ContainerSpec,
+    FileDeleted,
+    ListParams,
+    Page,
+)
+from .paths import normalize_path
+from .providers.base import Capabilities, ExecRequest, ExecResult, FileChanges, ProgressCallback, Provider
+from .store import Limits, SessionStore
+from .uploads import Upload
+
+__all__ = ["ContainerService", "QuotaUsage", "SessionUsage"]
+
+_Approve = Callable[[FileChanges], Awaitable[None]]
+
+_ID_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+
+
+class QuotaUsage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    used: int
+    limit: int
+    setting: str = Field(description="The setting that holds the limit.")
+
+
+class SessionUsage(BaseModel):
+    """This session's usage against every quota."""
+
+    model_config = ConfigDict(frozen=True)
+
+    containers: QuotaUsage = Field(description="Live (not expired) containers.")
+    stored_bytes: QuotaUsage = Field(description="Bytes stored across live containers.")
+    calls_per_minute: QuotaUsage = Field(description="Calls in the last minute.")
+    files: int = Field(description="Files across live containers.")
+    max_files_per_container: int
+    max_file_bytes: int
+
+
+def _check_id(value: str, kind: str) -> str:
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+        prefix = "cntr_" if kind == "container" else "cfile_"
+        raise InvalidId(
+            f"Invalid {kind} id {str(value)[:80]!r}: {kind} ids look like '{prefix}' followed by hex "
+            f"characters. Copy the id from the {kind}_list or {kind}_create result.",
+            param=f"{kind}_id",
+        )
+    return value
+
+
+class ContainerService:
+    """Ownership, quotas and activity over one ``Provider``. See the module docstring."""
+
+    def __init__(self, provider: Provider, store: SessionStore, limits: Limits, *, clock: Clock = system_clock) -> None:
+        self.provider = provider
+        self.store = store
+        self.limits = limits
+        self._clock = clock
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.provider.capabilities
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _call(self, owner: str) -> None:
+        self.store.hit(owner, self._clock(), self.limits)
+
+    def _own(self, owner: str, container_id: str) -> str:
+        _check_id(container_id, "container")
+        if self.store.owner_of(container_id) != owner:
+            raise ContainerNotFound(container_id)
+        return container_id
+
+    def _seen(self, container: Container) -> Container:
+        if container.status == "expired":
+            self.store.mark_expired(container.id)
+        return container
+
+    def _approver(self, owner: str, container_id: str) -> tuple[list[FileChanges], _Approve]:
+        approved: list[FileChanges] = []
+
+        async def approve(changes: FileChanges) -> None:
+            if changes.largest_file_bytes > self.limits.max_file_bytes:
+                raise FileTooLarge(
+                    f"File too large: {changes.largest_file_bytes} bytes; the limit is "
+                    f"{self.limits.max_file_bytes} bytes per file. Split the file, or ask the operator to "
+                    "raise CONTAINER_MCP_MAX_FILE_BYTES.",
+                    limit_name="CONTAINER_MCP_MAX_FILE_BYTES",
+                    limit=self.limits.max_file_bytes,
+                    used=changes.largest_file_bytes,
+                )
+            self.store.apply_delta(owner, container_id, changes.files_delta, changes.bytes_delta, self.limits)
+            approved.append(changes)
+
+        return approved, approve
+
+    def _rollback(self, owner: str, container_id: str, approved: list[FileChanges]) -> None:
+        for changes in approved:
+            self.store.apply_delta(owner, container_id, -changes.files_delta, -changes.bytes_delta, None)
+
+    async def _guard_expiry(self, container_id: str, exc: BaseException) -> None:
+        if isinstance(exc, ContainerExpired):
+            self.store.mark_expired(container_id)
+        elif isinstance(exc, ContainerNotFound):
+            # Gone from the backend behind our back (deleted upstream, or purged).
+            self.store.forget(container_id)
+
+    async def reconcile(self, owner: str) -> None:
+        """Refresh which of the owner's containers are still live, without touching them."""
+        for owned in self.store.live(owner):
+            try:
+                self._seen(await self.provider.get_container(owned.container_id, touch=False))
+            except ContainerNotFound:
+                self.store.forget(owned.container_id)
+
+    # --- containers ------------------------------------------------------------------------
+
+    async def create_container(self, owner: str, spec: ContainerSpec) -> Container:
+        """Create a container owned by ``owner``.
+
+        ``spec.file_ids`` may name ``cfile_`` files in the caller's other live containers (copied,
+        paths kept) and, on backends that have them, backend-level file ids. Raises
+        ``QuotaExceeded`` at the live-container limit, ``InvalidRequest`` for a file id the caller
+        cannot use. On any failure no container is left behind.
+        """
+        self._call(owner)
+        caps = self.provider.capabilities
+        if spec.memory_limit not in caps.memory_limits:
+            raise InvalidRequest(
+                f"memory_limit {spec.memory_limit!r} is not available on the {caps.provider} provider; "
+                f"choose one of {', '.join(caps.memory_limits)}.",
+                param="memory_limit",
+            )
+        if spec.network_policy.type not in caps.network_policies:
+            raise InvalidRequest(
+                f"network_policy type {spec.network_policy.type!r} is not available on the {caps.provider} "
+                f"provider; choose one of {', '.join(caps.network_policies)}.",
+                param="network_policy",
+            )
+        lo, hi = caps.expiry_minutes_range
+        if not lo <= spec.expires_after.minutes <= hi:
+            raise InvalidRequest(
+                f"expires_after minutes must be between {lo} and {hi} on the {caps.provider} provider.",
+                param="expires_after",
+            )
+        copies, upstream = await self._resolve_file_ids(owner, spec.file_ids)
+        try:
+            reservation_id = self.store.reserve_container(owner, spec.name, self._clock(), self.limits)
+        except QuotaExceeded:
+            # Some of the owner's containers may have expired since we last looked.
+            await self.reconcile(owner)
+            reservation_id = self.store.reserve_container(owner, spec.name, self._clock(), self.limits)
+        try:
+            container = await self.provider.create_container(spec.model_copy(update={"file_ids": upstream}))
+        except BaseException:
+            self.store.cancel_reservation(reservation_id)
+            raise
+        self.store.commit_container(reservation_id, container.id, container.created_at)
+        try:
+            if upstream:
+                await self._resync(container.id)
+            for src_container, src_file in copies:
+                approved, approve = self._approver(owner, container.id)
+                await self.provider.copy_file(src_container, src_file, container.id, approve=approve)
+        except BaseException:
+            await self._discard(container.id)
+            raise
+        return container
+
+    async def _discard(self, container_id: str) -> None:
+        try:
+            await self.provider.delete_container(container_id)
+        except NotFound:
+            pass
+        finally:
+            self.store.forget(container_id)
+
+    async def _resync(self, container_id: str) -> None:
+        files = bytes_ = 0
+        after: str | None = None
+        while True:
+            page = await self.provider.list_files(container_id, ListParams(limit=100, order="asc", after=after))
+            files += len(page.data)
+            bytes_ += sum(f.bytes or 0 for f in page.data)
+            if not page.has_more or not page.data:
+                break
+            after = page.data[-1].id
+        self.store.set_usage(container_id, files, bytes_)
+
+    async def _resolve_file_ids(self, owner: str, file_ids: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+        copies: list[tuple[str, str]] = []
+        upstream: list[str] = []
+        live = [c.container_id for c in self.store.live(owner)] if file_ids else []
+        for file_id in dict.fromkeys(file_ids):
+            if file_id.startswith("cfile_"):
+                _check_id(file_id, "file")
+                for container_id in live:
+                    try:
+                        await self.provider.get_file(container_id, file_id)
+                    except (FileNotFound, ContainerExpired, ContainerNotFound):
+                        continue
+                    copies.append((container_id, file_id))
+                    break
+                else:
+                    raise InvalidRequest(
+                        f"file_ids: {file_id} is not a file in any of your live containers. Pass ids from "
+                        "file_list of one of your containers.",
+                        param="file_ids",
+                    )
+            elif self.provider.capabilities.upstream_file_ids:
+                upstream.append(file_id)
+            else:
+                raise InvalidRequest(
+                    f"file_ids: {file_id[:80]!r} is not a container file id. On the "
+                    f"{self.provider.capabilities.provider} provider, file_ids are 'cfile_...' ids of files in "
+                    "your other containers.",
+                    param="file_ids",
+                )
+        return copies, upstream
+
+    async def list_containers(self, owner: str, params: ListParams) -> Page[Container]:
+        """The caller's containers (expired ones too), newest first by default; O(page)."""
+        self._call(owner)
+        rows, has_more = self.store.page(
+            owner, limit=params.limit, order=params.order, after=params.after, name=params.name
+        )
+        data: list[Container] = []
+        for row in rows:
+            try:
+                data.append(self._seen(await self.provider.get_container(row.container_id, touch=False)))
+            except ContainerNotFound:
+                self.store.forget(row.container_id)
+        return Page[Container].of(data, has_more)
+
+    async def get_container(self, owner: str, container_id: str) -> Container:
+        self._call(owner)
+        self._own(owner, container_id)
+        try:
+            return self._seen(await self.provider.get_container(container_id))
+        except ContainerNotFound as exc:
+            await self._guard_expiry(container_id, exc)
+            raise
+
+    async def delete_container(self, owner: str, container_id: str) -> ContainerDeleted:
+        self._call(owner)
+        self._own(owner, container_id)
+        try:
+            deleted = await self.provider.delete_container(container_id)
+        except ContainerNotFound:
+            self.store.forget(container_id)
+            raise
+        self.store.forget(container_id)
+        return deleted
+
+    # --- files -----------------------------------------------------------------------------
+
+    async def create_file(self, owner: str, container_id: str, path: str, upload: Upload) -> ContainerFile:
+        """Store ``upload`` at ``path`` (under /mnt/data), replacing any file there.
+
+        Quotas are checked before the file becomes visible; over a limit, nothing is stored.
+        """
+        self._call(owner)
+        self._own(owner, container_id)
+        normalized = normalize_path(path)
+        if upload.size is not None and upload.size > self.limits.max_file_bytes:
+            raise FileTooLarge(
+                f"File too large: {upload.size} bytes; the limit is {self.limits.max_file_bytes} bytes per "
+                "file. Split the file, or ask the operator to raise CONTAINER_MCP_MAX_FILE_BYTES.",
+                limit_name="CONTAINER_MCP_MAX_FILE_BYTES",
+                limit=self.limits.max_file_bytes,
+                used=upload.size,
+            )
+        approved, approve = self._approver(owner, container_id)
+        try:
+            return await self.provider.create_file(
+                container_id, normalized, upload, max_bytes=self.limits.max_file_bytes, approve=approve
+            )
+        except BaseException as exc:
+            self._rollback(owner, container_id, approved)
+            await self._guard_expiry(container_id, exc)
+            raise
+
+    async def list_files(self, owner: str, container_id: str, params: ListParams) -> Page[ContainerFile]:
+        self._call(owner)
+        self._own(owner, container_id)
+        try:
+            return await self.provider.list_files(container_id, params)
+        except (ContainerExpired, ContainerNotFound) as exc:
+            await self._guard_expiry(container_id, exc)
+            raise
+
+    async def get_file(self, owner: str, container_id: str, file_id: str) -> ContainerFile:
+        self._call(owner)
+        self._own(owner, container_id)
+        _check_id(file_id, "file")
+        try:
+            return await self.provider.get_file(container_id, file_id)
+        except (ContainerExpired, ContainerNotFound) as exc:
+            await self._guard_expiry(container_id, exc)
+            raise
+
+    async def delete_file(self, owner: str, container_id: str, file_id: str) -> FileDeleted:
+        self._call(owner)
+        self._own(owner, container_id)
+        _check_id(file_id, "file")
+        try:
+            existing = await self.provider.get_file(container_id, file_id)
+            deleted = await self.provider.delete_file(container_id, file_id)
+        except (ContainerExpired, ContainerNotFound) as exc:
+            await self._guard_expiry(container_id, exc)
+            raise
+        self.store.apply_delta(owner, container_id, -1, -(existing.bytes or 0), None)
+        return deleted
+
+    async def open_file(
+        self, owner: str, container_id: str, file_id: str, *, offset: int = 0, length: int | None = None
+    ) -> tuple[ContainerFile, AsyncGenerator[bytes, None]]:
+        """The file's metadata and an iterator over its bytes from ``offset`` (at most ``length``).
+
+        Close the iterator (``aclose``) when stopping early.
+        """
+        if offset < 0:
+            raise InvalidRequest("offset must be 0 or more.", param="offset")
+        if length is not None and length < 0:
+            raise InvalidRequest("length must be 0 or more.", param="length")
+        meta = await self.get_file(owner, container_id, file_id)
+        return meta, self.provider.read_file(container_id, file_id, offset=offset, length=length)
+
+    async def read_bytes(
+        self, owner: str, container_id: str, file_id: str, *, offset: int = 0, length: int | None = None
+    ) -> tuple[ContainerFile, bytes]:
+        """``open_file``, collected into memory (callers bound ``length``)."""
+        meta, chunks = await self.open_file(owner, container_id, file_id, offset=offset, length=length)
+        parts: list[bytes] = []
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                parts.append(chunk)
+        return meta, b"".join(parts)
+
+    # --- exec ------------------------------------------------------------------------------
+
+    async def exec(
+        self,
+        owner: str,
+        container_id: str,
+        request: ExecRequest,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> ExecResult:
+        """Run a command in the caller's container; its file changes count against the quotas.
+
+        Raises ``Unsupported`` when the provider cannot run commands.
+        """
+        self._call(owner)
+        self._own(owner, container_id)
+        caps = self.provider.capabilities
+        if not caps.exec:
+            raise Unsupported(
+                f"The {caps.provider} provider cannot run commands: "
+                f"{caps.exec_unavailable_reason or 'it has no exec capability'}."
+            )
+        approved, approve = self._approver(owner, container_id)
+        try:
+            return await self.provider.exec(container_id, request, approve=approve, progress=progress)
+        except BaseException as exc:
+            self._rollback(owner, container_id, approved)
+            await self._guard_expiry(container_id, exc)
+            raise
+
+    # --- usage -----------------------------------------------------------------------------
+
+    async def usage(self, owner: str) -> SessionUsage:
+        """This caller's usage against every quota (refreshing which containers are live)."""
+        await self.reconcile(owner)
+        u = self.store.usage(owner, self._clock())
+        lim = self.limits
+        return SessionUsage(
+            containers=QuotaUsage(used=u.containers, limit=lim.max_containers, setting="CONTAINER_MCP_MAX_CONTAINERS"),
+            stored_bytes=QuotaUsage(
+                used=u.bytes, limit=lim.max_session_bytes, setting="CONTAINER_MCP_MAX_SESSION_BYTES"
+            ),
+            calls_per_minute=QuotaUsage(
+                used=u.calls_last_minute,
+                limit=lim.max_calls_per_minute,
+                setting="CONTAINER_MCP_MAX_CALLS_PER_MINUTE",
+            ),
+            files=u.files,
+            max_files_per_container=lim.max_files_per_container,
+            max_file_bytes=lim.max_file_bytes,
+        )

@@ -1,0 +1,375 @@
+"""Session state: who owns which container, and how much of each quota is in use.
+
+``SessionStore`` is the Protocol the ``ContainerService`` talks to. ``SqliteSessionStore`` is the
+implementation: in memory (``":memory:"``, one process) or in a file in the data dir, where it
+survives restarts and is shared, race-free, by every server process on the host (SQLite's write
+lock serialises the check-and-update of each quota). A store for several hosts (Redis) can
+implement the same Protocol.
+
+Every check-and-update is one SQLite transaction with no ``await`` inside, so concurrent
+coroutines of one process cannot interleave inside it either.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from .errors import InvalidRequest, QuotaExceeded, RateLimited
+
+__all__ = ["Limits", "OwnedContainer", "SessionStore", "SqliteSessionStore", "Usage"]
+
+PENDING_TTL_S = 600.0
+"""A reservation older than this belongs to a create that crashed; it no longer counts."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The per-session quota limits in force (see Settings for their meaning)."""
+
+    max_containers: int
+    max_files_per_container: int
+    max_file_bytes: int
+    max_session_bytes: int
+    max_calls_per_minute: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    containers: int
+    """Live containers (running, or being created)."""
+    files: int
+    """Files across live containers."""
+    bytes: int
+    """Stored bytes across live containers."""
+    calls_last_minute: int
+
+
+@dataclass(frozen=True)
+class OwnedContainer:
+    container_id: str
+    owner: str
+    name: str
+    created_at: int
+    state: Literal["pending", "live", "expired"]
+    files: int
+    bytes: int
+
+
+class SessionStore(Protocol):
+    """Ownership and quota counters, keyed by session key (an opaque string)."""
+
+    def reserve_container(self, owner: str, name: str, now: float, limits: Limits) -> str:
+        """Atomically check the live-container quota and hold a slot; returns a reservation id.
+
+        Raises ``QuotaExceeded`` (and holds nothing) when the owner is at the limit.
+        """
+        ...
+
+    def commit_container(self, reservation: str, container_id: str, created_at: int) -> None:
+        """Turn a reservation into ownership of ``container_id``."""
+        ...
+
+    def cancel_reservation(self, reservation: str) -> None: ...
+
+    def owner_of(self, container_id: str) -> str | None: ...
+
+    def get(self, container_id: str) -> OwnedContainer | None: ...
+
+    def page(
+        self, owner: str, *, limit: int, order: str, after: str | None, name: str | None
+    ) -> tuple[list[OwnedContainer], bool]:
+        """One page of the owner's containers by (created_at, id); returns (rows, has_more)."""
+        ...
+
+    def live(self, owner: str) -> list[OwnedContainer]:
+        """The owner's containers not known to be expired."""
+        ...
+
+    def apply_delta(self, owner: str, container_id: str, files: int, bytes_: int, limits: Limits | None) -> None:
+        """Atomically add ``files``/``bytes_`` to a container's usage.
+
+        With ``limits``, growth is checked first against files-per-container and the session's
+        stored bytes, raising ``QuotaExceeded`` and changing nothing when over. Without, it is
+        applied unchecked (releases and rollbacks).
+        """
+        ...
+
+    def set_usage(self, container_id: str, files: int, bytes_: int) -> None:
+        """Overwrite a container's counters with the backend's truth."""
+        ...
+
+    def mark_expired(self, container_id: str) -> None:
+        """The container expired: it stops counting, and its files are gone."""
+        ...
+
+    def forget(self, container_id: str) -> None: ...
+
+    def usage(self, owner: str, now: float) -> Usage: ...
+
+    def hit(self, owner: str, now: float, limits: Limits) -> None:
+        """Count one call; raises ``RateLimited`` when the per-minute budget is spent."""
+        ...
+
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS owned (
+    container_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'live', 'expired')),
+    files INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    reserved_at REAL
+);
+CREATE INDEX IF NOT EXISTS owned_by_owner ON owned (owner, created_at, container_id);
+CREATE INDEX IF NOT EXISTS owned_by_name ON owned (owner, name, created_at, container_id);
+CREATE TABLE IF NOT EXISTS calls (
+    owner TEXT NOT NULL,
+    window INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (owner, window)
+);
+"""
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+class SqliteSessionStore:
+    """``SessionStore`` on SQLite. ``path`` is a file path or ``":memory:"``."""
+
+    def __init__(self, path: Path | str = ":memory:") -> None:
+        if isinstance(path, Path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA busy_timeout = 5000")
+        if str(path) != ":memory:":
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")
+        self._db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    @staticmethod
+    def _row(row: sqlite3.Row) -> OwnedContainer:
+        return OwnedContainer(
+            container_id=row["container_id"],
+            owner=row["owner"],
+            name=row["name"],
+            created_at=row["created_at"],
+            state=row["state"],
+            files=row["files"],
+            bytes=row["bytes"],
+        )
+
+    def _live_count(self, db: sqlite3.Connection, owner: str, now: float) -> int:
+        (count,) = db.execute(
+            "SELECT count(*) FROM owned WHERE owner = ? AND (state = 'live' "
+            "OR (state = 'pending' AND reserved_at > ?))",
+            (owner, now - PENDING_TTL_S),
+        ).fetchone()
+        return int(count)
+
+    def reserve_container(self, owner: str, name: str, now: float, limits: Limits) -> str:
+        reservation = f"pending_{secrets.token_hex(16)}"
+        with self._tx() as db:
+            db.execute("DELETE FROM owned WHERE state = 'pending' AND reserved_at <= ?", (now - PENDING_TTL_S,))
+            used = self._live_count(db, owner, now)
+            if used >= limits.max_containers:
+                raise QuotaExceeded(
+                    f"Quota exceeded: this session holds {used} of {limits.max_containers} live containers. "
+                    "Delete one with container_delete (expired containers do not count), or ask the "
+                    "operator to raise CONTAINER_MCP_MAX_CONTAINERS.",
+                    limit_name="CONTAINER_MCP_MAX_CONTAINERS",
+                    limit=limits.max_containers,
+                    used=used,
+                )
+            db.execute(
+                "INSERT INTO owned (container_id, owner, name, created_at, state, reserved_at) "
+                "VALUES (?, ?, ?, ?, 'pending', ?)",
+                (reservation, owner, name, int(now), now),
+            )
+        return reservation
+
+    def commit_container(self, reservation: str, container_id: str, created_at: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE owned SET container_id = ?, created_at = ?, state = 'live', reserved_at = NULL "
+                "WHERE container_id = ?",
+                (container_id, created_at, reservation),
+            )
+
+    def cancel_reservation(self, reservation: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM owned WHERE container_id = ? AND state = 'pending'", (reservation,))
+
+    def get(self, container_id: str) -> OwnedContainer | None:
+        row = self._db.execute(
+            "SELECT * FROM owned WHERE container_id = ? AND state != 'pending'", (container_id,)
+        ).fetchone()
+        return self._row(row) if row else None
+
+    def owner_of(self, container_id: str) -> str | None:
+        owned = self.get(container_id)
+        return owned.owner if owned else None
+
+    def page(
+        self, owner: str, *, limit: int, order: str, after: str | None, name: str | None
+    ) -> tuple[list[OwnedContainer], bool]:
+        where = ["owner = ?", "state != 'pending'"]
+        args: list[object] = [owner]
+        if name is not None:
+            where.append("name = ?")
+            args.append(name)
+        if after is not None:
+            anchor = self._db.execute(
+                "SELECT created_at, container_id FROM owned WHERE container_id = ? AND owner = ?",
+                (after, owner),
+            ).fetchone()
+            if anchor is None:
+                raise InvalidRequest(
+                    f"'after' is {after[:80]!r}, which is not one of your containers. Pass the last_id of "
+                    "the previous page, or omit 'after' to start from the first page.",
+                    param="after",
+                )
+            cmp = ">" if order == "asc" else "<"
+            where.append(f"(created_at, container_id) {cmp} (?, ?)")
+            args.extend([anchor["created_at"], anchor["container_id"]])
+        direction = "ASC" if order == "asc" else "DESC"
+        rows = self._db.execute(
+            f"SELECT * FROM owned WHERE {' AND '.join(where)} "
+            f"ORDER BY created_at {direction}, container_id {direction} LIMIT ?",
+            (*args, limit + 1),
+        ).fetchall()
+        return [self._row(r) for r in rows[:limit]], len(rows) > limit
+
+    def live(self, owner: str) -> list[OwnedContainer]:
+        rows = self._db.execute(
+            "SELECT * FROM owned WHERE owner = ? AND state = 'live' ORDER BY created_at, container_id",
+            (owner,),
+        ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def apply_delta(self, owner: str, container_id: str, files: int, bytes_: int, limits: Limits | None) -> None:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT files, bytes FROM owned WHERE container_id = ? AND state = 'live'", (container_id,)
+            ).fetchone()
+            if row is None:
+                return
+            if limits is not None:
+                if files > 0 and row["files"] + files > limits.max_files_per_container:
+                    raise QuotaExceeded(
+                        f"Quota exceeded: container {container_id} would hold {row['files'] + files} files; "
+                        f"the limit is {limits.max_files_per_container}. Delete files with file_delete, or "
+                        "ask the operator to raise CONTAINER_MCP_MAX_FILES_PER_CONTAINER.",
+                        limit_name="CONTAINER_MCP_MAX_FILES_PER_CONTAINER",
+                        limit=limits.max_files_per_container,
+                        used=row["files"],
+                    )
+                if bytes_ > 0:
+                    (used,) = db.execute(
+                        "SELECT coalesce(sum(bytes), 0) FROM owned WHERE owner = ? AND state = 'live'",
+                        (owner,),
+                    ).fetchone()
+                    if used + bytes_ > limits.max_session_bytes:
+                        raise QuotaExceeded(
+                            f"Quota exceeded: this session stores {_mib(used)} of {_mib(limits.max_session_bytes)}, "
+                            f"and this needs {_mib(bytes_)} more. Delete files or containers you no longer "
+                            "need, or ask the operator to raise CONTAINER_MCP_MAX_SESSION_BYTES.",
+                            limit_name="CONTAINER_MCP_MAX_SESSION_BYTES",
+                            limit=limits.max_session_bytes,
+                            used=int(used),
+                        )
+            db.execute(
+                "UPDATE owned SET files = max(files + ?, 0), bytes = max(bytes + ?, 0) WHERE container_id = ?",
+                (files, bytes_, container_id),
+            )
+
+    def set_usage(self, container_id: str, files: int, bytes_: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE owned SET files = ?, bytes = ? WHERE container_id = ? AND state = 'live'",
+                (files, bytes_, container_id),
+            )
+
+    def mark_expired(self, container_id: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE owned SET state = 'expired', files = 0, bytes = 0 WHERE container_id = ?",
+                (container_id,),
+            )
+
+    def forget(self, container_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM owned WHERE container_id = ?", (container_id,))
+
+    def _calls(self, db: sqlite3.Connection, owner: str, now: float) -> float:
+        """Calls in the sliding minute ending now, estimated from two fixed windows."""
+        window = int(now // 60)
+        rows = dict(
+            db.execute(
+                "SELECT window, count FROM calls WHERE owner = ? AND window IN (?, ?)",
+                (owner, window, window - 1),
+            ).fetchall()
+        )
+        elapsed = (now % 60) / 60
+        return float(rows.get(window, 0)) + float(rows.get(window - 1, 0)) * (1 - elapsed)
+
+    def usage(self, owner: str, now: float) -> Usage:
+        row = self._db.execute(
+            "SELECT count(*), coalesce(sum(files), 0), coalesce(sum(bytes), 0) FROM owned "
+            "WHERE owner = ? AND state = 'live'",
+            (owner,),
+        ).fetchone()
+        return Usage(
+            containers=int(row[0]),
+            files=int(row[1]),
+            bytes=int(row[2]),
+            calls_last_minute=round(self._calls(self._db, owner, now)),
+        )
+
+    def hit(self, owner: str, now: float, limits: Limits) -> None:
+        window = int(now // 60)
+        with self._tx() as db:
+            calls = self._calls(db, owner, now)
+            if calls + 1 > limits.max_calls_per_minute:
+                retry_after = max(1.0, 60 - (now % 60))
+                raise RateLimited(
+                    f"Rate limit: this session made {int(calls)} calls in the last minute; the limit is "
+                    f"{limits.max_calls_per_minute}. Wait about {int(retry_after)} s and retry, or ask the "
+                    "operator to raise CONTAINER_MCP_MAX_CALLS_PER_MINUTE.",
+                    limit_name="CONTAINER_MCP_MAX_CALLS_PER_MINUTE",
+                    limit=limits.max_calls_per_minute,
+                    used=int(calls),
+                    retry_after=retry_after,
+                )
+            db.execute(
+                "INSERT INTO calls (owner, window, count) VALUES (?, ?, 1) "
+                "ON CONFLICT (owner, window) DO UPDATE SET count = count + 1",
+                (owner, window),
+            )
+            db.execute("DELETE FROM calls WHERE window < ?", (window - 1,))
+
+    def close(self) -> None:
+        self._db.close()
