@@ -62,6 +62,7 @@ class NetworkPolicy(_Model):
     type: Literal["disabled", "allowlist"] = "disabled"
     allowed_domains: list[str] | None = Field(
         None,
+        exclude_if=lambda v: v is None,
         description="With type 'allowlist': the domains (and their subdomains) commands may reach.",
     )
 

@@ -52,7 +52,7 @@ __all__ = ["ContainerService", "QuotaUsage", "SessionUsage"]
 
 _Approve = Callable[[FileChanges], Awaitable[None]]
 
-_ID_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+_ID_RES = {"container": re.compile(r"cntr_[A-Za-z0-9_\-]{1,59}"), "file": re.compile(r"cfile_[A-Za-z0-9_\-]{1,58}")}
 
 
 class QuotaUsage(BaseModel):
@@ -77,7 +77,7 @@ class SessionUsage(BaseModel):
 
 
 def _check_id(value: str, kind: str) -> str:
-    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+    if not isinstance(value, str) or not _ID_RES[kind].fullmatch(value):
         prefix = "cntr_" if kind == "container" else "cfile_"
         raise InvalidId(
             f"Invalid {kind} id {str(value)[:80]!r}: {kind} ids look like '{prefix}' followed by hex "
@@ -376,6 +376,41 @@ class ContainerService:
             async for chunk in chunks:
                 parts.append(chunk)
         return meta, b"".join(parts)
+
+    async def file_index(
+        self, owner: str, *, after: tuple[str, str] | None, limit: int
+    ) -> tuple[list[ContainerFile], tuple[str, str] | None]:
+        """Files across the caller's live containers, oldest container first, paged.
+
+        ``after`` is the (container id, file id) cursor returned by the previous page; the returned
+        cursor is None on the last page. Counts as one call.
+        """
+        self._call(owner)
+        out: list[ContainerFile] = []
+        rows = self.store.live(owner)
+        if after is not None:
+            ids = [r.container_id for r in rows]
+            if after[0] not in ids:
+                return [], None
+            rows = rows[ids.index(after[0]) :]
+        for i, row in enumerate(rows):
+            file_after = after[1] if (after is not None and i == 0) else None
+            while len(out) < limit:
+                try:
+                    page = await self.provider.list_files(
+                        row.container_id, ListParams(limit=min(100, limit - len(out)), order="asc", after=file_after)
+                    )
+                except (ContainerExpired, ContainerNotFound) as exc:
+                    await self._guard_expiry(row.container_id, exc)
+                    break
+                out.extend(page.data)
+                if not page.has_more or not page.data:
+                    break
+                file_after = page.data[-1].id
+            if len(out) >= limit:
+                more = page.has_more or i + 1 < len(rows)
+                return out, ((row.container_id, out[-1].id) if more else None)
+        return out, None
 
     # --- exec ------------------------------------------------------------------------------
 

@@ -41,7 +41,9 @@ class Settings(BaseSettings):
         default_factory=default_data_dir,
         description="Where the local provider keeps its registry and files, and where session state lives.",
     )
-    log_level: str = Field("WARNING", description="Log level for stderr logs (DEBUG, INFO, WARNING, ...).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "WARNING", description="Log level for stderr logs (DEBUG, INFO, WARNING, ...)."
+    )
 
     # --- quotas, per session -------------------------------------------------------------
     max_containers: int = Field(10, ge=1, description="Live (not expired) containers per session.")

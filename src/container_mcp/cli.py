@@ -1,0 +1,118 @@
+"""The entry point: ``container-mcp [serve] ...`` and ``container-mcp api ...``.
+
+Flags override ``CONTAINER_MCP_*`` environment variables, which override defaults. Logs go to
+stderr only: stdout belongs to the stdio transport.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+from pydantic import ValidationError
+
+from . import __version__
+from .settings import Settings
+
+__all__ = ["build_settings", "main"]
+
+log = logging.getLogger("container_mcp")
+
+_QUOTA_FLAGS = {
+    "max_containers": "live containers per session",
+    "max_files_per_container": "files per container",
+    "max_file_bytes": "bytes per file",
+    "max_session_bytes": "stored bytes per session",
+    "max_calls_per_minute": "tool calls per session per minute",
+}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--provider", choices=["local", "openai"], help="backend (default: local)")
+    p.add_argument("--data-dir", help="where state and local containers live (default: the user data dir)")
+    p.add_argument("--host", default="127.0.0.1", help="interface for HTTP transports (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port for HTTP transports (default: 8000)")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+    for field, help_text in _QUOTA_FLAGS.items():
+        p.add_argument("--" + field.replace("_", "-"), type=int, help=help_text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="container-mcp",
+        description="OpenAI-compatible containers for AI agents: an MCP server (serve) or a /v1 REST API (api).",
+    )
+    parser.add_argument("--version", action="version", version=f"container-mcp {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="serve MCP (the default)")
+    api = sub.add_parser("api", help="serve the OpenAI-compatible /v1/containers REST API")
+    for p in (parser, serve):
+        _common(p)
+        p.add_argument("--transport", choices=["stdio", "sse", "streamable-http"], default="stdio")
+        p.add_argument(
+            "--allow-path",
+            action="append",
+            metavar="DIR",
+            help="host directory file_create may read source_path from (repeatable; none by default)",
+        )
+    _common(api)
+    api.add_argument("--api-key", action="append", metavar="KEY", help="accepted bearer token (repeatable)")
+    api.add_argument("--api-keys-file", help="file with one accepted key per line")
+    return parser
+
+
+def build_settings(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, overridden by the flags that were given."""
+    overrides: dict[str, Any] = {}
+    for name in ("provider", "data_dir", "log_level", "api_keys_file", *_QUOTA_FLAGS):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    if getattr(args, "allow_path", None):
+        overrides["allow_paths"] = args.allow_path
+    if getattr(args, "api_key", None):
+        overrides["api_keys"] = args.api_key
+    return Settings(**overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        settings = build_settings(args)
+    except ValidationError as exc:
+        print(f"container-mcp: invalid configuration:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.basicConfig(
+        stream=sys.stderr, level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "api":
+            from .api.serve import serve_api
+
+            anyio.run(serve_api, settings, args.host, args.port)
+        else:
+            anyio.run(_serve_mcp, settings, args.transport, args.host, args.port)
+    except KeyboardInterrupt:
+        pass
+
+
+async def _serve_mcp(settings: Settings, transport: str, host: str, port: int) -> None:
+    from .runtime import open_service
+    from .server.app import create_server
+
+    async with open_service(settings) as service:
+        mcp = create_server(service, settings)
+        # Room for a whole file sent inline as base64, plus the JSON-RPC envelope.
+        body_limit = math.ceil(settings.max_file_bytes * 4 / 3) + (1 << 20)
+        log.info("container-mcp %s: provider=%s transport=%s", __version__, settings.provider, transport)
+        if transport == "stdio":
+            await mcp.run_stdio_async()
+        elif transport == "sse":
+            await mcp.run_sse_async(host=host, port=port, max_request_body_size=body_limit)
+        else:
+            await mcp.run_streamable_http_async(host=host, port=port, max_request_body_size=body_limit)

@@ -1,0 +1,432 @@
+"""The embedded local provider: containers as directories on this machine, no account needed.
+
+* Registry: SQLite (WAL, synchronous=FULL) at ``<data_dir>/registry.sqlite3``.
+* Files: ``<data_dir>/containers/<id>/files/`` stands for ``/mnt/data``; uploads are written to
+  ``.../tmp/``, fsynced and renamed into place, and only then recorded, so a crash never leaves
+  a half-written file visible or a registry row without its bytes. ``recover()`` (run on
+  start) drops what a crash left half-done: temp files, files without a row, rows without a
+  file, and refreshes rows whose file changed.
+* Expiry: a container expires ``expires_after.minutes`` after ``last_active_at``. It is checked
+  on every access (exact, whatever the reaper's pace) and by a background reaper every
+  ``reaper_interval_s``; an expired container keeps its metadata, loses its files, and file
+  operations on it raise ``ContainerExpired``. Expiry uses the injected clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import mimetypes
+import os
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import anyio
+import anyio.to_thread
+
+from ..clock import Clock, system_clock
+from ..errors import (
+    ContainerExpired,
+    ContainerNotFound,
+    FileNotFound,
+    FileTooLarge,
+    InvalidRequest,
+    Unsupported,
+)
+from ..ids import check_container_id, check_file_id, new_container_id, new_file_id
+from ..models import (
+    MEMORY_LIMITS,
+    Container,
+    ContainerDeleted,
+    ContainerFile,
+    ContainerSpec,
+    FileDeleted,
+    ListParams,
+    Page,
+)
+from ..paths import MOUNT, normalize_path
+from ..uploads import CHUNK_SIZE, Upload
+from .base import ApproveChanges, Capabilities, ExecRequest, ExecResult, FileChanges, ProgressCallback
+from .local_fs import ContainerDir
+from .local_registry import ContainerRow, FileRow, Registry, policy_json
+
+__all__ = ["LocalProvider"]
+
+log = logging.getLogger(__name__)
+
+
+def guess_mime(rel: str) -> str:
+    return mimetypes.guess_type(rel, strict=False)[0] or "application/octet-stream"
+
+
+class _FdUpload:
+    """Content of an already-open file (a copy source); closes the fd when drained."""
+
+    host_path: Path | None = None
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd = fd
+        self.size: int | None = size
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            while data := await anyio.to_thread.run_sync(os.read, self._fd, CHUNK_SIZE):
+                yield data
+        finally:
+            os.close(self._fd)
+
+
+class LocalProvider:
+    """Containers in ``data_dir``. Use as an async context manager (starts recovery and the reaper)."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        clock: Clock = system_clock,
+        reaper_interval_s: float = 30.0,
+    ) -> None:
+        self.data_dir = data_dir
+        self._clock = clock
+        self._reaper_interval_s = min(reaper_interval_s, 60.0)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._containers_root = data_dir / "containers"
+        self._containers_root.mkdir(exist_ok=True)
+        self.registry = Registry(data_dir / "registry.sqlite3")
+        self._locks: dict[str, anyio.Lock] = {}
+        self._stack: AsyncExitStack | None = None
+        self._capabilities = Capabilities(
+            provider="local",
+            exec=False,
+            exec_unavailable_reason="command execution is not enabled on this server",
+            memory_limits=list(MEMORY_LIMITS),
+            network_policies=["disabled", "allowlist"],
+            max_file_bytes=None,
+            expiry_minutes_range=(1, 1440),
+            file_paths="exact",
+            upstream_file_ids=False,
+        )
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.recover()
+        self._stack = AsyncExitStack()
+        tg = await self._stack.enter_async_context(anyio.create_task_group())
+        tg.start_soon(self._reap_forever)
+        self._stack.callback(tg.cancel_scope.cancel)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            await stack.aclose()
+        self.registry.close()
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await anyio.sleep(self._reaper_interval_s)
+            try:
+                await self.sweep()
+            except Exception:  # the reaper must outlive one bad sweep
+                log.exception("expiry sweep failed")
+
+    async def sweep(self) -> list[str]:
+        """Expire every running container past its time; returns their ids."""
+        expired: list[str] = []
+        while due := self.registry.due(self._clock()):
+            for container_id in due:
+                await self._expire(container_id)
+                expired.append(container_id)
+        return expired
+
+    async def recover(self) -> None:
+        """Make disk and registry agree after a crash (see the module docstring)."""
+        await self.sweep()
+        known = self.registry.all_ids()
+        for entry in await anyio.to_thread.run_sync(lambda: list(self._containers_root.iterdir())):
+            if entry.name not in known:
+                await anyio.to_thread.run_sync(ContainerDir(entry).destroy)
+                continue
+            row = self.registry.container(entry.name)
+            if row is not None and row.status == "expired":
+                await anyio.to_thread.run_sync(ContainerDir(entry).clear_files)
+            else:
+                await self._resync(entry.name)
+
+    async def _resync(self, container_id: str) -> None:
+        d = self._dir(container_id)
+        await anyio.to_thread.run_sync(d.clear_temps)
+        on_disk = await anyio.to_thread.run_sync(d.scan)
+        rows = self.registry.files_of(container_id)
+        stale = [rel for rel in rows if rel not in on_disk]
+        for rel in on_disk.keys() - rows.keys():
+            await anyio.to_thread.run_sync(d.remove, rel)
+        refreshed: list[FileRow] = []
+        for rel, st in on_disk.items():
+            row = rows.get(rel)
+            if row is not None and (row.bytes != st.size or row.mtime_ns != st.mtime_ns):
+                sha = await anyio.to_thread.run_sync(d.sha256, rel)
+                refreshed.append(FileRow(**{**row.__dict__, "bytes": st.size, "mtime_ns": st.mtime_ns, "sha256": sha}))
+        if stale or refreshed:
+            self.registry.apply(container_id, refreshed, stale)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _dir(self, container_id: str) -> ContainerDir:
+        return ContainerDir(self._containers_root / container_id)
+
+    def _lock(self, container_id: str) -> anyio.Lock:
+        lock = self._locks.get(container_id)
+        if lock is None:
+            lock = self._locks[container_id] = anyio.Lock()
+        return lock
+
+    async def _expire(self, container_id: str) -> None:
+        self.registry.expire(container_id)
+        await anyio.to_thread.run_sync(self._dir(container_id).clear_files)
+        log.info("container %s expired", container_id)
+
+    async def _row(self, container_id: str, *, touch: bool) -> ContainerRow:
+        check_container_id(container_id)
+        row = self.registry.container(container_id)
+        if row is None:
+            raise ContainerNotFound(container_id)
+        now = self._clock()
+        if row.status == "running" and row.expires_at < now:
+            await self._expire(container_id)
+            row = self.registry.container(container_id)
+            assert row is not None
+        if touch and row.status == "running":
+            self.registry.touch(container_id, now)
+            row = self.registry.container(container_id)
+            assert row is not None
+        return row
+
+    async def _running(self, container_id: str) -> ContainerRow:
+        row = await self._row(container_id, touch=True)
+        if row.status != "running":
+            raise ContainerExpired(container_id)
+        return row
+
+    # --- containers ------------------------------------------------------------------------
+
+    async def create_container(self, spec: ContainerSpec) -> Container:
+        if spec.file_ids:
+            raise InvalidRequest(
+                "The local provider copies only 'cfile_' files of your own containers; other file ids are "
+                "not known here.",
+                param="file_ids",
+            )
+        now = self._clock()
+        row = ContainerRow(
+            id=new_container_id(now),
+            name=spec.name,
+            created_at=int(now),
+            last_active_at=now,
+            expiry_minutes=spec.expires_after.minutes,
+            expires_at=now + spec.expires_after.minutes * 60,
+            memory_limit=spec.memory_limit,
+            network_policy=policy_json(spec.network_policy),
+            status="running",
+        )
+        await anyio.to_thread.run_sync(self._dir(row.id).create)
+        self.registry.insert_container(row)
+        return row.model()
+
+    async def get_container(self, container_id: str, *, touch: bool = True) -> Container:
+        return (await self._row(container_id, touch=touch)).model()
+
+    async def list_containers(self, params: ListParams) -> Page[Container]:
+        rows, has_more, found = self.registry.page_containers(
+            limit=params.limit, order=params.order, after=params.after, name=params.name
+        )
+        if not found:
+            raise InvalidRequest(
+                f"'after' is {str(params.after)[:80]!r}, which is not a container id. Pass the last_id of the "
+                "previous page, or omit 'after' to start from the first page.",
+                param="after",
+            )
+        now = self._clock()
+        data: list[Container] = []
+        for row in rows:
+            if row.status == "running" and row.expires_at < now:
+                await self._expire(row.id)
+                fresh = self.registry.container(row.id)
+                assert fresh is not None
+                row = fresh
+            data.append(row.model())
+        return Page[Container].of(data, has_more)
+
+    async def delete_container(self, container_id: str) -> ContainerDeleted:
+        check_container_id(container_id)
+        async with self._lock(container_id):
+            if not self.registry.delete_container(container_id):
+                raise ContainerNotFound(container_id)
+            await anyio.to_thread.run_sync(self._dir(container_id).destroy)
+        self._locks.pop(container_id, None)
+        return ContainerDeleted(id=container_id)
+
+    # --- files -----------------------------------------------------------------------------
+
+    async def create_file(
+        self,
+        container_id: str,
+        path: str,
+        upload: Upload,
+        *,
+        max_bytes: int | None = None,
+        approve: ApproveChanges | None = None,
+        source: str = "user",
+    ) -> ContainerFile:
+        rel = normalize_path(path)[len(MOUNT) + 1 :]
+        async with self._lock(container_id):
+            await self._running(container_id)
+            d = self._dir(container_id)
+            await anyio.to_thread.run_sync(d.existing_size, rel)  # rejects symlinked parents early
+            fd, temp = await anyio.to_thread.run_sync(d.new_temp)
+            try:
+                digest = hashlib.sha256()
+                size = 0
+                try:
+                    async for chunk in upload.chunks():
+                        size += len(chunk)
+                        if max_bytes is not None and size > max_bytes:
+                            raise FileTooLarge(
+                                f"File too large: more than {max_bytes} bytes; the limit is {max_bytes} bytes per "
+                                "file. Split the file, or ask the operator to raise CONTAINER_MCP_MAX_FILE_BYTES.",
+                                limit_name="CONTAINER_MCP_MAX_FILE_BYTES",
+                                limit=max_bytes,
+                                used=size,
+                            )
+                        digest.update(chunk)
+                        await anyio.to_thread.run_sync(_write_all, fd, chunk)
+                    await anyio.to_thread.run_sync(os.fsync, fd)
+                finally:
+                    os.close(fd)
+                old = self.registry.file_at(container_id, rel)
+                if approve is not None:
+                    await approve(
+                        FileChanges(
+                            created=[] if old else [f"{MOUNT}/{rel}"],
+                            changed=[f"{MOUNT}/{rel}"] if old else [],
+                            largest_file_bytes=size,
+                            files_delta=0 if old else 1,
+                            bytes_delta=size - (old.bytes if old else 0),
+                        )
+                    )
+                st = await anyio.to_thread.run_sync(d.install, temp, rel)
+            except BaseException:
+                await anyio.to_thread.run_sync(d.discard_temp, temp)
+                raise
+            now = self._clock()
+            row = FileRow(
+                id=new_file_id(now),
+                container_id=container_id,
+                path=rel,
+                created_at=int(now),
+                bytes=st.size,
+                source=source,
+                mime_type=guess_mime(rel),
+                sha256=digest.hexdigest(),
+                mtime_ns=st.mtime_ns,
+            )
+            self.registry.put_file(row)
+            return row.model()
+
+    async def copy_file(
+        self,
+        src_container_id: str,
+        src_file_id: str,
+        dst_container_id: str,
+        *,
+        approve: ApproveChanges | None = None,
+    ) -> ContainerFile:
+        src = await self._file_row(src_container_id, src_file_id)
+        fd = await anyio.to_thread.run_sync(self._dir(src_container_id).open_read, src.path)
+        upload = _FdUpload(fd, src.bytes)
+        return await self.create_file(dst_container_id, f"{MOUNT}/{src.path}", upload, approve=approve)
+
+    async def _file_row(self, container_id: str, file_id: str) -> FileRow:
+        await self._running(container_id)
+        check_file_id(file_id)
+        row = self.registry.file(container_id, file_id)
+        if row is None:
+            raise FileNotFound(container_id, file_id)
+        return row
+
+    async def list_files(self, container_id: str, params: ListParams) -> Page[ContainerFile]:
+        await self._running(container_id)
+        rows, has_more, found = self.registry.page_files(
+            container_id, limit=params.limit, order=params.order, after=params.after
+        )
+        if not found:
+            raise InvalidRequest(
+                f"'after' is {str(params.after)[:80]!r}, which is not a file of this container. Pass the last_id "
+                "of the previous page, or omit 'after' to start from the first page.",
+                param="after",
+            )
+        return Page[ContainerFile].of([r.model() for r in rows], has_more)
+
+    async def get_file(self, container_id: str, file_id: str) -> ContainerFile:
+        return (await self._file_row(container_id, file_id)).model()
+
+    async def delete_file(self, container_id: str, file_id: str) -> FileDeleted:
+        async with self._lock(container_id):
+            row = await self._file_row(container_id, file_id)
+            self.registry.delete_file(container_id, file_id)
+            await anyio.to_thread.run_sync(self._dir(container_id).remove, row.path)
+        return FileDeleted(id=file_id)
+
+    async def read_file(
+        self, container_id: str, file_id: str, *, offset: int = 0, length: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        row = await self._file_row(container_id, file_id)
+        d = self._dir(container_id)
+        fd = await anyio.to_thread.run_sync(d.open_read, row.path)
+        try:
+            await anyio.to_thread.run_sync(os.lseek, fd, offset, os.SEEK_SET)
+            remaining = length
+            while remaining is None or remaining > 0:
+                size = CHUNK_SIZE if remaining is None else min(CHUNK_SIZE, remaining)
+                data = await anyio.to_thread.run_sync(os.read, fd, size)
+                if not data:
+                    break
+                if remaining is not None:
+                    remaining -= len(data)
+                yield data
+        finally:
+            os.close(fd)
+
+    # --- exec ------------------------------------------------------------------------------
+
+    async def exec(
+        self,
+        container_id: str,
+        request: ExecRequest,
+        *,
+        approve: ApproveChanges,
+        progress: ProgressCallback | None = None,
+    ) -> ExecResult:
+        raise Unsupported(f"The local provider cannot run commands: {self._capabilities.exec_unavailable_reason}.")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

@@ -1,0 +1,214 @@
+"""Confined, atomic file operations inside one container's directory (blocking; run in a thread).
+
+Every path is walked component by component from the container's root with ``O_NOFOLLOW``, so
+a symlink planted by a command (``ln -s /etc /mnt/data/x``) is never followed: the operation
+fails with ``InvalidPath`` and touches nothing outside the directory. Writes go to a temp file
+outside the mounted tree, are fsynced, then renamed into place, so a file is either wholly
+there or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InvalidPath
+
+__all__ = ["ContainerDir", "FileStat"]
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """What the registry records about a file on disk."""
+
+    rel: str
+    size: int
+    mtime_ns: int
+    ino: int
+
+
+def _symlink_error(rel: str) -> InvalidPath:
+    return InvalidPath(
+        f"The path /mnt/data/{rel} goes through a symlink or a non-directory; files can only be stored "
+        "at plain paths inside /mnt/data. Choose another path, or delete what is in the way.",
+        param="path",
+    )
+
+
+class ContainerDir:
+    """The on-disk home of one container: ``files/`` (mounted at /mnt/data) and ``tmp/``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.files = root / "files"
+        self.tmp = root / "tmp"
+
+    def create(self) -> None:
+        self.files.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    def exists(self) -> bool:
+        return self.files.is_dir()
+
+    @contextlib.contextmanager
+    def _parent(self, rel: str, *, create: bool) -> Iterator[tuple[int, str]]:
+        """Yield (fd of the parent directory, final name) for ``rel``, never following symlinks."""
+        parts = rel.split("/")
+        fd = os.open(self.files, _DIR_FLAGS)
+        try:
+            for part in parts[:-1]:
+                try:
+                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                    try:
+                        nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    except OSError as exc:
+                        raise _symlink_error(rel) from exc
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise _symlink_error(rel) from exc
+                    raise
+                os.close(fd)
+                fd = nxt
+            yield fd, parts[-1]
+        finally:
+            os.close(fd)
+
+    def open_read(self, rel: str) -> int:
+        """An fd for reading the regular file at ``rel``. Raises FileNotFoundError or InvalidPath."""
+        with self._parent(rel, create=False) as (parent, name):
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise _symlink_error(rel) from exc
+                raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise _symlink_error(rel)
+        return fd
+
+    def read_range(self, rel: str, offset: int, length: int | None, chunk: int) -> Iterator[bytes]:
+        fd = self.open_read(rel)
+        try:
+            os.lseek(fd, offset, os.SEEK_SET)
+            remaining = length
+            while remaining is None or remaining > 0:
+                size = chunk if remaining is None else min(chunk, remaining)
+                data = os.read(fd, size)
+                if not data:
+                    break
+                if remaining is not None:
+                    remaining -= len(data)
+                yield data
+        finally:
+            os.close(fd)
+
+    def new_temp(self) -> tuple[int, str]:
+        """A fresh temp file in ``tmp/`` (outside /mnt/data): (fd, name)."""
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        name = f"upload-{os.urandom(8).hex()}"
+        fd = os.open(self.tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        return fd, name
+
+    def discard_temp(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp / name)
+
+    def clear_temps(self) -> None:
+        """Drop temp files a crash left behind."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    def existing_size(self, rel: str) -> int | None:
+        """Size of the regular file at ``rel``, or None when there is none."""
+        try:
+            fd = self.open_read(rel)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            return os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+
+    def install(self, temp_name: str, rel: str) -> FileStat:
+        """Atomically move a finished temp file to ``rel`` (replacing a file there) and fsync the dir."""
+        tmp_fd = os.open(self.tmp, _DIR_FLAGS)
+        try:
+            with self._parent(rel, create=True) as (parent, name):
+                try:
+                    existing = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                except FileNotFoundError:
+                    existing = None
+                if existing is not None and not stat.S_ISREG(existing.st_mode):
+                    raise InvalidPath(
+                        f"/mnt/data/{rel} exists and is not a regular file (a directory or a symlink). "
+                        "Choose another path, or delete what is there first.",
+                        param="path",
+                    )
+                os.rename(temp_name, name, src_dir_fd=tmp_fd, dst_dir_fd=parent)
+                os.fsync(parent)
+                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        finally:
+            os.close(tmp_fd)
+        return FileStat(rel=rel, size=st.st_size, mtime_ns=st.st_mtime_ns, ino=st.st_ino)
+
+    def remove(self, rel: str) -> None:
+        """Remove the file at ``rel`` and any directories it leaves empty."""
+        try:
+            with self._parent(rel, create=False) as (parent, name):
+                os.unlink(name, dir_fd=parent)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        self._prune(rel)
+
+    def _prune(self, rel: str) -> None:
+        parts = rel.split("/")[:-1]
+        while parts:
+            try:
+                with self._parent("/".join(parts), create=False) as (parent, name):
+                    os.rmdir(name, dir_fd=parent)
+            except OSError:
+                return
+            parts.pop()
+
+    def scan(self) -> dict[str, FileStat]:
+        """Every regular file under ``files/`` (symlinks and special files are not files to us)."""
+        found: dict[str, FileStat] = {}
+        for dirpath, dirnames, filenames in os.walk(self.files, followlinks=False):
+            for name in filenames:
+                full = os.path.join(dirpath, name)
+                st = os.lstat(full)
+                if stat.S_ISREG(st.st_mode):
+                    rel = os.path.relpath(full, self.files)
+                    found[rel] = FileStat(rel=rel, size=st.st_size, mtime_ns=st.st_mtime_ns, ino=st.st_ino)
+            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+        return found
+
+    def sha256(self, rel: str, chunk: int = 1 << 20) -> str:
+        h = hashlib.sha256()
+        for data in self.read_range(rel, 0, None, chunk):
+            h.update(data)
+        return h.hexdigest()
+
+    def clear_files(self) -> None:
+        """Delete every file (expiry): the directory stays, empty."""
+        shutil.rmtree(self.files, ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.files.mkdir(parents=True, exist_ok=True)
+
+    def destroy(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,35 @@
+"""The one place that names the backends: provider name -> factory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..clock import Clock, system_clock
+from ..settings import Settings
+from .base import Provider
+
+__all__ = ["PROVIDERS", "create_provider"]
+
+
+def _local(settings: Settings, clock: Clock) -> Provider:
+    from .local import LocalProvider
+
+    return LocalProvider(
+        settings.data_dir / "local",
+        clock=clock,
+        reaper_interval_s=settings.reaper_interval_s,
+    )
+
+
+def _openai(settings: Settings, clock: Clock) -> Provider:
+    from .openai import OpenAIProvider
+
+    return OpenAIProvider.from_settings(settings)
+
+
+PROVIDERS: dict[str, Callable[[Settings, Clock], Provider]] = {"local": _local, "openai": _openai}
+
+
+def create_provider(settings: Settings, clock: Clock = system_clock) -> Provider:
+    """A new, not yet entered provider for ``settings.provider``."""
+    return PROVIDERS[settings.provider](settings, clock)

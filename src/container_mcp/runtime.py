@@ -1,0 +1,40 @@
+"""Assembles a running ContainerService from Settings: provider, session store, limits."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from .clock import Clock, system_clock
+from .providers.registry import create_provider
+from .service import ContainerService
+from .settings import Settings
+from .store import Limits, SqliteSessionStore
+
+__all__ = ["limits_from", "open_service"]
+
+
+def limits_from(settings: Settings) -> Limits:
+    return Limits(
+        max_containers=settings.max_containers,
+        max_files_per_container=settings.max_files_per_container,
+        max_file_bytes=settings.max_file_bytes,
+        max_session_bytes=settings.max_session_bytes,
+        max_calls_per_minute=settings.max_calls_per_minute,
+    )
+
+
+@asynccontextmanager
+async def open_service(settings: Settings, *, clock: Clock = system_clock) -> AsyncIterator[ContainerService]:
+    """The process's one ContainerService; the provider is entered and closed with it.
+
+    Session state (ownership, quota counters) lives in ``<data_dir>/sessions.sqlite3``, so a
+    restarted server keeps who owns what.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = SqliteSessionStore(settings.data_dir / f"sessions-{settings.provider}.sqlite3")
+    try:
+        async with create_provider(settings, clock) as provider:
+            yield ContainerService(provider, store, limits_from(settings), clock=clock)
+    finally:
+        store.close()

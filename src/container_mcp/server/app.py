@@ -1,0 +1,36 @@
+"""Builds the MCP server: tools and resources over one shared ContainerService."""
+
+from __future__ import annotations
+
+from mcp.server import MCPServer
+
+from .. import __version__
+from ..service import ContainerService
+from ..settings import Settings
+from .resources import register_resources
+from .tools import ToolDeps, register_tools
+
+__all__ = ["create_server"]
+
+INSTRUCTIONS = """\
+container-mcp gives you isolated containers, each with its own /mnt/data directory.
+Typical flow: container_create -> file_create (text, base64 or a host path) -> {exec}file_read or \
+the resource container://{{container_id}}/files/{{file_id}} -> container_delete when done.
+Containers expire after expires_after_minutes without use; an expired container keeps its metadata \
+but loses its files. Lists are paged: pass last_id as `after` while has_more is true. \
+session_usage shows what this session may still use."""
+
+
+def create_server(service: ContainerService, settings: Settings) -> MCPServer:
+    """An MCPServer exposing the tools the provider can serve, and the resources."""
+    exec_step = "container_exec (run commands) -> " if service.capabilities.exec else ""
+    mcp = MCPServer(
+        "container-mcp",
+        version=__version__,
+        instructions=INSTRUCTIONS.format(exec=exec_step),
+        log_level=settings.log_level,
+    )
+    deps = ToolDeps(service=service, settings=settings)
+    register_tools(mcp, deps)
+    register_resources(mcp, deps)
+    return mcp

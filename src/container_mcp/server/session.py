@@ -1,0 +1,38 @@
+"""Who is calling: the session key every tool passes to the ContainerService.
+
+| transport                         | key                                   |
+|-----------------------------------|---------------------------------------|
+| stdio, in-memory                  | ``stdio:<settings.stdio_session_key>`` (one local user) |
+| streamable HTTP, handshake era    | ``http:<Mcp-Session-Id>``             |
+| SSE                               | ``sse:<session_id query parameter>``  |
+| authenticated HTTP                | ``principal:<client_id>:<subject>``   |
+| HTTP, 2026-07-28, no auth         | ``http:anonymous`` (the protocol has no session to tell clients apart) |
+
+See ``mcp-sdk-2.md`` §2 for why each transport needs its own source.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.context import ServerRequestContext
+
+__all__ = ["session_key"]
+
+
+def session_key(rc: ServerRequestContext[Any, Any], stdio_key: str) -> str:
+    """The session key of the request ``rc``."""
+    token = get_access_token()
+    if token is not None:
+        return f"principal:{token.client_id}:{token.subject or ''}"
+    request = rc.request
+    if request is None:
+        return f"stdio:{stdio_key}"
+    headers = getattr(request, "headers", None) or {}
+    if sid := headers.get("mcp-session-id"):
+        return f"http:{sid}"
+    query = getattr(request, "query_params", None) or {}
+    if sid := query.get("session_id"):
+        return f"sse:{sid}"
+    return "http:anonymous"

@@ -1,0 +1,447 @@
+"""The MCP tools: thin functions that validate, call the ContainerService, and shape output.
+
+Names are a contract (DESIGN.md). Each tool has a title, ToolAnnotations, described parameters
+and a pydantic return type (structured output); every error is a ``ToolError`` whose text says
+what happened and what to do next (see ``server/errors.py``).
+"""
+
+from __future__ import annotations
+
+import base64 as b64
+import binascii
+import codecs
+import shlex
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import unquote, urlparse
+
+import anyio
+import anyio.to_thread
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import BaseModel, Field
+
+from ..errors import InvalidRequest
+from ..models import (
+    Container,
+    ContainerDeleted,
+    ContainerFile,
+    ContainerSpec,
+    ExpiresAfter,
+    FileDeleted,
+    ListParams,
+    MemoryLimit,
+    NetworkPolicy,
+    Order,
+    Page,
+)
+from ..paths import MOUNT
+from ..providers.base import ExecRequest, ExecResult
+from ..service import ContainerService, SessionUsage
+from ..settings import Settings
+from ..uploads import BytesUpload, PathUpload
+from .errors import tool_errors
+from .session import session_key
+
+__all__ = ["FileChunk", "register_tools"]
+
+ContainerId = Annotated[str, Field(description="The container's id ('cntr_...').")]
+FileId = Annotated[str, Field(description="The file's id ('cfile_...').")]
+Limit = Annotated[int, Field(ge=1, le=100, description="Page size, 1-100.")]
+OrderArg = Annotated[Order, Field(description="'desc' (newest first) or 'asc', by created_at.")]
+After = Annotated[str | None, Field(description="Cursor: the last_id of the previous page; omit for the first page.")]
+
+_TEXT_TYPES = ("application/json", "application/xml", "application/javascript", "application/x-sh")
+
+
+class ContainerList(Page[Container]):
+    """One page of containers."""
+
+
+class FileList(Page[ContainerFile]):
+    """One page of a container's files."""
+
+
+class FileChunk(BaseModel):
+    """A bounded piece of a file's content."""
+
+    file_id: str
+    container_id: str
+    path: str
+    mime_type: str
+    encoding: Literal["text", "base64"] = Field(description="'text' (UTF-8) or 'base64' for binary content.")
+    content: str
+    offset: int = Field(description="Byte offset of this chunk.")
+    bytes_read: int = Field(description="Bytes in this chunk.")
+    total_bytes: int | None = Field(description="The file's size in bytes.")
+    eof: bool = Field(description="True when this chunk reaches the end of the file.")
+    next_offset: int | None = Field(description="Pass as offset to read the next chunk; null at the end.")
+    hint: str | None = Field(None, description="How to read the rest, when there is more.")
+    resource_uri: str = Field(description="The MCP resource with the whole file.")
+
+
+@dataclass
+class ToolDeps:
+    service: ContainerService
+    settings: Settings
+
+    def owner(self, ctx: Context) -> str:
+        return session_key(ctx.request_context, self.settings.stdio_session_key)
+
+
+def _is_text(mime: str) -> bool:
+    return mime.startswith("text/") or mime in _TEXT_TYPES or mime.endswith(("+json", "+xml"))
+
+
+def _decode_text(data: bytes, at_eof: bool) -> tuple[str, int] | None:
+    """Decode ``data`` as UTF-8, dropping a multi-byte character cut at the chunk's end.
+
+    Returns (text, bytes consumed), or None when the bytes are not UTF-8 text.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    try:
+        text = decoder.decode(data, final=at_eof)
+    except UnicodeDecodeError:
+        return None
+    pending = len(decoder.getstate()[0])
+    return text, len(data) - pending
+
+
+async def _allowed_roots(ctx: Context, settings: Settings) -> tuple[list[Path], str]:
+    caps = ctx.session.client_capabilities
+    if caps is not None and caps.roots is not None and ctx.session.can_send_request:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # roots are deprecated in 2026-07-28 but still used
+                result = await ctx.session.list_roots()
+        except Exception:
+            result = None
+        if result is not None:
+            roots = []
+            for root in result.roots:
+                parsed = urlparse(str(root.uri))
+                if parsed.scheme == "file":
+                    roots.append(Path(unquote(parsed.path)))
+            return roots, "the client's roots"
+    return list(settings.allow_paths), "the server's --allow-path directories"
+
+
+async def _host_upload(ctx: Context, settings: Settings, source_path: str) -> PathUpload:
+    roots, origin = await _allowed_roots(ctx, settings)
+    if not roots:
+        raise InvalidRequest(
+            "Reading host files is disabled: the client declared no roots and the server was started without "
+            "--allow-path. Send the content inline (text or base64), or ask the operator to start the server "
+            "with --allow-path DIR.",
+            param="source_path",
+        )
+    if not source_path.startswith("/"):
+        raise InvalidRequest(
+            f"source_path must be an absolute host path; got {source_path[:200]!r}.", param="source_path"
+        )
+    # resolve() follows symlinks, so a link inside a root that points outside it is refused.
+    real, allowed, is_file = await anyio.to_thread.run_sync(_resolve_host, source_path, roots)
+    if not any(real == r or real.is_relative_to(r) for r in allowed):
+        listed = ", ".join(str(r) for r in allowed)
+        raise InvalidRequest(
+            f"source_path {source_path[:200]!r} is outside {origin} ({listed}). Only files under those "
+            "directories can be read; symlinks are resolved before the check.",
+            param="source_path",
+        )
+    if not is_file:
+        raise InvalidRequest(f"source_path {source_path[:200]!r} is not a regular file.", param="source_path")
+    return await anyio.to_thread.run_sync(PathUpload, real)
+
+
+def _resolve_host(source_path: str, roots: list[Path]) -> tuple[Path, list[Path], bool]:
+    real = Path(source_path).resolve()
+    return real, [r.resolve() for r in roots], real.is_file()
+
+
+def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
+    """Register every tool the provider can serve on ``mcp``."""
+    service = deps.service
+
+    @mcp.tool(
+        title="Create container",
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+        ),
+    )
+    async def container_create(
+        ctx: Context,
+        name: Annotated[str, Field(min_length=1, max_length=256, description="A name for the container.")],
+        expires_after_minutes: Annotated[
+            int, Field(ge=1, le=1440, description="Minutes of inactivity before it expires (1-1440).")
+        ] = 20,
+        memory_limit: Annotated[MemoryLimit, Field(description="Memory for commands: 1g, 4g, 16g or 64g.")] = "1g",
+        network_policy: Annotated[
+            NetworkPolicy | None,
+            Field(
+                description="Outbound network for commands: {'type': 'disabled'} (default) or "
+                "{'type': 'allowlist', 'allowed_domains': ['pypi.org']}."
+            ),
+        ] = None,
+        file_ids: Annotated[
+            list[str] | None, Field(description="Files to copy in: 'cfile_...' ids from your other containers.")
+        ] = None,
+    ) -> Container:
+        """Create a new, empty container with its own /mnt/data.
+
+        Files persist until the container is deleted or expires after `expires_after_minutes` without
+        use (every operation on it counts as use). Returns the container; keep its `id`.
+        """
+        with tool_errors("container_create"):
+            spec = ContainerSpec(
+                name=name,
+                expires_after=ExpiresAfter(minutes=expires_after_minutes),
+                memory_limit=memory_limit,
+                network_policy=network_policy or NetworkPolicy(),
+                file_ids=file_ids or [],
+            )
+            return await service.create_container(deps.owner(ctx), spec)
+
+    @mcp.tool(title="List containers", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    async def container_list(
+        ctx: Context,
+        limit: Limit = 20,
+        order: OrderArg = "desc",
+        after: After = None,
+        name: Annotated[str | None, Field(description="Only containers with exactly this name.")] = None,
+    ) -> ContainerList:
+        """List this session's containers (expired ones too, with status 'expired'), newest first.
+
+        Paged: while `has_more` is true, call again with `after` set to `last_id`.
+        """
+        with tool_errors("container_list"):
+            page = await service.list_containers(
+                deps.owner(ctx), ListParams(limit=limit, order=order, after=after, name=name)
+            )
+            return ContainerList(**page.model_dump())
+
+    @mcp.tool(title="Retrieve container", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    async def container_retrieve(ctx: Context, container_id: ContainerId) -> Container:
+        """Get one container: its status ('running' or 'expired'), limits and expiry time (`expires_at`)."""
+        with tool_errors("container_retrieve"):
+            return await service.get_container(deps.owner(ctx), container_id)
+
+    @mcp.tool(
+        title="Delete container",
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
+        ),
+    )
+    async def container_delete(ctx: Context, container_id: ContainerId) -> ContainerDeleted:
+        """Delete a container and all its files, permanently."""
+        with tool_errors("container_delete"):
+            return await service.delete_container(deps.owner(ctx), container_id)
+
+    @mcp.tool(
+        title="Create file",
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+        ),
+    )
+    async def file_create(
+        ctx: Context,
+        container_id: ContainerId,
+        path: Annotated[str, Field(description="Where to put the file: 'data/in.csv' or '/mnt/data/data/in.csv'.")],
+        text: Annotated[str | None, Field(description="The content as UTF-8 text.")] = None,
+        base64: Annotated[str | None, Field(description="The content as base64 (for binary files).")] = None,
+        source_path: Annotated[
+            str | None,
+            Field(description="An absolute host path to copy from; only under the client's roots or --allow-path."),
+        ] = None,
+    ) -> ContainerFile:
+        """Put a file in a container under /mnt/data, from exactly one of `text`, `base64` or `source_path`.
+
+        A file already at that path is replaced. Returns the file; read it back with file_read or the
+        resource container://{container_id}/files/{file_id}.
+        """
+        with tool_errors("file_create"):
+            given = [v is not None for v in (text, base64, source_path)]
+            if sum(given) != 1:
+                raise InvalidRequest(
+                    "Give exactly one of text, base64 or source_path as the file's content.", param="text"
+                )
+            if text is not None:
+                upload: BytesUpload | PathUpload = BytesUpload(text.encode("utf-8"))
+            elif base64 is not None:
+                try:
+                    upload = BytesUpload(b64.b64decode(base64, validate=True))
+                except (binascii.Error, ValueError):
+                    raise InvalidRequest(
+                        "base64 is not valid base64 (standard alphabet, with padding). Encode the bytes again, "
+                        "or send text instead.",
+                        param="base64",
+                    ) from None
+            else:
+                assert source_path is not None
+                upload = await _host_upload(ctx, deps.settings, source_path)
+            return await service.create_file(deps.owner(ctx), container_id, path, upload)
+
+    @mcp.tool(title="List files", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    async def file_list(
+        ctx: Context,
+        container_id: ContainerId,
+        limit: Limit = 20,
+        order: OrderArg = "desc",
+        after: After = None,
+    ) -> FileList:
+        """List a container's files, newest first. Paged like container_list."""
+        with tool_errors("file_list"):
+            page = await service.list_files(
+                deps.owner(ctx), container_id, ListParams(limit=limit, order=order, after=after)
+            )
+            return FileList(**page.model_dump())
+
+    @mcp.tool(title="Retrieve file", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    async def file_retrieve(ctx: Context, container_id: ContainerId, file_id: FileId) -> ContainerFile:
+        """Get one file's metadata: path, size in bytes, MIME type, SHA-256."""
+        with tool_errors("file_retrieve"):
+            return await service.get_file(deps.owner(ctx), container_id, file_id)
+
+    @mcp.tool(
+        title="Delete file",
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
+        ),
+    )
+    async def file_delete(ctx: Context, container_id: ContainerId, file_id: FileId) -> FileDeleted:
+        """Delete one file from a container, permanently."""
+        with tool_errors("file_delete"):
+            return await service.delete_file(deps.owner(ctx), container_id, file_id)
+
+    @mcp.tool(title="Read file", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    async def file_read(
+        ctx: Context,
+        container_id: ContainerId,
+        file_id: FileId,
+        offset: Annotated[int, Field(ge=0, description="Byte offset to start at.")] = 0,
+        max_bytes: Annotated[
+            int, Field(ge=1, le=1 << 20, description="Most bytes to return (default 64 KiB, at most 1 MiB).")
+        ] = deps.settings.read_chunk_bytes,
+    ) -> FileChunk:
+        """Read part of a file: text as text, binary as base64. For large files, read in chunks
+        using `next_offset`; or read the whole file as the resource in `resource_uri`."""
+        with tool_errors("file_read"):
+            meta, data = await service.read_bytes(
+                deps.owner(ctx), container_id, file_id, offset=offset, length=max_bytes
+            )
+            total = meta.bytes
+            mime = meta.mime_type or "application/octet-stream"
+            at_eof = total is not None and offset + len(data) >= total or len(data) < max_bytes
+            decoded = _decode_text(data, at_eof) if (_is_text(mime) or mime == "application/octet-stream") else None
+            if decoded is not None and (_is_text(mime) or b"\x00" not in data):
+                content, consumed = decoded
+                encoding: Literal["text", "base64"] = "text"
+            else:
+                content, consumed = b64.b64encode(data).decode("ascii"), len(data)
+                encoding = "base64"
+            next_offset = None if at_eof and consumed == len(data) else offset + consumed
+            hint = None
+            if next_offset is not None:
+                left = f" of {total}" if total is not None else ""
+                hint = (
+                    f"Returned bytes {offset}-{offset + consumed}{left}. Call file_read again with "
+                    f"offset={next_offset} for the rest."
+                )
+            return FileChunk(
+                file_id=meta.id,
+                container_id=meta.container_id,
+                path=meta.path,
+                mime_type=mime,
+                encoding=encoding,
+                content=content,
+                offset=offset,
+                bytes_read=consumed,
+                total_bytes=total,
+                eof=next_offset is None,
+                next_offset=next_offset,
+                hint=hint,
+                resource_uri=f"container://{meta.container_id}/files/{meta.id}",
+            )
+
+    @mcp.tool(title="Session usage", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    async def session_usage(ctx: Context) -> SessionUsage:
+        """This session's usage against every quota: containers, stored bytes, calls per minute."""
+        with tool_errors("session_usage"):
+            return await service.usage(deps.owner(ctx))
+
+    if service.capabilities.exec:
+        _register_exec(mcp, deps)
+
+
+def _register_exec(mcp: MCPServer, deps: ToolDeps) -> None:
+    service = deps.service
+    settings = deps.settings
+
+    @mcp.tool(
+        title="Run command in container",
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
+        ),
+    )
+    async def container_exec(
+        ctx: Context,
+        container_id: ContainerId,
+        command: Annotated[
+            list[str] | str,
+            Field(description="An argv list (['python3', 'a.py']) or a shell string (run with sh -c)."),
+        ],
+        timeout_s: Annotated[
+            float,
+            Field(gt=0, description=f"Seconds before the command is killed (at most {settings.exec_max_timeout_s:g})."),
+        ] = settings.exec_default_timeout_s,
+        stdin: Annotated[str | None, Field(description="Text fed to the command's standard input.")] = None,
+        env: Annotated[dict[str, str] | None, Field(description="Extra environment variables.")] = None,
+        workdir: Annotated[str, Field(description="Working directory, under /mnt/data.")] = MOUNT,
+    ) -> ExecResult:
+        """Run a command in the container's sandbox, with its files at /mnt/data.
+
+        Returns exit code, stdout, stderr (each capped, with totals), duration, and the files the
+        command created, changed or deleted, which are container files at once. The sandbox has no
+        network unless the container's network_policy allows domains.
+        """
+        with tool_errors("container_exec"):
+            if timeout_s > settings.exec_max_timeout_s:
+                raise InvalidRequest(
+                    f"timeout_s {timeout_s:g} is over the server's maximum of {settings.exec_max_timeout_s:g} s. "
+                    "Use a shorter timeout, split the work, or ask the operator to raise "
+                    "CONTAINER_MCP_EXEC_MAX_TIMEOUT_S.",
+                    param="timeout_s",
+                )
+            argv = ["sh", "-c", command] if isinstance(command, str) else list(command)
+            if not argv or not argv[0]:
+                raise InvalidRequest("command is empty; give an argv list or a shell string.", param="command")
+            request = ExecRequest(
+                argv=argv,
+                timeout_s=timeout_s,
+                stdin=stdin.encode("utf-8") if stdin is not None else None,
+                env=env or {},
+                workdir=workdir,
+                max_output_bytes=settings.exec_max_output_bytes,
+            )
+
+            async def progress(elapsed: float, message: str) -> None:
+                await ctx.report_progress(elapsed, timeout_s, message)
+
+            result = await service.exec(deps.owner(ctx), container_id, request, progress=progress)
+            if result.timed_out:
+                raise ToolError(_timeout_message(argv, timeout_s, settings, result))
+            return result
+
+
+def _timeout_message(argv: list[str], timeout_s: float, settings: Settings, result: ExecResult) -> str:
+    tail_out = result.stdout[-2000:]
+    tail_err = result.stderr[-2000:]
+    return (
+        f"Command timed out after {timeout_s:g} s and was killed with all its processes: {shlex.join(argv)[:200]}. "
+        f"Pass a larger timeout_s (up to {settings.exec_max_timeout_s:g} s; the operator can raise "
+        "CONTAINER_MCP_EXEC_MAX_TIMEOUT_S), or run the work in smaller steps. Files it wrote before the kill were "
+        f"kept.\n--- stdout (last part) ---\n{tail_out}\n--- stderr (last part) ---\n{tail_err}"
+    )
