@@ -1,13 +1,17 @@
 """Object ids in OpenAI's shapes: ``cntr_`` + 48 hex, ``cfile_`` + 32 hex.
 
-The first 8 hex digits are the creation time in Unix seconds, as OpenAI's are, so ids sort
-roughly by age; the rest is random, so ids are unguessable.
+The first 8 hex digits are the creation time in Unix seconds, as OpenAI's are; the next ones a
+sequence that only grows within a process (nanoseconds, bumped on collision), so ids made in the
+same second still sort in creation order, which cursor paging relies on; the rest is random, so
+ids are unguessable.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+import threading
+import time
 
 from .errors import InvalidId
 
@@ -17,12 +21,23 @@ _CONTAINER_RE = re.compile(r"cntr_[0-9a-f]{48}")
 _FILE_RE = re.compile(r"cfile_[0-9a-f]{32}")
 
 
+_lock = threading.Lock()
+_last_seq = 0
+
+
+def _sequence() -> int:
+    global _last_seq
+    with _lock:
+        _last_seq = max(_last_seq + 1, time.time_ns() % 1_000_000_000_000)
+        return _last_seq
+
+
 def new_container_id(now: float) -> str:
-    return f"cntr_{int(now) & 0xFFFFFFFF:08x}{secrets.token_hex(20)}"
+    return f"cntr_{int(now) & 0xFFFFFFFF:08x}{_sequence() & 0xFFFFFFFFFFFF:012x}{secrets.token_hex(14)}"
 
 
 def new_file_id(now: float) -> str:
-    return f"cfile_{int(now) & 0xFFFFFFFF:08x}{secrets.token_hex(12)}"
+    return f"cfile_{int(now) & 0xFFFFFFFF:08x}{_sequence() & 0xFFFFFFFFFF:010x}{secrets.token_hex(7)}"
 
 
 def check_container_id(value: str) -> str:

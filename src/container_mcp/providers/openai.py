@@ -554,7 +554,7 @@ class OpenAIProvider:
                         return
                     remaining -= len(chunk)
                 yield chunk
-        except httpx2.TransportError as exc:
+        except httpx2.RequestError as exc:
             raise ProviderUnavailable(
                 self._scrub(
                     f"The download of {file_id} broke off ({type(exc).__name__}: {exc or 'no detail'}). "
@@ -651,6 +651,13 @@ class OpenAIProvider:
             request = self._request(call, params=params, json=json, files=files, accept=accept)
             try:
                 response = await self._client.send(request, stream=stream)
+            except httpx2.UnsupportedProtocol as exc:
+                raise ProviderError(
+                    self._scrub(
+                        f"CONTAINER_MCP_OPENAI_BASE_URL ({self._base_display}) is not an http(s) URL ({exc}). "
+                        "Ask the operator to fix it, e.g. https://api.openai.com/v1."
+                    )
+                ) from exc
             except httpx2.TransportError as exc:
                 nothing_sent = isinstance(exc, (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout))
                 if retries < self._max_retries and (call.idempotent or nothing_sent):
@@ -658,6 +665,8 @@ class OpenAIProvider:
                     retries += 1
                     continue
                 raise self._transport_error(exc, call, retries + 1, nothing_sent) from exc
+            except httpx2.RequestError as exc:  # e.g. an undecodable body: the server did answer
+                raise self._transport_error(exc, call, retries + 1, False) from exc
             if response.is_success:
                 return response
             if stream:
@@ -717,7 +726,7 @@ class OpenAIProvider:
         await self._sleep(delay)
 
     def _transport_error(
-        self, exc: httpx2.TransportError, call: _Call, attempts: int, nothing_sent: bool
+        self, exc: httpx2.RequestError, call: _Call, attempts: int, nothing_sent: bool
     ) -> ProviderUnavailable:
         kind = type(exc).__name__
         detail = f"{kind}: {exc}" if str(exc) else kind
@@ -797,8 +806,8 @@ class OpenAIProvider:
             text = f"The backend reported a conflict: {message} ({where}) after {_plural(attempts)}. Try again."
         else:
             text = f"The backend answered unexpectedly: {message} ({where})."
-        assert issubclass(cls, ProviderError)
-        return cls(text, status=status, request_id=request_id, param=upstream.param)
+        error_cls = cls if issubclass(cls, ProviderError) else ProviderError
+        return error_cls(text, status=status, request_id=request_id, param=upstream.param)
 
     def _parse(self, response: httpx2.Response, call: _Call, parse: Callable[[object], _T]) -> _T:
         try:
@@ -818,7 +827,9 @@ class OpenAIProvider:
     def _deleted(self, response: httpx2.Response, call: _Call, model: type[_D], object_id: str) -> _D:
         if not response.content.strip():
             return model(id=object_id)  # a bare 200/204 is a successful delete too
-        return self._parse(response, call, lambda data: model.model_validate({"id": object_id, **_as_dict(data, "")}))
+        return self._parse(
+            response, call, lambda data: model.model_validate({"id": object_id, **_as_dict(data, "deleted")})
+        )
 
 
 def _with_cause(error: ContainerMCPError, cause: ProviderError) -> ContainerMCPError:
@@ -836,7 +847,12 @@ async def _opened(upload: Upload, max_bytes: int | None) -> AsyncIterator[tuple[
         raise _too_large(upload.size, max_bytes)
     if upload.host_path is not None:
         host_path: Path = upload.host_path
-        f = await anyio.to_thread.run_sync(host_path.open, "rb")
+        try:
+            f = await anyio.to_thread.run_sync(host_path.open, "rb")
+        except OSError as exc:
+            raise InvalidRequest(
+                f"Could not read the source file {host_path}: {exc.strerror or exc}.", param="source_path"
+            ) from exc
         try:
             size = os.fstat(f.fileno()).st_size
             if max_bytes is not None and size > max_bytes:

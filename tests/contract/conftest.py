@@ -1,0 +1,31 @@
+"""The providers the contract suite runs against.
+
+``local``: the embedded provider. ``openai-api``: the OpenAI provider talking to a live
+``container-mcp api`` on 127.0.0.1 that serves the local provider (the whole OpenAI-compatible
+chain). Each yields a fresh, empty backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from container_mcp.clock import ManualClock
+from container_mcp.providers.base import Provider
+from container_mcp.providers.local import LocalProvider
+
+PROVIDERS = ["local", "openai-api"]
+
+
+@pytest.fixture(params=PROVIDERS)
+async def provider(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Provider]:
+    if request.param == "local":
+        async with LocalProvider(tmp_path / "local", clock=ManualClock()) as local:
+            yield local
+    else:
+        from tests.contract.chain import openai_over_api
+
+        async with openai_over_api(tmp_path) as remote:
+            yield remote

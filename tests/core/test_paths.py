@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import pytest
+
+from container_mcp.errors import InvalidPath
+from container_mcp.paths import normalize_path
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("a.txt", "/mnt/data/a.txt"),
+        ("dir/sub/a.txt", "/mnt/data/dir/sub/a.txt"),
+        ("/mnt/data/a.txt", "/mnt/data/a.txt"),
+        ("./a//b/./c.txt", "/mnt/data/a/b/c.txt"),
+        ("ünïcødé файл.txt", "/mnt/data/ünïcødé файл.txt"),
+        ("x" * 255, "/mnt/data/" + "x" * 255),
+    ],
+)
+def test_accepts_plain_paths(given: str, expected: str) -> None:
+    assert normalize_path(given) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("../etc/passwd", "'..'"),
+        ("a/../../x", "'..'"),
+        ("/mnt/data/../etc/shadow", "'..'"),
+        ("/etc/passwd", "outside /mnt/data"),
+        ("/mnt/database/x", "outside /mnt/data"),
+        ("/mnt/data", "itself"),
+        ("/mnt/data/", "directory"),
+        ("a\x00b", "NUL"),
+        ("a\nb", "control"),
+        ("..\\..\\windows", "backslash"),
+        ("a\\b", "backslash"),
+        ("dir/", "directory"),
+        ("x" * 256, "255 bytes"),
+        ("é" * 128, "255 bytes"),
+        ("/".join(["d" * 200] * 6), "1024 bytes"),
+        ("\udcff.txt", "UTF-8"),
+    ],
+)
+def test_rejects_escapes_and_malformed(given: str, says: str) -> None:
+    with pytest.raises(InvalidPath) as info:
+        normalize_path(given)
+    assert says in info.value.message
+    assert info.value.param == "path"

@@ -1,0 +1,103 @@
+"""Quota bookkeeping: atomic, race-free, and exact under concurrency."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from container_mcp.clock import ManualClock
+from container_mcp.errors import QuotaExceeded, RateLimited
+from container_mcp.models import ContainerSpec, ListParams
+from container_mcp.providers.local import LocalProvider
+from container_mcp.service import ContainerService
+from container_mcp.store import Limits, SqliteSessionStore
+
+pytestmark = pytest.mark.anyio
+
+LIMITS = Limits(
+    max_containers=5,
+    max_files_per_container=3,
+    max_file_bytes=100,
+    max_session_bytes=250,
+    max_calls_per_minute=10_000,
+)
+
+
+async def test_fifty_concurrent_creates_yield_exactly_the_limit(tmp_path: Path) -> None:
+    clock = ManualClock()
+    store = SqliteSessionStore()
+    async with LocalProvider(tmp_path, clock=clock) as provider:
+        service = ContainerService(provider, store, LIMITS, clock=clock)
+        outcomes: list[str] = []
+
+        async def create(i: int) -> None:
+            try:
+                await service.create_container("s1", ContainerSpec(name=f"c{i}"))
+                outcomes.append("ok")
+            except QuotaExceeded as exc:
+                assert "5 of 5" in exc.message and "CONTAINER_MCP_MAX_CONTAINERS" in exc.message
+                outcomes.append("quota")
+
+        async with anyio.create_task_group() as tg:
+            for i in range(50):
+                tg.start_soon(create, i)
+        assert outcomes.count("ok") == 5
+        assert outcomes.count("quota") == 45
+        page = await provider.list_containers(ListParams(limit=100))
+        assert len(page.data) == 5  # nothing half-created behind the refusals
+        # another session has its own quota
+        await service.create_container("s2", ContainerSpec(name="other"))
+
+
+def test_reservation_of_a_crashed_create_stops_counting() -> None:
+    store = SqliteSessionStore()
+    for _ in range(5):
+        store.reserve_container("s", "x", 1000.0, LIMITS)
+    with pytest.raises(QuotaExceeded):
+        store.reserve_container("s", "x", 1000.0, LIMITS)
+    store.reserve_container("s", "x", 1000.0 + 601, LIMITS)
+
+
+def test_bytes_and_files_limits_are_checked_before_applying() -> None:
+    store = SqliteSessionStore()
+    r = store.reserve_container("s", "x", 0.0, LIMITS)
+    store.commit_container(r, "cntr_a", 0)
+    store.apply_delta("s", "cntr_a", 1, 200, LIMITS)
+    with pytest.raises(QuotaExceeded) as info:
+        store.apply_delta("s", "cntr_a", 1, 60, LIMITS)
+    assert "CONTAINER_MCP_MAX_SESSION_BYTES" in info.value.message
+    store.apply_delta("s", "cntr_a", 2, 50, LIMITS)
+    with pytest.raises(QuotaExceeded) as info:
+        store.apply_delta("s", "cntr_a", 1, 0, LIMITS)
+    assert "CONTAINER_MCP_MAX_FILES_PER_CONTAINER" in info.value.message
+    usage = store.usage("s", 0.0)
+    assert (usage.containers, usage.files, usage.bytes) == (1, 3, 250)
+    store.mark_expired("cntr_a")
+    usage = store.usage("s", 0.0)
+    assert (usage.containers, usage.files, usage.bytes) == (0, 0, 0)
+
+
+def test_rate_limit_counts_a_sliding_minute() -> None:
+    store = SqliteSessionStore()
+    limits = Limits(5, 5, 5, 5, max_calls_per_minute=3)
+    now = 6000.0
+    for _ in range(3):
+        store.hit("s", now, limits)
+    with pytest.raises(RateLimited) as info:
+        store.hit("s", now + 1, limits)
+    assert info.value.retry_after > 0 and "CONTAINER_MCP_MAX_CALLS_PER_MINUTE" in info.value.message
+    store.hit("other", now + 1, limits)
+    store.hit("s", now + 121, limits)
+
+
+def test_state_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.sqlite3"
+    store = SqliteSessionStore(path)
+    r = store.reserve_container("s", "x", 0.0, LIMITS)
+    store.commit_container(r, "cntr_a", 0)
+    store.close()
+    store = SqliteSessionStore(path)
+    assert store.owner_of("cntr_a") == "s"
+    store.close()

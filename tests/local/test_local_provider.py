@@ -1,0 +1,134 @@
+"""The local provider's own promises: durability, crash recovery, expiry, confinement, O(page) lists."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from container_mcp.clock import ManualClock
+from container_mcp.errors import ContainerExpired, InvalidPath
+from container_mcp.models import ContainerSpec, ExpiresAfter, ListParams
+from container_mcp.providers.local import LocalProvider
+from container_mcp.uploads import BytesUpload
+
+pytestmark = pytest.mark.anyio
+
+
+async def read_all(provider: LocalProvider, container_id: str, file_id: str) -> bytes:
+    return b"".join([c async for c in provider.read_file(container_id, file_id)])
+
+
+async def test_restart_keeps_live_containers_and_files(tmp_path: Path) -> None:
+    clock = ManualClock()
+    async with LocalProvider(tmp_path, clock=clock) as p:
+        c = await p.create_container(ContainerSpec(name="keep"))
+        f = await p.create_file(c.id, "/mnt/data/dir/keep.txt", BytesUpload(b"precious"))
+    async with LocalProvider(tmp_path, clock=clock) as p:
+        again = await p.get_container(c.id)
+        assert again.status == "running" and again.name == "keep"
+        assert await read_all(p, c.id, f.id) == b"precious"
+        assert [x.id for x in (await p.list_files(c.id, ListParams())).data] == [f.id]
+
+
+async def test_expiry_follows_inactivity_with_an_injected_clock(tmp_path: Path) -> None:
+    clock = ManualClock()
+    async with LocalProvider(tmp_path, clock=clock) as p:
+        c = await p.create_container(ContainerSpec(name="e", expires_after=ExpiresAfter(minutes=2)))
+        f = await p.create_file(c.id, "/mnt/data/a.txt", BytesUpload(b"a"))
+        clock.advance(100)
+        await p.get_file(c.id, f.id)  # activity: the window restarts
+        clock.advance(100)
+        assert (await p.get_container(c.id, touch=False)).status == "running"
+        assert await p.sweep() == []
+        clock.advance(121)
+        assert await p.sweep() == [c.id]
+        expired = await p.get_container(c.id)
+        assert expired.status == "expired"
+        # its files are gone from disk, and file operations say "expired", not "not found"
+        assert list((tmp_path / "containers" / c.id / "files").iterdir()) == []
+        with pytest.raises(ContainerExpired) as info:
+            await p.get_file(c.id, f.id)
+        assert "expired" in info.value.message and "container_create" in info.value.message
+        with pytest.raises(ContainerExpired):
+            await p.create_file(c.id, "/mnt/data/b.txt", BytesUpload(b"b"))
+        listed = await p.list_containers(ListParams())
+        assert [(x.id, x.status) for x in listed.data] == [(c.id, "expired")]
+
+
+async def test_expiry_is_exact_between_sweeps_and_survives_restart(tmp_path: Path) -> None:
+    clock = ManualClock()
+    async with LocalProvider(tmp_path, clock=clock) as p:
+        c = await p.create_container(ContainerSpec(name="e", expires_after=ExpiresAfter(minutes=1)))
+        await p.create_file(c.id, "/mnt/data/a.txt", BytesUpload(b"a"))
+    clock.advance(61)
+    async with LocalProvider(tmp_path, clock=clock) as p:
+        # recovery expired it at start; it does not come back
+        assert (await p.get_container(c.id)).status == "expired"
+    clock.advance(3600)
+    async with LocalProvider(tmp_path, clock=clock) as p:
+        assert (await p.get_container(c.id)).status == "expired"
+        assert list((tmp_path / "containers" / c.id / "files").iterdir()) == []
+
+
+async def test_recovery_drops_what_a_crash_left_half_done(tmp_path: Path) -> None:
+    clock = ManualClock()
+    async with LocalProvider(tmp_path, clock=clock) as p:
+        c = await p.create_container(ContainerSpec(name="crash"))
+        kept = await p.create_file(c.id, "/mnt/data/kept.txt", BytesUpload(b"kept"))
+        lost = await p.create_file(c.id, "/mnt/data/lost.txt", BytesUpload(b"lost"))
+        changed = await p.create_file(c.id, "/mnt/data/changed.txt", BytesUpload(b"old"))
+    root = tmp_path / "containers" / c.id
+    (root / "tmp" / "upload-deadbeef").write_bytes(b"half written")  # crash mid-upload
+    (root / "files" / "orphan.txt").write_bytes(b"renamed, never recorded")  # crash before the row
+    (root / "files" / "lost.txt").unlink()  # row without bytes
+    (root / "files" / "changed.txt").write_bytes(b"newer content")  # crash between rename and row update
+    (tmp_path / "containers" / ("cntr_" + "f" * 48)).mkdir()  # dir of a container never recorded
+    async with LocalProvider(tmp_path, clock=clock) as p:
+        files = {f.path: f for f in (await p.list_files(c.id, ListParams())).data}
+        assert set(files) == {"/mnt/data/kept.txt", "/mnt/data/changed.txt"}
+        assert await read_all(p, c.id, kept.id) == b"kept"
+        assert files["/mnt/data/changed.txt"].bytes == len(b"newer content")
+        assert files["/mnt/data/changed.txt"].id == changed.id
+        del lost
+    assert list((root / "tmp").iterdir()) == []
+    assert not (root / "files" / "orphan.txt").exists()
+    assert not (tmp_path / "containers" / ("cntr_" + "f" * 48)).exists()
+
+
+async def test_symlinks_planted_inside_are_never_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("host secret")
+    async with LocalProvider(tmp_path / "data", clock=ManualClock()) as p:
+        c = await p.create_container(ContainerSpec(name="links"))
+        files = tmp_path / "data" / "containers" / c.id / "files"
+        os.symlink(outside, files / "escape")  # as a command could
+        os.symlink(outside / "secret.txt", files / "link.txt")
+        with pytest.raises(InvalidPath):
+            await p.create_file(c.id, "/mnt/data/escape/new.txt", BytesUpload(b"x"))
+        with pytest.raises(InvalidPath):
+            await p.create_file(c.id, "/mnt/data/link.txt", BytesUpload(b"overwrite"))
+        assert sorted(x.name for x in outside.iterdir()) == ["secret.txt"]
+        assert (outside / "secret.txt").read_text() == "host secret"
+
+
+async def test_replacing_a_path_keeps_one_file(tmp_path: Path) -> None:
+    async with LocalProvider(tmp_path, clock=ManualClock()) as p:
+        c = await p.create_container(ContainerSpec(name="replace"))
+        first = await p.create_file(c.id, "report.csv", BytesUpload(b"v1"))
+        second = await p.create_file(c.id, "/mnt/data/report.csv", BytesUpload(b"version 2"))
+        listed = (await p.list_files(c.id, ListParams())).data
+        assert [f.id for f in listed] == [second.id] and second.id != first.id
+        assert await read_all(p, c.id, second.id) == b"version 2"
+
+
+async def test_pages_walk_an_index(tmp_path: Path) -> None:
+    async with LocalProvider(tmp_path, clock=ManualClock()) as p:
+        for order in ("asc", "desc"):
+            for after in (False, True):
+                for name in (False, True):
+                    plan = p.registry.explain_page(order=order, after=after, name=name)
+                    assert "USING INDEX" in plan or "USING COVERING INDEX" in plan, plan
+                    assert "TEMP B-TREE" not in plan, plan

@@ -1,0 +1,83 @@
+"""Real transports: streamable HTTP and SSE on uvicorn, stdio as a subprocess of the console script."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client, StdioServerParameters
+from mcp.client.sse import sse_client
+
+from container_mcp.server.app import create_server
+from container_mcp.service import ContainerService
+from container_mcp.settings import Settings
+from tests.live import serve
+
+pytestmark = pytest.mark.anyio
+
+
+async def structured(client: Client, tool: str, **args: Any) -> dict[str, Any]:
+    result = await client.call_tool(tool, args)
+    assert result.is_error is False, result.content
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+async def assert_isolated(a: Client, b: Client) -> None:
+    mine = await structured(a, "container_create", name="mine")
+    await structured(a, "file_create", container_id=mine["id"], path="x.txt", text="private")
+    # b cannot see, read, write or delete a's container: it answers exactly like a missing id
+    assert (await structured(b, "container_list"))["data"] == []
+    for tool, args in [
+        ("container_retrieve", {}),
+        ("file_list", {}),
+        ("file_create", {"path": "y.txt", "text": "intrusion"}),
+        ("container_delete", {}),
+    ]:
+        result = await b.call_tool(tool, {"container_id": mine["id"], **args})
+        assert result.is_error
+        assert f"Container with id '{mine['id']}' not found" in result.content[0].text  # type: ignore[union-attr]
+    b_resources = [r.uri for r in (await b.list_resources()).resources]
+    assert not any(mine["id"] in uri for uri in b_resources)
+    files = await structured(a, "file_list", container_id=mine["id"])
+    assert [f["path"] for f in files["data"]] == ["/mnt/data/x.txt"]
+
+
+async def test_streamable_http_sessions_are_isolated(service: ContainerService, settings: Settings) -> None:
+    mcp = create_server(service, settings)
+    async with serve(mcp.streamable_http_app()) as url:
+        async with Client(f"{url}/mcp", mode="legacy") as a, Client(f"{url}/mcp", mode="legacy") as b:
+            await assert_isolated(a, b)
+
+
+async def test_sse_sessions_are_isolated(service: ContainerService, settings: Settings) -> None:
+    mcp = create_server(service, settings)
+    async with serve(mcp.sse_app()) as url:
+        async with Client(sse_client(f"{url}/sse")) as a, Client(sse_client(f"{url}/sse")) as b:
+            await assert_isolated(a, b)
+
+
+def console_script() -> str:
+    script = Path(sys.executable).with_name("container-mcp")
+    found = str(script) if script.exists() else shutil.which("container-mcp")
+    assert found, "the console script is not installed: pip install -e ."
+    return found
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_stdio_subprocess_and_restart_durability(tmp_path: Path, mode: str) -> None:
+    params = StdioServerParameters(command=console_script(), args=["--data-dir", str(tmp_path)])
+    async with Client(params, mode=mode) as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert {"container_create", "file_read", "session_usage"} <= names
+        c = await structured(client, "container_create", name="durable")
+        f = await structured(client, "file_create", container_id=c["id"], path="keep.txt", text="still here")
+    # a new server process on the same data dir: the stdio user sees what it made before
+    async with Client(params, mode=mode) as client:
+        listed = await structured(client, "container_list")
+        assert [x["id"] for x in listed["data"]] == [c["id"]]
+        chunk = await structured(client, "file_read", container_id=c["id"], file_id=f["id"])
+        assert chunk["content"] == "still here"
