@@ -18,8 +18,9 @@ async def serve(app: Any) -> AsyncIterator[str]:
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve)
         with anyio.fail_after(10):
-            while not server.started:
-                await anyio.sleep(0.005)  # noqa: ASYNC110 - uvicorn exposes no "started" event
+            # uvicorn exposes no "started" event to wait on
+            while not server.started:  # noqa: ASYNC110
+                await anyio.sleep(0.005)
         port = server.servers[0].sockets[0].getsockname()[1]
         try:
             yield f"http://127.0.0.1:{port}"

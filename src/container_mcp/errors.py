@@ -29,6 +29,8 @@ happened and what to do next, and never contain secrets.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ContainerExpired",
     "ContainerMCPError",
@@ -56,14 +58,26 @@ class ContainerMCPError(Exception):
 
     ``message`` is the full, reader-facing text. ``param`` names the offending argument when
     there is one (OpenAI's envelope carries it); ``code`` is a short machine-readable tag.
+    When the error came from a remote backend, ``status`` is its HTTP status and ``request_id``
+    its ``x-request-id``, whatever the class (a 404 upstream is still ``ContainerNotFound``).
     """
 
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.status = status
+        self.request_id = request_id
         if code is not None:
             self.code = code
 
@@ -183,26 +197,19 @@ class ProviderError(ContainerMCPError):
 
     code = "provider_error"
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        request_id: str | None = None,
-        param: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message, param=param, code=code)
-        self.status = status
-        self.request_id = request_id
-
 
 class ProviderAuthError(ProviderError):
     code = "provider_auth_error"
 
 
 class ProviderRateLimited(ProviderError):
+    """The backend rate-limited us; ``retry_after`` is its advice in seconds, when it gave one."""
+
     code = "provider_rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
 
 
 class ProviderUnavailable(ProviderError):

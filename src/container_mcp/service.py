@@ -20,6 +20,7 @@ import re
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
 from .clock import Clock, system_clock
@@ -264,13 +265,20 @@ class ContainerService:
         rows, has_more = self.store.page(
             owner, limit=params.limit, order=params.order, after=params.after, name=params.name
         )
-        data: list[Container] = []
-        for row in rows:
-            try:
-                data.append(self._seen(await self.provider.get_container(row.container_id, touch=False)))
-            except ContainerNotFound:
-                self.store.forget(row.container_id)
-        return Page[Container].of(data, has_more)
+        found: list[Container | None] = [None] * len(rows)
+        limiter = anyio.CapacityLimiter(8)  # remote providers answer one container per request
+
+        async def hydrate(i: int, container_id: str) -> None:
+            async with limiter:
+                try:
+                    found[i] = self._seen(await self.provider.get_container(container_id, touch=False))
+                except ContainerNotFound:
+                    self.store.forget(container_id)
+
+        async with anyio.create_task_group() as tg:
+            for i, row in enumerate(rows):
+                tg.start_soon(hydrate, i, row.container_id)
+        return Page[Container].of([c for c in found if c is not None], has_more)
 
     async def get_container(self, owner: str, container_id: str) -> Container:
         self._call(owner)

@@ -132,3 +132,28 @@ async def test_pages_walk_an_index(tmp_path: Path) -> None:
                     plan = p.registry.explain_page(order=order, after=after, name=name)
                     assert "USING INDEX" in plan or "USING COVERING INDEX" in plan, plan
                     assert "TEMP B-TREE" not in plan, plan
+
+
+async def test_background_reaper_expires_within_its_interval(tmp_path: Path) -> None:
+    import anyio
+
+    clock = ManualClock()
+    intervals: list[float] = []
+    ticks = anyio.create_memory_object_stream[None](0)
+    send, receive = ticks
+
+    async def sleep(seconds: float) -> None:
+        intervals.append(seconds)
+        await receive.receive()  # one sweep per tick the test gives
+
+    async with LocalProvider(tmp_path, clock=clock, reaper_interval_s=3600, sleep=sleep) as p:
+        c = await p.create_container(ContainerSpec(name="reap", expires_after=ExpiresAfter(minutes=1)))
+        await p.create_file(c.id, "/mnt/data/a.txt", BytesUpload(b"a"))
+        clock.advance(61)
+        await send.send(None)  # the reaper wakes and sweeps
+        await send.send(None)  # ...and is asleep again: the first sweep has finished
+        assert p.registry.container(c.id).status == "expired"  # type: ignore[union-attr]
+        assert list((tmp_path / "containers" / c.id / "files").iterdir()) == []
+    assert intervals[0] == 60.0  # capped: never slower than a minute
+    send.close()
+    receive.close()

@@ -7,6 +7,7 @@ connections from a raw TCP server on 127.0.0.1. The injected sleep records delay
 from __future__ import annotations
 
 import email.utils
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx2
@@ -24,7 +25,6 @@ from container_mcp.errors import (
     ProviderUnavailable,
 )
 from container_mcp.models import ContainerSpec, ListParams
-from container_mcp.providers.openai import upstream_error
 from container_mcp.uploads import BytesUpload, PathUpload
 from tests.providers.openai_fakes import (
     API_KEY,
@@ -303,14 +303,13 @@ async def test_error_table(status: int, message: str, expected: type[ContainerMC
             await provider.get_container(CONTAINER_ID)
     error = info.value
     assert type(error) is expected
-    upstream = upstream_error(error)
-    assert upstream is not None
-    assert (upstream.status, upstream.request_id) == (status, "req_abc123")
+    assert (error.status, error.request_id) == (status, "req_abc123")
+    assert error.__cause__ is None
     assert f"HTTP {status}, request id req_abc123" in str(error)
     assert API_KEY not in str(error) and API_KEY not in repr(error)
-    assert API_KEY not in str(upstream) and API_KEY not in repr(upstream)
+    assert message.replace(API_KEY, "***") in str(error)
     if isinstance(error, InvalidRequest):
-        assert message in str(error) and error.param == "limit"
+        assert error.param == "limit"
 
 
 async def test_auth_error_tells_the_operator_which_setting_to_check() -> None:
@@ -333,10 +332,52 @@ async def test_rate_limited_after_retries_says_how_long_to_wait() -> None:
         with pytest.raises(ProviderRateLimited) as info:
             await provider.list_containers(ListParams())
     assert sleep.calls == [20.0, 20.0]
+    assert info.value.retry_after == 20.0
+    assert (info.value.status, info.value.request_id) == (429, "req_3")
     assert str(info.value) == (
         "The backend is rate limiting requests: Rate limit reached for requests (HTTP 429, request id req_3); "
         "gave up after 3 attempts. Wait 20 s and try again."
     )
+
+
+@pytest.mark.parametrize(
+    ("headers", "retry_after", "wait"),
+    [
+        ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5, "1.5 s"),
+        ({"retry-after": "Fri, 15 Jan 2027 08:00:30 GMT"}, 30.0, "30 s"),
+        ({"retry-after": "3600"}, 3600.0, "3600 s"),  # too long to wait for in a retry; still the advice
+        ({"retry-after": "soon"}, None, "a minute"),
+        ({"retry-after": "0"}, None, "a minute"),
+        ({}, None, "a minute"),
+    ],
+)
+async def test_rate_limited_carries_the_servers_retry_after(
+    headers: dict[str, str], retry_after: float | None, wait: str
+) -> None:
+    app = FaultApp(Reply(429, error_body("Rate limit reached"), headers))
+    now = email.utils.parsedate_to_datetime("Fri, 15 Jan 2027 08:00:00 GMT").timestamp()
+    async with asgi_provider(app, max_retries=0, clock=lambda: now) as provider:
+        with pytest.raises(ProviderRateLimited) as info:
+            await provider.create_container(SPEC)
+    assert info.value.retry_after == retry_after
+    assert (info.value.status, info.value.request_id) == (429, "req_1")
+    assert f"Wait {wait} and try again." in str(info.value)
+
+
+async def test_download_broken_mid_stream_keeps_the_request_id() -> None:
+    class BrokenStream(httpx2.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield b"abc"
+            raise httpx2.ReadError("connection reset")
+
+    async def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, stream=BrokenStream(), headers={"x-request-id": "req_dl"})
+
+    async with provider_over(httpx2.MockTransport(handler)) as provider:
+        with pytest.raises(ProviderUnavailable, match="broke off") as info:
+            async for _ in provider.read_file(CONTAINER_ID, FILE_ID):
+                pass
+    assert (info.value.status, info.value.request_id) == (None, "req_dl")
 
 
 async def test_expired_container_is_distinct_from_not_found() -> None:
@@ -344,10 +385,23 @@ async def test_expired_container_is_distinct_from_not_found() -> None:
     async with asgi_provider(app) as provider:
         with pytest.raises(ContainerExpired) as info:
             await provider.create_file(CONTAINER_ID, "/mnt/data/a.txt", BytesUpload(b"abc"))
-    assert info.value.container_id == CONTAINER_ID
-    assert str(info.value).startswith(f"Container is expired: {CONTAINER_ID} was inactive")
-    upstream = upstream_error(info.value)
-    assert upstream is not None and upstream.status == 400 and "Container is expired." in upstream.message
+    error = info.value
+    assert error.container_id == CONTAINER_ID
+    assert (error.status, error.request_id, error.__cause__) == (400, "req_1", None)
+    assert str(error).startswith(f"Container is expired: {CONTAINER_ID} was inactive")
+    # The fixed text already says what upstream said, so only the status and request id follow it.
+    assert str(error).endswith("upload the files again. (HTTP 400, request id req_1)")
+    assert repr(error) == f"ContainerExpired({str(error)!r})" and error.args == (str(error),)
+
+
+async def test_expired_container_keeps_an_upstream_message_that_says_more() -> None:
+    app = FaultApp(Reply(400, error_body(f"Container {CONTAINER_ID} has expired and cannot be used")))
+    async with asgi_provider(app) as provider:
+        with pytest.raises(ContainerExpired) as info:
+            await provider.get_container(CONTAINER_ID)
+    assert str(info.value).endswith(
+        f"The backend said: Container {CONTAINER_ID} has expired and cannot be used (HTTP 400, request id req_1)"
+    )
 
 
 async def test_404_on_a_file_names_the_file_or_the_container() -> None:
@@ -358,10 +412,16 @@ async def test_404_on_a_file_names_the_file_or_the_container() -> None:
     async with asgi_provider(app) as provider:
         with pytest.raises(FileNotFound) as file_info:
             await provider.get_file(CONTAINER_ID, FILE_ID)
-        with pytest.raises(ContainerNotFound):
+        with pytest.raises(ContainerNotFound) as container_info:
             await provider.delete_file(CONTAINER_ID, FILE_ID)
     assert file_info.value.file_id == FILE_ID
-    assert str(file_info.value).startswith(f"File {FILE_ID} not found on container {CONTAINER_ID}.")
+    assert (file_info.value.status, file_info.value.request_id) == (404, "req_1")
+    assert str(file_info.value) == (
+        f"File {FILE_ID} not found on container {CONTAINER_ID}. List the container's files with file_list. "
+        "(HTTP 404, request id req_1)"
+    )
+    assert (container_info.value.status, container_info.value.request_id) == (404, "req_2")
+    assert str(container_info.value).endswith("or create one with container_create. (HTTP 404, request id req_2)")
 
 
 async def test_404_on_the_collection_points_at_the_base_url() -> None:

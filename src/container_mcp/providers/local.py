@@ -18,7 +18,7 @@ import hashlib
 import logging
 import mimetypes
 import os
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -90,10 +90,13 @@ class LocalProvider:
         *,
         clock: Clock = system_clock,
         reaper_interval_s: float = 30.0,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
         self.data_dir = data_dir
         self._clock = clock
+        # The promise: an expired container is reaped within 60 s, whatever the setting.
         self._reaper_interval_s = min(reaper_interval_s, 60.0)
+        self._sleep = sleep
         data_dir.mkdir(parents=True, exist_ok=True)
         self._containers_root = data_dir / "containers"
         self._containers_root.mkdir(exist_ok=True)
@@ -139,7 +142,7 @@ class LocalProvider:
 
     async def _reap_forever(self) -> None:
         while True:
-            await anyio.sleep(self._reaper_interval_s)
+            await self._sleep(self._reaper_interval_s)
             try:
                 await self.sweep()
             except Exception:  # the reaper must outlive one bad sweep

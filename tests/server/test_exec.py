@@ -1,0 +1,207 @@
+"""container_exec through the MCP client, on the local provider's bubblewrap sandbox.
+
+The escape battery lives with the sandbox (tests/sandbox); these tests pin what an agent sees:
+results, file changes as container files at once, quotas, timeouts, progress and cancellation.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client
+
+from container_mcp.clock import ManualClock
+from container_mcp.providers.local import LocalProvider
+from container_mcp.runtime import limits_from
+from container_mcp.server.app import create_server
+from container_mcp.service import ContainerService
+from container_mcp.settings import Settings
+from container_mcp.store import SqliteSessionStore
+
+pytestmark = [pytest.mark.anyio, pytest.mark.sandbox]
+
+
+@pytest.fixture
+async def exec_client(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Client]:
+    settings = Settings(data_dir=tmp_path, max_files_per_container=5, max_session_bytes=1 << 20)
+    async with LocalProvider(tmp_path / "local", clock=clock, exec_settings=settings) as provider:
+        if not provider.capabilities.exec:
+            pytest.skip(f"sandbox unavailable: {provider.capabilities.exec_unavailable_reason}")
+        service = ContainerService(provider, SqliteSessionStore(), limits_from(settings), clock=clock)
+        async with Client(create_server(service, settings)) as client:
+            yield client
+
+
+async def call(client: Client, tool: str, **args: Any) -> dict[str, Any]:
+    result = await client.call_tool(tool, args)
+    assert result.is_error is False, result.content
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+async def error(client: Client, tool: str, **args: Any) -> str:
+    result = await client.call_tool(tool, args)
+    assert result.is_error is True, result.structured_content
+    return result.content[0].text  # type: ignore[union-attr]
+
+
+async def test_exec_is_offered_with_annotations(exec_client: Client) -> None:
+    tools = {t.name: t for t in (await exec_client.list_tools()).tools}
+    tool = tools["container_exec"]
+    assert tool.title and tool.annotations is not None and tool.annotations.read_only_hint is False
+    caps = (await exec_client.read_resource("container://capabilities")).contents[0].text  # type: ignore[union-attr]
+    assert '"exec": true' in caps
+
+
+async def test_python_reads_a_csv_and_writes_a_result(exec_client: Client) -> None:
+    cid = (await call(exec_client, "container_create", name="analysis"))["id"]
+    await call(exec_client, "file_create", container_id=cid, path="data.csv", text="x,y\n1,2\n3,4\n")
+    script = (
+        "import csv\n"
+        "rows = list(csv.DictReader(open('/mnt/data/data.csv')))\n"
+        "total = sum(int(r['x']) + int(r['y']) for r in rows)\n"
+        "open('/mnt/data/out/result.txt', 'w').write(f'total={total}\\n')\n"
+        "print('rows', len(rows))\n"
+    )
+    await call(exec_client, "file_create", container_id=cid, path="analyse.py", text=script)
+    result = await call(exec_client, "container_exec", container_id=cid, command="mkdir -p out && python3 analyse.py")
+    assert result["exit_code"] == 0, result["stderr"]
+    assert result["stdout"] == "rows 2\n"
+    assert result["timed_out"] is False and result["duration_ms"] >= 0
+    created = {f["path"]: f for f in result["files_created"]}
+    assert set(created) == {"/mnt/data/out/result.txt"}
+    assert created["/mnt/data/out/result.txt"]["source"] == "assistant"
+    chunk = await call(exec_client, "file_read", container_id=cid, file_id=created["/mnt/data/out/result.txt"]["id"])
+    assert chunk["content"] == "total=10\n"
+    listed = {f["path"] for f in (await call(exec_client, "file_list", container_id=cid))["data"]}
+    assert listed == {"/mnt/data/data.csv", "/mnt/data/analyse.py", "/mnt/data/out/result.txt"}
+
+
+async def test_changes_and_deletions_are_reflected(exec_client: Client) -> None:
+    cid = (await call(exec_client, "container_create", name="edit"))["id"]
+    a = await call(exec_client, "file_create", container_id=cid, path="a.txt", text="one\n")
+    await call(exec_client, "file_create", container_id=cid, path="b.txt", text="gone soon\n")
+    result = await call(exec_client, "container_exec", container_id=cid, command=["sh", "-c", "echo two >> a.txt; rm b.txt"])
+    assert [f["path"] for f in result["files_changed"]] == ["/mnt/data/a.txt"]
+    assert result["files_deleted"] == ["/mnt/data/b.txt"]
+    files = (await call(exec_client, "file_list", container_id=cid))["data"]
+    assert [f["path"] for f in files] == ["/mnt/data/a.txt"]
+    new_id = files[0]["id"]
+    chunk = await call(exec_client, "file_read", container_id=cid, file_id=new_id)
+    assert chunk["content"] == "one\ntwo\n"
+    del a
+
+
+async def test_argv_stdin_env_workdir_and_exit_codes(exec_client: Client) -> None:
+    cid = (await call(exec_client, "container_create", name="argv"))["id"]
+    r = await call(
+        exec_client,
+        "container_exec",
+        container_id=cid,
+        command=["sh", "-c", 'read line; echo "$line/$GREETING/$(pwd)"; exit 3'],
+        stdin="from stdin\n",
+        env={"GREETING": "hi"},
+        workdir="/mnt/data/sub",
+    )
+    assert r["exit_code"] == 3
+    assert r["stdout"] == "from stdin/hi//mnt/data/sub\n"
+
+
+async def test_output_is_capped_and_binary_safe(exec_client: Client) -> None:
+    cid = (await call(exec_client, "container_create", name="noisy"))["id"]
+    r = await call(
+        exec_client,
+        "container_exec",
+        container_id=cid,
+        command="head -c 200000 /dev/zero | tr '\\0' 'x'; printf '\\377\\376 bad utf8' >&2",
+    )
+    assert r["stdout_bytes"] == 200000 and r["stdout_truncated"] is True
+    assert len(r["stdout"].encode()) <= 64 * 1024
+    assert r["stderr_truncated"] is False and "bad utf8" in r["stderr"]
+
+
+async def test_timeout_kills_and_says_how_to_raise_it(exec_client: Client) -> None:
+    cid = (await call(exec_client, "container_create", name="slow"))["id"]
+    message = await error(exec_client, "container_exec", container_id=cid, command="echo started; sleep 30", timeout_s=0.5)
+    assert "timed out after 0.5 s" in message and "timeout_s" in message and "CONTAINER_MCP_EXEC_MAX_TIMEOUT_S" in message
+    assert "started" in message
+    too_long = await error(exec_client, "container_exec", container_id=cid, command="true", timeout_s=10_000)
+    assert "maximum" in too_long
+
+
+async def test_over_quota_output_is_rejected_and_nothing_changes(exec_client: Client) -> None:
+    cid = (await call(exec_client, "container_create", name="quota"))["id"]
+    await call(exec_client, "file_create", container_id=cid, path="keep.txt", text="original\n")
+    message = await error(
+        exec_client,
+        "container_exec",
+        container_id=cid,
+        command="echo changed > keep.txt; for i in 1 2 3 4 5 6 7; do echo $i > f$i.txt; done",
+    )
+    assert "CONTAINER_MCP_MAX_FILES_PER_CONTAINER" in message
+    files = (await call(exec_client, "file_list", container_id=cid))["data"]
+    assert [f["path"] for f in files] == ["/mnt/data/keep.txt"]
+    chunk = await call(exec_client, "file_read", container_id=cid, file_id=files[0]["id"])
+    assert chunk["content"] == "original\n"
+    big = await error(
+        exec_client, "container_exec", container_id=cid, command="head -c 2000000 /dev/zero > big.bin"
+    )
+    assert "CONTAINER_MCP_MAX_SESSION_BYTES" in big or "CONTAINER_MCP_MAX_FILE_BYTES" in big
+    assert [f["path"] for f in (await call(exec_client, "file_list", container_id=cid))["data"]] == ["/mnt/data/keep.txt"]
+
+
+async def test_progress_is_reported_while_it_runs(exec_client: Client) -> None:
+    cid = (await call(exec_client, "container_create", name="progress"))["id"]
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
+
+    result = await exec_client.call_tool(
+        "container_exec",
+        {"container_id": cid, "command": "sleep 2.2; echo done", "timeout_s": 30},
+        progress_callback=on_progress,
+    )
+    assert result.is_error is False
+    assert len(seen) >= 2 and all(total == 30 for _, total, _ in seen)
+    assert [p for p, _, _ in seen] == sorted(p for p, _, _ in seen)
+
+
+async def test_cancellation_kills_the_command(exec_client: Client, tmp_path: Path) -> None:
+    cid = (await call(exec_client, "container_create", name="cancel"))["id"]
+    with anyio.move_on_after(1.0):
+        await exec_client.call_tool("container_exec", {"container_id": cid, "command": "sleep 300 & sleep 300"})
+    # nothing of the command survives (the kill is asynchronous: poll, bounded)
+    with anyio.fail_after(5):
+        while _survivors("sleep 300"):
+            await anyio.sleep(0.05)
+    assert (await call(exec_client, "container_retrieve", container_id=cid))["status"] == "running"
+
+
+def _survivors(cmd: str) -> list[Path]:
+    return [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p) == cmd]
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+async def test_binary_written_by_a_command_reads_back_exactly(exec_client: Client) -> None:
+    cid = (await call(exec_client, "container_create", name="binary"))["id"]
+    r = await call(
+        exec_client,
+        "container_exec",
+        container_id=cid,
+        command=["python3", "-c", "open('/mnt/data/all.bin','wb').write(bytes(range(256)))"],
+    )
+    (f,) = r["files_created"]
+    read = await exec_client.read_resource(f"container://{cid}/files/{f['id']}")
+    assert base64.b64decode(read.contents[0].blob) == bytes(range(256))  # type: ignore[union-attr]
