@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -40,12 +41,13 @@ async def test_upload_retrieve_list_content_delete(client: AsyncOpenAI) -> None:
 
     page = await client.containers.files.list(cid)
     assert [f.id for f in page.data] == [created.id]
-    assert (page.first_id, page.last_id, page.has_more) == (created.id, created.id, False)
+    assert page.model_dump()["first_id"] == page.model_dump()["last_id"] == created.id
+    assert page.has_more is False
 
     content = await client.containers.files.content.retrieve(created.id, container_id=cid)
     assert content.content == text
 
-    assert await client.containers.files.delete(created.id, container_id=cid) is None
+    await client.containers.files.delete(created.id, container_id=cid)
     with pytest.raises(NotFoundError, match=f"File {created.id} not found on container {cid}."):
         await client.containers.files.retrieve(created.id, container_id=cid)
     assert (await client.containers.files.list(cid)).data == []
@@ -177,9 +179,7 @@ async def test_file_and_file_id_together_the_upload_wins(client: AsyncOpenAI) ->
         ("cfile_" + "0" * 32, NotFoundError, "file_id"),
     ],
 )
-async def test_create_by_unknown_file_id(
-    client: AsyncOpenAI, file_id: str, error: type[Exception], param: str
-) -> None:
+async def test_create_by_unknown_file_id(client: AsyncOpenAI, file_id: str, error: type[Exception], param: str) -> None:
     cid = await new_container(client)
     with pytest.raises(error) as info:
         await client.containers.files.create(cid, file_id=file_id)
@@ -201,3 +201,37 @@ async def test_file_paging_both_orders(client: AsyncOpenAI, api: LiveApi) -> Non
         api.clock.advance(1)
     assert [f.id async for f in client.containers.files.list(cid, limit=5, order="asc")] == made
     assert [f.id async for f in client.containers.files.list(cid, limit=5)] == made[::-1]
+
+
+async def test_an_aborted_upload_leaves_nothing_behind(api: LiveApi, client: AsyncOpenAI) -> None:
+    cid = await new_container(client)
+
+    class Aborted(Exception):
+        pass
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="cut.bin"\r\n\r\n'
+        for _ in range(40):
+            yield b"z" * 65536
+        raise Aborted  # the client gives up mid-file: the server sees the connection drop
+
+    async with httpx2.AsyncClient(base_url=api.base_url, headers={"Authorization": f"Bearer {KEY_A}"}) as http:
+        with pytest.raises(Aborted):
+            await http.post(
+                f"/containers/{cid}/files",
+                content=body(),
+                headers={"Content-Type": "multipart/form-data; boundary=b"},
+            )
+    # The same path again: the container's write lock orders it after the aborted upload's cleanup.
+    done = await client.containers.files.create(cid, file=("cut.bin", b"whole"))
+    assert [(f.id, f.bytes) for f in (await client.containers.files.list(cid)).data] == [(done.id, 5)]
+    container_dir = api.provider.data_dir / "containers" / cid
+    assert sorted(p.name for p in container_dir.rglob("*") if p.is_file()) == ["cut.bin"]
+
+
+async def test_create_container_with_file_ids_copies_them(client: AsyncOpenAI) -> None:
+    src = await new_container(client, "src")
+    original = await client.containers.files.create(src, file=("seed.txt", b"seed"))
+    dst = await client.containers.create(name="dst", file_ids=[original.id])
+    files = (await client.containers.files.list(dst.id)).data
+    assert [(f.path, f.bytes) for f in files] == [("/mnt/data/seed.txt", 4)]

@@ -21,7 +21,7 @@ ExecError                  500     server_error           ``x-should-retry: fals
 SandboxUnavailable         503     server_error           ``x-should-retry: false``
 ProviderError              502     server_error           an upstream 4xx keeps its status
 ProviderAuthError          502     server_error           the server's upstream key; no retry
-ProviderRateLimited        429     requests
+ProviderRateLimited        429     requests               upstream's ``Retry-After`` passed on
 ProviderUnavailable        502     server_error           retryable (upstream 5xx, timeouts)
 =========================  ======  =====================  ======================================
 
@@ -161,7 +161,8 @@ def error_response(exc: ContainerMCPError) -> Response:
     headers: dict[str, str] = {}
     if spec.retry is not None:
         headers["x-should-retry"] = "true" if spec.retry else "false"
-    if isinstance(exc, RateLimited):
-        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
+    retry_after = exc.retry_after if isinstance(exc, RateLimited | ProviderRateLimited) else None
+    if retry_after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(retry_after)))
     code = "rate_limit_exceeded" if spec.status == 429 else exc.code
     return api_error_response(spec.status, _message(exc), type=spec.type, param=exc.param, code=code, headers=headers)

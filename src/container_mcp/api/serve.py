@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import socket
+from collections.abc import Iterator
 
+import anyio
 import uvicorn
 
 from ..runtime import open_service
@@ -62,8 +66,29 @@ async def serve_api(settings: Settings, host: str, port: int) -> None:
             server_header=False,
             timeout_graceful_shutdown=10,
         )
-        server = uvicorn.Server(config)
+        server = _Server(config)
         with listen(host, port, config.backlog) as sock:
             bound_host, bound_port = sock.getsockname()[:2]
             log.info("container-mcp api listening on http://%s:%d/v1", bound_host, bound_port)
-            await server.serve(sockets=[sock])
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_stop_on_signal, server)
+                await server.serve(sockets=[sock])
+                tg.cancel_scope.cancel()
+    log.info("container-mcp api stopped")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its signal handling: uvicorn re-raises SIGTERM after shutting down,
+    which would kill the process before ``open_service`` closes the provider and the store."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _stop_on_signal(server: uvicorn.Server) -> None:
+    """SIGINT or SIGTERM: graceful shutdown; a second one: stop waiting for open connections."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            server.force_exit = server.should_exit
+            server.should_exit = True

@@ -15,6 +15,7 @@ not wait for it); it dies with the sandbox's PID namespace when the command exit
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -33,10 +34,8 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
     except OSError:
         pass
     finally:
-        try:
+        with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
 
 
 def _handle(client: socket.socket, path: str) -> None:

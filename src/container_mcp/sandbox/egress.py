@@ -23,6 +23,7 @@ services or a cloud metadata endpoint through a listed domain).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import re
@@ -329,10 +330,8 @@ async def _respond(client: anyio.abc.ByteStream, status: int, reason: str, detai
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
-    try:
+    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
         await client.send(head.encode() + body)
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-        pass
 
 
 async def _splice(client: anyio.abc.ByteStream, upstream: anyio.abc.ByteStream, pending: bytes) -> None:
@@ -344,10 +343,8 @@ async def _splice(client: anyio.abc.ByteStream, upstream: anyio.abc.ByteStream, 
                 await dst.send(chunk)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
-        try:
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             await dst.send_eof()
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass
 
     if pending:
         await upstream.send(pending)

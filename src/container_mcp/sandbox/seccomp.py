@@ -49,13 +49,50 @@ _CLONE_NEW_ANY = (
 )
 
 DENIED_SYSCALLS = (
-    "ptrace process_vm_readv process_vm_writev pidfd_getfd process_madvise "
-    "keyctl add_key request_key bpf perf_event_open userfaultfd "
-    "kexec_load kexec_file_load init_module finit_module delete_module "
-    "mount umount2 pivot_root open_tree move_mount fsopen fsconfig fsmount fspick mount_setattr "
-    "unshare setns swapon swapoff reboot acct quotactl quotactl_fd lookup_dcookie "
-    "open_by_handle_at name_to_handle_at syslog vhangup clock_settime settimeofday adjtimex clock_adjtime"
-).split()
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "pidfd_getfd",
+    "process_madvise",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "open_tree",
+    "move_mount",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "mount_setattr",
+    "unshare",
+    "setns",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "acct",
+    "quotactl",
+    "quotactl_fd",
+    "lookup_dcookie",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "syslog",
+    "vhangup",
+    "clock_settime",
+    "settimeofday",
+    "adjtimex",
+    "clock_adjtime",
+)
 _ENOSYS_SYSCALLS = ("clone3", "io_uring_setup", "io_uring_enter", "io_uring_register")
 
 # (AUDIT_ARCH, has x32 bit, syscall table) per machine, numbers from the kernel's unistd headers.

@@ -1,0 +1,538 @@
+"""Staging a command's writes to /mnt/data, reporting them, and committing or discarding them.
+
+A run never writes to the container's directory. ``/mnt/data`` inside the sandbox is an
+overlayfs whose lower layer is the container directory (read-only to the kernel's overlay) and
+whose upper layer is ``<stage>/upper``, a fresh directory on the same filesystem. After the run,
+the upper layer holds exactly what the command changed: new and modified files (whole copies),
+whiteouts (character devices 0/0) for deletions, and ``user.overlay.opaque`` directories that
+replaced a directory wholesale. ``Stage.scan`` turns that into a ``ChangeSet`` relative to the
+container directory, plus a plan; ``Stage.apply`` carries the plan out, ``Stage.destroy``
+throws the stage away. The container directory is untouched until ``apply``.
+
+Applying is atomic per file: each new or modified file is ``rename(2)``d from the stage into
+place (same filesystem), so a reader sees the old file or the new one, never a partial one.
+Deletions happen first, then directory creations, then the renames. The directory walk uses
+``O_NOFOLLOW`` directory fds, so nothing outside the container directory can be touched even if
+a symlink were in the way. What cannot be represented as a container file is reported in
+``skipped`` and not applied: symlinks, FIFOs, sockets, devices, and paths that
+``container_mcp.paths.normalize_path`` rejects (control characters, over-long names or paths,
+invalid UTF-8). Permission bits are kept (without setuid/setgid/sticky); overlay xattrs are
+stripped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import stat
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..errors import InvalidPath
+from ..paths import normalize_path
+
+__all__ = ["ChangeSet", "FileChange", "SkippedEntry", "Stage"]
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_OPEN_DEPTH = 64
+_OPAQUE_XATTRS = ("user.overlay.opaque", "trusted.overlay.opaque")
+
+SkipKind = Literal["symlink", "fifo", "socket", "device", "invalid-path"]
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """One regular file. ``path`` is relative to /mnt/data (``out/result.csv``).
+
+    ``size`` is the size after the run (created/changed) or before it (deleted);
+    ``previous_size`` is set for changed files.
+    """
+
+    path: str
+    size: int
+    previous_size: int | None = None
+
+
+@dataclass(frozen=True)
+class SkippedEntry:
+    """Something the command created that is not applied (and why)."""
+
+    path: str
+    kind: SkipKind
+
+
+@dataclass(frozen=True)
+class ChangeSet:
+    """The net effect a finished command would have on the container directory.
+
+    Lists are sorted by path. Files only count as ``changed`` when their bytes or permission bits
+    differ (opening a file for writing and leaving it as it was is no change).
+    """
+
+    created: tuple[FileChange, ...] = ()
+    changed: tuple[FileChange, ...] = ()
+    deleted: tuple[FileChange, ...] = ()
+    dirs_created: tuple[str, ...] = ()
+    dirs_deleted: tuple[str, ...] = ()
+    skipped: tuple[SkippedEntry, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        """True when applying would change nothing."""
+        return not (self.created or self.changed or self.deleted or self.dirs_created or self.dirs_deleted)
+
+    @property
+    def files_delta(self) -> int:
+        """Change in the number of files."""
+        return len(self.created) - len(self.deleted)
+
+    @property
+    def bytes_delta(self) -> int:
+        """Change in stored bytes."""
+        return (
+            sum(f.size for f in self.created)
+            + sum(f.size - (f.previous_size or 0) for f in self.changed)
+            - sum(f.size for f in self.deleted)
+        )
+
+    @property
+    def largest_file_bytes(self) -> int:
+        """Size of the largest created or changed file (0 when none)."""
+        return max((f.size for f in (*self.created, *self.changed)), default=0)
+
+
+@dataclass(frozen=True)
+class _Mkdir:
+    rel: str
+    mode: int
+    uid: int
+    gid: int
+
+
+@dataclass
+class _Plan:
+    removes: list[str] = field(default_factory=list)
+    mkdirs: list[_Mkdir] = field(default_factory=list)
+    installs: list[tuple[str, int]] = field(default_factory=list)  # (rel, mode)
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _is_opaque(path: Path) -> bool:
+    for name in _OPAQUE_XATTRS:
+        try:
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _skip_kind(mode: int) -> SkipKind:
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "device"
+
+
+def _valid_rel(rel: str) -> bool:
+    try:
+        return normalize_path(rel) == "/mnt/data/" + rel
+    except InvalidPath:
+        return False
+
+
+def _same_content(a: Path, b: Path) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+class _Scanner:
+    def __init__(self, upper: Path, lower: Path) -> None:
+        self.upper = upper
+        self.lower = lower
+        self.plan = _Plan()
+        self.created: list[FileChange] = []
+        self.changed: list[FileChange] = []
+        self.deleted: list[FileChange] = []
+        self.dirs_created: list[str] = []
+        self.dirs_deleted: list[str] = []
+        self.skipped: list[SkippedEntry] = []
+
+    def result(self) -> ChangeSet:
+        def by_path(xs: list[FileChange]) -> tuple[FileChange, ...]:
+            return tuple(sorted(xs, key=lambda f: f.path))
+
+        return ChangeSet(
+            created=by_path(self.created),
+            changed=by_path(self.changed),
+            deleted=by_path(self.deleted),
+            dirs_created=tuple(sorted(self.dirs_created)),
+            dirs_deleted=tuple(sorted(self.dirs_deleted)),
+            skipped=tuple(sorted(self.skipped, key=lambda s: s.path)),
+        )
+
+    def delete_lower(self, rel: str, st: os.stat_result) -> None:
+        """Record that whatever the container directory has at ``rel`` goes away."""
+        self.plan.removes.append(rel)
+        if stat.S_ISREG(st.st_mode):
+            self.deleted.append(FileChange(rel, st.st_size))
+        elif stat.S_ISDIR(st.st_mode):
+            self.dirs_deleted.append(rel)
+            for root, dirs, files in os.walk(self.lower / rel):
+                base = Path(root).relative_to(self.lower).as_posix()
+                for d in dirs:
+                    if (Path(root) / d).is_symlink():
+                        continue
+                    self.dirs_deleted.append(f"{base}/{d}")
+                for f in files:
+                    fst = _lstat(Path(root) / f)
+                    if fst is not None and stat.S_ISREG(fst.st_mode):
+                        self.deleted.append(FileChange(f"{base}/{f}", fst.st_size))
+
+    def walk(self, rel: str, lower_state: Literal["visible", "hidden", "absent"]) -> None:
+        """Compare upper directory ``rel`` with the container directory.
+
+        ``visible``: the container has this directory and the sandbox saw its contents;
+        ``hidden``: the container has it but the sandbox saw it replaced (opaque);
+        ``absent``: the container has no directory here.
+        """
+        udir = self.upper / rel if rel else self.upper
+        ldir = self.lower / rel if rel else self.lower
+        names: set[str] = set()
+        with os.scandir(udir) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            names.add(entry.name)
+            r = f"{rel}/{entry.name}" if rel else entry.name
+            ust = entry.stat(follow_symlinks=False)
+            lst = _lstat(ldir / entry.name) if lower_state != "absent" else None
+            if _is_whiteout(ust):
+                if lst is not None:
+                    self.delete_lower(r, lst)
+                continue
+            if not _valid_rel(r):
+                self.skipped.append(SkippedEntry(r, "invalid-path"))
+                if lst is not None:
+                    self.delete_lower(r, lst)
+                continue
+            if stat.S_ISDIR(ust.st_mode):
+                if lst is not None and stat.S_ISDIR(lst.st_mode):
+                    opaque = _is_opaque(Path(entry.path))
+                    self.walk(r, "visible" if lower_state == "visible" and not opaque else "hidden")
+                    continue
+                if lst is not None:
+                    self.delete_lower(r, lst)
+                self.plan.mkdirs.append(_Mkdir(r, stat.S_IMODE(ust.st_mode) & 0o777, ust.st_uid, ust.st_gid))
+                self.dirs_created.append(r)
+                self.walk(r, "absent")
+            elif stat.S_ISREG(ust.st_mode):
+                mode = stat.S_IMODE(ust.st_mode) & 0o777
+                if lst is not None and stat.S_ISREG(lst.st_mode):
+                    if (
+                        lst.st_size == ust.st_size
+                        and stat.S_IMODE(lst.st_mode) & 0o777 == mode
+                        and _same_content(ldir / entry.name, Path(entry.path))
+                    ):
+                        continue
+                    self.changed.append(FileChange(r, ust.st_size, lst.st_size))
+                else:
+                    if lst is not None:
+                        self.delete_lower(r, lst)
+                    self.created.append(FileChange(r, ust.st_size))
+                self.plan.installs.append((r, mode))
+            else:
+                self.skipped.append(SkippedEntry(r, _skip_kind(ust.st_mode)))
+                if lst is not None:
+                    self.delete_lower(r, lst)
+        if lower_state == "hidden":
+            with os.scandir(ldir) as it:
+                gone = sorted(e.name for e in it if e.name not in names)
+            for name in gone:
+                lst = _lstat(ldir / name)
+                if lst is not None:
+                    self.delete_lower(f"{rel}/{name}" if rel else name, lst)
+
+
+class _DirFds:
+    """``O_NOFOLLOW`` directory fds below a root, opened on demand and cached."""
+
+    def __init__(self, root: Path) -> None:
+        self.root_fd = os.open(root, _DIR_FLAGS)
+        self._cache: dict[str, int] = {"": self.root_fd}
+
+    def parent(self, rel: str) -> tuple[int, str]:
+        """(fd of the parent directory of ``rel``, last component)."""
+        head, _, name = rel.rpartition("/")
+        return self.dir(head), name
+
+    def dir(self, rel: str) -> int:
+        fd = self._cache.get(rel)
+        if fd is not None:
+            return fd
+        parent, name = self.parent(rel)
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise OSError(exc.errno, f"{rel} is not a plain directory") from None
+            raise
+        self._cache[rel] = fd
+        return fd
+
+    def forget(self) -> None:
+        for rel, fd in list(self._cache.items()):
+            if rel:
+                os.close(fd)
+                del self._cache[rel]
+
+    def close(self) -> None:
+        self.forget()
+        os.close(self.root_fd)
+
+
+def _strip_overlay_xattrs(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        for name in os.listxattr(path, follow_symlinks=False):
+            if name.startswith(("user.overlay.", "trusted.overlay.")):
+                with contextlib.suppress(OSError):
+                    os.removexattr(path, name, follow_symlinks=False)
+
+
+class _Remover:
+    """Removes trees without following symlinks and without deep recursion.
+
+    Directories nested deeper than ``_MAX_OPEN_DEPTH`` are renamed into ``park_fd`` (a directory
+    on the same filesystem) and removed from there later, so neither the fd limit nor Python's
+    recursion limit is reached however deep a command nested its directories. Permission bits
+    (a command may ``chmod 000`` a directory) are overridden for the owner.
+    """
+
+    def __init__(self, park_fd: int, prefix: str) -> None:
+        self.park_fd = park_fd
+        self.prefix = prefix
+        self.parked: list[str] = []
+        self._counter = itertools.count()
+
+    def remove_at(self, dir_fd: int, name: str) -> None:
+        try:
+            st = os.lstat(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=dir_fd)
+            return
+        self._clear_child(dir_fd, name, 0)
+        os.rmdir(name, dir_fd=dir_fd)
+
+    def drain(self) -> None:
+        while self.parked:
+            self.remove_at(self.park_fd, self.parked.pop())
+
+    def _clear_child(self, dir_fd: int, name: str, depth: int) -> None:
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        except PermissionError:
+            os.chmod(name, 0o700, dir_fd=dir_fd)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        try:
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, 0o700)
+            with os.scandir(fd) as it:
+                children = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+            for child, is_dir in children:
+                if not is_dir:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(child, dir_fd=fd)
+                elif depth >= _MAX_OPEN_DEPTH:
+                    parked = f"{self.prefix}.deep-{next(self._counter)}"
+                    os.rename(child, parked, src_dir_fd=fd, dst_dir_fd=self.park_fd)
+                    self.parked.append(parked)
+                else:
+                    self._clear_child(fd, child, depth + 1)
+                    os.rmdir(child, dir_fd=fd)
+        finally:
+            os.close(fd)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove ``path`` and everything below it, however deep, without following symlinks."""
+    parent_fd = os.open(path.parent, _DIR_FLAGS)
+    try:
+        remover = _Remover(parent_fd, f".{path.name}")
+        remover.remove_at(parent_fd, path.name)
+        remover.drain()
+    finally:
+        os.close(parent_fd)
+
+
+def tree_usage(path: Path, *, max_entries: int) -> tuple[int, int, bool]:
+    """(bytes allocated, entries, deeper than the fd budget) below ``path``, stopping after ``max_entries``.
+
+    Used while a command runs, so entries may vanish under it; those are skipped.
+    """
+    total = entries = 0
+    too_deep = False
+    try:
+        top = os.open(path, _DIR_FLAGS)
+    except OSError:
+        return 0, 0, False
+    stack = [top]
+    try:
+        while stack and entries <= max_entries:
+            fd = stack.pop()
+            try:
+                with os.scandir(fd) as it:
+                    for e in it:
+                        entries += 1
+                        try:
+                            st = e.stat(follow_symlinks=False)
+                        except OSError:
+                            continue
+                        total += st.st_blocks * 512
+                        if stat.S_ISDIR(st.st_mode):
+                            if len(stack) >= _MAX_OPEN_DEPTH * 4:
+                                too_deep = True
+                                continue
+                            with contextlib.suppress(OSError):
+                                stack.append(os.open(e.name, _DIR_FLAGS, dir_fd=fd))
+            finally:
+                os.close(fd)
+    finally:
+        for fd in stack:
+            os.close(fd)
+    return total, entries, too_deep
+
+
+class Stage:
+    """The staging directory of one run: ``upper/`` and ``work/`` of the overlay, and ``lower``.
+
+    ``lower`` is a symlink to the container directory, so the overlay's mount options name only
+    relative paths (nothing of the host's layout shows in the sandbox's ``/proc/self/mountinfo``).
+    """
+
+    def __init__(self, root: Path, data_dir: Path) -> None:
+        self.root = root
+        self.data_dir = data_dir
+        self.upper = root / "upper"
+        self.work = root / "work"
+
+    @classmethod
+    def create(cls, data_dir: Path, stage_root: Path, *, owner: tuple[int, int] | None) -> Stage:
+        """Make a stage for ``data_dir`` under ``stage_root`` (which must be on the same filesystem).
+
+        With ``owner`` (server running as root), the container directory's tree is handed to that
+        uid/gid first, so the unprivileged sandbox user can modify it; the stage's upper root gets
+        the same owner and the container directory's permission bits.
+        """
+        data_st = os.stat(data_dir)
+        if not stat.S_ISDIR(data_st.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(data_dir))
+        stage_root.mkdir(parents=True, exist_ok=True)
+        if os.stat(stage_root).st_dev != data_st.st_dev:
+            raise OSError(
+                errno.EXDEV,
+                f"stage directory {stage_root} is not on the same filesystem as {data_dir}; "
+                "changes could not be applied atomically",
+            )
+        root = Path(tempfile.mkdtemp(prefix=".sandbox-run-", dir=stage_root))
+        stage = cls(root, data_dir)
+        try:
+            stage.upper.mkdir(mode=0o700)
+            stage.work.mkdir(mode=0o700)
+            os.symlink(data_dir.resolve(), root / "lower")
+            os.chmod(stage.upper, stat.S_IMODE(data_st.st_mode))
+            if owner is not None:
+                adopt_tree(data_dir, *owner)
+                os.chown(stage.upper, *owner)
+        except BaseException:
+            stage.destroy()
+            raise
+        return stage
+
+    def usage(self, *, max_entries: int) -> tuple[int, int, bool]:
+        """Bytes and entries written so far (see ``tree_usage``)."""
+        return tree_usage(self.upper, max_entries=max_entries)
+
+    def scan(self) -> tuple[ChangeSet, _Plan]:
+        """The change set and the plan that applies it. Call once the sandbox has exited."""
+        scanner = _Scanner(self.upper, self.data_dir)
+        scanner.walk("", "visible")
+        return scanner.result(), scanner.plan
+
+    def apply(self, plan: _Plan) -> None:
+        """Apply ``plan`` to the container directory (removals, new directories, then renames)."""
+        fds = _DirFds(self.data_dir)
+        park_fd = os.open(self.root, _DIR_FLAGS)
+        try:
+            remover = _Remover(park_fd, "removed")
+            for rel in plan.removes:
+                try:
+                    parent, name = fds.parent(rel)
+                except FileNotFoundError:
+                    continue
+                remover.remove_at(parent, name)
+            fds.forget()
+            for d in plan.mkdirs:
+                parent, name = fds.parent(d.rel)
+                try:
+                    os.mkdir(name, 0o700, dir_fd=parent)
+                except FileExistsError:
+                    if not stat.S_ISDIR(os.lstat(name, dir_fd=parent).st_mode):
+                        raise
+                fd = fds.dir(d.rel)
+                os.fchmod(fd, d.mode)
+                if os.geteuid() == 0:
+                    os.fchown(fd, d.uid, d.gid)
+            for rel, mode in plan.installs:
+                src = self.upper / rel
+                os.chmod(src, mode)
+                _strip_overlay_xattrs(src)
+                parent, name = fds.parent(rel)
+                os.rename(src, name, dst_dir_fd=parent)
+        finally:
+            fds.close()
+            os.close(park_fd)
+
+    def destroy(self) -> None:
+        """Remove the stage (idempotent)."""
+        if self.root.exists() or self.root.is_symlink():
+            remove_tree(self.root)
+
+
+def adopt_tree(root: Path, uid: int, gid: int) -> None:
+    """Give ``root`` and everything below it to ``uid``/``gid`` (symlinks are not followed)."""
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        st = os.lstat(d)
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.chown(d, uid, gid, follow_symlinks=False)
+        with os.scandir(d) as it:
+            for e in it:
+                est = e.stat(follow_symlinks=False)
+                if stat.S_ISDIR(est.st_mode):
+                    stack.append(Path(e.path))
+                elif (est.st_uid, est.st_gid) != (uid, gid):
+                    os.chown(e.path, uid, gid, follow_symlinks=False)

@@ -1,0 +1,235 @@
+"""The command line that starts a sandbox: the setup chain and bubblewrap's arguments.
+
+The server spawns one process that becomes, by successive ``exec``s::
+
+    unshare --mount [--user --map-root-user]      a private mount namespace (+ user ns if not root)
+      sh -c SETUP                                  waits for the server's go (one stdin line), then
+        mount -t overlay ... <overlay_mountpoint>  the staging overlay, visible in this namespace only
+        [setpriv --reuid=65534 ...]                as root: drop to the unprivileged sandbox uid
+          bwrap ...                                the sandbox proper
+            COMMAND
+
+No process is forked along the chain, so the pid the server holds is bubblewrap's: killing it
+kills the sandbox's PID 1 (``--die-with-parent``), which tears down the whole PID namespace.
+Before the go line, the server moves that pid into the run's cgroups and sets its rlimits, so
+everything the command starts is inside them from its first instruction.
+
+Mounted in the sandbox (read-only unless noted): /usr and the /bin, /sbin, /lib* links or
+directories; a fixed list of /etc entries (``ETC_ENTRIES``) plus generated passwd, group,
+hosts, hostname and nsswitch.conf; a fresh /proc of its PID namespace; a minimal /dev; private
+tmpfs /tmp and /dev/shm (read-write, size-limited); /mnt/data (read-write, the staging overlay of
+the container's own directory). Nothing else: no /home, /root, /run, /var, /sys, no other
+container, no project checkout. The root itself is read-only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "DEFAULT_ENV",
+    "ETC_ENTRIES",
+    "FORWARDER_PATH",
+    "PROXY_PORT",
+    "PROXY_SOCKET_PATH",
+    "BwrapOptions",
+    "bwrap_args",
+    "chain_argv",
+    "etc_files",
+]
+
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_ENV = {
+    "PATH": SYSTEM_PATH,
+    "HOME": "/tmp",
+    "TMPDIR": "/tmp",
+    "LANG": "C.UTF-8",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "USER": "sandbox",
+    "LOGNAME": "sandbox",
+}
+PROXY_PORT = 3128
+RUN_DIR = "/run/container-mcp"
+PROXY_SOCKET_PATH = f"{RUN_DIR}/proxy.sock"
+FORWARDER_PATH = f"{RUN_DIR}/forward.py"
+HOSTNAME = "sandbox"
+
+ETC_ENTRIES = (
+    "alternatives",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "debian_version",
+    "fonts",
+    "gai.conf",
+    "host.conf",
+    "inputrc",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "locale.alias",
+    "localtime",
+    "lsb-release",
+    "magic",
+    "magic.mime",
+    "mailcap",
+    "matplotlibrc",
+    "mime.types",
+    "os-release",
+    "protocols",
+    "services",
+    "ssl",
+    "terminfo",
+    "timezone",
+)
+"""/etc entries bound read-only when present (plus ``python3*``). Never passwd/shadow/credentials."""
+
+_SYSTEM_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+
+_SETUP_ROOT = """read -r _ || exit 121
+cd "$1" || exit 122
+"$2" -n -t overlay -o lowerdir=lower,upperdir=upper,workdir=work,userxattr overlay "$3" || exit 123
+cd / || exit 122
+setpriv=$4 uid=$5 gid=$6
+shift 6
+exec "$setpriv" --reuid="$uid" --regid="$gid" --clear-groups --inh-caps=-all --no-new-privs -- "$@"
+"""
+_SETUP_USER = """read -r _ || exit 121
+cd "$1" || exit 122
+"$2" -n -t overlay -o lowerdir=lower,upperdir=upper,workdir=work,userxattr overlay "$3" || exit 123
+cd / || exit 122
+shift 3
+exec "$@"
+"""
+
+
+def chain_argv(
+    *,
+    unshare: str,
+    shell: str,
+    mount: str,
+    setpriv: str | None,
+    host_ids: tuple[int, int] | None,
+    stage_root: Path,
+    overlay_mountpoint: str,
+    bwrap: Sequence[str],
+) -> list[str]:
+    """The full argv of the setup chain ending in ``bwrap`` (see the module docstring).
+
+    ``host_ids`` (with ``setpriv``) is the uid/gid to drop to when the server is root; None
+    means the server is unprivileged and a user namespace maps it to root for the mount.
+    """
+    if host_ids is not None:
+        if setpriv is None:
+            raise ValueError("setpriv is required when dropping privileges")
+        return [
+            unshare, "--mount", "--propagation", "private", "--",
+            shell, "-c", _SETUP_ROOT, "sh", str(stage_root), mount, overlay_mountpoint,
+            setpriv, str(host_ids[0]), str(host_ids[1]), *bwrap,
+        ]  # fmt: skip
+    return [
+        unshare, "--user", "--map-root-user", "--mount", "--propagation", "private", "--",
+        shell, "-c", _SETUP_USER, "sh", str(stage_root), mount, overlay_mountpoint, *bwrap,
+    ]  # fmt: skip
+
+
+def etc_files(inner_uid: int) -> dict[str, bytes]:
+    """Generated /etc files: a ``sandbox`` user, loopback hosts, files-only NSS."""
+    return {
+        "/etc/passwd": (
+            "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+            f"sandbox:x:{inner_uid}:{inner_uid}:sandbox:/tmp:/bin/sh\n"
+            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+        ).encode(),
+        "/etc/group": f"root:x:0:\nsandbox:x:{inner_uid}:\nnogroup:x:65534:\n".encode(),
+        "/etc/hosts": (
+            f"127.0.0.1\tlocalhost\n127.0.1.1\t{HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        ).encode(),
+        "/etc/hostname": f"{HOSTNAME}\n".encode(),
+        "/etc/nsswitch.conf": b"passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\n"
+        b"protocols: files\nservices: files\nethers: files\nrpc: files\n",
+    }
+
+
+@dataclass(frozen=True)
+class BwrapOptions:
+    """Everything ``bwrap_args`` needs; fds must be inheritable in the spawned chain."""
+
+    bwrap: str
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    workdir: str
+    inner_uid: int
+    overlay_mountpoint: str
+    tmp_bytes: int
+    data_fds: Mapping[str, int]
+    """Destination path -> fd whose content is copied there (read-only)."""
+    status_fd: int
+    seccomp_fd: int | None
+    disable_userns: bool
+    proxy_socket: str | None = None
+    """Host path of the egress proxy's socket, bound at ``PROXY_SOCKET_PATH``."""
+
+
+def _system_binds() -> list[str]:
+    args = ["--ro-bind", "/usr", "/usr"]
+    for name in _SYSTEM_DIRS:
+        path = Path("/") / name
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), str(path)]
+        elif path.is_dir():
+            args += ["--ro-bind", str(path), str(path)]
+    return args
+
+
+def _etc_binds() -> list[str]:
+    etc = Path("/etc")
+    names = list(ETC_ENTRIES)
+    with contextlib.suppress(OSError):
+        names += sorted(p.name for p in etc.glob("python3*"))
+    args = ["--perms", "0755", "--dir", "/etc"]
+    for name in names:
+        if (etc / name).exists():
+            args += ["--ro-bind-try", str(etc / name), str(etc / name)]
+    return args + ["--symlink", "/proc/self/mounts", "/etc/mtab"]
+
+
+def bwrap_args(opts: BwrapOptions) -> list[str]:
+    """bubblewrap's argv for one run (see the module docstring for what is mounted)."""
+    uid = str(opts.inner_uid)
+    args = [
+        opts.bwrap,
+        "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+        "--unshare-cgroup-try",
+        *(["--disable-userns"] if opts.disable_userns else []),
+        "--uid", uid, "--gid", uid, "--hostname", HOSTNAME,
+        "--cap-drop", "ALL", "--die-with-parent", "--new-session", "--clearenv",
+    ]  # fmt: skip
+    for key, value in opts.env.items():
+        args += ["--setenv", key, value]
+    args += _system_binds()
+    args += _etc_binds()
+    for dest, fd in opts.data_fds.items():
+        if dest.startswith(RUN_DIR + "/"):
+            continue
+        args += ["--perms", "0644", "--ro-bind-data", str(fd), dest]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    size = str(opts.tmp_bytes)
+    args += ["--perms", "01777", "--size", size, "--tmpfs", "/tmp"]
+    args += ["--perms", "01777", "--size", size, "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
+    args += ["--bind", opts.overlay_mountpoint, "/mnt/data"]
+    run_files = {d: fd for d, fd in opts.data_fds.items() if d.startswith(RUN_DIR + "/")}
+    if run_files or opts.proxy_socket:
+        args += ["--perms", "0755", "--dir", "/run", "--perms", "0755", "--dir", RUN_DIR]
+        for dest, fd in run_files.items():
+            args += ["--perms", "0644", "--ro-bind-data", str(fd), dest]
+        if opts.proxy_socket:
+            args += ["--bind", opts.proxy_socket, PROXY_SOCKET_PATH]
+    args += ["--remount-ro", "/", "--chdir", opts.workdir]
+    if opts.seccomp_fd is not None:
+        args += ["--seccomp", str(opts.seccomp_fd)]
+    args += ["--json-status-fd", str(opts.status_fd), "--", *opts.argv]
+    return args

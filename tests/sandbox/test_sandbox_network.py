@@ -1,0 +1,151 @@
+"""network_policy in the sandbox: no network at all, or only the allowlist through the host proxy.
+
+Nothing here touches the internet: public addresses are only ever *attempted* (and must fail
+without a route), and allowlisted names resolve to a server on the host's 127.0.0.1 through the
+test resolver (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from container_mcp.models import NetworkPolicy
+from container_mcp.sandbox import Sandbox
+
+from .conftest import TEST_DOMAIN, Listener
+from .helpers import py
+
+pytestmark = [pytest.mark.anyio, pytest.mark.sandbox]
+
+CONNECT = """
+import socket, sys
+def attempt(host, port):
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        return "connected"
+    except OSError as exc:
+        return type(exc).__name__
+"""
+
+ALLOW = NetworkPolicy(type="allowlist", allowed_domains=[TEST_DOMAIN])
+
+
+async def test_disabled_network_reaches_nothing(sandbox: Sandbox, data_dir, tcp_listener: Listener) -> None:  # type: ignore[no-untyped-def]
+    code = (
+        CONNECT
+        + f"""
+print("loopback", attempt("127.0.0.1", {tcp_listener.port}))
+print("public", attempt("1.1.1.1", 80))
+print("public6", attempt("2606:4700:4700::1111", 80))
+try:
+    socket.getaddrinfo("example.com", 80)
+    print("dns resolved")
+except OSError as exc:
+    print("dns", type(exc).__name__)
+import os
+print("interfaces", sorted(os.listdir("/sys/class/net")) if os.path.exists("/sys/class/net") else "none")
+print("env", sorted(k for k in os.environ if "proxy" in k.lower()))
+"""
+    )
+    async with await py(sandbox, data_dir, code) as run:
+        out = dict(line.split(" ", 1) for line in run.stdout_text.splitlines())
+    assert out["loopback"] == "ConnectionRefusedError"  # the sandbox's own, empty loopback
+    assert out["public"] != "connected" and out["public6"] != "connected"
+    assert out["dns"] == "gaierror"
+    assert out["env"] == "[]"
+    assert tcp_listener.accepted == []
+
+
+async def test_allowlist_reaches_listed_domain_over_http_and_connect(
+    sandbox: Sandbox,
+    data_dir,  # type: ignore[no-untyped-def]
+    http_server: int,
+) -> None:
+    code = f"""
+import http.client, urllib.request
+body = urllib.request.urlopen("http://{TEST_DOMAIN}:{http_server}/plain", timeout=5).read().decode()
+print("http", body.strip())
+conn = http.client.HTTPConnection("127.0.0.1", 3128, timeout=5)
+conn.set_tunnel("API.{TEST_DOMAIN.upper()}.", {http_server})
+conn.request("GET", "/tunnel")
+print("connect", conn.getresponse().status)
+"""
+    async with await py(sandbox, data_dir, code, network=ALLOW) as run:
+        assert run.exit_code == 0, run.stderr_text
+        lines = run.stdout_text.splitlines()
+    assert lines[0] == f"http hello from the test server; host={TEST_DOMAIN}:{http_server}"
+    assert lines[1] == "connect 200"
+
+
+async def test_allowlist_bypasses_fail(  # type: ignore[no-untyped-def]
+    sandbox: Sandbox,
+    data_dir,
+    http_server: int,
+    tcp_listener: Listener,
+) -> None:
+    code = (
+        CONNECT
+        + f"""
+import http.client, os, urllib.request
+def via_proxy(target):
+    conn = http.client.HTTPConnection("127.0.0.1", 3128, timeout=5)
+    host, port = target.rsplit(":", 1)
+    conn.set_tunnel(host, int(port))
+    try:
+        conn.request("GET", "/")
+        return str(conn.getresponse().status)
+    except OSError as exc:
+        return exc.args[0] if exc.args else type(exc).__name__
+print("unlisted|" + via_proxy("evil.test:{http_server}"))
+print("suffix-trick|" + via_proxy("not{TEST_DOMAIN}:{http_server}"))
+print("ip-literal|" + via_proxy("127.0.0.1:{http_server}"))
+print("ip-decimal|" + via_proxy("2130706433:{http_server}"))
+print("ip6-literal|" + via_proxy("[::1]:{http_server}"))
+def absolute_form(url):
+    conn = http.client.HTTPConnection("127.0.0.1", 3128, timeout=5)
+    conn.request("GET", url)
+    return str(conn.getresponse().status)
+print("http-ip|" + absolute_form("http://127.0.0.1:{tcp_listener.port}/"))
+print("http-userinfo|" + absolute_form("http://{TEST_DOMAIN}@evil.test:{tcp_listener.port}/"))
+print("direct-ip|" + attempt("127.0.0.1", {tcp_listener.port}))
+print("direct-public|" + attempt("1.1.1.1", 443))
+try:
+    socket.getaddrinfo("{TEST_DOMAIN}", 80)
+    print("dns|resolved")
+except OSError as exc:
+    print("dns|" + type(exc).__name__)
+"""
+    )
+    async with await py(sandbox, data_dir, code, network=ALLOW) as run:
+        assert run.exit_code == 0, run.stderr_text
+        out = dict(line.split("|", 1) for line in run.stdout_text.splitlines())
+    for key in ("unlisted", "suffix-trick", "ip-literal", "ip-decimal", "ip6-literal"):
+        assert "403" in out[key], (key, out[key])
+    assert out["http-ip"] == "403"
+    assert out["http-userinfo"] == "400"
+    assert out["direct-ip"] == "ConnectionRefusedError"
+    assert out["direct-public"] != "connected"
+    assert out["dns"] == "gaierror"
+    assert tcp_listener.accepted == []
+
+
+async def test_allowlisted_ip_literal_is_allowed(sandbox: Sandbox, data_dir, http_server: int) -> None:  # type: ignore[no-untyped-def]
+    # 127.0.0.1 is in NO_PROXY (the sandbox's own loopback), so talk to the proxy explicitly.
+    code = f"""
+import http.client
+conn = http.client.HTTPConnection("127.0.0.1", 3128, timeout=5)
+conn.request("GET", "http://127.0.0.1:{http_server}/")
+print(conn.getresponse().status)
+"""
+    policy = NetworkPolicy(type="allowlist", allowed_domains=["127.0.0.1"])
+    async with await py(sandbox, data_dir, code, network=policy) as run:
+        assert run.stdout_text.strip() == "200", run.stderr_text
+
+
+async def test_command_not_found_under_allowlist(sandbox: Sandbox, data_dir) -> None:  # type: ignore[no-untyped-def]
+    from container_mcp.sandbox import SandboxJob
+
+    job = SandboxJob(data_dir=data_dir, argv=["no-such-command"], network=ALLOW)
+    async with await sandbox.run(job) as run:
+        assert run.exit_code == 127
+        assert "not found" in run.stderr_text
