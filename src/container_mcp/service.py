@@ -235,13 +235,9 @@ class ContainerService:
         for file_id in dict.fromkeys(file_ids):
             if file_id.startswith("cfile_"):
                 _check_id(file_id, "file")
-                for container_id in live:
-                    try:
-                        await self.provider.get_file(container_id, file_id)
-                    except (FileNotFound, ContainerExpired, ContainerNotFound):
-                        continue
-                    copies.append((container_id, file_id))
-                    break
+                source = await self._locate(live, file_id)
+                if source is not None:
+                    copies.append((source, file_id))
                 else:
                     raise InvalidRequest(
                         f"file_ids: {file_id} is not a file in any of your live containers. Pass ids from "
@@ -258,6 +254,42 @@ class ContainerService:
                     param="file_ids",
                 )
         return copies, upstream
+
+    async def _locate(self, container_ids: list[str], file_id: str) -> str | None:
+        """Which of ``container_ids`` holds ``file_id`` (None when none does)."""
+        for container_id in container_ids:
+            try:
+                await self.provider.get_file(container_id, file_id)
+            except (FileNotFound, ContainerExpired, ContainerNotFound):
+                continue
+            return container_id
+        return None
+
+    async def copy_file(self, owner: str, file_id: str, container_id: str) -> ContainerFile:
+        """Copy the caller's file ``file_id`` (in any of its live containers) into ``container_id``.
+
+        The copy keeps the source's path; quotas apply as for an upload. Raises ``NotFound`` when
+        no live container of the caller holds the file.
+        """
+        self._call(owner)
+        self._own(owner, container_id)
+        _check_id(file_id, "file")
+        live = [c.container_id for c in self.store.live(owner)]
+        # The destination first: copying within a container is the common case.
+        ordered = [container_id, *(c for c in live if c != container_id)]
+        source = await self._locate(ordered, file_id)
+        if source is None:
+            raise NotFound(
+                f"File {file_id} is not in any of your live containers. Pass the id of a file listed by file_list.",
+                param="file_id",
+            )
+        approved, approve = self._approver(owner, container_id)
+        try:
+            return await self.provider.copy_file(source, file_id, container_id, approve=approve)
+        except BaseException as exc:
+            self._rollback(owner, container_id, approved)
+            await self._guard_expiry(container_id, exc)
+            raise
 
     async def list_containers(self, owner: str, params: ListParams) -> Page[Container]:
         """The caller's containers (expired ones too), newest first by default; O(page)."""

@@ -24,8 +24,8 @@ from contextlib import aclosing
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from ..errors import ContainerExpired, FileTooLarge, InvalidRequest, NotFound
-from ..models import ContainerFile, ListParams
+from ..errors import ContainerNotFound, FileTooLarge, InvalidRequest, NotFound
+from ..models import ContainerFile
 from ..paths import MOUNT
 from ..service import ContainerService
 from ..uploads import StreamUpload
@@ -101,46 +101,24 @@ async def _create_multipart(
         await stream.aclose()
 
 
-async def _find_file(service: ContainerService, owner: str, file_id: str, prefer: str) -> str:
-    """The id of the caller's running container holding ``file_id`` (``prefer`` is tried first)."""
-    candidates = [prefer]
-    after: str | None = None
-    while True:
-        page = await service.list_containers(owner, ListParams(limit=100, order="desc", after=after))
-        candidates += [c.id for c in page.data if c.status == "running" and c.id != prefer]
-        if not page.has_more or not page.data:
-            break
-        after = page.data[-1].id
-    for container_id in candidates:
-        try:
-            await service.get_file(owner, container_id, file_id)
-        except (NotFound, ContainerExpired):
-            continue
-        return container_id
-    raise NotFound(
-        f"File {file_id} not found in any of your running containers. Pass the id of a file listed by "
-        "GET /v1/containers/{container_id}/files.",
-        param="file_id",
-    )
-
-
 async def copy_file(service: ContainerService, owner: str, file_id: str, container_id: str) -> ContainerFile:
-    """Copy the caller's file ``file_id`` into ``container_id`` at the same path.
-
-    The service has no copy into an existing container, so this is one: find the source among the
-    caller's containers, stream it out with ``open_file`` and in with ``create_file``.
-    """
+    """Copy the caller's file ``file_id`` into ``container_id`` at the same path (the service finds it)."""
     if not file_id.startswith("cfile_"):
         raise InvalidRequest(
             f"file_id {file_id[:80]!r} is not a container file id. This server copies 'cfile_...' files of your "
             "own containers; OpenAI Files API ids ('file-...') are not available here.",
             param="file_id",
         )
-    await service.get_container(owner, container_id)  # a foreign destination is a 404 before any search
-    source = await _find_file(service, owner, file_id, container_id)
-    meta, chunks = await service.open_file(owner, source, file_id)
-    async with aclosing(chunks):
-        return await service.create_file(owner, container_id, meta.path, StreamUpload(chunks, size=meta.bytes))
+    try:
+        return await service.copy_file(owner, file_id, container_id)
+    except NotFound as exc:
+        if isinstance(exc, ContainerNotFound):
+            raise
+        raise NotFound(
+            f"File {file_id} not found in any of your running containers. Pass the id of a file listed by "
+            "GET /v1/containers/{container_id}/files.",
+            param="file_id",
+        ) from exc
 
 
 async def _body(first: bytes, rest: AsyncGenerator[bytes, None], size: int | None) -> AsyncIterator[bytes]:
