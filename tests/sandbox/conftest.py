@@ -37,11 +37,12 @@ def sandbox_config() -> SandboxConfig:
 
 @pytest.fixture
 async def sandbox(sandbox_config: SandboxConfig) -> AsyncIterator[Sandbox]:
-    box = Sandbox(sandbox_config)
-    probe = await box.probe()
-    if not probe.available:
-        pytest.skip(f"sandbox unavailable: {probe.reason}")
-    yield box
+    """A probed sandbox keeping a launcher warm (the way the server uses it)."""
+    async with Sandbox(sandbox_config) as box:
+        probe = await box.probe()
+        if not probe.available:
+            pytest.skip(f"sandbox unavailable: {probe.reason}")
+        yield box
 
 
 @pytest.fixture
@@ -69,6 +70,11 @@ def containers(tmp_path: Path) -> Containers:
 @pytest.fixture
 def data_dir(containers: Containers) -> Path:
     return containers.make("cntr_a")
+
+
+def listing(directory: Path) -> list[str]:
+    """Names in ``directory``, sorted."""
+    return sorted(p.name for p in directory.iterdir())
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, int, bytes | None]]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import socket
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -13,19 +14,21 @@ from container_mcp.sandbox import Allowlist, EgressProxy, static_resolver
 
 pytestmark = pytest.mark.anyio
 
-Send = Callable[[bytes], "anyio.abc.ObjectStream[bytes] | None"]
-
 
 @asynccontextmanager
 async def running(proxy: EgressProxy, tmp_path: Path) -> AsyncIterator[Path]:
     path = tmp_path / "proxy.sock"
-    listener = await anyio.create_unix_listener(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(8)
+    listener.setblocking(False)
     async with anyio.create_task_group() as tg:
         tg.start_soon(proxy.serve, listener)
         try:
             yield path
         finally:
             tg.cancel_scope.cancel()
+    listener.close()
 
 
 async def exchange(path: Path, request: bytes, then: bytes = b"") -> bytes:

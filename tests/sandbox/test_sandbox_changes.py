@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import anyio
 import pytest
 
 from container_mcp.errors import ExecError, InvalidRequest
 from container_mcp.sandbox import FileChange, Sandbox, SandboxJob, SkippedEntry
 
-from .conftest import snapshot
+from .conftest import listing, snapshot
 from .helpers import py, sh
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sandbox]
@@ -133,7 +134,7 @@ async def test_a_later_run_sees_committed_files(sandbox: Sandbox, data_dir: Path
         assert [f.path for f in run.changes.deleted] == ["a/b/f.txt"]
         assert sorted(run.changes.dirs_deleted) == ["a", "a/b"]
         await run.commit()
-    assert list(data_dir.iterdir()) == []
+    assert listing(data_dir) == []
 
 
 async def test_context_manager_discards_unless_committed(sandbox: Sandbox, data_dir: Path) -> None:
@@ -175,7 +176,7 @@ async def test_workdir(sandbox: Sandbox, data_dir: Path) -> None:
 
 async def test_stage_must_share_the_filesystem(sandbox: Sandbox, data_dir: Path) -> None:
     other = Path("/dev/shm")
-    if not other.is_dir() or os.stat(other).st_dev == os.stat(data_dir).st_dev:
+    if not await anyio.Path(other).is_dir() or os.stat(other).st_dev == os.stat(data_dir).st_dev:
         pytest.skip("no second filesystem to test with")
     with pytest.raises(ExecError, match="same filesystem"):
         await sandbox.run(SandboxJob(data_dir=data_dir, argv=["true"], stage_root=other))

@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import secrets
 import stat
-import subprocess
 from pathlib import Path
 
+import anyio
 import pytest
 
 from container_mcp.sandbox import Sandbox, SandboxProbe
 
-from .conftest import Containers, snapshot
+from .conftest import Containers, listing, snapshot
 from .helpers import py, sh
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sandbox]
@@ -38,7 +38,7 @@ async def test_identity_is_unprivileged(sandbox: Sandbox, probe: SandboxProbe, d
 
 
 async def test_cannot_read_shadow(sandbox: Sandbox, data_dir: Path) -> None:
-    assert Path("/etc/shadow").exists()
+    assert await anyio.Path("/etc/shadow").exists()
     async with await sh(sandbox, data_dir, "cat /etc/shadow; ls -la /etc") as run:
         assert run.exit_code != 0 or "root:" not in run.stdout_text
         assert "shadow" not in run.stdout_text
@@ -46,7 +46,9 @@ async def test_cannot_read_shadow(sandbox: Sandbox, data_dir: Path) -> None:
 
 
 async def test_host_home_and_private_dirs_are_absent(sandbox: Sandbox, data_dir: Path) -> None:
-    script = "for d in /root /home /run /var /sys /srv /opt /work /boot /media; do test -e $d && echo FOUND $d; done; true"
+    script = (
+        "for d in /root /home /run /var /sys /srv /opt /work /boot /media; do test -e $d && echo FOUND $d; done; true"
+    )
     async with await sh(sandbox, data_dir, script) as run:
         assert run.exit_code == 0
         assert run.stdout_text == ""
@@ -93,25 +95,28 @@ async def test_writes_outside_mnt_data_do_not_reach_the_host(sandbox: Sandbox, d
     script = "; ".join(f"echo x > {t.rstrip('/')}/{marker} 2>/dev/null && echo WROTE {t}" for t in targets)
     async with await sh(sandbox, data_dir, script + "; true") as run:
         # Only the private tmpfs mounts accept writes.
-        assert sorted(run.stdout_text.split()) == sorted("WROTE /tmp WROTE /dev/shm".split())
+        assert sorted(run.stdout_text.split()) == sorted(["WROTE", "/tmp", "WROTE", "/dev/shm"])
         assert run.changes.empty
     for t in targets:
-        assert not (Path(t) / marker).exists(), t
-    assert not list(data_dir.iterdir())
+        assert not await anyio.Path(t, marker).exists(), t
+    assert listing(data_dir) == []
 
 
 async def test_cannot_write_host_sysctls_or_device_nodes(sandbox: Sandbox, data_dir: Path) -> None:
     # With bubblewrap alone, a sandbox started by root runs with host uid 0 and could do both.
-    sysctl = Path("/proc/sys/kernel/printk_ratelimit")
-    before = sysctl.read_text()
+    sysctl = anyio.Path("/proc/sys/kernel/printk_ratelimit")
+    before = await sysctl.read_text()
     null_mode = os.stat("/dev/null").st_mode
     value = int(before) + 1
-    script = f"echo {value} > {sysctl} && echo SYSCTL; chmod 600 /dev/null && echo CHMOD; echo probe > /dev/null && echo NULLOK"
+    script = (
+        f"echo {value} > {sysctl} && echo SYSCTL; chmod 600 /dev/null && echo CHMOD; "
+        "echo probe > /dev/null && echo NULLOK"
+    )
     async with await sh(sandbox, data_dir, script) as run:
         assert "SYSCTL" not in run.stdout_text
         assert "CHMOD" not in run.stdout_text
         assert "NULLOK" in run.stdout_text
-    assert sysctl.read_text() == before
+    assert await sysctl.read_text() == before
     assert os.stat("/dev/null").st_mode == null_mode
 
 
@@ -137,7 +142,7 @@ async def test_setuid_binaries_grant_nothing(sandbox: Sandbox, data_dir: Path) -
 
 
 async def test_ptrace_fails(sandbox: Sandbox, data_dir: Path) -> None:
-    host = subprocess.Popen(["sleep", "30"])
+    host = await anyio.open_process(["sleep", "30"])
     try:
         code = f"""
 import ctypes, os, time
@@ -160,11 +165,11 @@ os.kill(child, 9)
             assert len(lines) == 4
             for line in lines:
                 assert line.split()[1] == "-1", line
-        status = Path(f"/proc/{host.pid}/status").read_text()
+        status = await anyio.Path(f"/proc/{host.pid}/status").read_text()
         assert "TracerPid:\t0" in status
     finally:
         host.kill()
-        host.wait()
+        await host.aclose()
 
 
 async def test_namespace_and_kernel_surface_is_denied(sandbox: Sandbox, probe: SandboxProbe, data_dir: Path) -> None:

@@ -7,10 +7,12 @@ test resolver (see conftest.py).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from container_mcp.models import NetworkPolicy
-from container_mcp.sandbox import Sandbox
+from container_mcp.sandbox import Sandbox, SandboxJob
 
 from .conftest import TEST_DOMAIN, Listener
 from .helpers import py
@@ -30,7 +32,7 @@ def attempt(host, port):
 ALLOW = NetworkPolicy(type="allowlist", allowed_domains=[TEST_DOMAIN])
 
 
-async def test_disabled_network_reaches_nothing(sandbox: Sandbox, data_dir, tcp_listener: Listener) -> None:  # type: ignore[no-untyped-def]
+async def test_disabled_network_reaches_nothing(sandbox: Sandbox, data_dir: Path, tcp_listener: Listener) -> None:
     code = (
         CONNECT
         + f"""
@@ -58,7 +60,7 @@ print("env", sorted(k for k in os.environ if "proxy" in k.lower()))
 
 async def test_allowlist_reaches_listed_domain_over_http_and_connect(
     sandbox: Sandbox,
-    data_dir,  # type: ignore[no-untyped-def]
+    data_dir: Path,
     http_server: int,
 ) -> None:
     code = f"""
@@ -77,9 +79,9 @@ print("connect", conn.getresponse().status)
     assert lines[1] == "connect 200"
 
 
-async def test_allowlist_bypasses_fail(  # type: ignore[no-untyped-def]
+async def test_allowlist_bypasses_fail(
     sandbox: Sandbox,
-    data_dir,
+    data_dir: Path,
     http_server: int,
     tcp_listener: Listener,
 ) -> None:
@@ -129,7 +131,7 @@ except OSError as exc:
     assert tcp_listener.accepted == []
 
 
-async def test_allowlisted_ip_literal_is_allowed(sandbox: Sandbox, data_dir, http_server: int) -> None:  # type: ignore[no-untyped-def]
+async def test_allowlisted_ip_literal_is_allowed(sandbox: Sandbox, data_dir: Path, http_server: int) -> None:
     # 127.0.0.1 is in NO_PROXY (the sandbox's own loopback), so talk to the proxy explicitly.
     code = f"""
 import http.client
@@ -142,9 +144,7 @@ print(conn.getresponse().status)
         assert run.stdout_text.strip() == "200", run.stderr_text
 
 
-async def test_command_not_found_under_allowlist(sandbox: Sandbox, data_dir) -> None:  # type: ignore[no-untyped-def]
-    from container_mcp.sandbox import SandboxJob
-
+async def test_command_not_found_under_allowlist(sandbox: Sandbox, data_dir: Path) -> None:
     job = SandboxJob(data_dir=data_dir, argv=["no-such-command"], network=ALLOW)
     async with await sandbox.run(job) as run:
         assert run.exit_code == 127

@@ -14,7 +14,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.sandbox]
 
 
 async def test_binary_and_invalid_utf8_are_kept_as_bytes(sandbox: Sandbox, data_dir: Path) -> None:
-    async with await sh(sandbox, data_dir, r"printf 'ok \377\376\000\001 caf\303\251 \303'; printf '\200err' >&2") as run:
+    async with await sh(
+        sandbox, data_dir, r"printf 'ok \377\376\000\001 caf\303\251 \303'; printf '\200err' >&2"
+    ) as run:
         assert run.exit_code == 0
         assert run.stdout == b"ok \xff\xfe\x00\x01 caf\xc3\xa9 \xc3"
         assert run.stderr == b"\x80err"

@@ -17,6 +17,7 @@ from mcp import Client
 
 from container_mcp.clock import ManualClock
 from container_mcp.providers.local import LocalProvider
+from container_mcp.providers.local_exec import ExecLimits
 from container_mcp.runtime import limits_from
 from container_mcp.server.app import create_server
 from container_mcp.service import ContainerService
@@ -29,7 +30,8 @@ pytestmark = [pytest.mark.anyio, pytest.mark.sandbox]
 @pytest.fixture
 async def exec_client(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Client]:
     settings = Settings(data_dir=tmp_path, max_files_per_container=5, max_session_bytes=1 << 20)
-    async with LocalProvider(tmp_path / "local", clock=clock, exec_settings=settings) as provider:
+    limits = ExecLimits(max_file_bytes=settings.max_file_bytes, max_output_bytes=settings.exec_max_output_bytes)
+    async with LocalProvider(tmp_path / "local", clock=clock, exec_limits=limits) as provider:
         if not provider.capabilities.exec:
             pytest.skip(f"sandbox unavailable: {provider.capabilities.exec_unavailable_reason}")
         service = ContainerService(provider, SqliteSessionStore(), limits_from(settings), clock=clock)
@@ -86,7 +88,9 @@ async def test_changes_and_deletions_are_reflected(exec_client: Client) -> None:
     cid = (await call(exec_client, "container_create", name="edit"))["id"]
     a = await call(exec_client, "file_create", container_id=cid, path="a.txt", text="one\n")
     await call(exec_client, "file_create", container_id=cid, path="b.txt", text="gone soon\n")
-    result = await call(exec_client, "container_exec", container_id=cid, command=["sh", "-c", "echo two >> a.txt; rm b.txt"])
+    result = await call(
+        exec_client, "container_exec", container_id=cid, command=["sh", "-c", "echo two >> a.txt; rm b.txt"]
+    )
     assert [f["path"] for f in result["files_changed"]] == ["/mnt/data/a.txt"]
     assert result["files_deleted"] == ["/mnt/data/b.txt"]
     files = (await call(exec_client, "file_list", container_id=cid))["data"]
@@ -118,17 +122,24 @@ async def test_output_is_capped_and_binary_safe(exec_client: Client) -> None:
         exec_client,
         "container_exec",
         container_id=cid,
-        command="head -c 200000 /dev/zero | tr '\\0' 'x'; printf '\\377\\376 bad utf8' >&2",
+        command="head -c 100000 /dev/zero | tr '\\0' 'a'; head -c 100000 /dev/zero | tr '\\0' 'z';"
+        "printf '\\377\\376 bad utf8' >&2",
     )
     assert r["stdout_bytes"] == 200000 and r["stdout_truncated"] is True
-    assert len(r["stdout"].encode()) <= 64 * 1024
-    assert r["stderr_truncated"] is False and "bad utf8" in r["stderr"]
+    # the head and the tail survive, with a marker saying how much was left out between them
+    head, marker, tail = r["stdout"].partition(f"\n[... {200000 - 64 * 1024} bytes omitted ...]\n")
+    assert marker and head == "a" * (32 * 1024) and tail == "z" * (32 * 1024)
+    assert r["stderr_truncated"] is False and r["stderr"] == "\ufffd\ufffd bad utf8"
 
 
 async def test_timeout_kills_and_says_how_to_raise_it(exec_client: Client) -> None:
     cid = (await call(exec_client, "container_create", name="slow"))["id"]
-    message = await error(exec_client, "container_exec", container_id=cid, command="echo started; sleep 30", timeout_s=0.5)
-    assert "timed out after 0.5 s" in message and "timeout_s" in message and "CONTAINER_MCP_EXEC_MAX_TIMEOUT_S" in message
+    message = await error(
+        exec_client, "container_exec", container_id=cid, command="echo started; sleep 30", timeout_s=0.5
+    )
+    assert (
+        "timed out after 0.5 s" in message and "timeout_s" in message and "CONTAINER_MCP_EXEC_MAX_TIMEOUT_S" in message
+    )
     assert "started" in message
     too_long = await error(exec_client, "container_exec", container_id=cid, command="true", timeout_s=10_000)
     assert "maximum" in too_long
@@ -148,11 +159,11 @@ async def test_over_quota_output_is_rejected_and_nothing_changes(exec_client: Cl
     assert [f["path"] for f in files] == ["/mnt/data/keep.txt"]
     chunk = await call(exec_client, "file_read", container_id=cid, file_id=files[0]["id"])
     assert chunk["content"] == "original\n"
-    big = await error(
-        exec_client, "container_exec", container_id=cid, command="head -c 2000000 /dev/zero > big.bin"
-    )
+    big = await error(exec_client, "container_exec", container_id=cid, command="head -c 2000000 /dev/zero > big.bin")
     assert "CONTAINER_MCP_MAX_SESSION_BYTES" in big or "CONTAINER_MCP_MAX_FILE_BYTES" in big
-    assert [f["path"] for f in (await call(exec_client, "file_list", container_id=cid))["data"]] == ["/mnt/data/keep.txt"]
+    assert [f["path"] for f in (await call(exec_client, "file_list", container_id=cid))["data"]] == [
+        "/mnt/data/keep.txt"
+    ]
 
 
 async def test_progress_is_reported_while_it_runs(exec_client: Client) -> None:
@@ -164,7 +175,7 @@ async def test_progress_is_reported_while_it_runs(exec_client: Client) -> None:
 
     result = await exec_client.call_tool(
         "container_exec",
-        {"container_id": cid, "command": "sleep 2.2; echo done", "timeout_s": 30},
+        {"container_id": cid, "command": "sleep 3; echo done", "timeout_s": 30},
         progress_callback=on_progress,
     )
     assert result.is_error is False
@@ -178,7 +189,7 @@ async def test_cancellation_kills_the_command(exec_client: Client, tmp_path: Pat
         await exec_client.call_tool("container_exec", {"container_id": cid, "command": "sleep 300 & sleep 300"})
     # nothing of the command survives (the kill is asynchronous: poll, bounded)
     with anyio.fail_after(5):
-        while _survivors("sleep 300"):
+        while _survivors("sleep 300"):  # noqa: ASYNC110
             await anyio.sleep(0.05)
     assert (await call(exec_client, "container_retrieve", container_id=cid))["status"] == "running"
 
@@ -205,3 +216,19 @@ async def test_binary_written_by_a_command_reads_back_exactly(exec_client: Clien
     (f,) = r["files_created"]
     read = await exec_client.read_resource(f"container://{cid}/files/{f['id']}")
     assert base64.b64decode(read.contents[0].blob) == bytes(range(256))  # type: ignore[union-attr]
+
+
+async def test_without_a_usable_sandbox_exec_is_not_offered_and_capabilities_say_why(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    from container_mcp.sandbox import Sandbox, SandboxConfig
+
+    settings = Settings(data_dir=tmp_path)
+    broken = Sandbox(SandboxConfig(bwrap="/nonexistent/bwrap"))
+    async with LocalProvider(tmp_path / "local", clock=clock, exec_limits=ExecLimits(), sandbox=broken) as provider:
+        service = ContainerService(provider, SqliteSessionStore(), limits_from(settings), clock=clock)
+        async with Client(create_server(service, settings)) as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            assert "container_exec" not in names and "container_create" in names
+            caps = (await client.read_resource("container://capabilities")).contents[0].text  # type: ignore[union-attr]
+            assert '"exec": false' in caps and "bwrap" in caps

@@ -104,6 +104,9 @@ class ExecResult(BaseModel):
     stderr_truncated: bool = False
     duration_ms: int
     timed_out: bool = False
+    killed_reason: str | None = Field(
+        None, description="Why the sandbox killed the command: 'timeout', 'memory_limit' or 'disk_limit'."
+    )
     files_created: list[ContainerFile] = Field(default_factory=list)
     files_changed: list[ContainerFile] = Field(default_factory=list)
     files_deleted: list[str] = Field(default_factory=list, description="Paths of files the command removed.")

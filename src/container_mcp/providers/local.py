@@ -48,8 +48,10 @@ from ..models import (
     Page,
 )
 from ..paths import MOUNT, normalize_path
+from ..sandbox import Sandbox, SandboxProbe
 from ..uploads import CHUNK_SIZE, Upload
 from .base import ApproveChanges, Capabilities, ExecRequest, ExecResult, FileChanges, ProgressCallback
+from .local_exec import ExecLimits, run_exec
 from .local_fs import ContainerDir
 from .local_registry import ContainerRow, FileRow, Registry, policy_json
 
@@ -91,6 +93,8 @@ class LocalProvider:
         clock: Clock = system_clock,
         reaper_interval_s: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        exec_limits: ExecLimits | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.data_dir = data_dir
         self._clock = clock
@@ -103,6 +107,9 @@ class LocalProvider:
         self.registry = Registry(data_dir / "registry.sqlite3")
         self._locks: dict[str, anyio.Lock] = {}
         self._stack: AsyncExitStack | None = None
+        self._exec_limits = exec_limits
+        self._sandbox = sandbox or Sandbox()
+        self._probe: SandboxProbe | None = None
         self._capabilities = Capabilities(
             provider="local",
             exec=False,
@@ -123,6 +130,18 @@ class LocalProvider:
 
     async def __aenter__(self) -> Self:
         await self.recover()
+        if self._exec_limits is not None:
+            self._probe = probe = await self._sandbox.probe()
+            self._capabilities = self._capabilities.model_copy(
+                update={
+                    "exec": probe.available,
+                    "exec_unavailable_reason": None if probe.available else probe.reason,
+                    "memory_enforcement": probe.memory_enforcement if probe.available else None,
+                    "network_enforcement": probe.network_enforcement if probe.available else None,
+                }
+            )
+            if not probe.available:
+                log.warning("container_exec is not offered: %s", probe.reason)
         self._stack = AsyncExitStack()
         tg = await self._stack.enter_async_context(anyio.create_task_group())
         tg.start_soon(self._reap_forever)
@@ -425,7 +444,27 @@ class LocalProvider:
         approve: ApproveChanges,
         progress: ProgressCallback | None = None,
     ) -> ExecResult:
-        raise Unsupported(f"The local provider cannot run commands: {self._capabilities.exec_unavailable_reason}.")
+        """Run ``request`` in the container's sandbox (see ``local_exec``); holds the container's lock,
+        so uploads and other commands on the same container wait for it."""
+        if self._probe is None or self._exec_limits is None or not self._capabilities.exec:
+            raise Unsupported(f"The local provider cannot run commands: {self._capabilities.exec_unavailable_reason}.")
+        async with self._lock(container_id):
+            row = await self._running(container_id)
+            result = await run_exec(
+                sandbox=self._sandbox,
+                probe=self._probe,
+                registry=self.registry,
+                container=self._dir(container_id),
+                row=row,
+                request=request,
+                limits=self._exec_limits,
+                approve=approve,
+                progress=progress,
+                clock=self._clock,
+                guess_mime=guess_mime,
+            )
+            self.registry.touch(container_id, self._clock())  # the run itself was activity
+            return result
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -144,6 +144,22 @@ class ContainerDir:
         finally:
             os.close(fd)
 
+    def ensure_dir(self, rel: str) -> None:
+        """Create the directory ``rel`` (and its parents) unless it exists; never through a symlink."""
+        with self._parent(rel + "/x", create=True):
+            pass
+
+    def stat(self, rel: str) -> FileStat | None:
+        """The regular file at ``rel``, or None when there is none."""
+        try:
+            with self._parent(rel, create=False) as (parent, name):
+                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError, InvalidPath):
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return FileStat(rel=rel, size=st.st_size, mtime_ns=st.st_mtime_ns, ino=st.st_ino)
+
     def install(self, temp_name: str, rel: str) -> FileStat:
         """Atomically move a finished temp file to ``rel`` (replacing a file there) and fsync the dir."""
         tmp_fd = os.open(self.tmp, _DIR_FLAGS)

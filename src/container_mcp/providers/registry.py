@@ -13,11 +13,18 @@ __all__ = ["PROVIDERS", "create_provider"]
 
 def _local(settings: Settings, clock: Clock) -> Provider:
     from .local import LocalProvider
+    from .local_exec import ExecLimits
 
     return LocalProvider(
         settings.data_dir / "local",
         clock=clock,
         reaper_interval_s=settings.reaper_interval_s,
+        exec_limits=ExecLimits(
+            pids_limit=settings.exec_pids_limit,
+            cpu_seconds=settings.exec_cpu_seconds,
+            max_file_bytes=settings.max_file_bytes,
+            max_output_bytes=settings.exec_max_output_bytes,
+        ),
     )
 
 

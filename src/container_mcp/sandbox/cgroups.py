@@ -104,8 +104,19 @@ class RunCgroup:
     memory_kind: Kind | None
     dirs: list[Path] = field(default_factory=list)
 
+    def set_limits(self, *, memory_bytes: int, pids_limit: int) -> None:
+        """Apply the run's limits (cheap: no process moves). Raises ``OSError``."""
+        if self.memory_dir is not None and self.memory_kind is not None:
+            _limit_memory(self.memory_dir, self.memory_kind, memory_bytes)
+        if self.pids_dir is not None:
+            _write(self.pids_dir / "pids.max", str(pids_limit))
+
     def add(self, pid: int) -> None:
-        """Move ``pid`` (not yet forked further) into every directory of the run."""
+        """Move ``pid`` (not yet forked further) into every directory of the run.
+
+        Slow: a cgroup migration waits for an RCU grace period (the kernel's global threadgroup
+        rwsem), about 10 ms on a small VM, so launchers do it before a run needs them.
+        """
         for d in self.dirs:
             _write(d / "cgroup.procs", str(pid))
 
@@ -166,30 +177,45 @@ class CgroupHost:
     pids_parent: Path | None
     problems: tuple[str, ...] = ()
 
-    def create(self, run_id: str, *, memory_bytes: int | None, pids_limit: int | None) -> RunCgroup:
-        """Create the run's groups with their limits; raises ``OSError`` on failure (nothing left behind)."""
+    def create(self, run_id: str) -> RunCgroup | None:
+        """Create the (unlimited) groups of one run; None when no controller is usable.
+
+        Raises ``OSError`` on failure, leaving nothing behind. Set limits with ``set_limits``.
+        """
+        if not (self.memory and self.memory_parent) and not (self.pids and self.pids_parent):
+            return None
         dirs: list[Path] = []
         memory_dir = pids_dir = None
         try:
-            if self.memory and self.memory_parent and memory_bytes is not None:
+            if self.memory and self.memory_parent:
                 memory_dir = self.memory_parent / run_id
                 memory_dir.mkdir(mode=0o755)
                 dirs.append(memory_dir)
-                _limit_memory(memory_dir, self.memory, memory_bytes)
-            if self.pids and self.pids_parent and pids_limit is not None:
+            if self.pids and self.pids_parent:
                 if self.pids_parent == self.memory_parent and memory_dir is not None:
                     pids_dir = memory_dir
                 else:
                     pids_dir = self.pids_parent / run_id
                     pids_dir.mkdir(mode=0o755)
                     dirs.append(pids_dir)
-                _write(pids_dir / "pids.max", str(pids_limit))
         except OSError:
             for d in dirs:
                 with contextlib.suppress(OSError):
                     d.rmdir()
             raise
         return RunCgroup(memory_dir, pids_dir, self.memory if memory_dir else None, dirs)
+
+    def sweep(self) -> int:
+        """Remove run groups left empty by an earlier server (crash); returns how many went."""
+        removed = 0
+        for parent in {p for p in (self.memory_parent, self.pids_parent) if p is not None}:
+            with contextlib.suppress(OSError):
+                for child in parent.iterdir():
+                    if child.is_dir() and child.name.startswith("run-"):
+                        with contextlib.suppress(OSError):
+                            child.rmdir()
+                            removed += 1
+        return removed
 
 
 def _limit_memory(d: Path, kind: Kind, memory_bytes: int) -> None:

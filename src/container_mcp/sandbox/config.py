@@ -24,11 +24,10 @@ class SandboxConfig:
     bwrap: str = "bwrap"
     """bubblewrap executable (Debian package ``bubblewrap``)."""
     unshare: str = "unshare"
-    """util-linux ``unshare``: creates the private mount namespace the overlay is mounted in."""
+    """util-linux ``unshare``: creates the private mount namespace the overlay is mounted in, and
+    (``--setuid/--setgid``) drops to ``sandbox_uid`` before bubblewrap when the server is root."""
     mount: str = "mount"
     """util-linux ``mount``."""
-    setpriv: str = "setpriv"
-    """util-linux ``setpriv``: drops to ``sandbox_uid`` before bubblewrap when the server is root."""
     shell: str = "/bin/sh"
     """POSIX shell running the few setup steps between ``unshare`` and bubblewrap."""
     python: str = "/usr/bin/python3"
@@ -51,6 +50,8 @@ class SandboxConfig:
     """DNS for the allowlist proxy (tests map a name to 127.0.0.1); None: the host's resolver."""
     allow_private_addresses: bool = False
     """Let allowlisted names resolve to loopback/private/link-local addresses (tests only, usually)."""
+    warm_launchers: int = 1
+    """Launchers kept ready while the ``Sandbox`` is entered as a context manager (0: always cold)."""
     cleanup_timeout_s: float = 5.0
     """How long to wait for a killed run's processes to disappear before reporting an error."""
 

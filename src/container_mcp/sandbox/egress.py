@@ -23,6 +23,7 @@ services or a cloud metadata endpoint through a listed domain).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -201,9 +202,33 @@ class EgressProxy:
         self._limiter = anyio.CapacityLimiter(max_connections)
         self.log: list[tuple[str, str, int]] = []
 
-    async def serve(self, listener: anyio.abc.Listener[anyio.abc.ByteStream]) -> None:
-        async with listener:
-            await listener.serve(self.handle)
+    async def serve(self, sock: socket.socket) -> None:
+        """Serve connections on the listening Unix socket ``sock`` until cancelled.
+
+        Uses asyncio's transport-based streams: anyio's raw-socket Unix streams can report an
+        ``InvalidStateError`` from the event loop when a pending receive is cancelled, which is
+        exactly what happens to live tunnels when a run ends.
+        """
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            tasks.add(task)
+            try:
+                await self.handle(_StreamAdapter(reader, writer))
+            finally:
+                tasks.discard(task)
+
+        server = await asyncio.start_unix_server(on_connection, sock=sock)
+        try:
+            await anyio.sleep_forever()
+        finally:
+            server.close()
+            for task in list(tasks):
+                task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     async def handle(self, client: anyio.abc.ByteStream) -> None:
         async with client, self._limiter:
@@ -223,6 +248,8 @@ class EgressProxy:
             raise _Refused(431, "Request Header Fields Too Large", "request header too large") from None
         except (TimeoutError, anyio.IncompleteRead):
             return
+        if len(head) > MAX_HEADER_BYTES:
+            raise _Refused(431, "Request Header Fields Too Large", "request header too large")
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
@@ -292,6 +319,40 @@ class EgressProxy:
             return stream
         self.log.append(("unreachable", host, port))
         raise _Refused(502, "Bad Gateway", f"cannot connect to {host}:{port}: {last}")
+
+
+class _StreamAdapter(anyio.abc.ByteStream):
+    """anyio's ``ByteStream`` over an asyncio reader/writer pair."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        try:
+            data = await self._reader.read(max_bytes)
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
+        if not data:
+            raise anyio.EndOfStream
+        return data
+
+    async def send(self, item: bytes) -> None:
+        try:
+            self._writer.write(item)
+            await self._writer.drain()
+        except (OSError, RuntimeError) as exc:
+            raise anyio.BrokenResourceError from exc
+
+    async def send_eof(self) -> None:
+        with contextlib.suppress(OSError, RuntimeError):
+            if self._writer.can_write_eof():
+                self._writer.write_eof()
+
+    async def aclose(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(OSError), anyio.CancelScope(shield=True):
+            await self._writer.wait_closed()
 
 
 def _split_authority(authority: str, *, default_port: int | None) -> tuple[str, int]:

@@ -55,6 +55,14 @@ Limit = Annotated[int, Field(ge=1, le=100, description="Page size, 1-100.")]
 OrderArg = Annotated[Order, Field(description="'desc' (newest first) or 'asc', by created_at.")]
 After = Annotated[str | None, Field(description="Cursor: the last_id of the previous page; omit for the first page.")]
 
+TimeoutArg = Annotated[
+    float,
+    Field(
+        gt=0,
+        description="Seconds before the command and all its processes are killed (server maximum: 600 by default).",
+    ),
+]
+
 _TEXT_TYPES = ("application/json", "application/xml", "application/javascript", "application/x-sh")
 
 
@@ -393,10 +401,7 @@ def _register_exec(mcp: MCPServer, deps: ToolDeps) -> None:
             list[str] | str,
             Field(description="An argv list (['python3', 'a.py']) or a shell string (run with sh -c)."),
         ],
-        timeout_s: Annotated[
-            float,
-            Field(gt=0, description=f"Seconds before the command is killed (at most {settings.exec_max_timeout_s:g})."),
-        ] = settings.exec_default_timeout_s,
+        timeout_s: TimeoutArg = settings.exec_default_timeout_s,
         stdin: Annotated[str | None, Field(description="Text fed to the command's standard input.")] = None,
         env: Annotated[dict[str, str] | None, Field(description="Extra environment variables.")] = None,
         workdir: Annotated[str, Field(description="Working directory, under /mnt/data.")] = MOUNT,

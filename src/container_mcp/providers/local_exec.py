@@ -1,0 +1,170 @@
+"""``exec`` for the local provider: run in the bubblewrap sandbox, then apply or discard the changes.
+
+The sandbox runs the command over a staging overlay of the container's directory, so nothing
+the command writes is visible until we decide. After the run, the net change (files created,
+changed, deleted; bytes) goes to ``approve`` — the service's quota check — and is then either
+committed (atomically per file) and recorded in the registry, or discarded, leaving the
+container exactly as it was before the command.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio.to_thread
+
+from ..errors import InvalidRequest, QuotaExceeded, SandboxUnavailable
+from ..ids import new_file_id
+from ..models import MEMORY_LIMITS, NetworkPolicy
+from ..paths import MOUNT, normalize_path
+from ..sandbox import ChangeSet, Sandbox, SandboxJob, SandboxProbe, SandboxProgress, SandboxRun
+from .base import ApproveChanges, ExecRequest, ExecResult, FileChanges, ProgressCallback
+from .local_fs import ContainerDir
+from .local_registry import ContainerRow, FileRow, Registry
+
+__all__ = ["ExecLimits", "run_exec"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExecLimits:
+    """Server-wide limits on every command (see Settings for their meaning)."""
+
+    pids_limit: int = 256
+    cpu_seconds: int = 600
+    max_file_bytes: int = 100 << 20
+    max_output_bytes: int = 64 << 10
+
+
+def _workdir(container: ContainerDir, workdir: str) -> str:
+    """Normalise ``workdir`` (under /mnt/data) and make sure it exists as a directory."""
+    if workdir.rstrip("/") == MOUNT:
+        return MOUNT
+    if not workdir.startswith(MOUNT + "/"):
+        raise InvalidRequest(
+            f"workdir must be /mnt/data or a directory under it; got {workdir[:200]!r}.", param="workdir"
+        )
+    full = normalize_path(workdir)
+    container.ensure_dir(full[len(MOUNT) + 1 :])
+    return full
+
+
+def _file_changes(changes: ChangeSet) -> FileChanges:
+    return FileChanges(
+        created=[f"{MOUNT}/{f.path}" for f in changes.created],
+        changed=[f"{MOUNT}/{f.path}" for f in changes.changed],
+        deleted=[f"{MOUNT}/{f.path}" for f in changes.deleted],
+        largest_file_bytes=changes.largest_file_bytes,
+        files_delta=changes.files_delta,
+        bytes_delta=changes.bytes_delta,
+    )
+
+
+async def run_exec(
+    *,
+    sandbox: Sandbox,
+    probe: SandboxProbe,
+    registry: Registry,
+    container: ContainerDir,
+    row: ContainerRow,
+    request: ExecRequest,
+    limits: ExecLimits,
+    approve: ApproveChanges,
+    progress: ProgressCallback | None,
+    clock: Callable[[], float],
+    guess_mime: Callable[[str], str],
+) -> ExecResult:
+    """Run ``request`` in ``row``'s container; see the module docstring. The caller holds its lock."""
+    if not probe.available:
+        raise SandboxUnavailable(f"Commands cannot run here: {probe.reason}.")
+    workdir = await anyio.to_thread.run_sync(_workdir, container, request.workdir)
+
+    async def report(p: SandboxProgress) -> None:
+        if progress is not None:
+            await progress(p.elapsed_s, p.message())
+
+    job = SandboxJob(
+        data_dir=container.files,
+        argv=request.argv,
+        stdin=request.stdin,
+        env=request.env,
+        workdir=workdir,
+        timeout_s=request.timeout_s,
+        memory_bytes=MEMORY_LIMITS[row.memory_limit],
+        network=NetworkPolicy.model_validate_json(row.network_policy),
+        max_output_bytes=min(request.max_output_bytes, limits.max_output_bytes),
+        pids_limit=limits.pids_limit,
+        cpu_seconds=limits.cpu_seconds,
+        max_file_bytes=limits.max_file_bytes,
+        stage_root=container.root,
+    )
+    run: SandboxRun = await sandbox.run(job, progress=report)
+    async with run:
+        try:
+            await approve(_file_changes(run.changes))
+        except QuotaExceeded as exc:
+            exc.message = (
+                f"The command finished (exit code {run.exit_code}), but its file changes were discarded and "
+                f"the container is as it was before the command. {exc.message}"
+            )
+            exc.args = (exc.message,)
+            raise
+        applied = await run.commit()
+    created, changed = await _record(registry, container, row.id, applied, clock, guess_mime)
+    return ExecResult(
+        exit_code=run.exit_code,
+        signal=run.signal,
+        stdout=run.stdout_text,
+        stderr=run.stderr_text,
+        stdout_bytes=run.stdout_total,
+        stderr_bytes=run.stderr_total,
+        stdout_truncated=run.stdout_truncated,
+        stderr_truncated=run.stderr_truncated,
+        duration_ms=round(run.duration_s * 1000),
+        timed_out=run.timed_out,
+        killed_reason=run.killed_reason,
+        files_created=[r.model() for r in created],
+        files_changed=[r.model() for r in changed],
+        files_deleted=[f"{MOUNT}/{f.path}" for f in applied.deleted],
+    )
+
+
+async def _record(
+    registry: Registry,
+    container: ContainerDir,
+    container_id: str,
+    applied: ChangeSet,
+    clock: Callable[[], float],
+    guess_mime: Callable[[str], str],
+) -> tuple[list[FileRow], list[FileRow]]:
+    """Bring the registry in line with what was applied: new rows for created files (source
+    'assistant'), refreshed rows (same id) for changed ones, none for deleted ones."""
+    existing = registry.files_of(container_id)
+    now = clock()
+    created: list[FileRow] = []
+    changed: list[FileRow] = []
+    for change, bucket in [(f, created) for f in applied.created] + [(f, changed) for f in applied.changed]:
+        st = await anyio.to_thread.run_sync(container.stat, change.path)
+        if st is None:  # a file the command left unreadable or that vanished: nothing to record
+            log.warning("file %s of %s vanished after commit", change.path, container_id)
+            continue
+        sha = await anyio.to_thread.run_sync(container.sha256, change.path)
+        old = existing.get(change.path)
+        bucket.append(
+            FileRow(
+                id=old.id if old is not None else new_file_id(now),
+                container_id=container_id,
+                path=change.path,
+                created_at=old.created_at if old is not None else int(now),
+                bytes=st.size,
+                source=old.source if old is not None else "assistant",
+                mime_type=guess_mime(change.path),
+                sha256=sha,
+                mtime_ns=st.mtime_ns,
+            )
+        )
+    registry.apply(container_id, [*created, *changed], [f.path for f in applied.deleted])
+    return created, changed

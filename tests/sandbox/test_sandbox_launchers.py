@@ -1,0 +1,65 @@
+"""Warm and cold starts behave the same, and nothing of a launcher outlives the ``Sandbox``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+import pytest
+
+from container_mcp.sandbox import Sandbox, SandboxConfig, SandboxJob, SandboxProbe
+
+pytestmark = [pytest.mark.anyio, pytest.mark.sandbox]
+
+
+def _run_cgroups(probe_parent: Path | None) -> list[str]:
+    if probe_parent is None or not probe_parent.is_dir():
+        return []
+    return sorted(p.name for p in probe_parent.iterdir() if p.name.startswith("run-"))
+
+
+def _children() -> set[int]:
+    me = os.getpid()
+    kids: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+                kids.add(int(entry))
+    return kids
+
+
+async def test_cold_and_warm_runs(sandbox_config: SandboxConfig, data_dir: Path) -> None:
+    cold = Sandbox(sandbox_config)
+    probe: SandboxProbe = await cold.probe()
+    if not probe.available:
+        pytest.skip(f"sandbox unavailable: {probe.reason}")
+    job = SandboxJob(data_dir=data_dir, argv=["/bin/sh", "-c", "echo $((6 * 7)) > answer; cat answer"])
+    async with await cold.run(job) as run:
+        assert run.stdout == b"42\n" and [f.path for f in run.changes.created] == ["answer"]
+    async with Sandbox(sandbox_config) as warm:
+        for _ in range(3):
+            async with await warm.run(job) as run:
+                assert run.stdout == b"42\n" and [f.path for f in run.changes.created] == ["answer"]
+
+
+async def test_closing_the_sandbox_leaves_nothing_behind(sandbox_config: SandboxConfig, data_dir: Path) -> None:
+    before_children = _children()
+    box = Sandbox(SandboxConfig(**{**sandbox_config.__dict__, "warm_launchers": 2}))
+    async with box:
+        probe = await box.probe()
+        if not probe.available:
+            pytest.skip(f"sandbox unavailable: {probe.reason}")
+        parent = box._cgroups.memory_parent or box._cgroups.pids_parent
+        async with await box.run(SandboxJob(data_dir=data_dir, argv=["true"])) as run:
+            assert run.exit_code == 0
+        with anyio.fail_after(10):
+            while len(_children() - before_children) < 2:  # noqa: ASYNC110 - waiting for the pool's refill
+                await anyio.sleep(0.01)
+        assert len(_run_cgroups(parent)) >= 2
+    assert _children() - before_children == set()
+    assert _run_cgroups(parent) == []
