@@ -73,7 +73,7 @@ async def test_memory_bomb_is_killed_and_reported(sandbox: Sandbox, probe: Sandb
         if probe.memory_enforcement.startswith("cgroup"):
             assert run.oom_killed
             assert run.killed_reason == "memory_limit"
-            assert run.signal == signal.SIGKILL
+            assert run.exit_code is None and run.signal == signal.SIGKILL
         else:
             assert "MemoryError" in run.stderr_text
     assert run.memory_enforcement == probe.memory_enforcement

@@ -22,6 +22,8 @@ from container_mcp.sandbox.egress import InvalidHost, normalize_host
 from container_mcp.sandbox.output import OutputCapture
 from container_mcp.sandbox.seccomp import DENIED_SYSCALLS, program_for_machine
 
+pytestmark = pytest.mark.anyio
+
 
 def test_output_capture_keeps_head_and_tail() -> None:
     cap = OutputCapture(10)
@@ -119,7 +121,6 @@ def test_job_validation(bad: dict[str, object], tmp_path: Path) -> None:
         SandboxJob(**fields)  # type: ignore[arg-type]
 
 
-@pytest.mark.anyio
 async def test_probe_reports_missing_bubblewrap(tmp_path: Path) -> None:
     sandbox = Sandbox(SandboxConfig(bwrap=str(tmp_path / "no-bwrap")))
     probe = await sandbox.probe()
@@ -129,7 +130,6 @@ async def test_probe_reports_missing_bubblewrap(tmp_path: Path) -> None:
         await sandbox.run(SandboxJob(data_dir=tmp_path, argv=["true"]))
 
 
-@pytest.mark.anyio
 async def test_probe_reports_a_broken_sandbox() -> None:
     # Outside pytest's private tmp dir: the unprivileged sandbox uid must be able to run it.
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,8 +143,3 @@ async def test_probe_reports_a_broken_sandbox() -> None:
         probe = await Sandbox(SandboxConfig(bwrap=str(fake))).probe()
     assert not probe.available
     assert probe.reason is not None and "Creating new namespace failed" in probe.reason
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"

@@ -48,7 +48,7 @@ from ..models import (
     Page,
 )
 from ..paths import MOUNT, normalize_path
-from ..sandbox import Sandbox, SandboxProbe
+from ..sandbox import Sandbox, SandboxProbe, sweep_stages
 from ..uploads import CHUNK_SIZE, Upload
 from .base import ApproveChanges, Capabilities, ExecRequest, ExecResult, FileChanges, ProgressCallback
 from .local_exec import ExecLimits, run_exec
@@ -104,6 +104,9 @@ class LocalProvider:
         data_dir.mkdir(parents=True, exist_ok=True)
         self._containers_root = data_dir / "containers"
         self._containers_root.mkdir(exist_ok=True)
+        # Sandboxed commands run as an unprivileged host uid that owns a container's files while it
+        # runs: no other process of that uid may walk in from outside.
+        self._containers_root.chmod(0o700)
         self.registry = Registry(data_dir / "registry.sqlite3")
         self._locks: dict[str, anyio.Lock] = {}
         self._stack: AsyncExitStack | None = None
@@ -130,7 +133,10 @@ class LocalProvider:
 
     async def __aenter__(self) -> Self:
         await self.recover()
+        self._stack = AsyncExitStack()
         if self._exec_limits is not None:
+            # Entered, the sandbox keeps a launcher warm: ~12 ms less per command than a cold start.
+            await self._stack.enter_async_context(self._sandbox)
             self._probe = probe = await self._sandbox.probe()
             self._capabilities = self._capabilities.model_copy(
                 update={
@@ -142,7 +148,6 @@ class LocalProvider:
             )
             if not probe.available:
                 log.warning("container_exec is not offered: %s", probe.reason)
-        self._stack = AsyncExitStack()
         tg = await self._stack.enter_async_context(anyio.create_task_group())
         tg.start_soon(self._reap_forever)
         self._stack.callback(tg.cancel_scope.cancel)
@@ -184,6 +189,7 @@ class LocalProvider:
             if entry.name not in known:
                 await anyio.to_thread.run_sync(ContainerDir(entry).destroy)
                 continue
+            await anyio.to_thread.run_sync(sweep_stages, entry)  # overlay stages of runs a crash cut short
             row = self.registry.container(entry.name)
             if row is not None and row.status == "expired":
                 await anyio.to_thread.run_sync(ContainerDir(entry).clear_files)

@@ -198,8 +198,10 @@ def bwrap_args(opts: BwrapOptions) -> list[str]:
         args += ["--setenv", key, value]
     args += _system_binds()
     args += _etc_binds()
+    # Plain files in bubblewrap's root tmpfs: read-only once the root is remounted read-only at
+    # the end, and far cheaper than --ro-bind-data (a bind mount and a remount per file).
     for dest, fd in opts.data_fds.items():
-        args += ["--perms", "0644", "--ro-bind-data", str(fd), dest]
+        args += ["--perms", "0644", "--file", str(fd), dest]
     args += ["--proc", "/proc", "--dev", "/dev"]
     size = str(opts.tmp_bytes)
     args += ["--perms", "01777", "--size", size, "--tmpfs", "/tmp"]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["CgroupHost", "RunCgroup", "discover"]
+__all__ = ["CgroupHost", "RunCgroup", "discover", "pid_alive"]
 
 Kind = Literal["cgroup-v2", "cgroup-v1"]
 
@@ -206,16 +206,33 @@ class CgroupHost:
         return RunCgroup(memory_dir, pids_dir, self.memory if memory_dir else None, dirs)
 
     def sweep(self) -> int:
-        """Remove run groups left empty by an earlier server (crash); returns how many went."""
+        """Remove empty run groups whose server process is gone (a crash); returns how many went.
+
+        Run groups are named ``run-<server pid>-<random>``, so groups of other live servers
+        sharing the parent are left alone.
+        """
         removed = 0
         for parent in {p for p in (self.memory_parent, self.pids_parent) if p is not None}:
             with contextlib.suppress(OSError):
                 for child in parent.iterdir():
-                    if child.is_dir() and child.name.startswith("run-"):
-                        with contextlib.suppress(OSError):
-                            child.rmdir()
-                            removed += 1
+                    parts = child.name.split("-")
+                    if len(parts) != 3 or parts[0] != "run" or not parts[1].isdigit() or pid_alive(int(parts[1])):
+                        continue
+                    with contextlib.suppress(OSError):
+                        child.rmdir()
+                        removed += 1
         return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (run groups and stages are named after their server)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _limit_memory(d: Path, kind: Kind, memory_bytes: int) -> None:

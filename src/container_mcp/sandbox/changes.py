@@ -22,9 +22,7 @@ stripped.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import itertools
 import os
 import stat
 import tempfile
@@ -34,11 +32,13 @@ from typing import Literal
 
 from ..errors import InvalidPath
 from ..paths import normalize_path
+from .cgroups import pid_alive
+from .tree import DIR_FLAGS, DirFds, Remover, adopt_tree, remove_tree, strip_overlay_xattrs, tree_usage
 
-__all__ = ["ChangeSet", "FileChange", "SkippedEntry", "Stage"]
+__all__ = ["STAGE_PREFIX", "ChangeSet", "FileChange", "SkippedEntry", "Stage", "sweep_stages"]
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_MAX_OPEN_DEPTH = 64
+STAGE_PREFIX = ".sandbox-run-"
+
 _OPAQUE_XATTRS = ("user.overlay.opaque", "trusted.overlay.opaque")
 
 SkipKind = Literal["symlink", "fifo", "socket", "device", "invalid-path"]
@@ -275,156 +275,6 @@ class _Scanner:
                     self.delete_lower(f"{rel}/{name}" if rel else name, lst)
 
 
-class _DirFds:
-    """``O_NOFOLLOW`` directory fds below a root, opened on demand and cached."""
-
-    def __init__(self, root: Path) -> None:
-        self.root_fd = os.open(root, _DIR_FLAGS)
-        self._cache: dict[str, int] = {"": self.root_fd}
-
-    def parent(self, rel: str) -> tuple[int, str]:
-        """(fd of the parent directory of ``rel``, last component)."""
-        head, _, name = rel.rpartition("/")
-        return self.dir(head), name
-
-    def dir(self, rel: str) -> int:
-        fd = self._cache.get(rel)
-        if fd is not None:
-            return fd
-        parent, name = self.parent(rel)
-        try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise OSError(exc.errno, f"{rel} is not a plain directory") from None
-            raise
-        self._cache[rel] = fd
-        return fd
-
-    def forget(self) -> None:
-        for rel, fd in list(self._cache.items()):
-            if rel:
-                os.close(fd)
-                del self._cache[rel]
-
-    def close(self) -> None:
-        self.forget()
-        os.close(self.root_fd)
-
-
-def _strip_overlay_xattrs(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        for name in os.listxattr(path, follow_symlinks=False):
-            if name.startswith(("user.overlay.", "trusted.overlay.")):
-                with contextlib.suppress(OSError):
-                    os.removexattr(path, name, follow_symlinks=False)
-
-
-class _Remover:
-    """Removes trees without following symlinks and without deep recursion.
-
-    Directories nested deeper than ``_MAX_OPEN_DEPTH`` are renamed into ``park_fd`` (a directory
-    on the same filesystem) and removed from there later, so neither the fd limit nor Python's
-    recursion limit is reached however deep a command nested its directories. Permission bits
-    (a command may ``chmod 000`` a directory) are overridden for the owner.
-    """
-
-    def __init__(self, park_fd: int, prefix: str) -> None:
-        self.park_fd = park_fd
-        self.prefix = prefix
-        self.parked: list[str] = []
-        self._counter = itertools.count()
-
-    def remove_at(self, dir_fd: int, name: str) -> None:
-        try:
-            st = os.lstat(name, dir_fd=dir_fd)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISDIR(st.st_mode):
-            os.unlink(name, dir_fd=dir_fd)
-            return
-        self._clear_child(dir_fd, name, 0)
-        os.rmdir(name, dir_fd=dir_fd)
-
-    def drain(self) -> None:
-        while self.parked:
-            self.remove_at(self.park_fd, self.parked.pop())
-
-    def _clear_child(self, dir_fd: int, name: str, depth: int) -> None:
-        try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-        except PermissionError:
-            os.chmod(name, 0o700, dir_fd=dir_fd)
-            fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-        try:
-            with contextlib.suppress(OSError):
-                os.fchmod(fd, 0o700)
-            with os.scandir(fd) as it:
-                children = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
-            for child, is_dir in children:
-                if not is_dir:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(child, dir_fd=fd)
-                elif depth >= _MAX_OPEN_DEPTH:
-                    parked = f"{self.prefix}.deep-{next(self._counter)}"
-                    os.rename(child, parked, src_dir_fd=fd, dst_dir_fd=self.park_fd)
-                    self.parked.append(parked)
-                else:
-                    self._clear_child(fd, child, depth + 1)
-                    os.rmdir(child, dir_fd=fd)
-        finally:
-            os.close(fd)
-
-
-def remove_tree(path: Path) -> None:
-    """Remove ``path`` and everything below it, however deep, without following symlinks."""
-    parent_fd = os.open(path.parent, _DIR_FLAGS)
-    try:
-        remover = _Remover(parent_fd, f".{path.name}")
-        remover.remove_at(parent_fd, path.name)
-        remover.drain()
-    finally:
-        os.close(parent_fd)
-
-
-def tree_usage(path: Path, *, max_entries: int) -> tuple[int, int, bool]:
-    """(bytes allocated, entries, deeper than the fd budget) below ``path``, stopping after ``max_entries``.
-
-    Used while a command runs, so entries may vanish under it; those are skipped.
-    """
-    total = entries = 0
-    too_deep = False
-    try:
-        top = os.open(path, _DIR_FLAGS)
-    except OSError:
-        return 0, 0, False
-    stack = [top]
-    try:
-        while stack and entries <= max_entries:
-            fd = stack.pop()
-            try:
-                with os.scandir(fd) as it:
-                    for e in it:
-                        entries += 1
-                        try:
-                            st = e.stat(follow_symlinks=False)
-                        except OSError:
-                            continue
-                        total += st.st_blocks * 512
-                        if stat.S_ISDIR(st.st_mode):
-                            if len(stack) >= _MAX_OPEN_DEPTH * 4:
-                                too_deep = True
-                                continue
-                            with contextlib.suppress(OSError):
-                                stack.append(os.open(e.name, _DIR_FLAGS, dir_fd=fd))
-            finally:
-                os.close(fd)
-    finally:
-        for fd in stack:
-            os.close(fd)
-    return total, entries, too_deep
-
-
 class Stage:
     """The staging directory of one run: ``upper/`` and ``work/`` of the overlay, and ``lower``.
 
@@ -456,7 +306,7 @@ class Stage:
                 f"stage directory {stage_root} is not on the same filesystem as {data_dir}; "
                 "changes could not be applied atomically",
             )
-        root = Path(tempfile.mkdtemp(prefix=".sandbox-run-", dir=stage_root))
+        root = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=stage_root))
         stage = cls(root, data_dir)
         try:
             stage.upper.mkdir(mode=0o700)
@@ -483,10 +333,10 @@ class Stage:
 
     def apply(self, plan: _Plan) -> None:
         """Apply ``plan`` to the container directory (removals, new directories, then renames)."""
-        fds = _DirFds(self.data_dir)
-        park_fd = os.open(self.root, _DIR_FLAGS)
+        fds = DirFds(self.data_dir)
+        park_fd = os.open(self.root, DIR_FLAGS)
         try:
-            remover = _Remover(park_fd, "removed")
+            remover = Remover(park_fd, "removed")
             for rel in plan.removes:
                 try:
                     parent, name = fds.parent(rel)
@@ -508,7 +358,7 @@ class Stage:
             for rel, mode in plan.installs:
                 src = self.upper / rel
                 os.chmod(src, mode)
-                _strip_overlay_xattrs(src)
+                strip_overlay_xattrs(src)
                 parent, name = fds.parent(rel)
                 os.rename(src, name, dst_dir_fd=parent)
         finally:
@@ -521,18 +371,24 @@ class Stage:
             remove_tree(self.root)
 
 
-def adopt_tree(root: Path, uid: int, gid: int) -> None:
-    """Give ``root`` and everything below it to ``uid``/``gid`` (symlinks are not followed)."""
-    stack = [root]
-    while stack:
-        d = stack.pop()
-        st = os.lstat(d)
-        if (st.st_uid, st.st_gid) != (uid, gid):
-            os.chown(d, uid, gid, follow_symlinks=False)
-        with os.scandir(d) as it:
-            for e in it:
-                est = e.stat(follow_symlinks=False)
-                if stat.S_ISDIR(est.st_mode):
-                    stack.append(Path(e.path))
-                elif (est.st_uid, est.st_gid) != (uid, gid):
-                    os.chown(e.path, uid, gid, follow_symlinks=False)
+def sweep_stages(stage_root: Path) -> int:
+    """Remove stages left in ``stage_root`` by a server process that is gone (a crash).
+
+    Stages are named ``.sandbox-run-<server pid>-<random>``; those of live processes are left
+    alone. Call it at startup for each stage root (e.g. each container directory). Returns how
+    many were removed. Blocking.
+    """
+    removed = 0
+    try:
+        entries = list(stage_root.iterdir())
+    except OSError:
+        return 0
+    for entry in entries:
+        pid = entry.name.removeprefix(STAGE_PREFIX).split("-", 1)[0]
+        if entry.name.startswith(STAGE_PREFIX) and pid.isdigit() and not pid_alive(int(pid)):
+            try:
+                remove_tree(entry)
+            except OSError:
+                continue
+            removed += 1
+    return removed

@@ -31,7 +31,7 @@ class SandboxConfig:
     shell: str = "/bin/sh"
     """POSIX shell running the few setup steps between ``unshare`` and bubblewrap."""
     python: str = "/usr/bin/python3"
-    """The interpreter commands get as ``python3`` (must live under /usr); runs the allowlist forwarder."""
+    """Interpreter that runs the in-sandbox forwarder of allowlist runs (must live under /usr or /bin)."""
     sandbox_uid: int = 65534
     """Host uid commands run as when the server runs as root (never uid 0; see the package docs)."""
     sandbox_gid: int = 65534

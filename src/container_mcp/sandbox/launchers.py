@@ -123,10 +123,22 @@ def _memfd(name: str, data: bytes) -> int:
 
 
 async def spawn_launcher(spec: LauncherSpec) -> Launcher:
-    """Spawn a launcher and move it into fresh cgroups; raises ``OSError`` on failure."""
+    """Spawn a launcher and move it into fresh cgroups; raises ``OSError`` on failure.
+
+    Shielded from cancellation (it takes milliseconds): a cancellation landing while asyncio
+    reaps a half-spawned child would otherwise leave a running process nobody waits for. A
+    pending cancellation is delivered at the caller's next checkpoint, by which time the
+    launcher is in the caller's hands to discard.
+    """
+    with anyio.CancelScope(shield=True):
+        launcher = await _spawn(spec)
+    return launcher
+
+
+async def _spawn(spec: LauncherSpec) -> Launcher:
     child_fds: list[int] = []
     parent_fds: list[int] = []
-    cg = spec.cgroups.create("run-" + secrets.token_hex(8))
+    cg = spec.cgroups.create(f"run-{os.getpid()}-{secrets.token_hex(6)}")
     try:
         file_fds = {dest: _memfd(os.path.basename(dest), data) for dest, data in spec.files().items()}
         child_fds += file_fds.values()
@@ -183,32 +195,41 @@ async def release_cgroup(cg: cgroups.RunCgroup, timeout_s: float) -> None:
 
 
 class LauncherPool:
-    """Keeps ``size`` launchers ready while ``maintain()`` runs (in the ``Sandbox``'s task group)."""
+    """Keeps ``size`` launchers ready while ``maintain()`` runs (in the ``Sandbox``'s task group).
+
+    Refills happen only while no run is in flight (``busy()`` is False): moving the new launcher
+    into its cgroup holds the kernel's global threadgroup lock for a grace period, which would
+    stall every fork and exit of a running command.
+    """
 
     def __init__(
         self,
         spawn: Callable[[], Awaitable[Launcher]],
         *,
         size: int,
+        busy: Callable[[], bool],
         max_age_s: float = 60.0,
     ) -> None:
         self._spawn = spawn
+        self._busy = busy
         self.size = size
         self.max_age_s = max_age_s
         self._ready: list[Launcher] = []
         self._retired: list[Launcher] = []
-        self._wanted = anyio.Event()
+        self._wake = anyio.Event()
+
+    def poke(self) -> None:
+        """Tell the pool something changed (a launcher was taken, a run ended)."""
+        self._wake.set()
 
     def take(self) -> Launcher | None:
         """A ready launcher, or None (the caller spawns one itself)."""
         now = time.monotonic()
         while self._ready:
             launcher = self._ready.pop(0)
-            self._wanted.set()
             if launcher.process.returncode is None and now - launcher.created < self.max_age_s:
                 return launcher
             self._retire(launcher)
-        self._wanted.set()
         return None
 
     def _retire(self, launcher: Launcher) -> None:
@@ -219,22 +240,24 @@ class LauncherPool:
         with contextlib.suppress(ProcessLookupError):
             launcher.process.send_signal(signal.SIGKILL)
         self._retired.append(launcher)
+        self.poke()
 
     async def maintain(self) -> None:
         """Refill forever (cancel to stop); failures are logged and retried after a pause."""
         while True:
-            while len(self._ready) < self.size:
+            while self._retired:
+                await self._retired.pop().discard()
+            if len(self._ready) < self.size and not self._busy():
                 try:
                     self._ready.append(await self._spawn())
                 except Exception as exc:  # e.g. EMFILE: keep serving cold runs
                     log.warning("could not prepare a sandbox launcher: %s", exc)
                     await anyio.sleep(1.0)
-            while self._retired:
-                await self._retired.pop().discard()
-            self._wanted = anyio.Event()
+                continue
+            self._wake = anyio.Event()
             oldest = min((launcher.created for launcher in self._ready), default=time.monotonic())
-            with anyio.move_on_after(max(0.0, oldest + self.max_age_s - time.monotonic())):
-                await self._wanted.wait()
+            with anyio.move_on_after(max(0.01, oldest + self.max_age_s - time.monotonic())):
+                await self._wake.wait()
             now = time.monotonic()
             for launcher in [x for x in self._ready if now - x.created >= self.max_age_s]:
                 self._ready.remove(launcher)
