@@ -85,9 +85,10 @@ async def main(runs: int) -> None:
         for label in COMMANDS:
             bare = pct(results[f"bare bwrap: {label}"], 0.5)
             prov = pct(results[f"provider: {label}"], 0.5)
-            tool = pct(results[f"MCP tool: {label}"], 0.5)
+            via_mcp = pct(results[f"MCP tool: {label}"], 0.5)
             print(
-                f"p50 overhead over bare bwrap, {label}: provider +{prov - bare:.2f} ms, MCP tool +{tool - bare:.2f} ms"
+                f"p50 overhead over bare bwrap, {label}: provider +{prov - bare:.2f} ms, "
+                f"MCP tool +{via_mcp - bare:.2f} ms"
             )
 
 
