@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-RECORDINGS_DIR = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "openai-recordings"
+RECORDINGS_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "openai-recordings"
 
 
 def recorded(name: str, method: str, index: int = 0) -> dict[str, Any]:

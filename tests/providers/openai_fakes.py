@@ -24,7 +24,7 @@ from pydantic import SecretStr
 
 from container_mcp.providers.openai import OpenAIProvider
 
-RECORDINGS_DIR = Path("/work/shared/fixtures/openai-recordings")
+RECORDINGS_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "openai-recordings"
 API_KEY = "sk-test-SECRET-0123456789abcdef"
 BASE_URL = "https://api.test/v1"
 
@@ -33,11 +33,13 @@ FILE_ID = "cfile_68c9ddf564c48191be678656a5e878e4"
 
 
 def load_recordings() -> dict[str, list[dict[str, Any]]]:
-    """Every recording file's entries, by file stem."""
-    return {
+    """Every recording file's entries, by file stem (fails loudly when the fixtures are missing)."""
+    found = {
         path.stem: json.loads(path.read_text(encoding="utf-8"))["Entries"]
         for path in sorted(RECORDINGS_DIR.glob("*.json"))
     }
+    assert len(found) >= 12, f"OpenAI recordings missing under {RECORDINGS_DIR}"
+    return found
 
 
 def error_body(message: str, *, type_: str = "invalid_request_error", param: str | None = None) -> dict[str, Any]:
