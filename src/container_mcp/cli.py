@@ -104,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 async def _serve_mcp(settings: Settings, transport: str, host: str, port: int) -> None:
     from .runtime import open_service
     from .server.app import create_server
+    from .serving import serve_asgi
 
     async with open_service(settings) as service:
         mcp = create_server(service, settings)
@@ -113,6 +114,9 @@ async def _serve_mcp(settings: Settings, transport: str, host: str, port: int) -
         if transport == "stdio":
             await mcp.run_stdio_async()
         elif transport == "sse":
-            await mcp.run_sse_async(host=host, port=port, max_request_body_size=body_limit)
+            app = mcp.sse_app(host=host, max_request_body_size=body_limit)
+            await serve_asgi(app, host, port, label="container-mcp (SSE)", path="/sse")
         else:
-            await mcp.run_streamable_http_async(host=host, port=port, max_request_body_size=body_limit)
+            app = mcp.streamable_http_app(host=host, max_request_body_size=body_limit)
+            # lifespan on: the streamable HTTP app runs its session manager there
+            await serve_asgi(app, host, port, label="container-mcp (streamable HTTP)", path="/mcp", lifespan="on")

@@ -19,11 +19,11 @@ import uvicorn
 from openai import AsyncOpenAI
 
 from container_mcp.api.app import create_app
-from container_mcp.api.serve import listen
 from container_mcp.clock import ManualClock
 from container_mcp.providers.local import LocalProvider
 from container_mcp.runtime import limits_from
 from container_mcp.service import ContainerService
+from container_mcp.serving import listen
 from container_mcp.settings import Settings
 from container_mcp.store import SqliteSessionStore
 

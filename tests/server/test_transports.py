@@ -81,3 +81,37 @@ async def test_stdio_subprocess_and_restart_durability(tmp_path: Path, mode: str
         assert [x["id"] for x in listed["data"]] == [c["id"]]
         chunk = await structured(client, "file_read", container_id=c["id"], file_id=f["id"])
         assert chunk["content"] == "still here"
+
+
+@pytest.mark.parametrize(("transport", "path"), [("streamable-http", "/mcp"), ("sse", "/sse")])
+async def test_http_server_process_serves_and_stops_cleanly_on_sigterm(
+    tmp_path: Path, transport: str, path: str
+) -> None:
+    import re
+    import signal
+    import subprocess
+
+    import anyio
+
+    proc = await anyio.open_process(
+        [console_script(), "--transport", transport, "--port", "0", "--data-dir", str(tmp_path), "--log-level", "INFO"],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None
+        seen = b""
+        with anyio.fail_after(20):
+            while not (match := re.search(rb"listening on (http://127\.0\.0\.1:\d+)", seen)):
+                seen += await proc.stderr.receive()
+        url = match[1].decode() + path
+        client = Client(sse_client(url)) if transport == "sse" else Client(url, mode="legacy")
+        async with client:
+            created = await structured(client, "container_create", name="over-http")
+            assert created["status"] == "running"
+        proc.send_signal(signal.SIGTERM)
+        with anyio.fail_after(20):
+            assert await proc.wait() == 0  # a graceful stop, not death by the signal
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

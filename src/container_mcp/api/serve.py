@@ -2,45 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
-import socket
-from collections.abc import Iterator
-
-import anyio
-import uvicorn
 
 from ..runtime import open_service
+from ..serving import serve_asgi
 from ..settings import Settings
 from .app import create_app
 from .auth import is_loopback
 
-__all__ = ["listen", "serve_api"]
+__all__ = ["serve_api"]
 
 log = logging.getLogger("container_mcp.api")
-
-
-def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
-    """A listening TCP socket, bound before uvicorn starts so the bound port is known at once.
-
-    Made with ``proto=IPPROTO_TCP`` (from getaddrinfo): asyncio sets TCP_NODELAY only on accepted
-    sockets whose protocol says TCP, and without it every response written in two parts (headers,
-    then body) waits ~40 ms for a delayed ACK. uvicorn's own ``Config.bind_socket`` leaves the
-    protocol 0 and has that delay.
-    """
-    family, type_, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, type_, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(backlog)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 async def serve_api(settings: Settings, host: str, port: int) -> None:
@@ -56,39 +28,4 @@ async def serve_api(settings: Settings, host: str, port: int) -> None:
             "127.0.0.1."
         )
     async with open_service(settings) as service:
-        config = uvicorn.Config(
-            create_app(service, settings),
-            host=host,
-            port=port,
-            log_config=None,
-            lifespan="off",
-            access_log=logging.getLogger("uvicorn.access").isEnabledFor(logging.INFO),
-            server_header=False,
-            timeout_graceful_shutdown=10,
-        )
-        server = _Server(config)
-        with listen(host, port, config.backlog) as sock:
-            bound_host, bound_port = sock.getsockname()[:2]
-            log.info("container-mcp api listening on http://%s:%d/v1", bound_host, bound_port)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_stop_on_signal, server)
-                await server.serve(sockets=[sock])
-                tg.cancel_scope.cancel()
-    log.info("container-mcp api stopped")
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server without its signal handling: uvicorn re-raises SIGTERM after shutting down,
-    which would kill the process before ``open_service`` closes the provider and the store."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-async def _stop_on_signal(server: uvicorn.Server) -> None:
-    """SIGINT or SIGTERM: graceful shutdown; a second one: stop waiting for open connections."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            server.force_exit = server.should_exit
-            server.should_exit = True
+        await serve_asgi(create_app(service, settings), host, port, label="container-mcp api", path="/v1")

@@ -1,0 +1,84 @@
+"""Serving an ASGI app on uvicorn the way every HTTP entry point here needs it.
+
+Shared by ``container-mcp api`` and the MCP HTTP transports (SSE, streamable HTTP):
+
+* the listening socket is bound first (``listen``), with ``proto=IPPROTO_TCP`` so asyncio sets
+  TCP_NODELAY on accepted connections (uvicorn's own binding leaves the protocol 0, and every
+  response written in two parts then waits ~40 ms for a delayed ACK);
+* uvicorn's signal handling is replaced: uvicorn re-raises SIGTERM after shutting down, which
+  kills the process before the caller's ``async with open_service(...)`` closes the provider and
+  the store. Here SIGINT/SIGTERM shut down gracefully and the call returns; a second signal stops
+  waiting for open connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import anyio
+import uvicorn
+
+__all__ = ["listen", "serve_asgi"]
+
+log = logging.getLogger("container_mcp")
+
+
+def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A listening TCP socket (see the module docstring for why not uvicorn's)."""
+    family, type_, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its signal handling (see the module docstring)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _stop_on_signal(server: uvicorn.Server) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            server.force_exit = server.should_exit
+            server.should_exit = True
+
+
+async def serve_asgi(
+    app: Any, host: str, port: int, *, label: str, path: str = "", lifespan: Literal["on", "off"] = "off"
+) -> None:
+    """Serve ``app`` until SIGINT/SIGTERM; logs ``<label> listening on http://host:port<path>`` at INFO."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        lifespan=lifespan,
+        access_log=logging.getLogger("uvicorn.access").isEnabledFor(logging.INFO),
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    server = _Server(config)
+    with listen(host, port, config.backlog) as sock:
+        bound_host, bound_port = sock.getsockname()[:2]
+        log.info("%s listening on http://%s:%d%s", label, bound_host, bound_port, path)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, server)
+            await server.serve(sockets=[sock])
+            tg.cancel_scope.cancel()
+    log.info("%s stopped", label)
