@@ -68,7 +68,12 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(30.0, gt=0, description="Seconds between expiry sweeps (local).")
 
     # --- exec (local provider) -------------------------------------------------------------
-    exec_default_timeout_s: float = Field(60.0, gt=0, description="container_exec timeout when none is given.")
+    exec_default_timeout_s: float = Field(
+        45.0,
+        gt=0,
+        description="container_exec timeout when none is given; below the 60 s request timeout common MCP "
+        "clients use, so the caller sees our timeout error rather than its own.",
+    )
     exec_max_timeout_s: float = Field(600.0, gt=0, description="Largest timeout_s container_exec accepts.")
     exec_max_output_bytes: int = Field(64 * 1024, ge=1024, description="Bytes kept of stdout and stderr each.")
     exec_pids_limit: int = Field(256, ge=8, description="Max processes/threads a command may have at once.")
