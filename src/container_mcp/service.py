@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .clock import Clock, system_clock
 from .errors import (
     ContainerExpired,
+    ContainerMCPError,
     ContainerNotFound,
     FileNotFound,
     FileTooLarge,
@@ -77,6 +78,21 @@ class SessionUsage(BaseModel):
     max_file_bytes: int
 
 
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first non-group exception in ``group`` (a ContainerMCPError if there is one)."""
+    leaves: list[BaseException] = []
+
+    def collect(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                collect(inner)
+        else:
+            leaves.append(exc)
+
+    collect(group)
+    return next((e for e in leaves if isinstance(e, ContainerMCPError)), leaves[0])
+
+
 def _check_id(value: str, kind: str) -> str:
     if not isinstance(value, str) or not _ID_RES[kind].fullmatch(value):
         prefix = "cntr_" if kind == "container" else "cfile_"
@@ -99,7 +115,12 @@ class ContainerService:
 
     @property
     def capabilities(self) -> Capabilities:
-        return self.provider.capabilities
+        """The provider's capabilities, with the per-file byte limit actually in force."""
+        caps = self.provider.capabilities
+        limit = self.limits.max_file_bytes
+        if caps.max_file_bytes is None or caps.max_file_bytes > limit:
+            caps = caps.model_copy(update={"max_file_bytes": limit})
+        return caps
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -130,7 +151,12 @@ class ContainerService:
                     limit=self.limits.max_file_bytes,
                     used=changes.largest_file_bytes,
                 )
-            self.store.apply_delta(owner, container_id, changes.files_delta, changes.bytes_delta, self.limits)
+            try:
+                self.store.apply_delta(owner, container_id, changes.files_delta, changes.bytes_delta, self.limits)
+            except QuotaExceeded:
+                # Bytes of containers that expired since we last looked still count until reconciled.
+                await self.reconcile(owner, skip=container_id)
+                self.store.apply_delta(owner, container_id, changes.files_delta, changes.bytes_delta, self.limits)
             approved.append(changes)
 
         return approved, approve
@@ -146,9 +172,11 @@ class ContainerService:
             # Gone from the backend behind our back (deleted upstream, or purged).
             self.store.forget(container_id)
 
-    async def reconcile(self, owner: str) -> None:
+    async def reconcile(self, owner: str, *, skip: str | None = None) -> None:
         """Refresh which of the owner's containers are still live, without touching them."""
         for owned in self.store.live(owner):
+            if owned.container_id == skip:
+                continue
             try:
                 self._seen(await self.provider.get_container(owned.container_id, touch=False))
             except ContainerNotFound:
@@ -209,12 +237,13 @@ class ContainerService:
         return container
 
     async def _discard(self, container_id: str) -> None:
-        try:
-            await self.provider.delete_container(container_id)
-        except NotFound:
-            pass
-        finally:
-            self.store.forget(container_id)
+        with anyio.CancelScope(shield=True):  # a half-made container must not outlive a cancelled create
+            try:
+                await self.provider.delete_container(container_id)
+            except NotFound:
+                pass
+            finally:
+                self.store.forget(container_id)
 
     async def _resync(self, container_id: str) -> None:
         files = bytes_ = 0
@@ -307,9 +336,12 @@ class ContainerService:
                 except ContainerNotFound:
                     self.store.forget(container_id)
 
-        async with anyio.create_task_group() as tg:
-            for i, row in enumerate(rows):
-                tg.start_soon(hydrate, i, row.container_id)
+        try:
+            async with anyio.create_task_group() as tg:
+                for i, row in enumerate(rows):
+                    tg.start_soon(hydrate, i, row.container_id)
+        except BaseExceptionGroup as group:
+            raise _first_leaf(group) from None  # callers map our errors; a group would hide the message
         return Page[Container].of([c for c in found if c is not None], has_more)
 
     async def get_container(self, owner: str, container_id: str) -> Container:

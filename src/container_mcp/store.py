@@ -142,7 +142,7 @@ CREATE TABLE IF NOT EXISTS calls (
 
 
 def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
+    return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n} bytes"
 
 
 class SqliteSessionStore:

@@ -285,3 +285,16 @@ async def test_concurrent_creates_through_the_tool_respect_the_quota(
                 tg.start_soon(create, i)
         assert results.count(False) == 5 and results.count(True) == 45
         assert len((await call(client, "container_list", limit=100))["data"]) == 5
+
+
+async def test_source_path_never_reads_the_servers_own_data(tmp_path: Path, service: ContainerService) -> None:
+    data_dir = tmp_path / "d"
+    (data_dir / "local").mkdir(parents=True)
+    (data_dir / "local" / "registry-copy").write_text("other sessions' state")
+    settings = Settings(data_dir=data_dir, allow_paths=[tmp_path])  # an allowed root that contains the data dir
+    async with Client(create_server(service, settings)) as client:
+        cid = (await call(client, "container_create", name="host"))["id"]
+        message = await error(
+            client, "file_create", container_id=cid, path="s", source_path=str(data_dir / "local" / "registry-copy")
+        )
+        assert "data directory" in message

@@ -115,3 +115,30 @@ async def test_http_server_process_serves_and_stops_cleanly_on_sigterm(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_remote_client_roots_do_not_open_the_servers_files(
+    service: ContainerService, settings: Settings, tmp_path: Path
+) -> None:
+    import warnings
+
+    from mcp.types import ListRootsResult, Root
+
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text("server-side secret")
+
+    async def roots(context: Any) -> ListRootsResult:
+        return ListRootsResult(roots=[Root(uri="file:///")])  # "everything", says the remote client
+
+    mcp = create_server(service, settings)  # no --allow-path
+    async with serve(mcp.streamable_http_app()) as url:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the roots capability is deprecated in 2026-07-28
+            client = Client(f"{url}/mcp", mode="legacy", list_roots_callback=roots)
+        async with client:
+            cid = (await structured(client, "container_create", name="roots"))["id"]
+            result = await client.call_tool(
+                "file_create", {"container_id": cid, "path": "x", "source_path": str(secret)}
+            )
+            assert result.is_error
+            assert "Reading host files is disabled" in result.content[0].text  # type: ignore[union-attr]

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import mimetypes
 import os
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -65,20 +66,23 @@ def guess_mime(rel: str) -> str:
 
 
 class _FdUpload:
-    """Content of an already-open file (a copy source); closes the fd when drained."""
+    """Content of an already-open file (a copy source). ``close()`` releases the fd, read or not."""
 
     host_path: Path | None = None
 
     def __init__(self, fd: int, size: int) -> None:
-        self._fd = fd
+        self._fd: int | None = fd
         self.size: int | None = size
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            while data := await anyio.to_thread.run_sync(os.read, self._fd, CHUNK_SIZE):
-                yield data
-        finally:
-            os.close(self._fd)
+        assert self._fd is not None
+        while data := await anyio.to_thread.run_sync(os.read, self._fd, CHUNK_SIZE):
+            yield data
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
 
 class LocalProvider:
@@ -132,6 +136,13 @@ class LocalProvider:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        try:
+            return await self._start()
+        except BaseException:
+            await self.aclose()  # a failed start releases what it took: registry, sandbox launchers
+            raise
+
+    async def _start(self) -> Self:
         await self.recover()
         self._stack = AsyncExitStack()
         if self._exec_limits is not None:
@@ -173,12 +184,17 @@ class LocalProvider:
                 log.exception("expiry sweep failed")
 
     async def sweep(self) -> list[str]:
-        """Expire every running container past its time; returns their ids."""
+        """Expire every running container past its time; returns their ids.
+
+        A container whose lock is held is in use (an upload, a running command): not idle, so it
+        is left for the next sweep.
+        """
         expired: list[str] = []
-        while due := self.registry.due(self._clock()):
-            for container_id in due:
-                await self._expire(container_id)
-                expired.append(container_id)
+        for container_id in self.registry.due(self._clock(), limit=100_000):
+            if self._lock(container_id).locked():
+                continue
+            await self._expire(container_id)
+            expired.append(container_id)
         return expired
 
     async def recover(self) -> None:
@@ -187,7 +203,9 @@ class LocalProvider:
         known = self.registry.all_ids()
         for entry in await anyio.to_thread.run_sync(lambda: list(self._containers_root.iterdir())):
             if entry.name not in known:
-                await anyio.to_thread.run_sync(ContainerDir(entry).destroy)
+                # Another server process on this data dir may have made it a moment ago.
+                if await anyio.to_thread.run_sync(_older_than_grace, entry):
+                    await anyio.to_thread.run_sync(ContainerDir(entry).destroy)
                 continue
             await anyio.to_thread.run_sync(sweep_stages, entry)  # overlay stages of runs a crash cut short
             row = self.registry.container(entry.name)
@@ -198,12 +216,14 @@ class LocalProvider:
 
     async def _resync(self, container_id: str) -> None:
         d = self._dir(container_id)
-        await anyio.to_thread.run_sync(d.clear_temps)
+        await anyio.to_thread.run_sync(d.clear_temps, RECOVERY_GRACE_S)
         on_disk = await anyio.to_thread.run_sync(d.scan)
         rows = self.registry.files_of(container_id)
         stale = [rel for rel in rows if rel not in on_disk]
         for rel in on_disk.keys() - rows.keys():
-            await anyio.to_thread.run_sync(d.remove, rel)
+            # Young orphans may be another live process's upload between rename and row insert.
+            if await anyio.to_thread.run_sync(_older_than_grace, d.files / rel):
+                await anyio.to_thread.run_sync(d.remove, rel)
         refreshed: list[FileRow] = []
         for rel, st in on_disk.items():
             row = rows.get(rel)
@@ -359,7 +379,8 @@ class LocalProvider:
                     )
                 st = await anyio.to_thread.run_sync(d.install, temp, rel)
             except BaseException:
-                await anyio.to_thread.run_sync(d.discard_temp, temp)
+                with anyio.CancelScope(shield=True):  # a cancelled upload leaves no temp file behind
+                    await anyio.to_thread.run_sync(d.discard_temp, temp)
                 raise
             now = self._clock()
             row = FileRow(
@@ -385,9 +406,19 @@ class LocalProvider:
         approve: ApproveChanges | None = None,
     ) -> ContainerFile:
         src = await self._file_row(src_container_id, src_file_id)
-        fd = await anyio.to_thread.run_sync(self._dir(src_container_id).open_read, src.path)
+        fd = await self._open(src_container_id, src)
         upload = _FdUpload(fd, src.bytes)
-        return await self.create_file(dst_container_id, f"{MOUNT}/{src.path}", upload, approve=approve)
+        try:
+            return await self.create_file(dst_container_id, f"{MOUNT}/{src.path}", upload, approve=approve)
+        finally:
+            upload.close()
+
+    async def _open(self, container_id: str, row: FileRow) -> int:
+        try:
+            return await anyio.to_thread.run_sync(self._dir(container_id).open_read, row.path)
+        except (FileNotFoundError, NotADirectoryError):
+            # The row outlived its bytes (changed behind our back): it is gone for the caller too.
+            raise FileNotFound(container_id, row.id) from None
 
     async def _file_row(self, container_id: str, file_id: str) -> FileRow:
         await self._running(container_id)
@@ -424,8 +455,7 @@ class LocalProvider:
         self, container_id: str, file_id: str, *, offset: int = 0, length: int | None = None
     ) -> AsyncGenerator[bytes, None]:
         row = await self._file_row(container_id, file_id)
-        d = self._dir(container_id)
-        fd = await anyio.to_thread.run_sync(d.open_read, row.path)
+        fd = await self._open(container_id, row)
         try:
             await anyio.to_thread.run_sync(os.lseek, fd, offset, os.SEEK_SET)
             remaining = length
@@ -456,6 +486,8 @@ class LocalProvider:
             raise Unsupported(f"The local provider cannot run commands: {self._capabilities.exec_unavailable_reason}.")
         async with self._lock(container_id):
             row = await self._running(container_id)
+            # A command is activity for as long as it runs: no expiry may strike mid-run.
+            self.registry.hold(container_id, self._clock() + row.expiry_minutes * 60 + request.timeout_s + 60)
             result = await run_exec(
                 sandbox=self._sandbox,
                 probe=self._probe,
@@ -471,6 +503,17 @@ class LocalProvider:
             )
             self.registry.touch(container_id, self._clock())  # the run itself was activity
             return result
+
+
+RECOVERY_GRACE_S = 600.0
+"""Recovery leaves alone leftovers younger than this: they may be another live process's work."""
+
+
+def _older_than_grace(path: Path) -> bool:
+    try:
+        return time.time() - path.lstat().st_mtime > RECOVERY_GRACE_S
+    except FileNotFoundError:
+        return False
 
 
 def _write_all(fd: int, data: bytes) -> None:

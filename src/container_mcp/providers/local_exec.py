@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import anyio
 import anyio.to_thread
 
 from ..errors import InvalidRequest, QuotaExceeded, SandboxUnavailable
@@ -37,6 +38,11 @@ class ExecLimits:
     cpu_seconds: int = 600
     max_file_bytes: int = 100 << 20
     max_output_bytes: int = 64 << 10
+    max_stage_files: int | None = 1000
+    """Kill a command once it has written more files than this (the files-per-container quota):
+    its output could never be accepted, and the stage must not fill the host's disk first."""
+    max_stage_bytes: int | None = 1 << 30
+    """Likewise for bytes written (the per-session stored-bytes quota)."""
 
 
 def _workdir(container: ContainerDir, workdir: str) -> str:
@@ -99,6 +105,8 @@ async def run_exec(
         pids_limit=limits.pids_limit,
         cpu_seconds=limits.cpu_seconds,
         max_file_bytes=limits.max_file_bytes,
+        max_stage_files=limits.max_stage_files,
+        max_stage_bytes=limits.max_stage_bytes,
         stage_root=container.root,
     )
     run: SandboxRun = await sandbox.run(job, progress=report)
@@ -112,8 +120,11 @@ async def run_exec(
             )
             exc.args = (exc.message,)
             raise
-        applied = await run.commit()
-    created, changed = await _record(registry, container, row.id, applied, clock, guess_mime)
+        # Once files start moving into the container, the registry must follow even if the call is
+        # cancelled: otherwise they would be files nobody accounts for.
+        with anyio.CancelScope(shield=True):
+            applied = await run.commit()
+            created, changed = await _record(registry, container, row.id, applied, clock, guess_mime)
     return ExecResult(
         exit_code=run.exit_code,
         signal=run.signal,

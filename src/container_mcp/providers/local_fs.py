@@ -15,6 +15,7 @@ import hashlib
 import os
 import shutil
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,10 +129,15 @@ class ContainerDir:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.tmp / name)
 
-    def clear_temps(self) -> None:
-        """Drop temp files a crash left behind."""
-        shutil.rmtree(self.tmp, ignore_errors=True)
+    def clear_temps(self, older_than_s: float) -> None:
+        """Drop temp files a crash left behind (those older than ``older_than_s``: younger ones may
+        be uploads in progress in another server process)."""
         self.tmp.mkdir(parents=True, exist_ok=True)
+        cutoff = time.time() - older_than_s
+        for entry in self.tmp.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if entry.lstat().st_mtime < cutoff:
+                    entry.unlink()
 
     def existing_size(self, rel: str) -> int | None:
         """Size of the regular file at ``rel``, or None when there is none."""

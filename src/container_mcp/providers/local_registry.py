@@ -168,6 +168,14 @@ class Registry:
                 (now, now, container_id),
             )
 
+    def hold(self, container_id: str, until: float) -> None:
+        """Keep a running container from expiring before ``until`` (a command is running in it)."""
+        with self.tx() as db:
+            db.execute(
+                "UPDATE containers SET expires_at = max(expires_at, ?) WHERE id = ? AND status = 'running'",
+                (until, container_id),
+            )
+
     def expire(self, container_id: str) -> None:
         with self.tx() as db:
             db.execute("UPDATE containers SET status = 'expired' WHERE id = ?", (container_id,))

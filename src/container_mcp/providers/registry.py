@@ -24,6 +24,8 @@ def _local(settings: Settings, clock: Clock) -> Provider:
             cpu_seconds=settings.exec_cpu_seconds,
             max_file_bytes=settings.max_file_bytes,
             max_output_bytes=settings.exec_max_output_bytes,
+            max_stage_files=settings.max_files_per_container,
+            max_stage_bytes=settings.max_session_bytes,
         ),
     )
 

@@ -120,8 +120,15 @@ def _decode_text(data: bytes, at_eof: bool) -> tuple[str, int] | None:
 
 
 async def _allowed_roots(ctx: Context, settings: Settings) -> tuple[list[Path], str]:
+    """Host directories ``source_path`` may read from.
+
+    A client's roots name directories on the *client's* machine. Only on stdio is that the
+    server's machine too; over HTTP a remote client could otherwise declare ``file:///`` and read
+    any file the server can. So client roots count on stdio only, --allow-path everywhere.
+    """
     caps = ctx.session.client_capabilities
-    if caps is not None and caps.roots is not None and ctx.session.can_send_request:
+    local_client = ctx.request_context.request is None
+    if local_client and caps is not None and caps.roots is not None and ctx.session.can_send_request:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # roots are deprecated in 2026-07-28 but still used
@@ -153,6 +160,14 @@ async def _host_upload(ctx: Context, settings: Settings, source_path: str) -> Pa
         )
     # resolve() follows symlinks, so a link inside a root that points outside it is refused.
     real, allowed, is_file = await anyio.to_thread.run_sync(_resolve_host, source_path, roots)
+    data_dir = await anyio.to_thread.run_sync(settings.data_dir.resolve)
+    if real == data_dir or real.is_relative_to(data_dir):
+        # Our own state (every session's files, the session store) is never a source.
+        raise InvalidRequest(
+            f"source_path {source_path[:200]!r} is inside the server's data directory, which is never readable "
+            "this way. Copy files between your containers with container_create's file_ids instead.",
+            param="source_path",
+        )
     if not any(real == r or real.is_relative_to(r) for r in allowed):
         listed = ", ".join(str(r) for r in allowed)
         raise InvalidRequest(
@@ -344,7 +359,8 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
             mime = meta.mime_type or "application/octet-stream"
             at_eof = total is not None and offset + len(data) >= total or len(data) < max_bytes
             decoded = _decode_text(data, at_eof) if (_is_text(mime) or mime == "application/octet-stream") else None
-            if decoded is not None and (_is_text(mime) or b"\x00" not in data):
+            # consumed 0: max_bytes is smaller than the one character there; base64 always progresses
+            if decoded is not None and decoded[1] > 0 and (_is_text(mime) or b"\x00" not in data):
                 content, consumed = decoded
                 encoding: Literal["text", "base64"] = "text"
             else:
