@@ -165,6 +165,22 @@ class QuotaExceeded(ContainerMCPError):
 class FileTooLarge(QuotaExceeded):
     code = "file_too_large"
 
+    @classmethod
+    def over(cls, limit: int, size: int | None = None, *, what: str = "") -> FileTooLarge:
+        """The error for content over the per-file ``limit``: ``size`` bytes, or (None) "more than".
+
+        ``what`` names the content when it is not plainly "the file" (e.g. "the request body").
+        """
+        amount = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+        subject = f"{what} is " if what else ""
+        return cls(
+            f"File too large: {subject}{amount}; the limit is {limit} bytes per file. Split the file, or ask the "
+            "operator to raise CONTAINER_MCP_MAX_FILE_BYTES.",
+            limit_name="CONTAINER_MCP_MAX_FILE_BYTES",
+            limit=limit,
+            used=size if size is not None else limit + 1,
+        )
+
 
 class RateLimited(QuotaExceeded):
     """Too many calls in the current minute; ``retry_after`` is in seconds."""

@@ -28,7 +28,7 @@ def limits_from(settings: Settings) -> Limits:
 async def open_service(settings: Settings, *, clock: Clock = system_clock) -> AsyncIterator[ContainerService]:
     """The process's one ContainerService; the provider is entered and closed with it.
 
-    Session state (ownership, quota counters) lives in ``<data_dir>/sessions.sqlite3``, so a
+    Session state (ownership, quota counters) lives in ``<data_dir>/sessions-<provider>.sqlite3``, so a
     restarted server keeps who owns what.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -143,14 +143,7 @@ class ContainerService:
 
         async def approve(changes: FileChanges) -> None:
             if changes.largest_file_bytes > self.limits.max_file_bytes:
-                raise FileTooLarge(
-                    f"File too large: {changes.largest_file_bytes} bytes; the limit is "
-                    f"{self.limits.max_file_bytes} bytes per file. Split the file, or ask the operator to "
-                    "raise CONTAINER_MCP_MAX_FILE_BYTES.",
-                    limit_name="CONTAINER_MCP_MAX_FILE_BYTES",
-                    limit=self.limits.max_file_bytes,
-                    used=changes.largest_file_bytes,
-                )
+                raise FileTooLarge.over(self.limits.max_file_bytes, changes.largest_file_bytes)
             try:
                 self.store.apply_delta(owner, container_id, changes.files_delta, changes.bytes_delta, self.limits)
             except QuotaExceeded:
@@ -165,7 +158,7 @@ class ContainerService:
         for changes in approved:
             self.store.apply_delta(owner, container_id, -changes.files_delta, -changes.bytes_delta, None)
 
-    async def _guard_expiry(self, container_id: str, exc: BaseException) -> None:
+    def _guard_expiry(self, container_id: str, exc: BaseException) -> None:
         if isinstance(exc, ContainerExpired):
             self.store.mark_expired(container_id)
         elif isinstance(exc, ContainerNotFound):
@@ -317,7 +310,7 @@ class ContainerService:
             return await self.provider.copy_file(source, file_id, container_id, approve=approve)
         except BaseException as exc:
             self._rollback(owner, container_id, approved)
-            await self._guard_expiry(container_id, exc)
+            self._guard_expiry(container_id, exc)
             raise
 
     async def list_containers(self, owner: str, params: ListParams) -> Page[Container]:
@@ -350,7 +343,7 @@ class ContainerService:
         try:
             return self._seen(await self.provider.get_container(container_id))
         except ContainerNotFound as exc:
-            await self._guard_expiry(container_id, exc)
+            self._guard_expiry(container_id, exc)
             raise
 
     async def delete_container(self, owner: str, container_id: str) -> ContainerDeleted:
@@ -375,13 +368,7 @@ class ContainerService:
         self._own(owner, container_id)
         normalized = normalize_path(path)
         if upload.size is not None and upload.size > self.limits.max_file_bytes:
-            raise FileTooLarge(
-                f"File too large: {upload.size} bytes; the limit is {self.limits.max_file_bytes} bytes per "
-                "file. Split the file, or ask the operator to raise CONTAINER_MCP_MAX_FILE_BYTES.",
-                limit_name="CONTAINER_MCP_MAX_FILE_BYTES",
-                limit=self.limits.max_file_bytes,
-                used=upload.size,
-            )
+            raise FileTooLarge.over(self.limits.max_file_bytes, upload.size)
         approved, approve = self._approver(owner, container_id)
         try:
             return await self.provider.create_file(
@@ -389,7 +376,7 @@ class ContainerService:
             )
         except BaseException as exc:
             self._rollback(owner, container_id, approved)
-            await self._guard_expiry(container_id, exc)
+            self._guard_expiry(container_id, exc)
             raise
 
     async def list_files(self, owner: str, container_id: str, params: ListParams) -> Page[ContainerFile]:
@@ -398,7 +385,7 @@ class ContainerService:
         try:
             return await self.provider.list_files(container_id, params)
         except (ContainerExpired, ContainerNotFound) as exc:
-            await self._guard_expiry(container_id, exc)
+            self._guard_expiry(container_id, exc)
             raise
 
     async def get_file(self, owner: str, container_id: str, file_id: str) -> ContainerFile:
@@ -408,7 +395,7 @@ class ContainerService:
         try:
             return await self.provider.get_file(container_id, file_id)
         except (ContainerExpired, ContainerNotFound) as exc:
-            await self._guard_expiry(container_id, exc)
+            self._guard_expiry(container_id, exc)
             raise
 
     async def delete_file(self, owner: str, container_id: str, file_id: str) -> FileDeleted:
@@ -419,7 +406,7 @@ class ContainerService:
             existing = await self.provider.get_file(container_id, file_id)
             deleted = await self.provider.delete_file(container_id, file_id)
         except (ContainerExpired, ContainerNotFound) as exc:
-            await self._guard_expiry(container_id, exc)
+            self._guard_expiry(container_id, exc)
             raise
         self.store.apply_delta(owner, container_id, -1, -(existing.bytes or 0), None)
         return deleted
@@ -473,7 +460,7 @@ class ContainerService:
                         row.container_id, ListParams(limit=min(100, limit - len(out)), order="asc", after=file_after)
                     )
                 except (ContainerExpired, ContainerNotFound) as exc:
-                    await self._guard_expiry(row.container_id, exc)
+                    self._guard_expiry(row.container_id, exc)
                     break
                 out.extend(page.data)
                 if not page.has_more or not page.data:
@@ -511,7 +498,7 @@ class ContainerService:
             return await self.provider.exec(container_id, request, approve=approve, progress=progress)
         except BaseException as exc:
             self._rollback(owner, container_id, approved)
-            await self._guard_expiry(container_id, exc)
+            self._guard_expiry(container_id, exc)
             raise
 
     # --- usage -----------------------------------------------------------------------------

@@ -7,9 +7,8 @@
   and a refused upload stores nothing. When a body holds both ``file`` and ``file_id``, the
   uploaded file wins.
 * **Copy** (``file_id``, JSON or a multipart field as old SDKs send it): a ``cfile_`` id of a file
-  in one of the caller's running containers is copied, keeping its path. It goes through public
-  ``ContainerService`` methods only (``open_file`` then ``create_file`` with a ``StreamUpload``),
-  so ownership, quotas and the rate limit apply as to any upload.
+  in one of the caller's running containers is copied, keeping its path, by
+  ``ContainerService.copy_file``, so ownership, quotas and the rate limit apply as to any upload.
 * **Content**: streamed in the provider's chunks with ``Content-Length``, a type-specific
   ``Content-Type`` and OpenAI's ``Content-Disposition``; errors (not found, expired) are raised
   before the status line is sent.
@@ -72,13 +71,7 @@ async def _create_multipart(
     limit = service.limits.max_file_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
-        raise FileTooLarge(
-            f"File too large: the request body is {int(declared)} bytes; the limit is {limit} bytes per file. "
-            "Split the file, or ask the operator to raise CONTAINER_MCP_MAX_FILE_BYTES.",
-            limit_name="CONTAINER_MCP_MAX_FILE_BYTES",
-            limit=limit,
-            used=int(declared),
-        )
+        raise FileTooLarge.over(limit, int(declared), what="the request body")
     stream = request.stream()
     try:
         reader = MultipartReader(ctype, stream)

@@ -124,8 +124,9 @@ class Provider(Protocol):
     """A backend that owns containers and their files.
 
     Ids a provider does not know answer ``ContainerNotFound``/``FileNotFound``. Operations on an
-    expired container's files raise ``ContainerExpired``. Every operation on a container except
-    listing refreshes its ``last_active_at`` (``get_container(touch=False)`` does not).
+    expired container's files raise ``ContainerExpired``. Every operation on a container, its files
+    included, refreshes its ``last_active_at``; listing containers and ``get_container(touch=False)``
+    do not.
     Providers are async context managers; ``aclose()`` releases what they hold.
     """
 

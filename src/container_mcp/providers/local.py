@@ -48,7 +48,7 @@ from ..models import (
     ListParams,
     Page,
 )
-from ..paths import MOUNT, normalize_path
+from ..paths import MOUNT, relative_path
 from ..sandbox import Sandbox, SandboxProbe, sweep_stages
 from ..uploads import CHUNK_SIZE, Upload
 from .base import ApproveChanges, Capabilities, ExecRequest, ExecResult, FileChanges, ProgressCallback
@@ -341,7 +341,7 @@ class LocalProvider:
         approve: ApproveChanges | None = None,
         source: str = "user",
     ) -> ContainerFile:
-        rel = normalize_path(path)[len(MOUNT) + 1 :]
+        rel = relative_path(path)
         async with self._lock(container_id):
             await self._running(container_id)
             d = self._dir(container_id)
@@ -354,13 +354,7 @@ class LocalProvider:
                     async for chunk in upload.chunks():
                         size += len(chunk)
                         if max_bytes is not None and size > max_bytes:
-                            raise FileTooLarge(
-                                f"File too large: more than {max_bytes} bytes; the limit is {max_bytes} bytes per "
-                                "file. Split the file, or ask the operator to raise CONTAINER_MCP_MAX_FILE_BYTES.",
-                                limit_name="CONTAINER_MCP_MAX_FILE_BYTES",
-                                limit=max_bytes,
-                                used=size,
-                            )
+                            raise FileTooLarge.over(max_bytes)
                         digest.update(chunk)
                         await anyio.to_thread.run_sync(_write_all, fd, chunk)
                     await anyio.to_thread.run_sync(os.fsync, fd)

@@ -19,7 +19,7 @@ import anyio.to_thread
 from ..errors import InvalidRequest, QuotaExceeded, SandboxUnavailable
 from ..ids import new_file_id
 from ..models import MEMORY_LIMITS, NetworkPolicy
-from ..paths import MOUNT, normalize_path
+from ..paths import MOUNT, normalize_path, relative_path
 from ..sandbox import ChangeSet, Sandbox, SandboxJob, SandboxProbe, SandboxProgress, SandboxRun
 from .base import ApproveChanges, ExecRequest, ExecResult, FileChanges, ProgressCallback
 from .local_fs import ContainerDir
@@ -53,9 +53,8 @@ def _workdir(container: ContainerDir, workdir: str) -> str:
         raise InvalidRequest(
             f"workdir must be /mnt/data or a directory under it; got {workdir[:200]!r}.", param="workdir"
         )
-    full = normalize_path(workdir)
-    container.ensure_dir(full[len(MOUNT) + 1 :])
-    return full
+    container.ensure_dir(relative_path(workdir))
+    return normalize_path(workdir)
 
 
 def _file_changes(changes: ChangeSet) -> FileChanges:

@@ -57,9 +57,6 @@ class ContainerDir:
         self.files.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
 
-    def exists(self) -> bool:
-        return self.files.is_dir()
-
     @contextlib.contextmanager
     def _parent(self, rel: str, *, create: bool) -> Iterator[tuple[int, str]]:
         """Yield (fd of the parent directory, final name) for ``rel``, never following symlinks."""

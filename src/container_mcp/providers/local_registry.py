@@ -189,9 +189,6 @@ class Registry:
         ).fetchall()
         return [r[0] for r in rows]
 
-    def running_ids(self) -> list[str]:
-        return [r[0] for r in self._db.execute("SELECT id FROM containers WHERE status = 'running'")]
-
     def all_ids(self) -> set[str]:
         return {r[0] for r in self._db.execute("SELECT id FROM containers")}
 
@@ -255,12 +252,6 @@ class Registry:
     def files_of(self, container_id: str) -> dict[str, FileRow]:
         rows = self._db.execute("SELECT * FROM files WHERE container_id = ?", (container_id,)).fetchall()
         return {r["path"]: FileRow(**dict(r)) for r in rows}
-
-    def usage(self, container_id: str) -> tuple[int, int]:
-        count, total = self._db.execute(
-            "SELECT count(*), coalesce(sum(bytes), 0) FROM files WHERE container_id = ?", (container_id,)
-        ).fetchone()
-        return int(count), int(total)
 
     def put_file(self, row: FileRow) -> None:
         """Insert ``row``, replacing whatever row held the same path."""

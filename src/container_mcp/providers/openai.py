@@ -472,14 +472,7 @@ class OpenAIProvider:
 
 
 def _too_large(size: int, max_bytes: int, *, exact: bool = True) -> FileTooLarge:
-    amount = f"{size} bytes" if exact else f"more than {max_bytes} bytes"
-    return FileTooLarge(
-        f"File too large: {amount}; the limit is {max_bytes} bytes per file. Split the file, or ask "
-        "the operator to raise CONTAINER_MCP_MAX_FILE_BYTES.",
-        limit_name="CONTAINER_MCP_MAX_FILE_BYTES",
-        limit=max_bytes,
-        used=size,
-    )
+    return FileTooLarge.over(max_bytes, size if exact else None)
 
 
 @asynccontextmanager

@@ -282,8 +282,10 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
     ) -> ContainerFile:
         """Put a file in a container under /mnt/data, from exactly one of `text`, `base64` or `source_path`.
 
-        A file already at that path is replaced. Returns the file; read it back with file_read or the
-        resource container://{container_id}/files/{file_id}.
+        Where the provider keeps the path you give (container://capabilities: file_paths "exact"), a
+        file already at that path is replaced; where it keeps only the name ("basename"), every upload
+        is a new file. Returns the file; read it back with file_read or the resource
+        container://{container_id}/files/{file_id}.
         """
         with tool_errors("file_create"):
             given = [v is not None for v in (text, base64, source_path)]
