@@ -402,14 +402,13 @@ class ContainerService:
         self._call(owner)
         self._own(owner, container_id)
         _check_id(file_id, "file")
+        approved, approve = self._approver(owner, container_id)
         try:
-            existing = await self.provider.get_file(container_id, file_id)
-            deleted = await self.provider.delete_file(container_id, file_id)
-        except (ContainerExpired, ContainerNotFound) as exc:
+            return await self.provider.delete_file(container_id, file_id, approve=approve)
+        except BaseException as exc:
+            self._rollback(owner, container_id, approved)
             self._guard_expiry(container_id, exc)
             raise
-        self.store.apply_delta(owner, container_id, -1, -(existing.bytes or 0), None)
-        return deleted
 
     async def open_file(
         self, owner: str, container_id: str, file_id: str, *, offset: int = 0, length: int | None = None
@@ -505,6 +504,7 @@ class ContainerService:
 
     async def usage(self, owner: str) -> SessionUsage:
         """This caller's usage against every quota (refreshing which containers are live)."""
+        self._call(owner)
         await self.reconcile(owner)
         u = self.store.usage(owner, self._clock())
         lim = self.limits

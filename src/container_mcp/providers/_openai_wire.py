@@ -368,11 +368,14 @@ class ErrorMap:
     def for_status(self, response: httpx2.Response, call: Call, attempts: int) -> ContainerMCPError:
         """The error for a non-2xx ``response`` to ``call`` after ``attempts`` tries."""
         status = response.status_code
-        request_id = response.headers.get("x-request-id")
+        # Everything the upstream sent back is scrubbed: a proxy may echo the key in any field.
+        raw_request_id = response.headers.get("x-request-id")
+        request_id = self.scrub(raw_request_id) if raw_request_id is not None else None
         upstream = _upstream_of(response)
         message = self.scrub(upstream.message)[:_MAX_MESSAGE_CHARS]
+        param = self.scrub(upstream.param) if upstream.param is not None else None
         where = f"HTTP {status}" + (f", request id {request_id}" if request_id else "")
-        fields: dict[str, Any] = {"status": status, "request_id": request_id, "param": upstream.param}
+        fields: dict[str, Any] = {"status": status, "request_id": request_id, "param": param}
         cls = error_class(status)
         if call.container_id is not None and 400 <= status < 500 and status not in (401, 403, 408, 429):
             lowered = message.lower()
@@ -430,7 +433,7 @@ class ErrorMap:
                 f"CONTAINER_MCP_OPENAI_BASE_URL ({self.base_display}) points at an OpenAI-compatible /v1."
             ),
             status=response.status_code,
-            request_id=response.headers.get("x-request-id"),
+            request_id=self.scrub(response.headers.get("x-request-id") or "") or None,
         )
 
     def for_scheme(self, exc: httpx2.UnsupportedProtocol) -> ProviderError:

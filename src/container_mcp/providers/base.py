@@ -183,7 +183,12 @@ class Provider(Protocol):
 
     async def get_file(self, container_id: str, file_id: str) -> ContainerFile: ...
 
-    async def delete_file(self, container_id: str, file_id: str) -> FileDeleted: ...
+    async def delete_file(
+        self, container_id: str, file_id: str, *, approve: ApproveChanges | None = None
+    ) -> FileDeleted:
+        """Delete the file; ``approve`` first sees the change (``bytes_delta`` = minus the size the
+        deletion actually frees, read under the same lock as the deletion)."""
+        ...
 
     def read_file(
         self, container_id: str, file_id: str, *, offset: int = 0, length: int | None = None

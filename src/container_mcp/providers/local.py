@@ -438,9 +438,13 @@ class LocalProvider:
     async def get_file(self, container_id: str, file_id: str) -> ContainerFile:
         return (await self._file_row(container_id, file_id)).model()
 
-    async def delete_file(self, container_id: str, file_id: str) -> FileDeleted:
+    async def delete_file(
+        self, container_id: str, file_id: str, *, approve: ApproveChanges | None = None
+    ) -> FileDeleted:
         async with self._lock(container_id):
             row = await self._file_row(container_id, file_id)
+            if approve is not None:
+                await approve(FileChanges(deleted=[f"{MOUNT}/{row.path}"], files_delta=-1, bytes_delta=-row.bytes))
             self.registry.delete_file(container_id, file_id)
             await anyio.to_thread.run_sync(self._dir(container_id).remove, row.path)
         return FileDeleted(id=file_id)

@@ -308,7 +308,13 @@ class OpenAIProvider:
         call = file_call("GET", container_id, file_id)
         return self._parse(await self._send(call), call, file_from_wire)
 
-    async def delete_file(self, container_id: str, file_id: str) -> FileDeleted:
+    async def delete_file(
+        self, container_id: str, file_id: str, *, approve: ApproveChanges | None = None
+    ) -> FileDeleted:
+        """DELETE the file; with ``approve``, its size is read first (a GET) to report the change."""
+        if approve is not None:
+            meta = await self.get_file(container_id, file_id)
+            await approve(FileChanges(deleted=[meta.path], files_delta=-1, bytes_delta=-(meta.bytes or 0)))
         call = file_call("DELETE", container_id, file_id)
         return self._deleted(await self._send(call), call, FileDeleted, file_id)
 

@@ -17,22 +17,32 @@ from typing import Any
 
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.context import ServerRequestContext
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 __all__ = ["session_key"]
 
 
 def session_key(rc: ServerRequestContext[Any, Any], stdio_key: str) -> str:
-    """The session key of the request ``rc``."""
+    """The session key of the request ``rc``.
+
+    Only identifiers the transport itself checked count: ``Mcp-Session-Id`` on a handshake-era
+    request (the session manager routes it to a live session, or answers 404), and ``session_id``
+    on the SSE messages route (the SSE transport routes it to a live stream). A 2026-07-28 request
+    reaches the server without either check, so the same header or query on it would let a caller
+    pick any session, another's included; it gets the anonymous key instead.
+    """
     token = get_access_token()
     if token is not None:
         return f"principal:{token.client_id}:{token.subject or ''}"
     request = rc.request
     if request is None:
         return f"stdio:{stdio_key}"
-    headers = getattr(request, "headers", None) or {}
-    if sid := headers.get("mcp-session-id"):
-        return f"http:{sid}"
+    url = getattr(request, "url", None)
+    path = str(getattr(url, "path", ""))
     query = getattr(request, "query_params", None) or {}
-    if sid := query.get("session_id"):
+    if path.rstrip("/").endswith("/messages") and (sid := query.get("session_id")):
         return f"sse:{sid}"
+    headers = getattr(request, "headers", None) or {}
+    if rc.protocol_version not in MODERN_PROTOCOL_VERSIONS and (sid := headers.get("mcp-session-id")):
+        return f"http:{sid}"
     return "http:anonymous"

@@ -119,6 +119,16 @@ def _decode_text(data: bytes, at_eof: bool) -> tuple[str, int] | None:
     return text, len(data) - pending
 
 
+def _utf8(value: str, param: str) -> bytes:
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(
+            f"{param} is not valid Unicode text (it holds a lone surrogate). Send binary content as base64.",
+            param=param,
+        ) from None
+
+
 async def _allowed_roots(ctx: Context, settings: Settings) -> tuple[list[Path], str]:
     """Host directories ``source_path`` may read from.
 
@@ -294,7 +304,7 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
                     "Give exactly one of text, base64 or source_path as the file's content.", param="text"
                 )
             if text is not None:
-                upload: BytesUpload | PathUpload = BytesUpload(text.encode("utf-8"))
+                upload: BytesUpload | PathUpload = BytesUpload(_utf8(text, "text"))
             elif base64 is not None:
                 try:
                     upload = BytesUpload(b64.b64decode(base64, validate=True))
@@ -444,7 +454,7 @@ def _register_exec(mcp: MCPServer, deps: ToolDeps) -> None:
             request = ExecRequest(
                 argv=argv,
                 timeout_s=timeout_s,
-                stdin=stdin.encode("utf-8") if stdin is not None else None,
+                stdin=_utf8(stdin, "stdin") if stdin is not None else None,
                 env=env or {},
                 workdir=workdir,
                 max_output_bytes=settings.exec_max_output_bytes,
