@@ -36,6 +36,7 @@ from .errors import (
     QuotaExceeded,
     Unsupported,
 )
+from .groups import leaves
 from .models import (
     Container,
     ContainerDeleted,
@@ -80,17 +81,8 @@ class SessionUsage(BaseModel):
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The first non-group exception in ``group`` (a ContainerMCPError if there is one)."""
-    leaves: list[BaseException] = []
-
-    def collect(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                collect(inner)
-        else:
-            leaves.append(exc)
-
-    collect(group)
-    return next((e for e in leaves if isinstance(e, ContainerMCPError)), leaves[0])
+    found = leaves(group)
+    return next((e for e in found if isinstance(e, ContainerMCPError)), found[0])
 
 
 def _check_id(value: str, kind: str) -> str:

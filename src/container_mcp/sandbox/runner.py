@@ -17,6 +17,7 @@ import anyio
 import anyio.abc
 
 from ..errors import ExecError, InvalidRequest, SandboxUnavailable
+from ..groups import leaves
 from . import cgroups
 from .bwrap import (
     DEFAULT_ENV,
@@ -364,17 +365,8 @@ class Sandbox:
 
 def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The one real error inside nested task-group exception groups (or the group itself)."""
-    leaves: list[BaseException] = []
-
-    def collect(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                collect(inner)
-        else:
-            leaves.append(exc)
-
-    collect(group)
-    return leaves[0] if len(leaves) == 1 else group
+    found = leaves(group)
+    return found[0] if len(found) == 1 else group
 
 
 _default_sandboxes: dict[SandboxConfig, Sandbox] = {}
