@@ -453,20 +453,18 @@ class LocalProvider:
         self, container_id: str, file_id: str, *, offset: int = 0, length: int | None = None
     ) -> AsyncGenerator[bytes, None]:
         row = await self._file_row(container_id, file_id)
-        fd = await self._open(container_id, row)
+        chunks = self._dir(container_id).read_range(row.path, offset, length, CHUNK_SIZE)
         try:
-            await anyio.to_thread.run_sync(os.lseek, fd, offset, os.SEEK_SET)
-            remaining = length
-            while remaining is None or remaining > 0:
-                size = CHUNK_SIZE if remaining is None else min(CHUNK_SIZE, remaining)
-                data = await anyio.to_thread.run_sync(os.read, fd, size)
-                if not data:
+            while True:
+                try:
+                    data = await anyio.to_thread.run_sync(next, chunks, None)
+                except (FileNotFoundError, NotADirectoryError):
+                    raise FileNotFound(container_id, file_id) from None  # the row outlived its bytes
+                if data is None:
                     break
-                if remaining is not None:
-                    remaining -= len(data)
                 yield data
         finally:
-            os.close(fd)
+            chunks.close()
 
     # --- exec ------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +99,7 @@ class ContainerDir:
             raise _symlink_error(rel)
         return fd
 
-    def read_range(self, rel: str, offset: int, length: int | None, chunk: int) -> Iterator[bytes]:
+    def read_range(self, rel: str, offset: int, length: int | None, chunk: int) -> Generator[bytes, None, None]:
         fd = self.open_read(rel)
         try:
             os.lseek(fd, offset, os.SEEK_SET)

@@ -10,7 +10,7 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from ..models import Container, ContainerFile, ExpiresAfter, NetworkPolicy
@@ -119,42 +119,12 @@ class Registry:
     # --- containers ------------------------------------------------------------------------
 
     def insert_container(self, row: ContainerRow) -> None:
-        with self.tx() as db:
-            db.execute(
-                "INSERT INTO containers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    row.id,
-                    row.name,
-                    row.created_at,
-                    row.last_active_at,
-                    row.expiry_minutes,
-                    row.expires_at,
-                    row.memory_limit,
-                    row.network_policy,
-                    row.status,
-                ),
-            )
+        self.insert_containers([row])
 
     def insert_containers(self, rows: Sequence[ContainerRow]) -> None:
-        """Bulk insert (benchmarks and imports)."""
+        """Insert rows in one transaction (the dataclass fields are the table's columns, in order)."""
         with self.tx() as db:
-            db.executemany(
-                "INSERT INTO containers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        r.id,
-                        r.name,
-                        r.created_at,
-                        r.last_active_at,
-                        r.expiry_minutes,
-                        r.expires_at,
-                        r.memory_limit,
-                        r.network_policy,
-                        r.status,
-                    )
-                    for r in rows
-                ],
-            )
+            db.executemany("INSERT INTO containers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [astuple(r) for r in rows])
 
     def container(self, container_id: str) -> ContainerRow | None:
         row = self._db.execute("SELECT * FROM containers WHERE id = ?", (container_id,)).fetchone()
@@ -202,38 +172,21 @@ class Registry:
         self, *, limit: int, order: str, after: str | None, name: str | None
     ) -> tuple[list[ContainerRow], bool, bool]:
         """(rows, has_more, after_found). Walks (name,)created_at,id indexes from the cursor."""
-        where: list[str] = []
-        args: list[object] = []
-        if name is not None:
-            where.append("name = ?")
-            args.append(name)
+        args: list[object] = [] if name is None else [name]
         if after is not None:
             anchor = self._db.execute("SELECT created_at FROM containers WHERE id = ?", (after,)).fetchone()
             if anchor is None:
                 return [], False, False
-            where.append(f"(created_at, id) {'>' if order == 'asc' else '<'} (?, ?)")
             args.extend([anchor[0], after])
-        direction = "ASC" if order == "asc" else "DESC"
-        sql = "SELECT * FROM containers"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY created_at {direction}, id {direction} LIMIT ?"
+        sql = _page_sql(order=order, after=after is not None, name=name is not None)
         rows = self._db.execute(sql, (*args, limit + 1)).fetchall()
         return [ContainerRow(**dict(r)) for r in rows[:limit]], len(rows) > limit, True
 
     def explain_page(self, *, order: str, after: bool, name: bool) -> str:
-        """SQLite's plan for a page query (benchmarks assert it walks an index)."""
-        where = []
-        if name:
-            where.append("name = 'x'")
-        if after:
-            where.append(f"(created_at, id) {'>' if order == 'asc' else '<'} (1, 'x')")
-        direction = "ASC" if order == "asc" else "DESC"
-        sql = "EXPLAIN QUERY PLAN SELECT * FROM containers"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY created_at {direction}, id {direction} LIMIT 21"
-        return "\n".join(str(r[3]) for r in self._db.execute(sql))
+        """SQLite's plan for the very query ``page_containers`` runs (tests assert it walks an index)."""
+        sql = _page_sql(order=order, after=after, name=name)
+        placeholders = ["x"] * name + [1, "x"] * after + [21]
+        return "\n".join(str(r[3]) for r in self._db.execute("EXPLAIN QUERY PLAN " + sql, placeholders))
 
     # --- files -----------------------------------------------------------------------------
 
@@ -261,20 +214,7 @@ class Registry:
     @staticmethod
     def _put(db: sqlite3.Connection, row: FileRow) -> None:
         db.execute("DELETE FROM files WHERE container_id = ? AND path = ?", (row.container_id, row.path))
-        db.execute(
-            "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                row.id,
-                row.container_id,
-                row.path,
-                row.created_at,
-                row.bytes,
-                row.source,
-                row.mime_type,
-                row.sha256,
-                row.mtime_ns,
-            ),
-        )
+        db.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", astuple(row))
 
     def apply(self, container_id: str, put: Sequence[FileRow], removed: Sequence[str]) -> None:
         """Apply a batch of file changes in one transaction (``removed`` are relative paths)."""
@@ -308,6 +248,18 @@ class Registry:
             (*args, limit + 1),
         ).fetchall()
         return [FileRow(**dict(r)) for r in rows[:limit]], len(rows) > limit, True
+
+
+def _page_sql(*, order: str, after: bool, name: bool) -> str:
+    """A page of containers: filtered by name, after a (created_at, id) cursor, ordered, limited."""
+    where = (["name = ?"] if name else []) + (
+        [f"(created_at, id) {'>' if order == 'asc' else '<'} (?, ?)"] if after else []
+    )
+    direction = "ASC" if order == "asc" else "DESC"
+    sql = "SELECT * FROM containers"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return sql + f" ORDER BY created_at {direction}, id {direction} LIMIT ?"
 
 
 def policy_json(policy: NetworkPolicy) -> str:
