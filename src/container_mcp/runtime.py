@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
+
 from .clock import Clock, system_clock
+from .private import secure_data_dir
 from .providers.registry import create_provider
 from .service import ContainerService
 from .settings import Settings
@@ -29,9 +32,9 @@ async def open_service(settings: Settings, *, clock: Clock = system_clock) -> As
     """The process's one ContainerService; the provider is entered and closed with it.
 
     Session state (ownership, quota counters) lives in ``<data_dir>/sessions-<provider>.sqlite3``, so a
-    restarted server keeps who owns what.
+    restarted server keeps who owns what. The data dir is made private first (``secure_data_dir``).
     """
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    await anyio.to_thread.run_sync(secure_data_dir, settings.data_dir)
     store = SqliteSessionStore(settings.data_dir / f"sessions-{settings.provider}.sqlite3")
     try:
         async with create_provider(settings, clock) as provider:

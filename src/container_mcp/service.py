@@ -121,7 +121,7 @@ class ContainerService:
 
     def _own(self, owner: str, container_id: str) -> str:
         _check_id(container_id, "container")
-        if self.store.owner_of(container_id) != owner:
+        if not self.store.owns(owner, container_id):
             raise ContainerNotFound(container_id)
         return container_id
 

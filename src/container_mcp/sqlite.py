@@ -12,14 +12,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .private import create_private_file, private_dir
+
 __all__ = ["connect", "transaction"]
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
     """Open ``path`` (a file, created with its parent dir, or ``":memory:"``): WAL and
-    ``synchronous=FULL`` for files, so an acknowledged write survives a crash or power loss."""
+    ``synchronous=FULL`` for files, so an acknowledged write survives a crash or power loss.
+
+    The file is created 0600 (its dir 0700) before SQLite opens it, so its -wal, -shm and -journal
+    files, which SQLite gives the database's mode, are private too, whatever the umask.
+    """
     if isinstance(path, Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
+        create_private_file(path)
     db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     db.row_factory = sqlite3.Row
     db.execute("PRAGMA busy_timeout = 5000")

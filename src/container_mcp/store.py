@@ -8,10 +8,18 @@ implement the same Protocol.
 
 Every check-and-update is one SQLite transaction with no ``await`` inside, so concurrent
 coroutines of one process cannot interleave inside it either.
+
+Session keys are secrets (a streamable-HTTP key is a live ``Mcp-Session-Id``: whoever reads one can
+act as that session), so the file never holds them: each key is replaced by its HMAC-SHA256 under a
+per-data-dir secret (``session.key``, 0600, beside the database) at this boundary, once, and every
+query compares digests. Callers pass and think in clear keys. Rows an older version wrote with
+clear keys are rewritten at open, and the database is vacuumed so no old page keeps them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import sqlite3
 from contextlib import AbstractContextManager
@@ -20,12 +28,18 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from .errors import InvalidRequest, QuotaExceeded, RateLimited
+from .private import secret_key
 from .sqlite import connect, transaction
 
 __all__ = ["Limits", "OwnedContainer", "SessionStore", "SqliteSessionStore", "Usage"]
 
 PENDING_TTL_S = 600.0
 """A reservation older than this belongs to a create that crashed; it no longer counts."""
+
+KEY_FILE = "session.key"
+"""The secret the session keys are hashed with, in the database's directory."""
+
+_DIGEST_PREFIX = "hmac-sha256:"
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,7 @@ class Usage:
 class OwnedContainer:
     container_id: str
     owner: str
+    """The owner as stored: a digest of its session key, not the key (compare with ``owns``)."""
     name: str
     created_at: int
     state: Literal["pending", "live", "expired"]
@@ -62,7 +77,10 @@ class OwnedContainer:
 
 
 class SessionStore(Protocol):
-    """Ownership and quota counters, keyed by session key (an opaque string)."""
+    """Ownership and quota counters, keyed by session key (an opaque string, a secret).
+
+    An implementation that persists state must not store the keys in clear.
+    """
 
     def reserve_container(self, owner: str, name: str, now: float, limits: Limits) -> str:
         """Atomically check the live-container quota and hold a slot; returns a reservation id.
@@ -77,7 +95,9 @@ class SessionStore(Protocol):
 
     def cancel_reservation(self, reservation: str) -> None: ...
 
-    def owner_of(self, container_id: str) -> str | None: ...
+    def owns(self, owner: str, container_id: str) -> bool:
+        """Whether ``owner`` owns the (committed) container ``container_id``."""
+        ...
 
     def get(self, container_id: str) -> OwnedContainer | None: ...
 
@@ -146,11 +166,44 @@ def _mib(n: int) -> str:
 
 
 class SqliteSessionStore:
-    """``SessionStore`` on SQLite. ``path`` is a file path or ``":memory:"``."""
+    """``SessionStore`` on SQLite. ``path`` is a file path or ``":memory:"``.
 
-    def __init__(self, path: Path | str = ":memory:") -> None:
+    ``key`` is the HMAC secret; by default ``session.key`` beside a database file (created on
+    first use), or a fresh random one for ``":memory:"``.
+    """
+
+    def __init__(self, path: Path | str = ":memory:", *, key: bytes | None = None) -> None:
+        if key is None:
+            key = secret_key(path.parent / KEY_FILE) if isinstance(path, Path) else secrets.token_bytes(32)
+        self._key = key
         self._db = connect(path)
         self._db.executescript(_SCHEMA)
+        self._migrate_clear_keys()
+
+    def _k(self, owner: str) -> str:
+        """The stored form of the session key ``owner``."""
+        mac = hmac.new(self._key, owner.encode("utf-8", "surrogatepass"), hashlib.sha256)
+        return _DIGEST_PREFIX + mac.hexdigest()
+
+    def _migrate_clear_keys(self) -> None:
+        """Replace the clear session keys an older version stored by their digests.
+
+        The stdio user's containers stay theirs: ``stdio:local`` becomes the digest that
+        ``stdio:local`` is looked up by from now on. VACUUM then rewrites the file from scratch and
+        the WAL is truncated, so no free page or old frame keeps a clear key.
+        """
+        self._db.create_function("session_digest", 1, self._k, deterministic=True)
+        clear = f"{_DIGEST_PREFIX}%"
+        with self._tx() as db:
+            moved = db.execute(
+                "UPDATE owned SET owner = session_digest(owner) WHERE owner NOT LIKE ?", (clear,)
+            ).rowcount
+            moved += db.execute(
+                "UPDATE calls SET owner = session_digest(owner) WHERE owner NOT LIKE ?", (clear,)
+            ).rowcount
+        if moved:
+            self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
         return transaction(self._db)
@@ -176,6 +229,7 @@ class SqliteSessionStore:
         return int(count)
 
     def reserve_container(self, owner: str, name: str, now: float, limits: Limits) -> str:
+        owner = self._k(owner)
         reservation = f"pending_{secrets.token_hex(16)}"
         with self._tx() as db:
             db.execute("DELETE FROM owned WHERE state = 'pending' AND reserved_at <= ?", (now - PENDING_TTL_S,))
@@ -214,13 +268,14 @@ class SqliteSessionStore:
         ).fetchone()
         return self._row(row) if row else None
 
-    def owner_of(self, container_id: str) -> str | None:
+    def owns(self, owner: str, container_id: str) -> bool:
         owned = self.get(container_id)
-        return owned.owner if owned else None
+        return owned is not None and hmac.compare_digest(owned.owner, self._k(owner))
 
     def page(
         self, owner: str, *, limit: int, order: str, after: str | None, name: str | None
     ) -> tuple[list[OwnedContainer], bool]:
+        owner = self._k(owner)
         where = ["owner = ?", "state != 'pending'"]
         args: list[object] = [owner]
         if name is not None:
@@ -251,11 +306,12 @@ class SqliteSessionStore:
     def live(self, owner: str) -> list[OwnedContainer]:
         rows = self._db.execute(
             "SELECT * FROM owned WHERE owner = ? AND state = 'live' ORDER BY created_at, container_id",
-            (owner,),
+            (self._k(owner),),
         ).fetchall()
         return [self._row(r) for r in rows]
 
     def apply_delta(self, owner: str, container_id: str, files: int, bytes_: int, limits: Limits | None) -> None:
+        owner = self._k(owner)
         with self._tx() as db:
             row = db.execute(
                 "SELECT files, bytes FROM owned WHERE container_id = ? AND state = 'live'", (container_id,)
@@ -322,6 +378,7 @@ class SqliteSessionStore:
         return float(rows.get(window, 0)) + float(rows.get(window - 1, 0)) * (1 - elapsed)
 
     def usage(self, owner: str, now: float) -> Usage:
+        owner = self._k(owner)
         row = self._db.execute(
             "SELECT count(*), coalesce(sum(files), 0), coalesce(sum(bytes), 0) FROM owned "
             "WHERE owner = ? AND state = 'live'",
@@ -335,6 +392,7 @@ class SqliteSessionStore:
         )
 
     def hit(self, owner: str, now: float, limits: Limits) -> None:
+        owner = self._k(owner)
         window = int(now // 60)
         with self._tx() as db:
             calls = self._calls(db, owner, now)

@@ -1,18 +1,19 @@
 """File content on its way into a container, without holding it all in memory.
 
 An ``Upload`` yields its bytes in chunks. Providers that can use a host file directly (to stream
-a multipart body, or to copy) look at ``host_path``.
+a multipart body) look at ``host_fd``: a host file is only ever read through the fd it was
+opened (and checked) with, never reopened by path.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Protocol
 
-import anyio
+import anyio.to_thread
 
-__all__ = ["CHUNK_SIZE", "BytesUpload", "PathUpload", "StreamUpload", "Upload"]
+__all__ = ["CHUNK_SIZE", "BytesUpload", "HostFileUpload", "StreamUpload", "Upload"]
 
 CHUNK_SIZE = 1 << 20
 
@@ -25,7 +26,8 @@ class Upload(Protocol):
     """
 
     size: int | None
-    host_path: Path | None
+    host_fd: int | None
+    """An open, readable regular host file with this content (owned by the upload), or None."""
 
     def chunks(self) -> AsyncIterator[bytes]: ...
 
@@ -33,7 +35,7 @@ class Upload(Protocol):
 class BytesUpload:
     """Content already in memory (inline text or decoded base64)."""
 
-    host_path: Path | None = None
+    host_fd: int | None = None
 
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -44,24 +46,39 @@ class BytesUpload:
             yield self.data[start : start + CHUNK_SIZE]
 
 
-class PathUpload:
-    """A host file, read in chunks; memory stays flat whatever its size."""
+class HostFileUpload:
+    """A host file already opened and checked (see ``server/host_files.py``), read in chunks.
 
-    def __init__(self, path: Path) -> None:
-        self.host_path: Path | None = path
-        self.size: int | None = path.stat().st_size
+    Reads stop at ``size``, the size the file had when it was checked, so a file that grows
+    meanwhile cannot push more than was approved; memory stays flat whatever the size. The
+    upload owns the fd: ``close()`` releases it (idempotent).
+    """
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.host_fd: int | None = fd
+        self.size: int | None = size
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        assert self.host_path is not None
-        async with await anyio.open_file(self.host_path, "rb") as f:
-            while chunk := await f.read(CHUNK_SIZE):
-                yield chunk
+        fd, size = self.host_fd, self.size
+        assert fd is not None and size is not None
+        offset = 0
+        while offset < size:
+            chunk = await anyio.to_thread.run_sync(os.pread, fd, min(CHUNK_SIZE, size - offset), offset)
+            if not chunk:
+                return
+            offset += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        if self.host_fd is not None:
+            fd, self.host_fd = self.host_fd, None
+            os.close(fd)
 
 
 class StreamUpload:
     """Content arriving from elsewhere (an HTTP request body), size unknown or declared."""
 
-    host_path: Path | None = None
+    host_fd: int | None = None
 
     def __init__(self, stream: AsyncIterator[bytes], size: int | None = None) -> None:
         self._stream = stream

@@ -62,7 +62,7 @@ async def test_tools_drive_the_api_through_the_openai_provider(chain: Client, ap
     cid = c["id"]
     assert (c["status"], c["memory_limit"]) == ("running", "4g")
     # It is a real container of the API's local provider, owned by the provider's key.
-    assert api.service.store.owner_of(cid) == owner_for_key(KEY_A)
+    assert api.service.store.owns(owner_for_key(KEY_A), cid)
     assert (await api.provider.get_container(cid, touch=False)).name == "chained"
 
     text = await call(chain, "file_create", container_id=cid, path="notes/hello.txt", text="héllo, chain\n")
@@ -91,7 +91,7 @@ async def test_tools_drive_the_api_through_the_openai_provider(chain: Client, ap
     assert [f["id"] for f in remaining["data"]] == [binary["id"]]
 
     assert (await call(chain, "container_delete", container_id=cid))["deleted"] is True
-    assert api.service.store.owner_of(cid) is None
+    assert api.service.store.get(cid) is None
     assert (await call(chain, "container_list"))["data"] == []
 
 

@@ -99,5 +99,5 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
     store.commit_container(r, "cntr_a", 0)
     store.close()
     store = SqliteSessionStore(path)
-    assert store.owner_of("cntr_a") == "s"
+    assert store.owns("s", "cntr_a") and not store.owns("t", "cntr_a")
     store.close()

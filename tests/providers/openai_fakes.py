@@ -8,6 +8,7 @@ Nothing here patches a library: the provider gets a real ``httpx2.AsyncClient`` 
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 from collections.abc import AsyncIterator, Callable, MutableMapping
@@ -23,6 +24,7 @@ import httpx2
 from pydantic import SecretStr
 
 from container_mcp.providers.openai import OpenAIProvider
+from container_mcp.uploads import HostFileUpload
 
 RECORDINGS_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "openai-recordings"
 API_KEY = "sk-test-SECRET-0123456789abcdef"
@@ -30,6 +32,12 @@ BASE_URL = "https://api.test/v1"
 
 CONTAINER_ID = "cntr_68c9dde6b288819096a5f7d5f57f33d80d62739fdf52061b"
 FILE_ID = "cfile_68c9ddf564c48191be678656a5e878e4"
+
+
+def host_file(path: Path) -> HostFileUpload:
+    """An upload of the host file ``path``, opened the way ``file_create``'s source_path opens it."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    return HostFileUpload(fd, os.fstat(fd).st_size)
 
 
 def load_recordings() -> dict[str, list[dict[str, Any]]]:

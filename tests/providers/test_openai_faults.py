@@ -25,7 +25,7 @@ from container_mcp.errors import (
     ProviderUnavailable,
 )
 from container_mcp.models import ContainerSpec, ListParams
-from container_mcp.uploads import BytesUpload, PathUpload
+from container_mcp.uploads import BytesUpload
 from tests.providers.openai_fakes import (
     API_KEY,
     CONTAINER_ID,
@@ -40,6 +40,7 @@ from tests.providers.openai_fakes import (
     container_body,
     error_body,
     file_body,
+    host_file,
     multipart_parts,
     provider_over,
     tcp_fault_server,
@@ -205,7 +206,7 @@ async def test_upload_retry_after_429_resends_the_whole_host_file(tmp_path: Path
     host.write_bytes(bytes(range(256)) * 1024)  # 256 KiB: several multipart chunks
     app = FaultApp(Reply(429, error_body("slow down"), {"retry-after": "1"}), Reply(200, file_body()))
     async with asgi_provider(app) as provider:
-        await provider.create_file(CONTAINER_ID, "/mnt/data/x/big.bin", PathUpload(host))
+        await provider.create_file(CONTAINER_ID, "/mnt/data/x/big.bin", host_file(host))
     first, second = app.posts()
     for seen in (first, second):
         [(params, payload)] = multipart_parts(seen.headers["content-type"], seen.body)

@@ -20,12 +20,12 @@ import httpx2
 import pytest
 from pydantic import SecretStr
 
-from container_mcp.errors import FileTooLarge, InvalidRequest, QuotaExceeded, Unsupported
+from container_mcp.errors import FileTooLarge, QuotaExceeded, Unsupported
 from container_mcp.models import ContainerSpec, ExpiresAfter, FileDeleted, ListParams, NetworkPolicy
 from container_mcp.providers.base import ExecRequest, FileChanges
 from container_mcp.providers.openai import OpenAIProvider
 from container_mcp.settings import Settings
-from container_mcp.uploads import BytesUpload, PathUpload, StreamUpload
+from container_mcp.uploads import BytesUpload, StreamUpload
 from tests.providers.openai_fakes import (
     API_KEY,
     BASE_URL,
@@ -33,6 +33,7 @@ from tests.providers.openai_fakes import (
     FILE_ID,
     container_body,
     file_body,
+    host_file,
     load_recordings,
     multipart_parts,
     provider_over,
@@ -378,7 +379,7 @@ async def test_too_large_host_file_sends_nothing(tmp_path: Path) -> None:
     upstream = Upstream()
     async with provider_over(httpx2.MockTransport(upstream)) as provider:
         with pytest.raises(FileTooLarge, match="File too large: 10 bytes; the limit is 9 bytes"):
-            await provider.create_file(CONTAINER_ID, "/mnt/data/a.bin", PathUpload(host), max_bytes=9)
+            await provider.create_file(CONTAINER_ID, "/mnt/data/a.bin", host_file(host), max_bytes=9)
     assert upstream.requests == []
 
 
@@ -413,7 +414,7 @@ async def test_host_file_upload_streams_with_flat_memory(tmp_path: Path) -> None
     async with provider_over(httpx2.ASGITransport(app=sink)) as provider:
         tracemalloc.start()
         try:
-            await provider.create_file(CONTAINER_ID, "/mnt/data/sparse.bin", PathUpload(host))
+            await provider.create_file(CONTAINER_ID, "/mnt/data/sparse.bin", host_file(host))
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
@@ -552,13 +553,18 @@ async def test_bodiless_delete_is_accepted() -> None:
     assert deleted == FileDeleted(id=FILE_ID)
 
 
-async def test_vanished_host_file_is_an_invalid_request(tmp_path: Path) -> None:
-    host = tmp_path / "gone.txt"
-    host.write_bytes(b"x")
-    upload = PathUpload(host)
-    host.unlink()
+async def test_host_file_is_sent_from_the_fd_it_was_checked_with(tmp_path: Path) -> None:
+    host = tmp_path / "checked.txt"
+    host.write_bytes(b"checked bytes")
+    upload = host_file(host)
+    host.unlink()  # a path swapped or removed after the check changes nothing: the fd is read
+    host.write_bytes(b"swapped in later")
     upstream = Upstream()
-    async with provider_over(httpx2.MockTransport(upstream)) as provider:
-        with pytest.raises(InvalidRequest, match="Could not read the source file"):
-            await provider.create_file(CONTAINER_ID, "/mnt/data/gone.txt", upload)
-    assert upstream.requests == []
+    try:
+        async with provider_over(httpx2.MockTransport(upstream)) as provider:
+            await provider.create_file(CONTAINER_ID, "/mnt/data/checked.txt", upload)
+    finally:
+        upload.close()
+    [(request, body)] = upstream.requests
+    [(_, content)] = multipart_parts(request.headers["content-type"], body)
+    assert content == b"checked bytes"

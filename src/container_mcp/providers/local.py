@@ -49,6 +49,7 @@ from ..models import (
     Page,
 )
 from ..paths import MOUNT, relative_path
+from ..private import private_dir
 from ..sandbox import Sandbox, SandboxProbe, sweep_stages
 from ..uploads import CHUNK_SIZE, Upload
 from .base import ApproveChanges, Capabilities, ExecRequest, ExecResult, FileChanges, ProgressCallback
@@ -68,7 +69,7 @@ def guess_mime(rel: str) -> str:
 class _FdUpload:
     """Content of an already-open file (a copy source). ``close()`` releases the fd, read or not."""
 
-    host_path: Path | None = None
+    host_fd: int | None = None
 
     def __init__(self, fd: int, size: int) -> None:
         self._fd: int | None = fd
@@ -105,12 +106,11 @@ class LocalProvider:
         # The issue's promise: an expired container is reaped within 60 s, whatever the setting.
         self._reaper_interval_s = min(reaper_interval_s, 60.0)
         self._sleep = sleep
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
         self._containers_root = data_dir / "containers"
-        self._containers_root.mkdir(exist_ok=True)
         # Sandboxed commands run as an unprivileged host uid that owns a container's files while it
         # runs: no other process of that uid may walk in from outside.
-        self._containers_root.chmod(0o700)
+        private_dir(self._containers_root)
         self.registry = Registry(data_dir / "registry.sqlite3")
         self._locks: dict[str, anyio.Lock] = {}
         self._stack: AsyncExitStack | None = None

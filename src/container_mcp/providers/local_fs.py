@@ -4,7 +4,8 @@ Every path is walked component by component from the container's root with ``O_N
 a symlink planted by a command (``ln -s /etc /mnt/data/x``) is never followed: the operation
 fails with ``InvalidPath`` and touches nothing outside the directory. Writes go to a temp file
 outside the mounted tree, are fsynced, then renamed into place, so a file is either wholly
-there or not at all.
+there or not at all. Everything is created private to the server's user (dirs 0700, files
+0600) whatever the umask.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidPath
+from ..private import DIR_MODE, FILE_MODE
 
 __all__ = ["ContainerDir", "FileStat"]
 
@@ -54,8 +56,8 @@ class ContainerDir:
         self.tmp = root / "tmp"
 
     def create(self) -> None:
-        self.files.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        for d in (self.root, self.files, self.tmp):
+            d.mkdir(mode=DIR_MODE, exist_ok=True)
 
     @contextlib.contextmanager
     def _parent(self, rel: str, *, create: bool) -> Iterator[tuple[int, str]]:
@@ -70,7 +72,7 @@ class ContainerDir:
                     if not create:
                         raise
                     with contextlib.suppress(FileExistsError):
-                        os.mkdir(part, 0o755, dir_fd=fd)
+                        os.mkdir(part, DIR_MODE, dir_fd=fd)
                     try:
                         nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
                     except OSError as exc:
@@ -117,9 +119,9 @@ class ContainerDir:
 
     def new_temp(self) -> tuple[int, str]:
         """A fresh temp file in ``tmp/`` (outside /mnt/data): (fd, name)."""
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(mode=DIR_MODE, exist_ok=True)
         name = f"upload-{os.urandom(8).hex()}"
-        fd = os.open(self.tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(self.tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         return fd, name
 
     def discard_temp(self, name: str) -> None:
@@ -129,7 +131,7 @@ class ContainerDir:
     def clear_temps(self, older_than_s: float) -> None:
         """Drop temp files a crash left behind (those older than ``older_than_s``: younger ones may
         be uploads in progress in another server process)."""
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(mode=DIR_MODE, exist_ok=True)
         cutoff = time.time() - older_than_s
         for entry in self.tmp.iterdir():
             with contextlib.suppress(FileNotFoundError):
@@ -227,7 +229,7 @@ class ContainerDir:
         """Delete every file (expiry): the directory stays, empty."""
         shutil.rmtree(self.files, ignore_errors=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
-        self.files.mkdir(parents=True, exist_ok=True)
+        self.files.mkdir(mode=DIR_MODE, exist_ok=True)
 
     def destroy(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

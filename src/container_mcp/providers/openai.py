@@ -43,7 +43,6 @@ import posixpath
 import random as _random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
-from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self, TypeVar
 
@@ -53,7 +52,7 @@ from pydantic import SecretStr
 
 from .. import __version__
 from ..clock import Clock, system_clock
-from ..errors import FileTooLarge, InvalidRequest, ProviderUnavailable, Unsupported
+from ..errors import FileTooLarge, ProviderUnavailable, Unsupported
 from ..models import (
     MEMORY_LIMITS,
     Container,
@@ -261,7 +260,7 @@ class OpenAIProvider:
     ) -> ContainerFile:
         """Upload ``upload`` as multipart part ``file`` named after ``path``'s basename.
 
-        A host file (``upload.host_path``) is streamed from disk, in-memory bytes are sent as
+        A host file (``upload.host_fd``) is streamed from disk, in-memory bytes are sent as
         they are, and any other stream is spooled to a temporary file first, so memory stays
         flat. ``FileTooLarge`` is raised, and nothing sent, when the size exceeds ``max_bytes``;
         ``approve`` sees the size before the first byte goes out. The stored path is
@@ -489,15 +488,11 @@ async def _opened(upload: Upload, max_bytes: int | None) -> AsyncIterator[tuple[
     """
     if upload.size is not None and max_bytes is not None and upload.size > max_bytes:
         raise _too_large(upload.size, max_bytes)
-    if upload.host_path is not None:
-        host_path: Path = upload.host_path
+    if upload.host_fd is not None:
+        # A file object of its own (dup), reading from the start, of the very file that was checked.
+        f = os.fdopen(os.dup(upload.host_fd), "rb")
         try:
-            f = await anyio.to_thread.run_sync(host_path.open, "rb")
-        except OSError as exc:
-            raise InvalidRequest(
-                f"Could not read the source file {host_path}: {exc.strerror or exc}.", param="source_path"
-            ) from exc
-        try:
+            f.seek(0)
             size = os.fstat(f.fileno()).st_size
             if max_bytes is not None and size > max_bytes:
                 raise _too_large(size, max_bytes)

@@ -27,13 +27,14 @@ lower layer is ``data_dir`` and whose upper layer is a stage directory under
 ``job.stage_root`` (default: ``data_dir.parent``; it must be on the same filesystem). When the
 command has ended, ``run.changes`` (a ``ChangeSet``) lists what it did relative to
 ``data_dir``: ``created``/``changed``/``deleted`` files (relative paths with sizes, previous
-size for changed ones; a file is "changed" only if its bytes or permission bits differ),
+size for changed ones; a file is "changed" only if its bytes or owner permission bits differ),
 ``dirs_created``/``dirs_deleted``, and ``skipped`` entries that are never applied (symlinks,
 FIFOs, sockets, devices, and paths ``container_mcp.paths`` rejects), plus ``files_delta``,
 ``bytes_delta`` and ``largest_file_bytes``. Then exactly one of:
 
 * ``await run.commit()``: deletions, then new directories, then each file ``rename(2)``-d
-  into place (atomic per file, never half-visible); setuid/setgid/sticky bits are dropped;
+  into place (atomic per file, never half-visible); only the owner's permission bits are kept
+  (no group/other, setuid/setgid/sticky bits: the container directory is private);
   no symlink is followed. Returns the change set.
 * ``await run.discard()`` (or leaving ``async with run``): the stage is removed and
   ``data_dir`` is exactly as before (contents, names, modes).

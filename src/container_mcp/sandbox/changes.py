@@ -16,8 +16,9 @@ Deletions happen first, then directory creations, then the renames. The director
 a symlink were in the way. What cannot be represented as a container file is reported in
 ``skipped`` and not applied: symlinks, FIFOs, sockets, devices, and paths that
 ``container_mcp.paths.normalize_path`` rejects (control characters, over-long names or paths,
-invalid UTF-8). Permission bits are kept (without setuid/setgid/sticky); overlay xattrs are
-stripped.
+invalid UTF-8). The owner's permission bits are kept; group/other bits and setuid/setgid/sticky
+are dropped (``OWNER_BITS``: the container directory is private to the server's user, whatever
+mode the command chose); overlay xattrs are stripped.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ from .tree import DIR_FLAGS, DirFds, Remover, adopt_tree, remove_tree, strip_ove
 __all__ = ["STAGE_PREFIX", "ChangeSet", "FileChange", "SkippedEntry", "Stage", "sweep_stages"]
 
 STAGE_PREFIX = ".sandbox-run-"
+
+OWNER_BITS = 0o700
+"""The permission bits a committed file or directory keeps."""
 
 _OPAQUE_XATTRS = ("user.overlay.opaque", "trusted.overlay.opaque")
 
@@ -69,7 +73,7 @@ class SkippedEntry:
 class ChangeSet:
     """The net effect a finished command would have on the container directory.
 
-    Lists are sorted by path. Files only count as ``changed`` when their bytes or permission bits
+    Lists are sorted by path. Files only count as ``changed`` when their bytes or owner permission bits
     differ (opening a file for writing and leaving it as it was is no change).
     """
 
@@ -244,15 +248,15 @@ class _Scanner:
                     continue
                 if lst is not None:
                     self.delete_lower(r, lst)
-                self.plan.mkdirs.append(_Mkdir(r, stat.S_IMODE(ust.st_mode) & 0o777, ust.st_uid, ust.st_gid))
+                self.plan.mkdirs.append(_Mkdir(r, stat.S_IMODE(ust.st_mode) & OWNER_BITS, ust.st_uid, ust.st_gid))
                 self.dirs_created.append(r)
                 self.walk(r, "absent")
             elif stat.S_ISREG(ust.st_mode):
-                mode = stat.S_IMODE(ust.st_mode) & 0o777
+                mode = stat.S_IMODE(ust.st_mode) & OWNER_BITS
                 if lst is not None and stat.S_ISREG(lst.st_mode):
                     if (
                         lst.st_size == ust.st_size
-                        and stat.S_IMODE(lst.st_mode) & 0o777 == mode
+                        and stat.S_IMODE(lst.st_mode) & OWNER_BITS == mode
                         and _same_content(ldir / entry.name, Path(entry.path))
                     ):
                         continue

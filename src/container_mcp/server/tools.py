@@ -11,14 +11,9 @@ import base64 as b64
 import binascii
 import codecs
 import shlex
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import unquote, urlparse
 
-import anyio
-import anyio.to_thread
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
@@ -43,8 +38,9 @@ from ..paths import MOUNT
 from ..providers.base import ExecRequest, ExecResult
 from ..service import ContainerService, SessionUsage
 from ..settings import Settings
-from ..uploads import BytesUpload, PathUpload
+from ..uploads import BytesUpload, HostFileUpload
 from .errors import tool_errors
+from .host_files import host_upload
 from .session import session_key
 
 __all__ = ["FileChunk", "register_tools"]
@@ -127,72 +123,6 @@ def _utf8(value: str, param: str) -> bytes:
             f"{param} is not valid Unicode text (it holds a lone surrogate). Send binary content as base64.",
             param=param,
         ) from None
-
-
-async def _allowed_roots(ctx: Context, settings: Settings) -> tuple[list[Path], str]:
-    """Host directories ``source_path`` may read from.
-
-    A client's roots name directories on the *client's* machine. Only on stdio is that the
-    server's machine too; over HTTP a remote client could otherwise declare ``file:///`` and read
-    any file the server can. So client roots count on stdio only, --allow-path everywhere.
-    """
-    caps = ctx.session.client_capabilities
-    local_client = ctx.request_context.request is None
-    if local_client and caps is not None and caps.roots is not None and ctx.session.can_send_request:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # roots are deprecated in 2026-07-28 but still used
-                result = await ctx.session.list_roots()
-        except Exception:
-            result = None
-        if result is not None:
-            roots = []
-            for root in result.roots:
-                parsed = urlparse(str(root.uri))
-                if parsed.scheme == "file":
-                    roots.append(Path(unquote(parsed.path)))
-            return roots, "the client's roots"
-    return list(settings.allow_paths), "the server's --allow-path directories"
-
-
-async def _host_upload(ctx: Context, settings: Settings, source_path: str) -> PathUpload:
-    roots, origin = await _allowed_roots(ctx, settings)
-    if not roots:
-        raise InvalidRequest(
-            "Reading host files is disabled: the client declared no roots and the server was started without "
-            "--allow-path. Send the content inline (text or base64), or ask the operator to start the server "
-            "with --allow-path DIR.",
-            param="source_path",
-        )
-    if not source_path.startswith("/"):
-        raise InvalidRequest(
-            f"source_path must be an absolute host path; got {source_path[:200]!r}.", param="source_path"
-        )
-    # resolve() follows symlinks, so a link inside a root that points outside it is refused.
-    real, allowed, is_file = await anyio.to_thread.run_sync(_resolve_host, source_path, roots)
-    data_dir = await anyio.to_thread.run_sync(settings.data_dir.resolve)
-    if real == data_dir or real.is_relative_to(data_dir):
-        # Our own state (every session's files, the session store) is never a source.
-        raise InvalidRequest(
-            f"source_path {source_path[:200]!r} is inside the server's data directory, which is never readable "
-            "this way. Copy files between your containers with container_create's file_ids instead.",
-            param="source_path",
-        )
-    if not any(real == r or real.is_relative_to(r) for r in allowed):
-        listed = ", ".join(str(r) for r in allowed)
-        raise InvalidRequest(
-            f"source_path {source_path[:200]!r} is outside {origin} ({listed}). Only files under those "
-            "directories can be read; symlinks are resolved before the check.",
-            param="source_path",
-        )
-    if not is_file:
-        raise InvalidRequest(f"source_path {source_path[:200]!r} is not a regular file.", param="source_path")
-    return await anyio.to_thread.run_sync(PathUpload, real)
-
-
-def _resolve_host(source_path: str, roots: list[Path]) -> tuple[Path, list[Path], bool]:
-    real = Path(source_path).resolve()
-    return real, [r.resolve() for r in roots], real.is_file()
 
 
 def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
@@ -287,7 +217,10 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
         base64: Annotated[str | None, Field(description="The content as base64 (for binary files).")] = None,
         source_path: Annotated[
             str | None,
-            Field(description="An absolute host path to copy from; only under the client's roots or --allow-path."),
+            Field(
+                description="An absolute host path to copy from: only under the server's --allow-path "
+                "directories and, if the client declares roots, under one of those too."
+            ),
         ] = None,
     ) -> ContainerFile:
         """Put a file in a container under /mnt/data, from exactly one of `text`, `base64` or `source_path`.
@@ -304,7 +237,7 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
                     "Give exactly one of text, base64 or source_path as the file's content.", param="text"
                 )
             if text is not None:
-                upload: BytesUpload | PathUpload = BytesUpload(_utf8(text, "text"))
+                upload: BytesUpload | HostFileUpload = BytesUpload(_utf8(text, "text"))
             elif base64 is not None:
                 try:
                     upload = BytesUpload(b64.b64decode(base64, validate=True))
@@ -316,8 +249,12 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
                     ) from None
             else:
                 assert source_path is not None
-                upload = await _host_upload(ctx, deps.settings, source_path)
-            return await service.create_file(deps.owner(ctx), container_id, path, upload)
+                upload = await host_upload(ctx, deps.settings, source_path)
+            try:
+                return await service.create_file(deps.owner(ctx), container_id, path, upload)
+            finally:
+                if isinstance(upload, HostFileUpload):
+                    upload.close()
 
     @mcp.tool(title="List files", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def file_list(

@@ -1,0 +1,151 @@
+"""The data dir is private to the server's user: directories 0700, files 0600, whatever the umask.
+
+Every creation site in the data dir passes an explicit mode (a umask only ever removes bits, so
+``0o600`` stays ``0o600`` under umask 000). ``secure_data_dir`` runs at start: it creates the
+data dir 0700 and strips group/other bits from everything already in it (a data dir written by
+an older version, or copied with ``cp -r`` under a loose umask), logging what it fixed.
+``secret_key`` keeps the per-data-dir key the session store hashes session keys with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+from pathlib import Path
+
+from .errors import ContainerMCPError
+
+__all__ = ["DIR_MODE", "FILE_MODE", "create_private_file", "private_dir", "secret_key", "secure_data_dir"]
+
+log = logging.getLogger(__name__)
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+KEY_BYTES = 32
+
+_NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) with the leaf 0700; tighten the leaf if it exists."""
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    st = path.stat()
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o077)
+
+
+def create_private_file(path: Path) -> None:
+    """Make sure ``path`` exists as a 0600 regular file (created empty if missing).
+
+    SQLite gives its -wal, -shm and -journal files the mode of the database file, so creating
+    the database this way first keeps all of them private.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o077:
+            os.fchmod(fd, mode & ~0o077)
+    finally:
+        os.close(fd)
+
+
+def secure_data_dir(data_dir: Path) -> int:
+    """Create ``data_dir`` 0700 and strip group/other bits from every entry below it.
+
+    Symlinks are neither followed nor changed (their mode means nothing). Returns how many entries
+    were tightened; logs a warning naming the count when it is not zero. Blocking.
+    """
+    private_dir(data_dir)
+    fixed = _tighten_tree(data_dir)
+    if fixed:
+        log.warning(
+            "data dir %s had %d entries readable by other users; removed their group/other permissions",
+            data_dir,
+            fixed,
+        )
+    return fixed
+
+
+def _tighten_tree(root: Path) -> int:
+    fixed = 0
+    stack = [os.open(root, _NOFOLLOW_DIR)]
+    try:
+        while stack:
+            fd = stack.pop()
+            try:
+                with os.scandir(fd) as it:
+                    entries = [(e.name, e.stat(follow_symlinks=False)) for e in it]
+                for name, st in entries:
+                    if stat.S_ISLNK(st.st_mode):
+                        continue
+                    mode = stat.S_IMODE(st.st_mode)
+                    if stat.S_ISDIR(st.st_mode):
+                        try:
+                            child = os.open(name, _NOFOLLOW_DIR, dir_fd=fd)
+                        except PermissionError:  # a command may have left a directory chmod 000
+                            os.chmod(name, DIR_MODE, dir_fd=fd)
+                            child = os.open(name, _NOFOLLOW_DIR, dir_fd=fd)
+                            fixed += 1
+                        if mode & 0o077:
+                            os.fchmod(child, mode & ~0o077)
+                            fixed += 1
+                        stack.append(child)
+                    elif mode & 0o077:
+                        # chmod by name is safe: nobody else can reach inside a 0700 tree to swap it
+                        with contextlib.suppress(FileNotFoundError):
+                            os.chmod(name, mode & ~0o077, dir_fd=fd)
+                            fixed += 1
+            finally:
+                os.close(fd)
+    finally:
+        for fd in stack:
+            os.close(fd)
+    return fixed
+
+
+def secret_key(path: Path) -> bytes:
+    """The 32-byte secret in ``path``, created (0600, atomically) on first use.
+
+    Created as a temp file, fsynced, then hard-linked into place: concurrent first starts agree on
+    one key (the loser reads the winner's), and a crash never leaves a partial key. A key file of
+    the wrong size is an error, never silently replaced: a new key would disown every session.
+    """
+    try:
+        return _read_key(path)
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    try:
+        try:
+            os.write(fd, os.urandom(KEY_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+    dir_fd = os.open(path.parent, _NOFOLLOW_DIR)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return _read_key(path)
+
+
+def _read_key(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        data = os.read(fd, KEY_BYTES + 1) if stat.S_ISREG(st.st_mode) else b""
+    finally:
+        os.close(fd)
+    if len(data) != KEY_BYTES:
+        raise ContainerMCPError(
+            f"The session key file {path} is damaged (it must hold exactly {KEY_BYTES} bytes). Restore it from "
+            "a backup; deleting it makes the server forget which session owns which container."
+        )
+    return data
