@@ -173,10 +173,10 @@ class SqliteSessionStore:
     """
 
     def __init__(self, path: Path | str = ":memory:", *, key: bytes | None = None) -> None:
+        self._db = connect(path)  # creates the directory the key file goes in
         if key is None:
             key = secret_key(path.parent / KEY_FILE) if isinstance(path, Path) else secrets.token_bytes(32)
         self._key = key
-        self._db = connect(path)
         self._db.executescript(_SCHEMA)
         self._migrate_clear_keys()
 
