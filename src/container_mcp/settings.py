@@ -55,8 +55,8 @@ class Settings(BaseSettings):
     # --- MCP server ------------------------------------------------------------------------
     allow_paths: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
-        description="Host directories file_create may read source_path from when the client declares "
-        "no roots (comma-separated in the environment). None by default.",
+        description="Host directories file_create may read source_path from; a stdio client's roots can "
+        "only narrow them (comma-separated in the environment). None by default.",
     )
     stdio_session_key: str = Field(
         "local",

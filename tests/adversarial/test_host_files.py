@@ -7,6 +7,8 @@ client, the one transport whose roots count). Both opening strategies are attack
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import os
 import threading
@@ -288,3 +290,26 @@ async def test_a_client_root_swapped_for_a_link_out_reads_nothing_outside(
             client, "file_create", container_id=cid, path="x", source_path=str(tree / "allowed/sub/data.txt")
         )
         assert "OUTSIDE" not in message and "outside" in message
+
+
+def test_a_kernel_without_openat2_falls_back_to_the_walk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fake syscall: the one fault a real part here cannot produce (this kernel has openat2).
+    def enosys(*args: Any) -> int:
+        ctypes.set_errno(errno.ENOSYS)
+        return -1
+
+    monkeypatch.setattr(beneath, "_syscall", enosys)
+    monkeypatch.setattr(beneath, "_openat2_works", None)
+    assert beneath.openat2_available() is False
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "f").write_bytes(INSIDE)
+    (tmp_path / "inner").symlink_to("real")
+    root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = open_beneath(root, "real/f")
+        assert os.read(fd, 100) == INSIDE
+        os.close(fd)
+        with pytest.raises(EscapeError):  # the walk refuses every symlink, even one that stays inside
+            open_beneath(root, "inner/f")
+    finally:
+        os.close(root)
