@@ -69,40 +69,63 @@ def secure_data_dir(data_dir: Path) -> int:
 
 
 def _tighten_tree(root: Path) -> int:
+    # One directory fd open at a time, however wide or deep the tree (no fd exhaustion). A running
+    # command of another server process on this data dir may swap an entry for a symlink at any
+    # moment, so every change goes through an fd opened with O_NOFOLLOW, never a path.
     fixed = 0
-    stack = [os.open(root, _NOFOLLOW_DIR)]
-    try:
-        while stack:
-            fd = stack.pop()
-            try:
-                with os.scandir(fd) as it:
-                    entries = [(e.name, e.stat(follow_symlinks=False)) for e in it]
-                for name, st in entries:
-                    if stat.S_ISLNK(st.st_mode):
-                        continue
-                    mode = stat.S_IMODE(st.st_mode)
-                    if stat.S_ISDIR(st.st_mode):
-                        try:
-                            child = os.open(name, _NOFOLLOW_DIR, dir_fd=fd)
-                        except PermissionError:  # a command may have left a directory chmod 000
-                            os.chmod(name, DIR_MODE, dir_fd=fd)
-                            child = os.open(name, _NOFOLLOW_DIR, dir_fd=fd)
-                            fixed += 1
-                        if mode & 0o077:
-                            os.fchmod(child, mode & ~0o077)
-                            fixed += 1
-                        stack.append(child)
-                    elif mode & 0o077:
-                        # chmod by name is safe: nobody else can reach inside a 0700 tree to swap it
-                        with contextlib.suppress(FileNotFoundError):
-                            os.chmod(name, mode & ~0o077, dir_fd=fd)
-                            fixed += 1
-            finally:
-                os.close(fd)
-    finally:
-        for fd in stack:
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            fd = os.open(d, _NOFOLLOW_DIR)
+        except OSError:
+            # Gone, swapped for a symlink, or unreadable to us (a command's ``chmod 000``): its own
+            # group/other bits are already stripped, so nobody else can enter it either.
+            continue
+        try:
+            with os.scandir(fd) as it:
+                entries = [(e.name, e.stat(follow_symlinks=False)) for e in it]
+            for name, st in entries:
+                if stat.S_ISLNK(st.st_mode):
+                    continue
+                if stat.S_IMODE(st.st_mode) & 0o077 and _tighten(fd, name):
+                    fixed += 1
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(d / name)
+        finally:
             os.close(fd)
     return fixed
+
+
+def _tighten(dir_fd: int, name: str) -> bool:
+    """Strip group/other bits from the file or directory ``name``, never through a symlink.
+
+    An ``O_PATH | O_NOFOLLOW`` fd pins the very inode that was checked; it is changed through its
+    ``/proc/self/fd`` link (works even when the owner lacks read permission), else through a
+    read-only fd.
+    """
+    try:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:  # gone by now: nothing to fix
+        return False
+    try:
+        st = os.fstat(fd)
+        mode = stat.S_IMODE(st.st_mode)
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)) or not mode & 0o077:
+            return False  # a symlink (its mode means nothing) or a special file: not ours to change
+        try:
+            os.chmod(f"/proc/self/fd/{fd}", mode & ~0o077)
+        except OSError:  # no /proc
+            rd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+            try:
+                if os.fstat(rd).st_ino != st.st_ino:
+                    return False
+                os.fchmod(rd, mode & ~0o077)
+            finally:
+                os.close(rd)
+        return True
+    finally:
+        os.close(fd)
 
 
 def secret_key(path: Path) -> bytes:
