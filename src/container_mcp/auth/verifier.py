@@ -17,7 +17,6 @@ from contextlib import asynccontextmanager
 import httpx2
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
-from pydantic import AnyHttpUrl
 
 from ..clock import Clock, system_clock
 from ..settings import Settings
@@ -72,12 +71,16 @@ class BearerVerifier:
         and no metadata is published.
         """
         if self._jwt is None:
-            return AuthSettings(issuer_url=AnyHttpUrl(own_url), resource_server_url=None)
-        return AuthSettings(
-            issuer_url=AnyHttpUrl(self._jwt.issuer),
-            resource_server_url=AnyHttpUrl(self._jwt.audience),
-            required_scopes=self.required_scopes or None,
-            validate_token_resource=True,
+            return AuthSettings.model_validate({"issuer_url": own_url, "resource_server_url": None})
+        # As strings, so that AuthSettings keeps them exactly as configured (no added "/"): clients compare
+        # the published issuer with the authorization server's own metadata character by character.
+        return AuthSettings.model_validate(
+            {
+                "issuer_url": self._jwt.issuer,
+                "resource_server_url": self._jwt.audience,
+                "required_scopes": self.required_scopes or None,
+                "validate_token_resource": True,
+            }
         )
 
 
