@@ -293,6 +293,32 @@ async def test_jwks_is_cached_and_refetched_for_a_rotated_key(
     assert server.issuer.fetches == 4
 
 
+async def _accepted(server: OAuthServer, token: str) -> bool:
+    seen = Seen()
+    try:
+        async with http_client(server.mcp_url, token, "auto", seen) as c:
+            await structured(c, "session_usage")
+    except Exception:
+        assert set(seen.statuses) == {401}
+        return False
+    return True
+
+
+async def test_a_remembered_token_still_expires_and_dies_with_its_key(
+    server: OAuthServer, other_rsa_key: rsa.RSAPrivateKey
+) -> None:
+    short = server.mint(exp=server.clock.now + 60)
+    assert await _accepted(server, short)
+    server.clock.advance(60 + LEEWAY + 1)
+    assert not await _accepted(server, short)
+
+    long = server.mint(exp=server.clock.now + 3600)
+    assert await _accepted(server, long)
+    server.issuer.keys = [_jwk(other_rsa_key, "k2")]  # the issuer retires k1
+    server.clock.advance(server.settings.oauth_jwks_cache_s)
+    assert not await _accepted(server, long)
+
+
 async def test_the_rest_api_shares_the_verifier(server: OAuthServer) -> None:
     async with open_verifier(server.settings, clock=server.clock) as verifier:
         async with serve(create_app(server.service, server.settings, verifier=verifier)) as origin:

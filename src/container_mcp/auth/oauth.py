@@ -24,6 +24,7 @@ against the issuer. A failed fetch keeps the keys already known.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Mapping
@@ -46,6 +47,9 @@ REFETCH_INTERVAL_S = 30.0
 """Least time between two JWKS fetches caused by unknown key ids."""
 
 _MAX_JWKS_BYTES = 1 << 20
+
+_VERIFIED_MAX = 4096
+"""Verified tokens remembered (by SHA-256), oldest forgotten first."""
 
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 
@@ -72,6 +76,7 @@ class Jwks:
         self._clock = clock
         self._max_age_s = max_age_s
         self._keys: list[dict[str, Any]] = []
+        self._prepared: dict[tuple[str | None, str], Any] = {}
         self._fetched_at = -math.inf
         self._refetched_at = -math.inf
         self._lock = anyio.Lock()
@@ -86,6 +91,14 @@ class Jwks:
             await self._fetch(self._fetched_at)
             found = self._find(kid)
         return found
+
+    def public_key(self, jwk: dict[str, Any], alg: str) -> Any:
+        """The key object of ``jwk`` for ``alg`` (``jwt.PyJWTError`` if it is not one), built once per fetch:
+        building an RSA key from its JWK costs more than checking a signature with it."""
+        slot = (jwk.get("kid"), alg)
+        if slot not in self._prepared:
+            self._prepared[slot] = jwt.PyJWK(jwk, algorithm=alg).key
+        return self._prepared[slot]
 
     def _find(self, kid: str | None) -> dict[str, Any] | None:
         if kid is None:
@@ -111,6 +124,7 @@ class Jwks:
                 self._fetched_at = self._clock() - self._max_age_s + REFETCH_INTERVAL_S
                 return
             self._keys = [k for k in keys if isinstance(k, dict)]
+            self._prepared = {}
             self._fetched_at = self._clock()
             log.info("fetched %d OAuth signing key(s) from %s", len(self._keys), self._url)
 
@@ -141,18 +155,37 @@ class JwtVerifier:
         self._algorithms = frozenset(algorithms)
         self._leeway_s = leeway_s
         self._clock = clock
+        self._verified: dict[bytes, tuple[AccessToken, str | None, dict[str, Any], float]] = {}
 
     def owner(self, subject: str) -> str:
         """The owner key of the token subject ``subject``: one per person or agent of this issuer."""
         return f"oauth:{self.issuer}:{subject}"
 
     async def verify(self, token: str) -> AccessToken | None:
-        """The token's ``AccessToken`` (``client_id`` is its owner key), or None when it is refused."""
+        """The token's ``AccessToken`` (``client_id`` is its owner key), or None when it is refused.
+
+        A token verified before is answered from memory while its ``exp`` holds and the key that
+        signed it is still the issuer's current one (a refetched JWKS invalidates it), which saves
+        the signature check on every request of a session.
+        """
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        if (hit := self._verified.get(digest)) is not None:
+            access, kid, jwk, exp = hit
+            if self._clock() <= exp + self._leeway_s and await self._jwks.key(kid) is jwk:
+                return access
+            del self._verified[digest]
         try:
-            claims = await self._claims(token)
+            claims, kid, jwk = await self._claims(token)
         except _Refused as exc:
             log.info("bearer token refused: %s", exc)
             return None
+        access = self._access_token(token, claims)
+        if len(self._verified) >= _VERIFIED_MAX:
+            del self._verified[next(iter(self._verified))]  # the oldest
+        self._verified[digest] = (access, kid, jwk, claims["exp"])
+        return access
+
+    def _access_token(self, token: str, claims: dict[str, Any]) -> AccessToken:
         client = claims.get("client_id", claims.get("azp"))
         return AccessToken(
             token=token,
@@ -165,7 +198,8 @@ class JwtVerifier:
             claims={"iss": self.issuer, "client_id": client if isinstance(client, str) else None},
         )
 
-    async def _claims(self, token: str) -> dict[str, Any]:
+    async def _claims(self, token: str) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
+        """The verified claims, the key id and the JWK that signed them; ``_Refused`` otherwise."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -173,18 +207,17 @@ class JwtVerifier:
         alg = header.get("alg")
         if alg not in self._algorithms:
             raise _Refused(f"algorithm {alg!r} is not one of {sorted(self._algorithms)}")
-        kid = header.get("kid")
-        jwk = await self._jwks.key(kid if isinstance(kid, str) else None)
+        kid = header.get("kid") if isinstance(header.get("kid"), str) else None
+        jwk = await self._jwks.key(kid)
         if jwk is None:
             raise _Refused(f"key id {kid!r} is not among the issuer's keys")
         fits = jwk.get("kty") == _KEY_TYPES.get(str(alg)[:2]) and jwk.get("alg", alg) == alg
         if not fits or jwk.get("use", "sig") != "sig":
             raise _Refused(f"key {kid!r} is not a {alg} signing key")
         try:
-            key = jwt.PyJWK(jwk, algorithm=alg)
             claims: dict[str, Any] = jwt.decode(
                 token,
-                key.key,
+                self._jwks.public_key(jwk, alg),
                 algorithms=[alg],
                 audience=self.audience,
                 issuer=self.issuer,
@@ -204,7 +237,7 @@ class JwtVerifier:
             raise _Refused("the token is not valid yet (nbf)")
         if not isinstance(sub, str) or not sub:
             raise _Refused("the token has no subject (sub)")
-        return claims
+        return claims, kid, jwk
 
 
 class _Refused(Exception):
