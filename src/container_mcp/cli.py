@@ -31,6 +31,9 @@ _QUOTA_FLAGS = {
     "max_calls_per_minute": "tool calls per session per minute",
 }
 
+_LIST_FLAGS = {"allow_path": "allow_paths", "allowed_host": "allowed_hosts", "allowed_origin": "allowed_origins"}
+"""Repeatable flags and the list settings they set."""
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provider", choices=["local", "openai"], help="backend (default: local)")
@@ -38,6 +41,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface for HTTP transports (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port for HTTP transports (default: 8000)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help="Host header value accepted besides loopback and the bound address, e.g. the public name "
+        "behind a proxy (repeatable)",
+    )
+    p.add_argument(
+        "--allowed-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="Origin accepted besides the loopback ones, e.g. https://app.example.com (repeatable)",
+    )
     for field, help_text in _QUOTA_FLAGS.items():
         p.add_argument("--" + field.replace("_", "-"), type=int, help=help_text)
 
@@ -86,8 +102,9 @@ def build_settings(args: argparse.Namespace) -> Settings:
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
-    if getattr(args, "allow_path", None):
-        overrides["allow_paths"] = args.allow_path
+    for flag, field in _LIST_FLAGS.items():
+        if getattr(args, flag, None):
+            overrides[field] = getattr(args, flag)
     if getattr(args, "api_key", None):
         overrides["api_keys"] = args.api_key
     return Settings(**overrides)
