@@ -189,6 +189,13 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("api_keys_file")
+    @classmethod
+    def _readable_keys_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"api_keys_file {value} is not a file: create it with one key per line (mode 0600)")
+        return value
+
     @field_validator("oauth_jwks_url")
     @classmethod
     def _jwks_over_tls(cls, value: str | None) -> str | None:

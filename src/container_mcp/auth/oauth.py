@@ -129,6 +129,12 @@ class Jwks:
             log.info("fetched %d OAuth signing key(s) from %s", len(self._keys), self._url)
 
 
+def _short(value: object) -> str:
+    """A header value for a log line: quoted, escaped, and cut short (the sender chose it)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _scopes(claims: Mapping[str, Any]) -> list[str]:
     scope = claims.get("scope", claims.get("scp", []))
     if isinstance(scope, str):
@@ -206,14 +212,14 @@ class JwtVerifier:
             raise _Refused(f"not a JWT ({exc})") from None
         alg = header.get("alg")
         if alg not in self._algorithms:
-            raise _Refused(f"algorithm {alg!r} is not one of {sorted(self._algorithms)}")
+            raise _Refused(f"algorithm {_short(alg)} is not one of {sorted(self._algorithms)}")
         kid = header.get("kid") if isinstance(header.get("kid"), str) else None
         jwk = await self._jwks.key(kid)
         if jwk is None:
-            raise _Refused(f"key id {kid!r} is not among the issuer's keys")
+            raise _Refused(f"key id {_short(kid)} is not among the issuer's keys")
         fits = jwk.get("kty") == _KEY_TYPES.get(str(alg)[:2]) and jwk.get("alg", alg) == alg
         if not fits or jwk.get("use", "sig") != "sig":
-            raise _Refused(f"key {kid!r} is not a {alg} signing key")
+            raise _Refused(f"key {_short(kid)} is not a {alg} signing key")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
