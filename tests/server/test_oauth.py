@@ -81,11 +81,12 @@ class Issuer:
     keys: list[dict[str, Any]]
     fetches: int = 0
     url: str = ""
+    status: int = 200
 
     def app(self) -> Starlette:
         async def jwks(request: Request) -> JSONResponse:
             self.fetches += 1
-            return JSONResponse({"keys": self.keys})
+            return JSONResponse({"keys": self.keys}, status_code=self.status)
 
         return Starlette(routes=[Route("/jwks", jwks)])
 
@@ -317,6 +318,20 @@ async def test_a_remembered_token_still_expires_and_dies_with_its_key(
     server.issuer.keys = [_jwk(other_rsa_key, "k2")]  # the issuer retires k1
     server.clock.advance(server.settings.oauth_jwks_cache_s)
     assert not await _accepted(server, long)
+
+
+async def test_an_unreachable_issuer_keeps_the_keys_already_known(
+    server: OAuthServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert await _accepted(server, server.mint())
+    server.issuer.status = 503
+    server.clock.advance(server.settings.oauth_jwks_cache_s)
+    assert await _accepted(server, server.mint(jti="after-outage"))
+    assert server.issuer.fetches == 2
+    assert "could not fetch the OAuth issuer's keys" in caplog.text
+    # and it is not asked again on every request, only after the refetch interval
+    assert await _accepted(server, server.mint(jti="again"))
+    assert server.issuer.fetches == 2
 
 
 async def test_the_rest_api_shares_the_verifier(server: OAuthServer) -> None:

@@ -25,6 +25,7 @@ against the issuer. A failed fetch keeps the keys already known.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 from collections.abc import Mapping
@@ -100,6 +101,11 @@ class Jwks:
             self._prepared[slot] = jwt.PyJWK(jwk, algorithm=alg).key
         return self._prepared[slot]
 
+    async def _download(self) -> bytes:
+        async with self._http.stream("GET", self._url, headers={"accept": "application/json"}) as response:
+            response.raise_for_status()
+            return await _read_capped(response, _MAX_JWKS_BYTES)
+
     def _find(self, kid: str | None) -> dict[str, Any] | None:
         if kid is None:
             return self._keys[0] if len(self._keys) == 1 else None
@@ -110,11 +116,7 @@ class Jwks:
             if self._fetched_at != seen:
                 return  # another request fetched while this one waited
             try:
-                response = await self._http.get(self._url, headers={"accept": "application/json"})
-                response.raise_for_status()
-                if len(response.content) > _MAX_JWKS_BYTES:
-                    raise ValueError(f"the JWKS is larger than {_MAX_JWKS_BYTES} bytes")
-                body = response.json()
+                body = json.loads(await self._download())
                 keys = body.get("keys") if isinstance(body, dict) else None
                 if not isinstance(keys, list):
                     raise ValueError("the document has no 'keys' list")
@@ -127,6 +129,15 @@ class Jwks:
             self._prepared = {}
             self._fetched_at = self._clock()
             log.info("fetched %d OAuth signing key(s) from %s", len(self._keys), self._url)
+
+
+async def _read_capped(response: httpx2.Response, limit: int) -> bytes:
+    data = bytearray()
+    async for chunk in response.aiter_bytes():
+        data += chunk
+        if len(data) > limit:
+            raise ValueError(f"the JWKS is larger than {limit} bytes")
+    return bytes(data)
 
 
 def _short(value: object) -> str:
