@@ -88,15 +88,16 @@ class BearerVerifier:
 async def open_verifier(settings: Settings, *, clock: Clock = system_clock) -> AsyncIterator[BearerVerifier]:
     """The verifier ``settings`` describe; in OAuth mode it owns the HTTP client that fetches the JWKS."""
     keys = ApiKeys(settings.all_api_keys())
-    if not settings.oauth_enabled:
+    # Settings holds all three OAuth URLs or none of them.
+    issuer, resource, jwks_url = settings.oauth_issuer_url, settings.oauth_resource_url, settings.oauth_jwks_url
+    if issuer is None or resource is None or jwks_url is None:
         yield BearerVerifier(keys, None, [])
         return
-    assert settings.oauth_issuer_url and settings.oauth_resource_url and settings.oauth_jwks_url
     async with httpx2.AsyncClient(timeout=_JWKS_TIMEOUT, follow_redirects=False) as http:
-        jwks = Jwks(settings.oauth_jwks_url, http, clock, max_age_s=settings.oauth_jwks_cache_s)
+        jwks = Jwks(jwks_url, http, clock, max_age_s=settings.oauth_jwks_cache_s)
         jwt = JwtVerifier(
-            issuer=settings.oauth_issuer_url,
-            audience=settings.oauth_resource_url,
+            issuer=issuer,
+            audience=resource,
             jwks=jwks,
             algorithms=settings.oauth_algorithms,
             leeway_s=settings.oauth_leeway_s,
