@@ -246,3 +246,18 @@ async def test_the_cli_server_takes_keys_from_the_environment(tmp_path: Path, tr
     log = seen.decode()
     assert "no API keys configured" not in log
     assert KEY_A not in log and KEY_B not in log
+
+
+async def test_a_key_is_the_same_owner_over_mcp_and_the_rest_api(
+    service: ContainerService, settings: Settings, mcp_url: str
+) -> None:
+    from openai import AsyncOpenAI
+
+    from container_mcp.api.app import create_app
+
+    async with serve(create_app(service, settings)) as origin:
+        async with AsyncOpenAI(api_key=KEY_A, base_url=origin + "/v1", max_retries=0) as rest:
+            cid = (await rest.containers.create(name="made over REST")).id
+    async with http_client(mcp_url, KEY_A, "auto") as a, http_client(mcp_url, KEY_B, "auto") as b:
+        assert [c["id"] for c in (await structured(a, "container_list"))["data"]] == [cid]
+        assert (await structured(b, "container_list"))["data"] == []
