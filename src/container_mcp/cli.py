@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +16,7 @@ import anyio
 from pydantic import ValidationError
 
 from . import __version__
+from .errors import UnsafeConfiguration
 from .settings import Settings
 
 __all__ = ["build_settings", "main"]
@@ -31,6 +31,9 @@ _QUOTA_FLAGS = {
     "max_calls_per_minute": "tool calls per session per minute",
 }
 
+_LIST_FLAGS = {"allow_path": "allow_paths", "allowed_host": "allowed_hosts", "allowed_origin": "allowed_origins"}
+"""Repeatable flags and the list settings they set."""
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provider", choices=["local", "openai"], help="backend (default: local)")
@@ -38,6 +41,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface for HTTP transports (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port for HTTP transports (default: 8000)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help="Host header value accepted besides loopback and the bound address, e.g. the public name "
+        "behind a proxy (repeatable)",
+    )
+    p.add_argument(
+        "--allowed-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="Origin accepted besides the loopback ones, e.g. https://app.example.com (repeatable)",
+    )
     for field, help_text in _QUOTA_FLAGS.items():
         p.add_argument("--" + field.replace("_", "-"), type=int, help=help_text)
 
@@ -61,9 +77,22 @@ def _parser() -> argparse.ArgumentParser:
             help="host directory file_create may read source_path from (repeatable; none by default)",
         )
     _common(api)
-    api.add_argument("--api-key", action="append", metavar="KEY", help="accepted bearer token (repeatable)")
-    api.add_argument("--api-keys-file", help="file with one accepted key per line")
+    for p in (parser, serve, api):
+        p.add_argument("--api-keys-file", help="file with one accepted bearer token per line (HTTP transports and api)")
+        p.add_argument(
+            "--api-key",
+            action="append",
+            metavar="KEY",
+            help="accepted bearer token (repeatable). Discouraged: other local users can read it in "
+            "/proc/<pid>/cmdline; use CONTAINER_MCP_API_KEYS or --api-keys-file",
+        )
     return parser
+
+
+ARGV_KEY_WARNING = (
+    "--api-key puts the key on the command line, where every local user can read it (ps, "
+    "/proc/<pid>/cmdline). Pass keys in CONTAINER_MCP_API_KEYS or a file given to --api-keys-file instead."
+)
 
 
 def build_settings(args: argparse.Namespace) -> Settings:
@@ -73,8 +102,9 @@ def build_settings(args: argparse.Namespace) -> Settings:
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
-    if getattr(args, "allow_path", None):
-        overrides["allow_paths"] = args.allow_path
+    for flag, field in _LIST_FLAGS.items():
+        if getattr(args, flag, None):
+            overrides[field] = getattr(args, flag)
     if getattr(args, "api_key", None):
         overrides["api_keys"] = args.api_key
     return Settings(**overrides)
@@ -90,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         stream=sys.stderr, level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if getattr(args, "api_key", None):
+        log.warning(ARGV_KEY_WARNING)
     try:
         if args.command == "api":
             from .api.serve import serve_api
@@ -97,26 +129,41 @@ def main(argv: Sequence[str] | None = None) -> None:
             anyio.run(serve_api, settings, args.host, args.port)
         else:
             anyio.run(_serve_mcp, settings, args.transport, args.host, args.port)
+    except UnsafeConfiguration as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None
     except KeyboardInterrupt:
         pass
 
 
 async def _serve_mcp(settings: Settings, transport: str, host: str, port: int) -> None:
+    from .auth import open_verifier
     from .runtime import open_service
     from .server.app import create_server
-    from .serving import serve_asgi
+    from .server.http import HttpTransport, http_app
+    from .serving import refuse_unauthenticated_exposure, serve_asgi
 
-    async with open_service(settings) as service:
-        mcp = create_server(service, settings)
-        # Room for a whole file sent inline as base64, plus the JSON-RPC envelope.
-        body_limit = math.ceil(settings.max_file_bytes * 4 / 3) + (1 << 20)
+    if transport == "stdio":
+        async with open_service(settings) as service:
+            log.info("container-mcp %s: provider=%s transport=stdio", __version__, settings.provider)
+            await create_server(service, settings).run_stdio_async()
+        return
+    kind: HttpTransport = "sse" if transport == "sse" else "streamable-http"
+    refuse_unauthenticated_exposure(
+        host, authenticated=settings.auth_enabled(), command=f"container-mcp --transport {transport}"
+    )
+    async with open_service(settings) as service, open_verifier(settings) as verifier:
+        if not verifier.enabled:
+            log.warning(
+                "no API keys configured: every local process can use this server, and 2026-07-28 clients share "
+                "one anonymous session. Set CONTAINER_MCP_API_KEYS (or --api-keys-file) to give each caller its own."
+            )
+        url_host = f"[{host}]" if ":" in host else host
+        mcp = create_server(service, settings, verifier=verifier, base_url=f"http://{url_host}:{port}")
+        app = http_app(mcp, settings, kind, host)
         log.info("container-mcp %s: provider=%s transport=%s", __version__, settings.provider, transport)
-        if transport == "stdio":
-            await mcp.run_stdio_async()
-        elif transport == "sse":
-            app = mcp.sse_app(host=host, max_request_body_size=body_limit)
+        if kind == "sse":
             await serve_asgi(app, host, port, label="container-mcp (SSE)", path="/sse")
         else:
-            app = mcp.streamable_http_app(host=host, max_request_body_size=body_limit)
             # lifespan on: the streamable HTTP app runs its session manager there
             await serve_asgi(app, host, port, label="container-mcp (streamable HTTP)", path="/mcp", lifespan="on")

@@ -19,6 +19,7 @@ happened and what to do next, and never contain secrets.
     - FileTooLarge               one file over the per-file byte limit
     - RateLimited                too many calls per minute
   x Unsupported                  the provider lacks the capability
+  x UnsafeConfiguration          the operator's settings would expose the server; refused at start
   x ExecError                    a command could not be run (not: a command that failed)
     - SandboxUnavailable
   x ProviderError                the backend failed; carries status and request id
@@ -49,6 +50,7 @@ __all__ = [
     "QuotaExceeded",
     "RateLimited",
     "SandboxUnavailable",
+    "UnsafeConfiguration",
     "Unsupported",
 ]
 
@@ -190,6 +192,13 @@ class RateLimited(QuotaExceeded):
     def __init__(self, message: str, *, limit_name: str, limit: int, used: int, retry_after: float) -> None:
         super().__init__(message, limit_name=limit_name, limit=limit, used=used)
         self.retry_after = retry_after
+
+
+class UnsafeConfiguration(ContainerMCPError):
+    """The server was told to start in a way that would expose it (e.g. an unauthenticated network
+    listener). Raised before anything is opened; the CLI prints it and exits with status 2."""
+
+    code = "unsafe_configuration"
 
 
 class Unsupported(ContainerMCPError):

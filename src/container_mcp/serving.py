@@ -14,6 +14,7 @@ Shared by ``container-mcp api`` and the MCP HTTP transports (SSE, streamable HTT
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import signal
 import socket
@@ -23,9 +24,39 @@ from typing import Any, Literal
 import anyio
 import uvicorn
 
-__all__ = ["listen", "serve_asgi"]
+from .errors import UnsafeConfiguration
+
+__all__ = ["is_loopback", "listen", "refuse_unauthenticated_exposure", "serve_asgi"]
 
 log = logging.getLogger("container_mcp")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``): reachable only from this machine."""
+    bare = host.strip("[]").lower()
+    if bare == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bare).is_loopback
+    except ValueError:
+        return False
+
+
+def refuse_unauthenticated_exposure(host: str, *, authenticated: bool, command: str) -> None:
+    """The one rule for every HTTP entry point: without auth, serve on a loopback address only.
+
+    Raises ``UnsafeConfiguration`` (naming ``command``, e.g. ``container-mcp api``) when ``host`` is
+    anything else (``0.0.0.0``, ``::``, a LAN address, a host name) and ``authenticated`` is false. Call
+    it before opening anything, so a refused start changes nothing.
+    """
+    if authenticated or is_loopback(host):
+        return
+    raise UnsafeConfiguration(
+        f"{command}: refusing to serve on {host} without authentication: anyone who can reach it could use "
+        "it. Give each caller a key: CONTAINER_MCP_API_KEYS=key1,key2 in the environment or "
+        "--api-keys-file FILE (one key per line), or configure OAuth (CONTAINER_MCP_OAUTH_ISSUER_URL, "
+        "CONTAINER_MCP_OAUTH_RESOURCE_URL, CONTAINER_MCP_OAUTH_JWKS_URL); or bind to 127.0.0.1."
+    )
 
 
 def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:

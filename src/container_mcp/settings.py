@@ -12,12 +12,18 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["MiB", "Settings", "default_data_dir"]
+__all__ = ["ASYMMETRIC_ALGORITHMS", "MiB", "Settings", "default_data_dir"]
 
 MiB = 1 << 20
+
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+"""JWS algorithms OAuth mode may accept: signatures checked with the issuer's public keys. HMAC
+ones are excluded: with them a published public key would double as the shared secret."""
 
 
 def default_data_dir() -> Path:
@@ -111,10 +117,51 @@ class Settings(BaseSettings):
     # --- REST API (`container-mcp api`) ----------------------------------------------------
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
-        description="Bearer tokens accepted by `container-mcp api` (comma-separated); each key is an owner.",
+        description="Bearer tokens accepted by every HTTP entry point (comma-separated); each key is an owner.",
     )
     api_keys_file: Path | None = Field(
         None, description="File with one accepted API key per line (# comments allowed)."
+    )
+
+    # --- HTTP edge: every HTTP entry point (MCP streamable HTTP, SSE, `container-mcp api`) ---
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host header values accepted besides the loopback names and the bound address "
+        "(comma-separated; 'name' allows it on any port too, 'name:port' on that port only). "
+        "Requests naming another host are refused (DNS-rebinding protection).",
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origin header values accepted besides the loopback origins (comma-separated, e.g. "
+        "https://app.example.com). Browser requests from any other origin are refused.",
+    )
+
+    # --- OAuth 2.1 resource-server mode (all HTTP entry points) ----------------------------
+    oauth_issuer_url: str | None = Field(
+        None,
+        description="Issuer ('iss') of accepted JWT access tokens; setting it turns OAuth mode on "
+        "(with oauth_resource_url and oauth_jwks_url).",
+    )
+    oauth_resource_url: str | None = Field(
+        None,
+        description="This server's resource URL, e.g. https://mcp.example.com/mcp: the audience ('aud') a "
+        "token must name, and the resource its RFC 9728 metadata publishes.",
+    )
+    oauth_jwks_url: str | None = Field(
+        None, description="Where the issuer publishes its signing keys (JWKS); https, or http on loopback."
+    )
+    oauth_required_scopes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Scopes every access token must carry (comma-separated)."
+    )
+    oauth_algorithms: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["RS256", "PS256", "ES256", "EdDSA"],
+        description="JWS algorithms accepted (comma-separated); asymmetric ones only.",
+    )
+    oauth_leeway_s: float = Field(
+        30.0, ge=0, le=300, description="Clock skew allowed on a token's exp and nbf, in seconds."
+    )
+    oauth_jwks_cache_s: float = Field(
+        300.0, gt=0, description="Seconds the issuer's keys are cached; an unknown key id refetches sooner."
     )
 
     @field_validator("allow_paths", mode="before")
@@ -123,6 +170,64 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [p for p in (s.strip() for s in value.split(",")) if p]
         return value
+
+    @field_validator("allowed_hosts", "allowed_origins", "oauth_required_scopes", "oauth_algorithms", mode="before")
+    @classmethod
+    def _split_words(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [w for w in (s.strip() for s in value.split(",")) if w]
+        return value
+
+    @field_validator("oauth_algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        unknown = [alg for alg in value if alg not in ASYMMETRIC_ALGORITHMS]
+        if unknown or not value:
+            raise ValueError(
+                "oauth_algorithms accepts only asymmetric JWS algorithms "
+                f"({', '.join(sorted(ASYMMETRIC_ALGORITHMS))}); got {', '.join(unknown) or 'none'}"
+            )
+        return value
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _readable_keys_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"api_keys_file {value} is not a file: create it with one key per line (mode 0600)")
+        return value
+
+    @field_validator("oauth_jwks_url")
+    @classmethod
+    def _jwks_over_tls(cls, value: str | None) -> str | None:
+        if value is not None:
+            from .auth.oauth import check_jwks_url
+
+            check_jwks_url(value)
+        return value
+
+    @model_validator(mode="after")
+    def _oauth_complete(self) -> Settings:
+        given = {
+            "oauth_issuer_url": self.oauth_issuer_url,
+            "oauth_resource_url": self.oauth_resource_url,
+            "oauth_jwks_url": self.oauth_jwks_url,
+        }
+        missing = [name for name, value in given.items() if not value]
+        if len(missing) not in (0, len(given)):
+            raise ValueError(
+                f"OAuth mode needs {', '.join(given)} together; missing: {', '.join(missing)} "
+                "(set them as CONTAINER_MCP_<NAME>)"
+            )
+        return self
+
+    @property
+    def oauth_enabled(self) -> bool:
+        """Whether JWT access tokens are accepted (OAuth 2.1 resource-server mode)."""
+        return self.oauth_issuer_url is not None
+
+    def auth_enabled(self) -> bool:
+        """Whether HTTP entry points authenticate callers (API keys or OAuth); reads the keys file."""
+        return self.oauth_enabled or bool(self.all_api_keys())
 
     @field_validator("api_keys", mode="before")
     @classmethod

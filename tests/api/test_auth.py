@@ -9,8 +9,10 @@ import httpx2
 import pytest
 from openai import AsyncOpenAI, AuthenticationError, NotFoundError
 
-from container_mcp.api.auth import ANONYMOUS_OWNER, ApiKeys, is_loopback, owner_for_key
+from container_mcp.api.auth import ANONYMOUS_OWNER
+from container_mcp.auth import ApiKeys, owner_for_key
 from container_mcp.clock import ManualClock
+from container_mcp.serving import is_loopback
 
 from .live import KEY_A, KEY_B, LiveApi, start_api
 
@@ -73,15 +75,31 @@ async def test_owner_key_is_a_hash_never_the_key(api: LiveApi, client: AsyncOpen
     assert owner_for_key(KEY_A) != owner_for_key(KEY_B)
 
 
-def test_api_keys_accepts_only_configured_bearer_tokens() -> None:
+def test_api_keys_accept_only_configured_tokens() -> None:
     keys = ApiKeys([KEY_A, KEY_B])
-    assert keys.owner(f"Bearer {KEY_A}") == owner_for_key(KEY_A)
-    assert keys.owner(f"bearer   {KEY_B} ") == owner_for_key(KEY_B)
-    assert keys.owner(f"Basic {KEY_A}") is None
-    assert keys.owner(KEY_A) is None
-    assert keys.owner(f"Bearer {KEY_A}x") is None
-    assert keys.owner("Bearer ") is None
-    assert keys.owner(None) is None
+    assert keys.owner(KEY_A) == owner_for_key(KEY_A)
+    assert keys.owner(KEY_B) == owner_for_key(KEY_B)
+    assert keys.owner(f"{KEY_A}x") is None
+    assert keys.owner(KEY_A[:-1]) is None
+    assert keys.owner("") is None
+    assert not ApiKeys([])
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        (f"Bearer {KEY_A}", 200),
+        (f"bearer   {KEY_B}", 200),
+        (f"Basic {KEY_A}", 401),
+        (KEY_A, 401),
+        (f"Bearer {KEY_A}x", 401),
+        ("Bearer", 401),
+    ],
+)
+async def test_only_a_bearer_header_with_a_configured_key_passes(api: LiveApi, authorization: str, status: int) -> None:
+    async with httpx2.AsyncClient(base_url=api.base_url) as http:
+        r = await http.get("/containers", headers={"authorization": authorization})
+    assert r.status_code == status
 
 
 async def test_keys_file(tmp_path: Path, clock: ManualClock) -> None:

@@ -16,7 +16,7 @@ import pytest
 from mcp import Client
 from pydantic import SecretStr
 
-from container_mcp.api.auth import owner_for_key
+from container_mcp.auth import owner_for_key
 from container_mcp.providers.openai import OpenAIProvider
 from container_mcp.runtime import limits_from
 from container_mcp.server.app import create_server

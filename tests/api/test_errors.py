@@ -19,8 +19,8 @@ from openai import (
 )
 
 import container_mcp.errors as errors_module
-from container_mcp.api.auth import owner_for_key
 from container_mcp.api.errors import ERROR_TABLE, error_response, spec_for
+from container_mcp.auth import owner_for_key
 from container_mcp.clock import ManualClock
 from container_mcp.errors import (
     ContainerExpired,

@@ -15,13 +15,14 @@ from anyio.streams.text import TextReceiveStream
 from openai import AsyncOpenAI
 
 from container_mcp.api.serve import serve_api
+from container_mcp.errors import UnsafeConfiguration
 from container_mcp.settings import Settings
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_serve_api_refuses_a_public_host_without_keys(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="refusing to serve on 0.0.0.0 without API keys"):
+    with pytest.raises(UnsafeConfiguration, match="refusing to serve on 0.0.0.0 without authentication"):
         await serve_api(Settings(data_dir=tmp_path, api_keys=[]), "0.0.0.0", 0)
     assert not (tmp_path / "sessions-local.sqlite3").exists()  # refused before opening anything
 

@@ -35,3 +35,12 @@ def test_api_keys_from_flags_and_file(tmp_path: Path) -> None:
     keys_file.write_text("# team keys\nkey-b\n\nkey-a\n")
     settings = build_settings(_parser().parse_args(["api", "--api-key", "key-a", "--api-keys-file", str(keys_file)]))
     assert settings.all_api_keys() == ["key-a", "key-b"]
+
+
+def test_allowed_hosts_and_origins_from_flags_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONTAINER_MCP_ALLOWED_HOSTS", "a.example.com, b.example.com:8443")
+    assert build_settings(_parser().parse_args([])).allowed_hosts == ["a.example.com", "b.example.com:8443"]
+    args = ["api", "--allowed-host", "mcp.example.com", "--allowed-origin", "https://app.example.com"]
+    settings = build_settings(_parser().parse_args(args))
+    assert settings.allowed_hosts == ["mcp.example.com"]
+    assert settings.allowed_origins == ["https://app.example.com"]

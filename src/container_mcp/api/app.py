@@ -38,11 +38,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..auth import BearerVerifier
 from ..errors import ContainerMCPError
 from ..service import ContainerService
 from ..settings import Settings
 from . import files
-from .auth import ApiKeys, BearerAuth
+from .auth import BearerAuth
 from .bodies import container_spec, list_params, read_json
 from .errors import SERVER, api_error_response, error_response
 from .middleware import RequestHeaders
@@ -162,14 +163,16 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return _internal_error(request)
 
 
-def create_app(service: ContainerService, settings: Settings) -> Starlette:
-    """The ASGI app. API keys come from ``settings.all_api_keys()``; none means anonymous mode
-    (see ``auth.py``: ``serve_api`` permits it on loopback hosts only)."""
-    keys = ApiKeys(settings.all_api_keys())
-    if keys.anonymous:
+def create_app(service: ContainerService, settings: Settings, *, verifier: BearerVerifier | None = None) -> Starlette:
+    """The ASGI app. Callers are checked by ``verifier`` (default: the static keys of ``settings``; OAuth
+    mode needs one from ``open_verifier``); without keys or OAuth every caller is one anonymous owner
+    (see ``auth.py``: ``serve_api`` permits that on loopback hosts only)."""
+    if verifier is None:
+        verifier = BearerVerifier.from_keys(settings)
+    if not verifier.enabled:
         log.warning(
-            "no API keys configured: every request is accepted as one anonymous owner. Give --api-key "
-            "(or --api-keys-file) before exposing this server beyond this machine."
+            "no API keys configured: every request is accepted as one anonymous owner. Set "
+            "CONTAINER_MCP_API_KEYS (or --api-keys-file) before exposing this server beyond this machine."
         )
     document = json_response(openapi_document()).body
 
@@ -185,6 +188,6 @@ def create_app(service: ContainerService, settings: Settings) -> Starlette:
             routes.append(Route(prefix + path, _endpoint(service, handlers), methods=list(handlers)))
     return Starlette(
         routes=routes,
-        middleware=[Middleware(RequestHeaders), Middleware(BearerAuth, keys=keys)],
+        middleware=[Middleware(RequestHeaders), Middleware(BearerAuth, verifier=verifier)],
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
     )

@@ -56,6 +56,7 @@ from ..errors import (
     QuotaExceeded,
     RateLimited,
     SandboxUnavailable,
+    UnsafeConfiguration,
     Unsupported,
 )
 
@@ -96,6 +97,7 @@ ERROR_TABLE: dict[type[ContainerMCPError], ErrorSpec] = {
     FileTooLarge: ErrorSpec(413, INVALID),
     RateLimited: ErrorSpec(429, RATE),
     Unsupported: ErrorSpec(400, INVALID),
+    UnsafeConfiguration: ErrorSpec(500, SERVER, retry=False),  # raised at start, before any request
     ExecError: ErrorSpec(500, SERVER, retry=False),
     SandboxUnavailable: ErrorSpec(503, SERVER, retry=False),
     ProviderError: ErrorSpec(502, SERVER),

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
+from ..auth import open_verifier
 from ..runtime import open_service
-from ..serving import serve_asgi
+from ..serving import refuse_unauthenticated_exposure, serve_asgi
 from ..settings import Settings
 from .app import create_app
-from .auth import is_loopback
 
 __all__ = ["serve_api"]
 
@@ -18,14 +18,11 @@ log = logging.getLogger("container_mcp.api")
 async def serve_api(settings: Settings, host: str, port: int) -> None:
     """Serve until SIGINT/SIGTERM. Logs go through ``logging`` (the CLI sends them to stderr).
 
-    Refuses to start (``SystemExit``) without API keys unless ``host`` is a loopback address. With
-    ``port`` 0 the OS picks one; the ``listening on`` log line (INFO) names it.
+    Refuses to start (``UnsafeConfiguration``, before opening anything) without API keys or OAuth
+    unless ``host`` is a loopback address. With ``port`` 0 the OS picks one; the ``listening on``
+    log line (INFO) names it.
     """
-    if not settings.all_api_keys() and not is_loopback(host):
-        raise SystemExit(
-            f"container-mcp api: refusing to serve on {host} without API keys: anyone who can reach it could use "
-            "it. Give --api-key KEY (repeatable), --api-keys-file FILE or CONTAINER_MCP_API_KEYS, or bind to "
-            "127.0.0.1."
-        )
-    async with open_service(settings) as service:
-        await serve_asgi(create_app(service, settings), host, port, label="container-mcp api", path="/v1")
+    refuse_unauthenticated_exposure(host, authenticated=settings.auth_enabled(), command="container-mcp api")
+    async with open_service(settings) as service, open_verifier(settings) as verifier:
+        app = create_app(service, settings, verifier=verifier)
+        await serve_asgi(app, host, port, label="container-mcp api", path="/v1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from mcp.server import MCPServer
 
 from .. import __version__
+from ..auth import BearerVerifier
 from ..service import ContainerService
 from ..settings import Settings
 from .resources import register_resources
@@ -21,14 +22,28 @@ but loses its files. Lists are paged: pass last_id as `after` while has_more is 
 session_usage shows what this session may still use."""
 
 
-def create_server(service: ContainerService, settings: Settings) -> MCPServer:
-    """An MCPServer exposing the tools the provider can serve, and the resources."""
+def create_server(
+    service: ContainerService,
+    settings: Settings,
+    *,
+    verifier: BearerVerifier | None = None,
+    base_url: str = "http://127.0.0.1",
+) -> MCPServer:
+    """An MCPServer exposing the tools the provider can serve, and the resources.
+
+    With an enabled ``verifier`` its HTTP apps accept only callers with a token it accepts (401
+    otherwise), and each caller's session key is its token's owner (``session.py``); ``base_url``
+    is this server's own URL (see ``BearerVerifier.auth_settings``). Auth never applies on stdio.
+    """
     exec_step = "container_exec (run commands) -> " if service.capabilities.exec else ""
+    enabled = verifier is not None and verifier.enabled
     mcp = MCPServer(
         "container-mcp",
         version=__version__,
         instructions=INSTRUCTIONS.format(exec=exec_step),
         log_level=settings.log_level,
+        token_verifier=verifier if enabled else None,
+        auth=verifier.auth_settings(base_url) if verifier is not None and enabled else None,
     )
     deps = ToolDeps(service=service, settings=settings)
     register_tools(mcp, deps)

@@ -5,10 +5,14 @@
 | stdio, in-memory                  | ``stdio:<settings.stdio_session_key>`` (one local user) |
 | streamable HTTP, handshake era    | ``http:<Mcp-Session-Id>``             |
 | SSE                               | ``sse:<session_id query parameter>``  |
-| authenticated HTTP                | ``principal:<client_id>:<subject>``   |
+| authenticated HTTP, any era       | the token's owner: ``apikey:<digest>`` or ``oauth:<issuer>:<subject>`` |
 | HTTP, 2026-07-28, no auth         | ``http:anonymous`` (the protocol has no session to tell clients apart) |
 
-See ``mcp-sdk-2.md`` §2 for why each transport needs its own source.
+See ``mcp-sdk-2.md`` §2 for why each transport needs its own source. An authenticated caller's key
+is the ``AccessToken.client_id`` our ``BearerVerifier`` set (``auth/verifier.py``): the same owner
+as on the REST API, whatever session or protocol era the request uses. The SDK binds a
+handshake-era session (``Mcp-Session-Id``, SSE ``session_id``) to the principal that opened it, so
+another token presenting that id is refused by the transport before it gets here.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ def session_key(rc: ServerRequestContext[Any, Any], stdio_key: str) -> str:
     """
     token = get_access_token()
     if token is not None:
-        return f"principal:{token.client_id}:{token.subject or ''}"
+        return token.client_id
     request = rc.request
     if request is None:
         return f"stdio:{stdio_key}"
