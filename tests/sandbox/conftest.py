@@ -16,9 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from container_mcp.netpolicy import EgressRules
 from container_mcp.sandbox import Sandbox, SandboxConfig, SandboxProbe, static_resolver
 
 TEST_DOMAIN = "allowed.test"
+ALL_PORTS = ("1-65535",)
+OPEN_LOOPBACK = EgressRules.parse(["127.0.0.0/8"], ALL_PORTS)
+"""Operator rules of the sandbox tests: the host's loopback (where test servers listen) opened."""
 
 
 @pytest.fixture
@@ -28,10 +32,11 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def sandbox_config() -> SandboxConfig:
-    # The test resolver maps allowed.test (and its subdomains we use) to the loopback HTTP server.
+    # The test resolver maps allowed.test (and its subdomains we use) to the loopback HTTP server,
+    # which the operator rules open (the test servers listen on 127.0.0.1, on any port).
     return SandboxConfig(
         resolver=static_resolver({TEST_DOMAIN: "127.0.0.1", f"api.{TEST_DOMAIN}": "127.0.0.1"}),
-        allow_private_addresses=True,
+        egress=OPEN_LOOPBACK,
     )
 
 

@@ -10,7 +10,10 @@ from pathlib import Path
 import anyio
 import pytest
 
+from container_mcp.netpolicy import EgressRules
 from container_mcp.sandbox import Allowlist, EgressProxy, static_resolver
+
+from .conftest import ALL_PORTS, OPEN_LOOPBACK
 
 pytestmark = pytest.mark.anyio
 
@@ -53,7 +56,7 @@ def make_proxy(*domains: str, allow_private: bool = True) -> EgressProxy:
     return EgressProxy(
         Allowlist.from_domains(domains),
         resolver=static_resolver({"allowed.test": "127.0.0.1", "sub.allowed.test": "127.0.0.1"}),
-        allow_private_addresses=allow_private,
+        rules=OPEN_LOOPBACK if allow_private else EgressRules.parse([], ALL_PORTS),
     )
 
 
@@ -111,8 +114,8 @@ async def test_private_addresses_are_refused_by_default(tmp_path: Path, http_ser
     async with running(proxy, tmp_path) as path:
         reply = await exchange(path, f"CONNECT allowed.test:{http_server} HTTP/1.1\r\n\r\n".encode())
     assert reply.startswith(b"HTTP/1.1 403")
-    assert b"private or local" in reply
-    assert proxy.log == [("private", "allowed.test", http_server)]
+    assert b"127.0.0.1 is a loopback address" in reply
+    assert proxy.log == [("forbidden", "allowed.test", http_server)]
 
 
 async def test_oversized_header(tmp_path: Path) -> None:
