@@ -111,7 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
 def http_server() -> Iterator[int]:
     """A plain HTTP server on the host's 127.0.0.1; yields its port."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         yield server.server_address[1]
@@ -134,25 +134,29 @@ def tcp_listener() -> Iterator[Listener]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)
-    sock.settimeout(0.1)
     accepted: list[tuple[str, int]] = []
     stop = threading.Event()
 
     def loop() -> None:
-        while not stop.is_set():
+        while True:
             try:
                 conn, addr = sock.accept()
             except OSError:
-                continue
+                return
+            if stop.is_set():  # the teardown's own wake-up call
+                conn.close()
+                return
             accepted.append(addr)
             conn.close()
 
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
+    port = sock.getsockname()[1]
     try:
-        yield Listener(sock.getsockname()[1], accepted)
+        yield Listener(port, accepted)
     finally:
         stop.set()
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
         thread.join()
         sock.close()
 
