@@ -184,7 +184,7 @@ def test_bad_operator_settings_stop_the_server(overrides: dict[str, str], messag
 
 
 def test_settings_parse_the_environment_forms() -> None:
-    settings = Settings(egress_ports="80, 443,8000-8100", egress_allow_networks="10.0.0.0/8, mirror.corp.example")  # type: ignore[arg-type]
+    settings = Settings(egress_ports="80, 443,8000-8100", egress_allow_networks="10.0.0.0/8, mirror.corp.example")
     rules = settings.egress_rules()
     assert rules.ports == ((80, 80), (443, 443), (8000, 8100))
     assert rules.networks == (ipaddress.ip_network("10.0.0.0/8"),) and rules.hosts == ("mirror.corp.example",)
