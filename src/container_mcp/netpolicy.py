@@ -34,6 +34,7 @@ __all__ = [
     "MAX_ENTRIES",
     "Allowlist",
     "EgressRules",
+    "Entry",
     "InvalidHost",
     "check_network_policy",
     "normalize_host",
@@ -45,8 +46,9 @@ DEFAULT_PORTS = ("80", "443")
 MAX_ENTRIES = 256
 MAX_ENTRY_CHARS = 253
 
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 _LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
-_OPENING = "ask the operator to open it with CONTAINER_MCP_EGRESS_ALLOW_NETWORKS if it is a trusted service"
+_OPENING = "an operator can open a trusted internal service with CONTAINER_MCP_EGRESS_ALLOW_NETWORKS"
 
 
 class InvalidHost(ValueError):
@@ -61,9 +63,13 @@ def parse_host(host: str) -> tuple[str, IPAddress | None]:
     labels, ports, user info...).
     """
     ip = _ip(host)
-    if ip is not None:
-        return ip.compressed, ip
-    return _dns_name(host), None
+    if ip is None:
+        name = _dns_name(host)
+        # IDNA maps full-width digits and dots to ASCII: "１２７。０。０。１" is an address too.
+        ip = _ip(name)
+        if ip is None:
+            return name, None
+    return ip.compressed, ip
 
 
 def normalize_host(host: str) -> str:
@@ -129,12 +135,12 @@ def parse_entry(entry: str) -> Entry:
         raise InvalidHost(
             "an entry has no port; ports are set by the operator (CONTAINER_MCP_EGRESS_PORTS, 80 and 443 by default)"
         )
-    ip = _ip(body)
+    name, ip = parse_host(body)
     if ip is not None:
         if wildcard:
             raise InvalidHost("a wildcard applies to host names, not IP addresses")
         return Entry(address=ip)
-    return Entry(name=_dns_name(body))
+    return Entry(name=name)
 
 
 def _has_port(body: str) -> bool:
@@ -263,9 +269,8 @@ class EgressRules:
         reason = forbidden_reason(ip)
         if reason is None:
             return None
-        never = ip.is_unspecified or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255")
-        if never:
-            return reason
+        if ip.is_unspecified or ip.is_multicast or ip == _BROADCAST:
+            return reason  # never a destination, whatever the operator wrote
         if any(ip.version == net.version and ip in net for net in self.networks):
             return None
         if name is not None and is_internal(ip) and self._host_opened(name):
@@ -305,13 +310,13 @@ def check_network_policy(policy: NetworkPolicy, rules: EgressRules) -> None:
             reason = rules.refusal(parsed.address)
             if reason is not None:
                 raise InvalidRequest(
-                    f"Invalid {param} {shown}: {parsed.address} is {reason}, which commands may never reach; "
-                    f"list public host names or addresses only, or {_OPENING}.",
+                    f"Invalid {param} {shown}: {parsed.address} is {reason}, which commands may not reach. "
+                    f"List public host names or addresses only ({_OPENING}).",
                     param=param,
                 )
         elif parsed.name is not None and (parsed.name == "localhost" or parsed.name.endswith(".localhost")):
             raise InvalidRequest(
                 f"Invalid {param} {shown}: 'localhost' names always mean a loopback address, which commands may "
-                "never reach; list public host names only.",
+                "not reach. List public host names only.",
                 param=param,
             )

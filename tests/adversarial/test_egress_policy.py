@@ -15,10 +15,12 @@ from mcp import Client
 
 from container_mcp.api.app import create_app
 from container_mcp.clock import ManualClock
+from container_mcp.errors import SandboxUnavailable
+from container_mcp.models import NetworkPolicy
 from container_mcp.providers.local import LocalProvider
 from container_mcp.providers.local_exec import ExecLimits
 from container_mcp.runtime import limits_from
-from container_mcp.sandbox import Sandbox, SandboxConfig
+from container_mcp.sandbox import Sandbox, SandboxConfig, SandboxJob
 from container_mcp.server.app import create_server
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
@@ -115,6 +117,14 @@ async def test_allowlist_is_advertised_only_where_it_is_enforced(tmp_path: Path)
             text = await err(client, "container_create", name="x", network_policy=_policy("pypi.org"))
             assert "'allowlist' is not available" in text and "cannot be enforced" in text
             assert (await ok(client, "container_list"))["data"] == []
+        # A container stored with an allowlist (before, or on another host) is not run unfiltered.
+        files = tmp_path / "c" / "files"
+        files.mkdir(parents=True)
+        job = SandboxJob(
+            data_dir=files, argv=["true"], network=NetworkPolicy(type="allowlist", allowed_domains=["a.b"])
+        )
+        with pytest.raises(SandboxUnavailable, match="cannot be enforced"):
+            await broken.run(job)
     async with local_service(tmp_path / "good", Sandbox(SandboxConfig(warm_launchers=0))) as service:
         caps = service.capabilities.model_dump()
         assert caps["network_policies"] == ["disabled", "allowlist"] and caps["network_unavailable_reason"] is None
