@@ -63,7 +63,8 @@ class NetworkPolicy(_Model):
     allowed_domains: list[str] | None = Field(
         None,
         exclude_if=lambda v: v is None,
-        description="With type 'allowlist': the domains (and their subdomains) commands may reach.",
+        description="With type 'allowlist': host names commands may reach (with their subdomains; '*.' only "
+        "as the leading label) or public IP addresses; no URL, path or port.",
     )
 
     @model_validator(mode="after")

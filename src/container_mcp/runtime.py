@@ -38,6 +38,6 @@ async def open_service(settings: Settings, *, clock: Clock = system_clock) -> As
     store = SqliteSessionStore(settings.data_dir / f"sessions-{settings.provider}.sqlite3")
     try:
         async with create_provider(settings, clock) as provider:
-            yield ContainerService(provider, store, limits_from(settings), clock=clock)
+            yield ContainerService(provider, store, limits_from(settings), egress=settings.egress_rules(), clock=clock)
     finally:
         store.close()

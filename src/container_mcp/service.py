@@ -46,6 +46,7 @@ from .models import (
     ListParams,
     Page,
 )
+from .netpolicy import EgressRules, check_network_policy
 from .paths import normalize_path
 from .providers.base import Capabilities, ExecRequest, ExecResult, FileChanges, ProgressCallback, Provider
 from .store import Limits, SessionStore
@@ -99,10 +100,20 @@ def _check_id(value: str, kind: str) -> str:
 class ContainerService:
     """Ownership, quotas and activity over one ``Provider``. See the module docstring."""
 
-    def __init__(self, provider: Provider, store: SessionStore, limits: Limits, *, clock: Clock = system_clock) -> None:
+    def __init__(
+        self,
+        provider: Provider,
+        store: SessionStore,
+        limits: Limits,
+        *,
+        egress: EgressRules | None = None,
+        clock: Clock = system_clock,
+    ) -> None:
         self.provider = provider
         self.store = store
         self.limits = limits
+        self.egress = egress or EgressRules()
+        """The operator's egress rules: which network_policy entries a caller may list."""
         self._clock = clock
 
     @property
@@ -175,7 +186,9 @@ class ContainerService:
         ``spec.file_ids`` may name ``cfile_`` files in the caller's other live containers (copied,
         paths kept) and, on backends that have them, backend-level file ids. Raises
         ``QuotaExceeded`` at the live-container limit, ``InvalidRequest`` for a file id the caller
-        cannot use. On any failure no container is left behind.
+        cannot use or a ``network_policy`` this provider cannot enforce or these egress rules refuse
+        (``netpolicy.check_network_policy``; checked before anything is reserved or created). On
+        any failure no container is left behind.
         """
         self._call(owner)
         caps = self.provider.capabilities
@@ -186,11 +199,13 @@ class ContainerService:
                 param="memory_limit",
             )
         if spec.network_policy.type not in caps.network_policies:
+            why = f" ({caps.network_unavailable_reason})" if caps.network_unavailable_reason else ""
             raise InvalidRequest(
                 f"network_policy type {spec.network_policy.type!r} is not available on the {caps.provider} "
-                f"provider; choose one of {', '.join(caps.network_policies)}.",
+                f"provider{why}; choose one of {', '.join(caps.network_policies)}. Nothing was created.",
                 param="network_policy",
             )
+        check_network_policy(spec.network_policy, self.egress)
         lo, hi = caps.expiry_minutes_range
         if not lo <= spec.expires_after.minutes <= hi:
             raise InvalidRequest(

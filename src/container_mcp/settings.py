@@ -15,6 +15,8 @@ import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .netpolicy import DEFAULT_PORTS, EgressRules
+
 __all__ = ["ASYMMETRIC_ALGORITHMS", "MiB", "Settings", "default_data_dir"]
 
 MiB = 1 << 20
@@ -84,6 +86,20 @@ class Settings(BaseSettings):
     exec_max_output_bytes: int = Field(64 * 1024, ge=1024, description="Bytes kept of stdout and stderr each.")
     exec_pids_limit: int = Field(256, ge=8, description="Max processes/threads a command may have at once.")
     exec_cpu_seconds: int = Field(600, ge=1, description="CPU seconds a command may use.")
+
+    # --- egress of allowlist containers (operator only: no caller can change these) ----------
+    egress_allow_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Destinations opened although not public (comma-separated in the environment): CIDRs or "
+        "addresses (e.g. 10.20.0.0/16, a company mirror's network) that commands may then reach, and host names "
+        "(mirror.corp.example, *.corp.example) that may resolve to private addresses. Callers still have to list "
+        "them in allowed_domains. None by default.",
+    )
+    egress_ports: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_PORTS),
+        description="Destination ports allowlist containers may reach: numbers or ranges like 8000-8100 "
+        "(comma-separated in the environment). Default 80,443.",
+    )
 
     # --- OpenAI provider -------------------------------------------------------------------
     openai_api_key: SecretStr | None = Field(
@@ -228,6 +244,24 @@ class Settings(BaseSettings):
     def auth_enabled(self) -> bool:
         """Whether HTTP entry points authenticate callers (API keys or OAuth); reads the keys file."""
         return self.oauth_enabled or bool(self.all_api_keys())
+
+    @field_validator("egress_allow_networks", "egress_ports", mode="before")
+    @classmethod
+    def _split_egress(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [p for p in (s.strip() for s in value.split(",")) if p]
+        if isinstance(value, list | tuple):
+            return [str(v) for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _check_egress(self) -> Settings:
+        self.egress_rules()  # a bad network, host or port stops the server at start, naming it
+        return self
+
+    def egress_rules(self) -> EgressRules:
+        """The egress rules of allowlist containers, from ``egress_allow_networks`` and ``egress_ports``."""
+        return EgressRules.parse(self.egress_allow_networks, self.egress_ports)
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -72,7 +72,9 @@ async def make_env(tmp_path: Path, clock: ManualClock, *, exec_: bool = False, *
         async with LocalProvider(settings.data_dir / "local", clock=clock, exec_limits=limits) as provider:
             if exec_ and not provider.capabilities.exec:
                 pytest.skip(f"sandbox unavailable: {provider.capabilities.exec_unavailable_reason}")
-            service = ContainerService(provider, store, limits_from(settings), clock=clock)
+            service = ContainerService(
+                provider, store, limits_from(settings), egress=settings.egress_rules(), clock=clock
+            )
             yield Env(service, provider, settings, clock)
     finally:
         store.close()

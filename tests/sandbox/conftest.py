@@ -16,9 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from container_mcp.netpolicy import EgressRules
 from container_mcp.sandbox import Sandbox, SandboxConfig, SandboxProbe, static_resolver
 
 TEST_DOMAIN = "allowed.test"
+ALL_PORTS = ("1-65535",)
+OPEN_LOOPBACK = EgressRules.parse(["127.0.0.0/8"], ALL_PORTS)
+"""Operator rules of the sandbox tests: the host's loopback (where test servers listen) opened."""
 
 
 @pytest.fixture
@@ -28,10 +32,11 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def sandbox_config() -> SandboxConfig:
-    # The test resolver maps allowed.test (and its subdomains we use) to the loopback HTTP server.
+    # The test resolver maps allowed.test (and its subdomains we use) to the loopback HTTP server,
+    # which the operator rules open (the test servers listen on 127.0.0.1, on any port).
     return SandboxConfig(
         resolver=static_resolver({TEST_DOMAIN: "127.0.0.1", f"api.{TEST_DOMAIN}": "127.0.0.1"}),
-        allow_private_addresses=True,
+        egress=OPEN_LOOPBACK,
     )
 
 
@@ -106,7 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
 def http_server() -> Iterator[int]:
     """A plain HTTP server on the host's 127.0.0.1; yields its port."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         yield server.server_address[1]
@@ -129,25 +134,29 @@ def tcp_listener() -> Iterator[Listener]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)
-    sock.settimeout(0.1)
     accepted: list[tuple[str, int]] = []
     stop = threading.Event()
 
     def loop() -> None:
-        while not stop.is_set():
+        while True:
             try:
                 conn, addr = sock.accept()
             except OSError:
-                continue
+                return
+            if stop.is_set():  # the teardown's own wake-up call
+                conn.close()
+                return
             accepted.append(addr)
             conn.close()
 
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
+    port = sock.getsockname()[1]
     try:
-        yield Listener(sock.getsockname()[1], accepted)
+        yield Listener(port, accepted)
     finally:
         stop.set()
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
         thread.join()
         sock.close()
 

@@ -7,14 +7,16 @@ test resolver (see conftest.py).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from container_mcp.models import NetworkPolicy
-from container_mcp.sandbox import Sandbox, SandboxJob
+from container_mcp.netpolicy import EgressRules
+from container_mcp.sandbox import Sandbox, SandboxConfig, SandboxJob, static_resolver
 
-from .conftest import TEST_DOMAIN, Listener
+from .conftest import ALL_PORTS, TEST_DOMAIN, Listener
 from .helpers import py
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sandbox]
@@ -131,7 +133,8 @@ except OSError as exc:
     assert tcp_listener.accepted == []
 
 
-async def test_allowlisted_ip_literal_is_allowed(sandbox: Sandbox, data_dir: Path, http_server: int) -> None:
+async def test_operator_opened_ip_literal_is_reached(sandbox: Sandbox, data_dir: Path, http_server: int) -> None:
+    # The test sandbox's operator rules open 127.0.0.0/8 (OPEN_LOOPBACK); without them, see below.
     # 127.0.0.1 is in NO_PROXY (the sandbox's own loopback), so talk to the proxy explicitly.
     code = f"""
 import http.client
@@ -149,3 +152,65 @@ async def test_command_not_found_under_allowlist(sandbox: Sandbox, data_dir: Pat
     async with await sandbox.run(job) as run:
         assert run.exit_code == 127
         assert "not found" in run.stderr_text
+
+
+# --- the issue's attack: a listed loopback literal reached the host's own services ------------
+
+ATTACK = """
+import http.client, sys
+def via_proxy(method, target):
+    conn = http.client.HTTPConnection("127.0.0.1", 3128, timeout=5)
+    if method == "CONNECT":
+        host, port = target.rsplit(":", 1)
+        conn.set_tunnel(host, int(port))
+        try:
+            conn.request("GET", "/v1/containers")
+            return str(conn.getresponse().status)
+        except OSError as exc:
+            return exc.args[0] if exc.args else type(exc).__name__
+    conn.request("GET", target)
+    return str(conn.getresponse().status)
+for line in sys.argv[1:]:
+    method, target = line.split(" ", 1)
+    print(line + "|" + via_proxy(method, target))
+"""
+
+LISTED = ["127.0.0.1", "0.0.0.0", "2130706433", "::ffff:127.0.0.1", "0x7f.1", "169.254.169.254", TEST_DOMAIN]
+
+
+def _targets(port: int) -> list[str]:
+    hosts = ["127.0.0.1", "0.0.0.0", "2130706433", "[::ffff:127.0.0.1]", "0x7f.1", "127.1", "[::1]", TEST_DOMAIN]
+    return [f"CONNECT {h}:{port}" for h in hosts] + [f"GET http://{h}:{port}/v1/containers" for h in hosts]
+
+
+@pytest.fixture(params=["ports-open", "production"])
+async def strict_sandbox(request: pytest.FixtureRequest) -> AsyncIterator[Sandbox]:
+    """The production address rules; 'ports-open' also opens every port, so that the address
+    judgement alone must stop the attack (the test servers listen on random ports)."""
+    rules = EgressRules.parse([], ALL_PORTS) if request.param == "ports-open" else EgressRules()
+    config = SandboxConfig(resolver=static_resolver({TEST_DOMAIN: "127.0.0.1"}), egress=rules, warm_launchers=0)
+    async with Sandbox(config) as box:
+        probe = await box.probe()
+        if not probe.available:
+            pytest.skip(f"sandbox unavailable: {probe.reason}")
+        yield box
+
+
+async def test_listed_loopback_literals_do_not_reach_host_services(
+    strict_sandbox: Sandbox, data_dir: Path, tcp_listener: Listener
+) -> None:
+    """Reproduces the issue: a container whose allowlist lists the host's loopback (in several
+    spellings, as one stored before create-time validation) must not reach a host service."""
+    targets = _targets(tcp_listener.port)
+    job = SandboxJob(
+        data_dir=data_dir,
+        argv=["/usr/bin/python3", "-c", ATTACK, *targets],
+        network=NetworkPolicy(type="allowlist", allowed_domains=LISTED),
+    )
+    async with await strict_sandbox.run(job) as run:
+        assert run.exit_code == 0, run.stderr_text
+        out = dict(line.rsplit("|", 1) for line in run.stdout_text.splitlines())
+    assert sorted(out) == sorted(targets)
+    for target, status in out.items():
+        assert "403" in status, (target, status)
+    assert tcp_listener.accepted == []

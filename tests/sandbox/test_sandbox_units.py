@@ -52,13 +52,15 @@ def test_output_capture_exact_fit_and_zero() -> None:
         ("2130706433", "127.0.0.1"),
         ("bücher.example", "xn--bcher-kva.example"),
         ("_srv.example", "_srv.example"),
+        ("fe80::1%eth0", "fe80::1"),
+        ("[::ffff:127.0.0.1]", "127.0.0.1"),
     ],
 )
 def test_normalize_host(host: str, expected: str) -> None:
     assert normalize_host(host) == expected
 
 
-@pytest.mark.parametrize("host", ["", "a..b", "evil.com:443", "user@host", "fe80::1%eth0", "-x.com", "a/b"])
+@pytest.mark.parametrize("host", ["", "a..b", "evil.com:443", "user@host", "1.2.3.4.5", "-x.com", "a/b", "[1.2.3.4]"])
 def test_normalize_host_rejects(host: str) -> None:
     with pytest.raises(InvalidHost):
         normalize_host(host)

@@ -74,7 +74,15 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["type"],
         "properties": {
             "type": {"type": "string", "enum": ["disabled", "allowlist"]},
-            "allowed_domains": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            "allowed_domains": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1, "maxLength": 253},
+                "minItems": 1,
+                "maxItems": 256,
+                "description": "Host names (a name includes its subdomains; '*.' only as the leading label) or "
+                "public IP addresses. No URL, path or port; loopback, private, link-local and other non-public "
+                "addresses are refused unless the operator opened them.",
+            },
         },
     },
     "ContainerResource": {

@@ -48,7 +48,12 @@ class Capabilities(BaseModel):
     memory_enforcement: str | None = Field(
         None, description="How memory_limit is enforced for commands: cgroup-v2, cgroup-v1, rlimit-as."
     )
-    network_policies: list[str] = Field(description="network_policy types accepted on create.")
+    network_policies: list[str] = Field(
+        description="network_policy types accepted on create: only those really enforced on this host."
+    )
+    network_unavailable_reason: str | None = Field(
+        None, description="Why a network_policy type ('allowlist') is not offered, when it is not."
+    )
     network_enforcement: str | None = Field(None, description="How network_policy is enforced.")
     max_file_bytes: int | None = Field(None, description="Largest single file the backend accepts.")
     expiry_minutes_range: tuple[int, int] = Field(description="Accepted expires_after.minutes range.")

@@ -122,7 +122,9 @@ class LocalProvider:
             exec=False,
             exec_unavailable_reason="command execution is not enabled on this server",
             memory_limits=list(MEMORY_LIMITS),
-            network_policies=["disabled", "allowlist"],
+            # 'allowlist' only once the sandbox proved it can enforce it (see _start).
+            network_policies=["disabled"],
+            network_unavailable_reason="command execution is not enabled on this server",
             max_file_bytes=None,
             expiry_minutes_range=(1, 1440),
             file_paths="exact",
@@ -149,14 +151,21 @@ class LocalProvider:
             # Entered, the sandbox keeps a launcher warm: ~12 ms less per command than a cold start.
             await self._stack.enter_async_context(self._sandbox)
             self._probe = probe = await self._sandbox.probe()
+            allowlist = probe.available and probe.python is not None
             self._capabilities = self._capabilities.model_copy(
                 update={
                     "exec": probe.available,
                     "exec_unavailable_reason": None if probe.available else probe.reason,
                     "memory_enforcement": probe.memory_enforcement if probe.available else None,
+                    "network_policies": ["disabled", "allowlist"] if allowlist else ["disabled"],
+                    "network_unavailable_reason": None
+                    if allowlist
+                    else f"'allowlist' cannot be enforced here: {probe.allowlist_unavailable or probe.reason}",
                     "network_enforcement": probe.network_enforcement if probe.available else None,
                 }
             )
+            if probe.available and not allowlist:
+                log.warning("network_policy 'allowlist' is not offered: %s", probe.allowlist_unavailable)
             if not probe.available:
                 log.warning("container_exec is not offered: %s", probe.reason)
         tg = await self._stack.enter_async_context(anyio.create_task_group())

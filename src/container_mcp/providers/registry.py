@@ -12,6 +12,7 @@ __all__ = ["PROVIDERS", "create_provider"]
 
 
 def _local(settings: Settings, clock: Clock) -> Provider:
+    from ..sandbox import Sandbox, SandboxConfig
     from .local import LocalProvider
     from .local_exec import ExecLimits
 
@@ -27,6 +28,7 @@ def _local(settings: Settings, clock: Clock) -> Provider:
             max_stage_files=settings.max_files_per_container,
             max_stage_bytes=settings.max_session_bytes,
         ),
+        sandbox=Sandbox(SandboxConfig(egress=settings.egress_rules())),
     )
 
 

@@ -19,8 +19,10 @@ is missing, or namespaces or the overlay cannot be created (a trial run is made)
 unsandboxed fallback: ``run`` then raises ``SandboxUnavailable``. The probe also says how limits
 are enforced (``memory_enforcement``: ``cgroup-v2``/``cgroup-v1``/``rlimit-as``,
 ``pids_enforcement``: ``cgroup-v2``/``cgroup-v1``/``rlimit-nproc``), whether the seccomp
-filter is on, the host uid commands run as, and which python3 works inside (``None``: the
-allowlist network policy is unavailable).
+filter is on, the host uid commands run as, and which python3 runs the allowlist forwarder
+(``None``, with ``allowlist_unavailable`` saying why: the allowlist network policy cannot be
+enforced). That is decided by a trial request through forwarder and proxy, not by the
+interpreter's presence.
 
 **Changes, commit, discard.** A run never writes to ``data_dir``. /mnt/data is an overlayfs whose
 lower layer is ``data_dir`` and whose upper layer is a stage directory under
@@ -74,10 +76,12 @@ the call; cgroups are removed after each run (and leftovers swept at probe).
 
 **Network.** ``disabled``: an empty network namespace (loopback only). ``allowlist``: the same,
 plus a per-run filtering proxy on the host (``egress.EgressProxy``: CONNECT and absolute-form
-HTTP, domain-or-subdomain matching, IP literals only when listed, it resolves names itself and
-refuses private addresses by default) reached through a bind-mounted Unix socket; a small
-forwarder inside listens on 127.0.0.1:3128 and HTTP(S)_PROXY point to it. Direct connections
-and DNS have no route.
+HTTP, domain-or-subdomain matching; it resolves names itself and judges every address it would
+connect to — literal or resolved — by ``config.egress``, the operator's ``EgressRules``:
+loopback, private, link-local/metadata, CGNAT, multicast, reserved and embedded-IPv4 forms are
+refused unless opened, and only the listed ports are reachable) reached through a bind-mounted
+Unix socket; a small forwarder inside listens on 127.0.0.1:3128 and HTTP(S)_PROXY point to it.
+Direct connections and DNS have no route.
 
 **Output.** stdout/stderr are bytes, each capped at ``max_output_bytes`` (head and tail kept,
 with an omission marker), with totals and truncation flags; ``decode_output`` decodes with

@@ -9,13 +9,21 @@ the setup script built here into fd N. The script then becomes, by successive ``
 
     cd STAGE && mount -t overlay ... <overlay_mountpoint>   the staging overlay (this namespace only)
     [unshare --setuid 65534 --setgid 65534 --]              as root: drop to the unprivileged uid
-      bwrap ...                                             the sandbox proper
+      bwrap --args FD                                       the sandbox proper
         COMMAND
 
 No process is forked along the chain, so the pid the server holds is bubblewrap's: killing it
 kills the sandbox's PID 1 (``--die-with-parent``), which tears down the whole PID namespace.
 (``unshare --setuid/--setgid`` with no namespace flag just clears the supplementary groups, sets
 the ids and execs; leaving uid 0 drops every capability. It starts ~0.6 ms faster than setpriv.)
+
+Nothing of the host's paths reaches the sandbox through the chain. bubblewrap's PID 1 inside
+the sandbox is a fork of bubblewrap itself, so its ``/proc/1/cmdline`` and ``/proc/1/environ``
+are what bubblewrap was started with: its arguments (host paths, the caller's ``env`` values)
+therefore go through a memfd (``--args FD``, which bubblewrap reads and closes; only the
+command itself follows on the command line), and it is
+exec'd with an empty environment (the shell's ``cd`` into the stage would otherwise leave the
+stage's host path in ``OLDPWD``).
 
 Mounted in the sandbox (read-only unless noted): /usr and the /bin, /sbin, /lib* links or
 directories; a fixed list of /etc entries (``ETC_ENTRIES``) plus generated passwd, group,
@@ -43,6 +51,7 @@ __all__ = [
     "BwrapOptions",
     "bwrap_args",
     "etc_files",
+    "args_data",
     "launcher_argv",
     "setup_script",
 ]
@@ -100,13 +109,18 @@ def setup_script(
     stage_root: Path,
     overlay_mountpoint: str,
     host_ids: tuple[int, int] | None,
-    bwrap: Sequence[str],
+    bwrap: str,
+    args_fd: int,
+    argv: Sequence[str],
 ) -> bytes:
     """The script a launcher runs: mount the stage overlay, drop root if needed, exec bubblewrap.
 
-    Every word is ``shlex``-quoted, so arguments may hold any character but NUL. ``host_ids`` is
-    the uid/gid to drop to when the server is root (the mount needs root, the sandbox must not
-    have it); None when the server is unprivileged (its user namespace already maps it).
+    bubblewrap reads its options from ``args_fd`` (see ``args_data``); only the command ``argv``
+    (its own, in-sandbox words) follows on its command line, where bubblewrap needs it. Every
+    word is ``shlex``-quoted. ``host_ids`` is the uid/gid to drop to when the server is root (the mount
+    needs root, the sandbox must not have it); None when the server is unprivileged (its user
+    namespace already maps it). The launcher runs with an empty environment, and the variables
+    ``cd`` sets are unset, so bubblewrap's environment is empty.
     """
     q = shlex.quote
     drop = [unshare, "--setuid", str(host_ids[0]), "--setgid", str(host_ids[1]), "--"] if host_ids else []
@@ -115,9 +129,21 @@ def setup_script(
         f"{q(mount)} -n -t overlay -o lowerdir=lower,upperdir=upper,workdir=work,userxattr overlay "
         f"{q(overlay_mountpoint)} || exit 123",
         "cd / || exit 122",
-        "exec " + " ".join(q(word) for word in [*drop, *bwrap]),
+        "unset OLDPWD PWD",
+        "exec " + " ".join(q(word) for word in [*drop, bwrap, "--args", str(args_fd), "--", *argv]),
     ]
     return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+
+
+def args_data(args: Sequence[str]) -> bytes:
+    """bubblewrap's ``--args`` format: every argument NUL-terminated.
+
+    A NUL inside an argument would split it into bubblewrap options of the caller's choosing,
+    so it is refused here whatever the callers checked before.
+    """
+    if any("\0" in arg for arg in args):
+        raise ValueError("a sandbox argument contains a NUL character")
+    return b"".join(arg.encode("utf-8", "surrogateescape") + b"\0" for arg in args)
 
 
 def etc_files(inner_uid: int) -> dict[str, bytes]:
@@ -142,8 +168,6 @@ def etc_files(inner_uid: int) -> dict[str, bytes]:
 class BwrapOptions:
     """Everything ``bwrap_args`` needs; fds must be inheritable in the spawned chain."""
 
-    bwrap: str
-    argv: Sequence[str]
     env: Mapping[str, str]
     workdir: str
     inner_uid: int
@@ -184,10 +208,9 @@ def _etc_binds() -> list[str]:
 
 
 def bwrap_args(opts: BwrapOptions) -> list[str]:
-    """bubblewrap's argv for one run (see the module docstring for what is mounted)."""
+    """bubblewrap's options for one run (see the module docstring); the command goes to ``setup_script``."""
     uid = str(opts.inner_uid)
     args = [
-        opts.bwrap,
         "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
         "--unshare-cgroup-try",
         *(["--disable-userns"] if opts.disable_userns else []),
@@ -216,5 +239,5 @@ def bwrap_args(opts: BwrapOptions) -> list[str]:
     args += ["--remount-ro", "/", "--chdir", opts.workdir]
     if opts.seccomp_fd is not None:
         args += ["--seccomp", str(opts.seccomp_fd)]
-    args += ["--json-status-fd", str(opts.status_fd), "--", *opts.argv]
+    args += ["--json-status-fd", str(opts.status_fd)]
     return args

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..netpolicy import EgressRules
 from .egress import Resolver
 
 __all__ = ["MemoryEnforcement", "PidsEnforcement", "SandboxConfig", "SandboxProbe"]
@@ -48,8 +49,8 @@ class SandboxConfig:
     """Install the seccomp deny list (see ``seccomp.py``)."""
     resolver: Resolver | None = None
     """DNS for the allowlist proxy (tests map a name to 127.0.0.1); None: the host's resolver."""
-    allow_private_addresses: bool = False
-    """Let allowlisted names resolve to loopback/private/link-local addresses (tests only, usually)."""
+    egress: EgressRules = EgressRules()
+    """The operator's egress rules for the allowlist proxy (networks and hosts it opens, ports)."""
     warm_launchers: int = 1
     """Launchers kept ready while the ``Sandbox`` is entered as a context manager (0: always cold)."""
     cleanup_timeout_s: float = 5.0
@@ -76,8 +77,10 @@ class SandboxProbe:
     """Whether the seccomp deny list is installed."""
     bwrap_version: str | None
     python: str | None
-    """Interpreter path that works inside the sandbox, or None when no python3 runs there."""
+    """Interpreter that runs the allowlist forwarder inside the sandbox; None: allowlist is unavailable."""
     host_uid: int | None
     """Host uid of sandboxed processes (``sandbox_uid`` as root, the server's uid otherwise)."""
+    allowlist_unavailable: str | None = None
+    """Why ``network_policy: allowlist`` cannot be enforced here (None when it can)."""
     notes: tuple[str, ...] = ()
     """Non-fatal findings (e.g. why cgroups are not used)."""

@@ -12,13 +12,19 @@ The proxy speaks the two forms clients use:
 * absolute-form plain HTTP (``GET http://host/path``): forwarded with ``Connection: close``,
   one request per connection, so a client cannot reuse an approved connection for another host.
 
-A target is approved when its host is a listed domain or a subdomain of one (case, trailing
-dots and IDNA normalised; ``*.example.com`` means ``example.com``), or an IP literal that is
-itself listed (IP literals are never matched as domains; legacy forms like ``2130706433`` count
-as IP literals). The proxy resolves the name itself and connects to the address it got, so the
-sandbox never does DNS. Unless ``allow_private_addresses`` is set, names resolving to loopback,
-private, link-local or otherwise non-global addresses are refused (no SSRF to the host's own
-services or a cloud metadata endpoint through a listed domain).
+A target is approved in this order, and a refusal never opens a connection:
+
+1. its port is one the operator opened (``EgressRules.ports``: 80 and 443 by default);
+2. its host is listed (``netpolicy.Allowlist``: a listed name or one of its subdomains, after
+   case, trailing-dot and IDNA normalisation; or an IP literal, in any spelling, that is itself
+   listed);
+3. every address it stands for is judged (``EgressRules.refusal``): the literal itself, or what
+   the proxy's own resolver returns for a name (the sandbox never does DNS). Loopback, private,
+   link-local (the cloud metadata address), CGNAT, multicast, reserved addresses and the IPv6
+   forms embedding them are refused unless the operator opened them.
+
+The proxy then connects to exactly the address it approved (an ``ipaddress`` object handed to
+the connector, never a name), so no second lookup can rebind the name in between.
 """
 
 from __future__ import annotations
@@ -27,20 +33,25 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import re
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from ..addresses import IPAddress, unwrap
+from ..netpolicy import Allowlist, EgressRules, InvalidHost, normalize_host, parse_host
+
 __all__ = [
     "Allowlist",
+    "Connector",
     "EgressProxy",
+    "EgressRules",
+    "InvalidHost",
     "Resolver",
+    "connect_address",
     "normalize_host",
     "static_resolver",
     "system_resolver",
@@ -56,96 +67,13 @@ HEADER_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 64
 
-_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
-_LEGACY_IPV4 = re.compile(r"^[0-9a-fx.]+$")
+Connector = Callable[[IPAddress, int], Awaitable[anyio.abc.ByteStream]]
+"""Open a TCP connection to exactly ``(address, port)``; raise ``OSError`` when it fails."""
 
 
-class InvalidHost(ValueError):
-    """A host name that is neither a valid DNS name nor an IP literal."""
-
-
-def normalize_host(host: str) -> str:
-    """The canonical form of a host: lower-case ASCII (IDNA) without trailing dot, or a canonical IP.
-
-    Raises ``InvalidHost`` for anything else (empty labels, ports, user info, zone ids...).
-    """
-    h = host.strip()
-    if h.startswith("[") and h.endswith("]"):
-        h = h[1:-1]
-    h = h.rstrip(".").lower()
-    if not h:
-        raise InvalidHost("empty host")
-    ip = _ip_literal(h)
-    if ip is not None:
-        return ip
-    try:
-        h = h.encode("idna").decode("ascii")
-    except UnicodeError as exc:
-        raise InvalidHost(f"invalid host {host!r}") from exc
-    if len(h) > 253 or not all(_LABEL.match(label) for label in h.split(".")):
-        raise InvalidHost(f"invalid host {host!r}")
-    return h
-
-
-def _ip_literal(h: str) -> str | None:
-    """The canonical text of ``h`` if it is an IP literal in any form the C library accepts."""
-    if "%" in h:
-        raise InvalidHost(f"zone ids are not allowed: {h!r}")
-    try:
-        return ipaddress.ip_address(h).compressed
-    except ValueError:
-        pass
-    if _LEGACY_IPV4.match(h):
-        try:
-            return socket.inet_ntoa(socket.inet_aton(h))
-        except OSError:
-            return None
-    return None
-
-
-def is_ip_literal(host: str) -> bool:
-    try:
-        return _ip_literal(host.strip("[]").rstrip(".").lower()) is not None
-    except InvalidHost:
-        return False
-
-
-def _is_public(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
-
-
-@dataclass(frozen=True)
-class Allowlist:
-    """Normalised allowlist: domains (matching themselves and their subdomains) and exact IPs."""
-
-    domains: frozenset[str]
-    addresses: frozenset[str]
-
-    @classmethod
-    def from_domains(cls, entries: Iterable[str]) -> Allowlist:
-        """Build from ``network_policy.allowed_domains``; raises ``InvalidHost`` for a bad entry."""
-        domains: set[str] = set()
-        addresses: set[str] = set()
-        for entry in entries:
-            e = entry.strip()
-            if e.startswith("*."):
-                e = e[2:]
-            norm = normalize_host(e)
-            (addresses if is_ip_literal(norm) else domains).add(norm)
-        return cls(frozenset(domains), frozenset(addresses))
-
-    def allows(self, host: str) -> bool:
-        """Whether ``host`` (any spelling) may be reached. Invalid hosts are not allowed."""
-        try:
-            h = normalize_host(host)
-        except InvalidHost:
-            return False
-        if is_ip_literal(h):
-            return h in self.addresses
-        return any(h == d or h.endswith("." + d) for d in self.domains)
+async def connect_address(address: IPAddress, port: int) -> anyio.abc.ByteStream:
+    """The default connector. anyio connects an address object as is: no name lookup happens."""
+    return await anyio.connect_tcp(address, port)
 
 
 async def system_resolver(host: str, port: int) -> Sequence[str]:
@@ -190,14 +118,16 @@ class EgressProxy:
         self,
         allowlist: Allowlist,
         *,
+        rules: EgressRules | None = None,
         resolver: Resolver | None = None,
-        allow_private_addresses: bool = False,
+        connector: Connector | None = None,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.allowlist = allowlist
+        self.rules = rules or EgressRules()
         self._resolve = resolver or system_resolver
-        self._allow_private = allow_private_addresses
+        self._connect = connector or connect_address
         self._connect_timeout_s = connect_timeout_s
         self._limiter = anyio.CapacityLimiter(max_connections)
         self.log: list[tuple[str, str, int]] = []
@@ -285,40 +215,65 @@ class EgressProxy:
             await _splice(client, upstream, reader.buffer)
 
     async def _open(self, host: str, port: int) -> anyio.abc.ByteStream:
-        if not self.allowlist.allows(host):
-            self.log.append(("denied", host, port))
+        name, literal = parse_host(host)  # already validated by _split_authority
+        if not self.rules.port_allowed(port):
+            self.log.append(("port", name, port))
             raise _Refused(
                 403,
                 "Forbidden",
-                f"{host} is not in this container's network_policy allowlist "
-                f"(allowed: {', '.join(sorted(self.allowlist.domains | self.allowlist.addresses))})",
+                f"port {port} is not open for egress (open: {self.rules.describe_ports()}; the operator sets "
+                "CONTAINER_MCP_EGRESS_PORTS)",
             )
-        if is_ip_literal(host):
-            addresses: Sequence[str] = [normalize_host(host)]
+        if not self.allowlist.allows(name):
+            self.log.append(("denied", name, port))
+            raise _Refused(
+                403,
+                "Forbidden",
+                f"{host} is not in this container's network_policy allowlist (allowed: {self.allowlist.describe()})",
+            )
+        candidates: list[IPAddress]
+        if literal is not None:
+            candidates = [literal]
         else:
             try:
-                addresses = await self._resolve(normalize_host(host), port)
+                resolved = await self._resolve(name, port)
             except OSError:
-                self.log.append(("unresolved", host, port))
+                self.log.append(("unresolved", name, port))
                 raise _Refused(502, "Bad Gateway", f"{host} does not resolve") from None
-            if not self._allow_private:
-                public = [a for a in addresses if _is_public(a)]
-                if not public:
-                    self.log.append(("private", host, port))
-                    raise _Refused(403, "Forbidden", f"{host} resolves only to private or local addresses")
-                addresses = public
+            candidates = [ip for ip in (_address(a) for a in resolved) if ip is not None]
+        approved: list[IPAddress] = []
+        refusals: list[str] = []
+        for ip in candidates:
+            reason = self.rules.refusal(ip, None if literal is not None else name)
+            if reason is None:
+                approved.append(unwrap(ip))
+            else:
+                refusals.append(f"{ip} is {reason}")
+        if not approved:
+            self.log.append(("forbidden", name, port))
+            detail = "; ".join(refusals[:3]) or "no usable address"
+            what = host if literal is not None else f"{host} resolves only to addresses commands may not reach"
+            raise _Refused(403, "Forbidden", f"{what}: {detail}")
         last: Exception | None = None
-        for address in addresses:
+        for address in approved:
             try:
                 with anyio.fail_after(self._connect_timeout_s):
-                    stream = await anyio.connect_tcp(address, port)
+                    stream = await self._connect(address, port)
             except (OSError, TimeoutError) as exc:
                 last = exc
                 continue
-            self.log.append(("allowed", host, port))
+            self.log.append(("allowed", name, port))
             return stream
-        self.log.append(("unreachable", host, port))
+        self.log.append(("unreachable", name, port))
         raise _Refused(502, "Bad Gateway", f"cannot connect to {host}:{port}: {last}")
+
+
+def _address(text: str) -> IPAddress | None:
+    """A resolver's answer as an address; anything else (it should not happen) is dropped."""
+    try:
+        return ipaddress.ip_address(text.partition("%")[0])
+    except ValueError:
+        return None
 
 
 class _StreamAdapter(anyio.abc.ByteStream):

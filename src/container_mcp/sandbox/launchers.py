@@ -4,8 +4,9 @@ Moving a process into a cgroup costs about one RCU grace period (~10 ms on a sma
 must happen before the process forks. A launcher pays that price before it is needed: it is
 ``unshare --mount [--user ...] -- sh /dev/fd/N``, spawned with every pipe and fd a run needs,
 moved into a fresh, still unlimited cgroup, and left blocked reading fd N. A run then only sets
-its cgroup limits and rlimits (cheap writes) and writes the setup script into fd N: that write is
-the start signal (see ``bwrap.py`` for what the script does).
+its cgroup limits and rlimits (cheap writes), fills the launcher's (shared, still empty) memfd
+with bubblewrap's arguments, and writes the setup script into fd N: that write is the start
+signal (see ``bwrap.py`` for what the script does). The launcher runs with an empty environment.
 
 A ``LauncherPool`` keeps a few launchers warm while ``Sandbox`` is used as an async context
 manager; without it (or when the pool is empty) a run spawns its launcher on the spot, which
@@ -35,8 +36,6 @@ __all__ = ["Launcher", "LauncherPool", "LauncherSpec", "spawn_launcher"]
 
 log = logging.getLogger(__name__)
 
-SYSTEM_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-
 
 @dataclass(frozen=True)
 class LauncherSpec:
@@ -61,6 +60,8 @@ class Launcher:
     status_fd: int
     seccomp_fd: int | None
     file_fds: dict[str, int]
+    args_fd: int
+    """A memfd for bubblewrap's ``--args``; the same number in the child, sharing its offset."""
     created: float = field(default_factory=time.monotonic)
     started: float | None = None
 
@@ -68,9 +69,18 @@ class Launcher:
     def pid(self) -> int:
         return self.process.pid
 
-    async def start(self, script: bytes) -> None:
-        """Hand the launcher its script (the run begins) and close the pipe."""
+    async def start(self, script: bytes, args: bytes) -> None:
+        """Hand the launcher bubblewrap's ``args`` and its script (the run begins); close both."""
         self.started = time.monotonic()
+        args_fd, self.args_fd = self.args_fd, -1
+        try:
+            # pwrite leaves the shared offset at 0, where bubblewrap starts reading.
+            view = memoryview(args)
+            offset = 0
+            while offset < len(view):
+                offset += os.pwrite(args_fd, view[offset:], offset)
+        finally:
+            os.close(args_fd)
         fd, self.script_w = self.script_w, -1
         try:
             if len(script) < 32768:
@@ -92,6 +102,9 @@ class Launcher:
             if self.script_w >= 0:
                 os.close(self.script_w)
                 self.script_w = -1
+            if self.args_fd >= 0:
+                os.close(self.args_fd)
+                self.args_fd = -1
             if self.process.returncode is None:
                 self.kill()
             with anyio.move_on_after(cleanup_timeout_s):
@@ -142,6 +155,9 @@ async def _spawn(spec: LauncherSpec) -> Launcher:
     try:
         file_fds = {dest: _memfd(os.path.basename(dest), data) for dest, data in spec.files().items()}
         child_fds += file_fds.values()
+        # Kept open on our side too (filled at start); the child gets the same open file.
+        args_fd = _memfd("bwrap-args", b"")
+        parent_fds.append(args_fd)
         seccomp_fd = _memfd("seccomp", spec.seccomp) if spec.seccomp else None
         if seccomp_fd is not None:
             child_fds.append(seccomp_fd)
@@ -157,8 +173,8 @@ async def _spawn(spec: LauncherSpec) -> Launcher:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            pass_fds=child_fds,
-            env=SYSTEM_ENV,
+            pass_fds=[*child_fds, args_fd],
+            env={},
             start_new_session=True,
         )
     except BaseException:
@@ -171,7 +187,7 @@ async def _spawn(spec: LauncherSpec) -> Launcher:
     # Only the child may hold its ends, or end-of-file never comes.
     for fd in child_fds:
         os.close(fd)
-    launcher = Launcher(process, cg, script_w, status_r, status_w, seccomp_fd, file_fds)
+    launcher = Launcher(process, cg, script_w, status_r, status_w, seccomp_fd, file_fds, args_fd)
     if cg is not None:
         try:
             # The shell is blocked reading its script: it cannot fork before it is inside.
@@ -237,6 +253,9 @@ class LauncherPool:
         if launcher.script_w >= 0:
             os.close(launcher.script_w)
             launcher.script_w = -1
+        if launcher.args_fd >= 0:
+            os.close(launcher.args_fd)
+            launcher.args_fd = -1
         with contextlib.suppress(ProcessLookupError):
             launcher.process.send_signal(signal.SIGKILL)
         self._retired.append(launcher)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -18,6 +17,7 @@ import anyio.abc
 
 from ..errors import ExecError, InvalidRequest, SandboxUnavailable
 from ..groups import leaves
+from ..models import NetworkPolicy
 from . import cgroups
 from .bwrap import (
     DEFAULT_ENV,
@@ -25,6 +25,7 @@ from .bwrap import (
     PROXY_PORT,
     PROXY_SOCKET_PATH,
     BwrapOptions,
+    args_data,
     bwrap_args,
     etc_files,
     launcher_argv,
@@ -32,7 +33,7 @@ from .bwrap import (
 )
 from .changes import Stage
 from .config import MemoryEnforcement, PidsEnforcement, SandboxConfig, SandboxProbe
-from .egress import Allowlist, EgressProxy, InvalidHost
+from .egress import Allowlist, EgressProxy, EgressRules, InvalidHost
 from .host import (
     check_workdir,
     egress_dir,
@@ -52,11 +53,22 @@ __all__ = ["Sandbox", "probe_sandbox", "run_sandboxed"]
 
 log = logging.getLogger(__name__)
 
-_NETWORK_ENFORCEMENT = (
-    "disabled: own network namespace with loopback only; allowlist: the same, plus a host-side "
-    "filtering HTTP/CONNECT proxy reached through a bind-mounted Unix socket (in-sandbox forwarder on "
-    f"127.0.0.1:{PROXY_PORT}, HTTP(S)_PROXY set)"
-)
+_ALLOWLIST_TRIAL = f"""
+import socket, sys
+s = socket.create_connection(("127.0.0.1", {PROXY_PORT}), timeout=10)
+s.sendall(b"CONNECT unlisted.invalid:443 HTTP/1.1\\r\\n\\r\\n")
+sys.stdout.write(s.recv(200).decode("latin-1"))
+"""
+
+
+def _network_enforcement(rules: EgressRules) -> str:
+    return (
+        "disabled: own network namespace with loopback only; allowlist: the same, plus a host-side "
+        "filtering HTTP/CONNECT proxy reached through a bind-mounted Unix socket (in-sandbox forwarder on "
+        f"127.0.0.1:{PROXY_PORT}, HTTP(S)_PROXY set) that connects only to listed names and public "
+        "addresses (never loopback, private, link-local or metadata addresses unless the operator opened them), "
+        f"on ports {rules.describe_ports()}"
+    )
 
 
 class Sandbox:
@@ -135,7 +147,7 @@ class Sandbox:
             mode="root" if root else "user",
             memory_enforcement="rlimit-as",
             pids_enforcement="rlimit-nproc",
-            network_enforcement=_NETWORK_ENFORCEMENT,
+            network_enforcement=_network_enforcement(cfg.egress),
             seccomp=False,
             bwrap_version=None,
             python=None,
@@ -195,16 +207,36 @@ class Sandbox:
                         return unavailable("the staging overlay did not capture a trial write to /mnt/data")
             except ExecError as exc:
                 return unavailable(explain(str(exc), root))
-            python: str | None = None
-            if python_candidate(cfg.python):
-                job = replace(job, argv=[cfg.python, "-I", "-S", "-c", "print('ok')"])
-                with contextlib.suppress(ExecError):
-                    async with await self._run(job, trial, None) as run:
-                        if run.exit_code == 0 and run.stdout == b"ok\n":
-                            python = cfg.python
+            python, why = await self._probe_allowlist(job, trial)
         if python is None:
-            notes.append(f"{cfg.python} does not run in the sandbox: allowlist network policies are unavailable")
-        return replace(trial, python=python, notes=tuple(notes))
+            notes.append(f"allowlist network policies are unavailable: {why}")
+        return replace(trial, python=python, allowlist_unavailable=why, notes=tuple(notes))
+
+    async def _probe_allowlist(self, job: SandboxJob, trial: SandboxProbe) -> tuple[str | None, str | None]:
+        """Whether an allowlist run really works here: ``(interpreter, None)`` or ``(None, reason)``.
+
+        The trial goes the whole way a command's request goes: the forwarder starts under the
+        interpreter, the host proxy listens, and a CONNECT to an unlisted name comes back as the
+        proxy's 403 (no name is resolved, no connection is opened).
+        """
+        cfg = self.config
+        if not python_candidate(cfg.python):
+            return None, f"{cfg.python} is not an interpreter the sandbox can see (it must live under /usr or /bin)"
+        job = replace(
+            job,
+            argv=[cfg.python, "-I", "-S", "-c", _ALLOWLIST_TRIAL],
+            network=NetworkPolicy(type="allowlist", allowed_domains=["probe.invalid"]),
+        )
+        try:
+            async with await self._run(job, replace(trial, python=cfg.python), None) as run:
+                if run.exit_code == 0 and run.stdout.startswith(b"HTTP/1.1 403"):
+                    return cfg.python, None
+                return None, (
+                    f"a trial request through the in-sandbox forwarder ({cfg.python}) and the egress proxy failed "
+                    f"(exit {run.exit_code}): {tail(run.stderr or run.stdout, 300)}"
+                )
+        except ExecError as exc:
+            return None, str(exc)
 
     # --- run -----------------------------------------------------------------------------
 
@@ -223,7 +255,8 @@ class Sandbox:
             raise SandboxUnavailable(f"Commands cannot run on this server: {probe.reason}")
         if job.network.type == "allowlist" and probe.python is None:
             raise SandboxUnavailable(
-                "network_policy 'allowlist' needs python3 inside the sandbox, which is not available here."
+                f"network_policy 'allowlist' cannot be enforced on this server ({probe.allowlist_unavailable}); "
+                "the command was not run. Use a container with network_policy {'type': 'disabled'}."
             )
         self._active += 1
         try:
@@ -305,15 +338,14 @@ class Sandbox:
                     env[key] = env[key.lower()] = url
                 env["NO_PROXY"] = env["no_proxy"] = "localhost,127.0.0.1,::1"
                 argv = [cfg.python, "-I", "-S", FORWARDER_PATH, PROXY_SOCKET_PATH, str(PROXY_PORT), "--", *argv]
-                sock_dir, listener = egress_dir(root_ids)
-                proxy = EgressProxy(
-                    allowlist, resolver=cfg.resolver, allow_private_addresses=cfg.allow_private_addresses
-                )
+                try:
+                    sock_dir, listener = egress_dir(root_ids)
+                except OSError as exc:
+                    raise ExecError(f"Could not start the egress proxy: {exc}") from exc
+                proxy = EgressProxy(allowlist, rules=cfg.egress, resolver=cfg.resolver)
             env.update(job.env)
             bwrap = bwrap_args(
                 BwrapOptions(
-                    bwrap=self._tools["bwrap"],
-                    argv=argv,
                     env=env,
                     workdir=job.workdir,
                     inner_uid=cfg.inner_uid,
@@ -334,7 +366,9 @@ class Sandbox:
                 stage_root=stage.root,
                 overlay_mountpoint=cfg.overlay_mountpoint,
                 host_ids=root_ids,
-                bwrap=bwrap,
+                bwrap=self._tools["bwrap"],
+                args_fd=launcher.args_fd,
+                argv=argv,
             )
             try:
                 if launcher.cgroup is not None:
@@ -348,7 +382,14 @@ class Sandbox:
                     services.start_soon(proxy.serve, listener)
                 try:
                     result = await supervise(
-                        job, probe, stage, launcher, script, progress, cleanup_timeout_s=cfg.cleanup_timeout_s
+                        job,
+                        probe,
+                        stage,
+                        launcher,
+                        script,
+                        args_data(bwrap),
+                        progress,
+                        cleanup_timeout_s=cfg.cleanup_timeout_s,
                     )
                 finally:
                     services.cancel_scope.cancel()

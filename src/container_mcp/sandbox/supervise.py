@@ -44,11 +44,13 @@ async def supervise(
     stage: Stage,
     launcher: Launcher,
     script: bytes,
+    args: bytes,
     progress: ProgressCallback | None,
     *,
     cleanup_timeout_s: float,
 ) -> SandboxRun:
-    """Start ``launcher`` with ``script`` and watch it until it ends, times out or is cancelled.
+    """Start ``launcher`` with ``script`` and bubblewrap's ``args``; watch it until it ends, times out
+    or is cancelled.
 
     Returns the outcome with an empty change set (the caller scans the stage). On cancellation
     or an error (a failing progress callback), the process tree is killed before re-raising.
@@ -68,7 +70,7 @@ async def supervise(
     try:
         assert process.stdin is not None and process.stdout is not None and process.stderr is not None
         try:
-            await launcher.start(script)
+            await launcher.start(script, args)
         except OSError as exc:
             raise ExecError(f"Could not start the sandbox: {exc}") from exc
         watch.started = launcher.started or time.monotonic()

@@ -146,7 +146,8 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
             NetworkPolicy | None,
             Field(
                 description="Outbound network for commands: {'type': 'disabled'} (default) or "
-                "{'type': 'allowlist', 'allowed_domains': ['pypi.org']}."
+                "{'type': 'allowlist', 'allowed_domains': ['pypi.org', '*.pythonhosted.org']}: host names (no "
+                "URL, path or port) or public IP addresses; see container://capabilities."
             ),
         ] = None,
         file_ids: Annotated[
