@@ -89,11 +89,14 @@ async def test_file_size_limit(sandbox: Sandbox, data_dir: Path) -> None:
 
 
 async def test_disk_fill_is_stopped(sandbox: Sandbox, data_dir: Path) -> None:
+    # 1 GiB to write against a 4 MiB stage: the watchdog has seconds, not a scheduling slice, to stop
+    # it, however loaded the machine is.
     code = """
 import os
-for i in range(400):
+block = os.urandom(256 << 10)
+for i in range(4096):
     with open(f"f{i}", "wb") as f:
-        f.write(os.urandom(256 << 10))
+        f.write(block)
 print("wrote everything")
 """
     async with await py(sandbox, data_dir, code, max_stage_bytes=4 * MiB, timeout_s=20) as run:
