@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -102,21 +101,29 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _serve_mcp(settings: Settings, transport: str, host: str, port: int) -> None:
+    from .http_guard import ConnectionLimits
+    from .inline import InlineBodyGate, InlineBudget, mcp_body_limit
     from .runtime import open_service
     from .server.app import create_server
     from .serving import serve_asgi
+    from .stdio import run_stdio
 
     async with open_service(settings) as service:
-        mcp = create_server(service, settings)
-        # Room for a whole file sent inline as base64, plus the JSON-RPC envelope.
-        body_limit = math.ceil(settings.max_file_bytes * 4 / 3) + (1 << 20)
+        # One budget of inline content in flight for the whole process: the HTTP gate and the tools share it.
+        budget = InlineBudget(settings.max_inline_bytes_in_flight)
+        mcp = create_server(service, settings, budget)
+        # Room for a whole file sent inline as base64, plus the JSON-RPC envelope, within the budget.
+        body_limit = mcp_body_limit(settings)
+        limits = ConnectionLimits.from_settings(settings)
         log.info("container-mcp %s: provider=%s transport=%s", __version__, settings.provider, transport)
         if transport == "stdio":
-            await mcp.run_stdio_async()
+            await run_stdio(mcp, body_limit)
         elif transport == "sse":
-            app = mcp.sse_app(host=host, max_request_body_size=body_limit)
-            await serve_asgi(app, host, port, label="container-mcp (SSE)", path="/sse")
+            app = InlineBodyGate(mcp.sse_app(host=host, max_request_body_size=body_limit), budget)
+            await serve_asgi(app, host, port, label="container-mcp (SSE)", path="/sse", limits=limits)
         else:
-            app = mcp.streamable_http_app(host=host, max_request_body_size=body_limit)
+            app = InlineBodyGate(mcp.streamable_http_app(host=host, max_request_body_size=body_limit), budget)
             # lifespan on: the streamable HTTP app runs its session manager there
-            await serve_asgi(app, host, port, label="container-mcp (streamable HTTP)", path="/mcp", lifespan="on")
+            await serve_asgi(
+                app, host, port, label="container-mcp (streamable HTTP)", path="/mcp", lifespan="on", limits=limits
+            )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 
+from ..http_guard import ConnectionLimits
 from ..runtime import open_service
 from ..serving import serve_asgi
 from ..settings import Settings
 from .app import create_app
 from .auth import is_loopback
+from .origin import OriginPolicy
 
 __all__ = ["serve_api"]
 
@@ -27,5 +29,16 @@ async def serve_api(settings: Settings, host: str, port: int) -> None:
             "it. Give --api-key KEY (repeatable), --api-keys-file FILE or CONTAINER_MCP_API_KEYS, or bind to "
             "127.0.0.1."
         )
+    try:
+        OriginPolicy(host, settings.allowed_hosts, settings.allowed_origins)
+    except ValueError as exc:
+        raise SystemExit(f"container-mcp api: {exc}") from None
     async with open_service(settings) as service:
-        await serve_asgi(create_app(service, settings), host, port, label="container-mcp api", path="/v1")
+        await serve_asgi(
+            create_app(service, settings, host),
+            host,
+            port,
+            label="container-mcp api",
+            path="/v1",
+            limits=ConnectionLimits.from_settings(settings),
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from mcp.server import MCPServer
 
 from .. import __version__
+from ..inline import InlineBudget
 from ..service import ContainerService
 from ..settings import Settings
 from .resources import register_resources
@@ -21,8 +22,14 @@ but loses its files. Lists are paged: pass last_id as `after` while has_more is 
 session_usage shows what this session may still use."""
 
 
-def create_server(service: ContainerService, settings: Settings) -> MCPServer:
-    """An MCPServer exposing the tools the provider can serve, and the resources."""
+def create_server(
+    service: ContainerService, settings: Settings, inline_budget: InlineBudget | None = None
+) -> MCPServer:
+    """An MCPServer exposing the tools the provider can serve, and the resources.
+
+    ``inline_budget`` is the process's budget of inline content in flight; pass the one the HTTP
+    transport's ``InlineBodyGate`` uses (default: a new one of ``settings.max_inline_bytes_in_flight``).
+    """
     exec_step = "container_exec (run commands) -> " if service.capabilities.exec else ""
     mcp = MCPServer(
         "container-mcp",
@@ -30,7 +37,8 @@ def create_server(service: ContainerService, settings: Settings) -> MCPServer:
         instructions=INSTRUCTIONS.format(exec=exec_step),
         log_level=settings.log_level,
     )
-    deps = ToolDeps(service=service, settings=settings)
+    budget = inline_budget or InlineBudget(settings.max_inline_bytes_in_flight)
+    deps = ToolDeps(service=service, settings=settings, inline=budget)
     register_tools(mcp, deps)
     register_resources(mcp, deps)
     return mcp

@@ -8,10 +8,12 @@ what happened and what to do next (see ``server/errors.py``).
 from __future__ import annotations
 
 import base64 as b64
-import binascii
 import codecs
+import contextlib
 import shlex
 import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -25,7 +27,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
-from ..errors import InvalidRequest
+from ..errors import FileTooLarge, InvalidRequest
+from ..inline import InlineBudget, SpooledUpload, reserved_by_gate, spool_inline
 from ..models import (
     Container,
     ContainerDeleted,
@@ -43,7 +46,7 @@ from ..paths import MOUNT
 from ..providers.base import ExecRequest, ExecResult
 from ..service import ContainerService, SessionUsage
 from ..settings import Settings
-from ..uploads import BytesUpload, PathUpload
+from ..uploads import PathUpload
 from .errors import tool_errors
 from .session import session_key
 
@@ -96,6 +99,8 @@ class FileChunk(BaseModel):
 class ToolDeps:
     service: ContainerService
     settings: Settings
+    inline: InlineBudget
+    """The process's budget of inline content in flight (shared with ``InlineBodyGate``)."""
 
     def owner(self, ctx: Context) -> str:
         return session_key(ctx.request_context, self.settings.stdio_session_key)
@@ -193,6 +198,28 @@ async def _host_upload(ctx: Context, settings: Settings, source_path: str) -> Pa
 def _resolve_host(source_path: str, roots: list[Path]) -> tuple[Path, list[Path], bool]:
     real = Path(source_path).resolve()
     return real, [r.resolve() for r in roots], real.is_file()
+
+
+@asynccontextmanager
+async def _inline_upload(ctx: Context, deps: ToolDeps, value: str, encoding: str) -> AsyncIterator[SpooledUpload]:
+    """Inline content as a spooled file, its length held in the inline budget meanwhile.
+
+    The budget is taken before decoding, unless the HTTP request carrying the call already holds
+    it (``InlineBodyGate``). Content that cannot fit the per-file limit is refused before a byte is
+    written.
+    """
+    limit = deps.service.limits.max_file_bytes
+    least = len(value) // 4 * 3 - 2 if encoding == "base64" else len(value)
+    if least > limit:
+        raise FileTooLarge.over(limit, least, what=f"the {encoding} content")
+    held = reserved_by_gate(getattr(ctx.request_context.request, "scope", None))
+    reserve = contextlib.nullcontext() if held else deps.inline.reserve(len(value), f"this {encoding} content")
+    with reserve:
+        spooled = await spool_inline(value, encoding, deps.settings.data_dir / "inline")
+        try:
+            yield spooled
+        finally:
+            spooled.close()
 
 
 def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
@@ -303,21 +330,13 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
                 raise InvalidRequest(
                     "Give exactly one of text, base64 or source_path as the file's content.", param="text"
                 )
-            if text is not None:
-                upload: BytesUpload | PathUpload = BytesUpload(_utf8(text, "text"))
-            elif base64 is not None:
-                try:
-                    upload = BytesUpload(b64.b64decode(base64, validate=True))
-                except (binascii.Error, ValueError):
-                    raise InvalidRequest(
-                        "base64 is not valid base64 (standard alphabet, with padding). Encode the bytes again, "
-                        "or send text instead.",
-                        param="base64",
-                    ) from None
-            else:
-                assert source_path is not None
+            if source_path is not None:
                 upload = await _host_upload(ctx, deps.settings, source_path)
-            return await service.create_file(deps.owner(ctx), container_id, path, upload)
+                return await service.create_file(deps.owner(ctx), container_id, path, upload)
+            value, encoding = (text, "text") if text is not None else (base64, "base64")
+            assert value is not None
+            async with _inline_upload(ctx, deps, value, encoding) as spooled:
+                return await service.create_file(deps.owner(ctx), container_id, path, spooled)
 
     @mcp.tool(title="List files", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def file_list(
