@@ -84,6 +84,11 @@ class InlineBudget:
         self.in_flight = 0
         self._released = anyio.Event()
 
+    @property
+    def waiting(self) -> int:
+        """Callers of ``acquire`` waiting for room now."""
+        return self._released.statistics().tasks_waiting
+
     def try_acquire(self, n: int) -> bool:
         if self.in_flight + n > self.capacity:
             return False
