@@ -113,7 +113,7 @@ async def test_base64_is_decoded_in_chunks_to_the_same_bytes(service: ContainerS
         # padding inside the content (here at the end of the first 4 MiB chunk) is invalid base64
         bad = content[: 4 * MiB - 2] + "==" + content[4 * MiB :]
         result = await client.call_tool("file_create", {"container_id": cid, "path": "bad.bin", "base64": bad})
-        assert result.is_error and "not valid base64" in result.content[0].text
+        assert result.is_error and "not valid base64" in result.content[0].text  # type: ignore[union-attr]
         assert len((await structured(client, "file_list", container_id=cid))["data"]) == 1
     assert budget.in_flight == 0 and spooled(settings) == []
 
