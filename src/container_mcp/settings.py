@@ -143,7 +143,7 @@ class Settings(BaseSettings):
         "that has not sent complete headers; when every connection is busy it gets a fast 503.",
     )
     max_inline_bytes_in_flight: int = Field(
-        384 * MiB,
+        256 * MiB,
         ge=MiB,
         description="Bytes of inline file content (file_create text/base64, and MCP request bodies over 1 MiB) "
         "held at once across the process; beyond it a call waits briefly, then is refused with a retry hint.",
