@@ -211,7 +211,7 @@ async def _inline_upload(ctx: Context, deps: ToolDeps, value: str, encoding: str
     limit = deps.service.limits.max_file_bytes
     least = len(value) // 4 * 3 - 2 if encoding == "base64" else len(value)
     if least > limit:
-        raise FileTooLarge.over(limit, least, what=f"the {encoding} content")
+        raise FileTooLarge.over(limit, what=f"the {encoding} content")
     held = reserved_by_gate(getattr(ctx.request_context.request, "scope", None))
     reserve = contextlib.nullcontext() if held else deps.inline.reserve(len(value), f"this {encoding} content")
     with reserve:
