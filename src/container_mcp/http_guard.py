@@ -37,6 +37,9 @@ __all__ = ["ConnectionLimits", "connection_limits", "guarded_protocol", "raise_o
 
 log = logging.getLogger("container_mcp.http")
 
+REPORT_INTERVAL_S = 10.0
+"""Least seconds between two log lines about dropped connections."""
+
 FD_RESERVE = 128
 """Descriptors kept free of client connections: the data dir's databases, sandboxes, logs."""
 
@@ -102,23 +105,36 @@ def connection_limits(limits: ConnectionLimits, open_files: int) -> ConnectionLi
 
 
 class _Connections:
-    """The open connections of one server, oldest first."""
+    """The open connections of one server, oldest first, and a throttled log of the ones dropped."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.open: dict[_GuardedH11Protocol, None] = {}
+        self._dropped: dict[str, int] = {}
+        self._next_report = 0.0
 
     def admit(self, conn: _GuardedH11Protocol) -> bool:
         if len(self.open) >= self.cap:
             victim = next((c for c in self.open if c.waiting_for_headers()), None)
             if victim is None:
+                self.dropped("refused with 503: every connection busy")
                 return False
-            victim.drop("displaced by a new connection at the connection limit")
+            victim.drop("displaced at the connection limit")
         self.open[conn] = None
         return True
 
     def discard(self, conn: _GuardedH11Protocol) -> None:
         self.open.pop(conn, None)
+
+    def dropped(self, why: str) -> None:
+        # An attack drops thousands of connections: one summary line per interval, not one per connection.
+        self._dropped[why] = self._dropped.get(why, 0) + 1
+        now = asyncio.get_running_loop().time()
+        if now >= self._next_report:
+            summary = ", ".join(f"{n} {reason}" for reason, n in self._dropped.items())
+            log.warning("dropped connections (limit %d open): %s", self.cap, summary)
+            self._dropped.clear()
+            self._next_report = now + REPORT_INTERVAL_S
 
 
 class _GuardedH11Protocol(H11Protocol):
@@ -139,7 +155,8 @@ class _GuardedH11Protocol(H11Protocol):
         self._cancel_timers()
         if self.transport.is_closing():
             return
-        log.info("closing connection from %s: %s", _peer(self.client), why)
+        log.debug("closing connection from %s: %s", _peer(self.client), why)
+        self.connections_of_server.dropped(why)
         if reply:
             self.transport.write(reply)
             self.transport.close()
@@ -149,7 +166,6 @@ class _GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if not self.connections_of_server.admit(self):
-            log.warning("connection limit (%d) reached, every connection busy: 503", self.limits.max_connections)
             transport.write(_BUSY)
             transport.close()
             return
@@ -182,7 +198,7 @@ class _GuardedH11Protocol(H11Protocol):
     def _header_timeout(self) -> None:
         self._header_timer = None
         if self.conn.their_state is h11.IDLE:
-            self.drop(f"request headers incomplete after {self.limits.header_timeout_s:g} s", _REQUEST_TIMEOUT)
+            self.drop("request headers incomplete in time (408)", _REQUEST_TIMEOUT)
 
     def _arm_body_timer(self) -> None:
         if self._body_timer is not None:
@@ -196,7 +212,7 @@ class _GuardedH11Protocol(H11Protocol):
         if self.flow.read_paused:
             self._arm_body_timer()  # the app is not reading yet: the wait is ours, not the client's
             return
-        self.drop(f"request body stalled for {self.limits.body_idle_timeout_s:g} s")
+        self.drop("request body stalled")
 
     def _cancel_timers(self) -> None:
         for timer in (self._header_timer, self._body_timer):

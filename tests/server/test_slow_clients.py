@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 import pytest
 import uvicorn
-from anyio.abc import SocketStream
+from anyio.abc import ByteReceiveStream, SocketStream
 from mcp import Client
 from openai import AsyncOpenAI
 from starlette.types import Receive, Scope, Send
@@ -231,10 +231,18 @@ async def server_process(args: list[str], tmp_path: Path, soft: int = SERVER_FIL
         limits = await anyio.Path(f"/proc/{proc.pid}/limits").read_text()
         files = re.search(r"Max open files\s+(\d+)\s+(\d+)", limits)
         assert files is not None and files[1] == files[2] == str(SERVER_FILES)  # soft raised to hard
-        yield "127.0.0.1", int(match[1])
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_drain, proc.stderr)  # a full stderr pipe would stall the server's logging
+            yield "127.0.0.1", int(match[1])
+            tg.cancel_scope.cancel()
     finally:
         proc.kill()
         await proc.wait()
+
+
+async def _drain(stream: ByteReceiveStream) -> None:
+    async for _ in stream:
+        pass
 
 
 async def half_sent(host: str, port: int, n: int) -> list[SocketStream]:
