@@ -163,6 +163,27 @@ def test_host_policy(bound: str, host: str, allowed: bool) -> None:
     assert OriginPolicy(bound).host_allowed(host) is allowed
 
 
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        ("http://localhost:3000", True),
+        ("https://[::1]", True),
+        ("http://127.0.0.1:99999", False),  # not a port: refused, not a server error
+        ("http://127.0.0.1:x", False),
+        ("http://user@127.0.0.1", False),
+        ("http://127.0.0.1/path", False),
+        ("ws://127.0.0.1", False),
+        ("https://app.example.com", True),
+        ("https://app.example.com:8443", False),
+        ("http://dev.example.com:5173", True),
+        ("http://dev.example.com", False),
+    ],
+)
+def test_origin_policy(origin: str, allowed: bool) -> None:
+    policy = OriginPolicy("127.0.0.1", origins=["https://app.example.com/", "http://dev.example.com:*"])
+    assert policy.origin_allowed(origin) is allowed
+
+
 def test_a_malformed_allowed_host_is_a_configuration_error() -> None:
     with pytest.raises(ValueError, match="CONTAINER_MCP_ALLOWED_HOSTS entry 'a:b'"):
         OriginPolicy("127.0.0.1", ["a:b"])

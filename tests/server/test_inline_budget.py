@@ -9,6 +9,7 @@ counter, and the spool directory, as it was.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -181,3 +182,43 @@ def test_the_mcp_body_limit_fits_the_budget() -> None:
     tight = Settings(max_file_bytes=100 * MiB, max_inline_bytes_in_flight=64 * MiB)
     assert mcp_body_limit(tight) == 64 * MiB  # never a body the budget could not hold
     assert mcp_body_limit(tight) > GATED_BODY_BYTES
+
+
+async def test_a_chunked_body_is_counted_as_it_arrives_and_cut_off_over_the_budget() -> None:
+    import httpx2
+    from starlette.types import Receive, Scope, Send
+
+    budget = InlineBudget(2 * MiB)
+    outcomes: list[tuple[int, bool]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                outcomes.append((size, False))
+                await send({"type": "http.response.start", "status": 503, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        outcomes.append((size, True))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"%d" % size})
+
+    async def body(total: int) -> Any:
+        for _ in range(total // (256 * 1024)):
+            yield b"x" * (256 * 1024)
+
+    async with serve(InlineBodyGate(app, budget)) as url, httpx2.AsyncClient() as http:
+        fits = await http.post(url, content=body(5 * MiB // 2))  # 1 MiB free + 1.5 MiB held
+        assert fits.status_code == 200 and fits.text == str(5 * MiB // 2)
+        await released(budget)
+        with contextlib.suppress(httpx2.HTTPError):  # the server may stop reading before all is sent
+            await http.post(url, content=body(8 * MiB))
+        await released(budget)
+    assert outcomes[0] == (5 * MiB // 2, True)
+    assert outcomes[1][1] is False and outcomes[1][0] <= GATED_BODY_BYTES + 2 * MiB + 256 * 1024

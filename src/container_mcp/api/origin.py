@@ -110,7 +110,11 @@ class OriginPolicy:
         parts = urlsplit(origin)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
             return False
-        if parts.port is not None and f"{parts.scheme}://{parts.hostname}" in self._origin_any_port:
+        try:
+            port = parts.port
+        except ValueError:  # a port out of range or not a number
+            return False
+        if port is not None and f"{parts.scheme}://{parts.hostname}" in self._origin_any_port:
             return True
         return self.host_allowed(parts.netloc)
 
