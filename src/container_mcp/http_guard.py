@@ -9,7 +9,8 @@ runs out of file descriptors: a thousand half-sent requests then lock every othe
   first byte (of the accept, for a new connection); otherwise the client gets a 408 and the
   connection is closed;
 * **a body idle timeout**: while a request body is incomplete and the server is reading it (not
-  paused by uvicorn's own flow control, which is the server being slow, not the client),
+  paused by uvicorn's own flow control, nor holding back ``100 Continue``: that is the server
+  being slow, not the client),
   ``body_idle_timeout_s`` without a byte closes the connection; the app sees a disconnect;
 * **a connection cap**: at ``max_connections`` open connections, a new one displaces the oldest
   connection that is waiting for request headers (a slow client, or an idle keep-alive one), so
@@ -209,8 +210,9 @@ class _GuardedH11Protocol(H11Protocol):
         self._body_timer = None
         if self.conn.their_state is not h11.SEND_BODY or self.transport.is_closing():
             return
-        if self.flow.read_paused:
-            self._arm_body_timer()  # the app is not reading yet: the wait is ours, not the client's
+        if self.flow.read_paused or (self.cycle is not None and self.cycle.waiting_for_100_continue):
+            # the app has not asked for (more of) the body yet: the wait is ours, not the client's
+            self._arm_body_timer()
             return
         self.drop("request body stalled")
 

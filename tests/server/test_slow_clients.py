@@ -279,3 +279,26 @@ async def test_slowloris_does_not_lock_a_client_out_of_the_api(tmp_path: Path) -
         finally:
             for s in attackers:
                 await s.aclose()
+
+
+async def test_a_client_waiting_for_100_continue_is_not_timed_out_while_the_app_waits() -> None:
+    go = anyio.Event()
+
+    async def late_reader(scope: Scope, receive: Receive, send: Send) -> None:
+        await go.wait()  # e.g. the inline gate waiting for room before it reads the body
+        await hello(scope, receive, send)
+
+    limits = ConnectionLimits(header_timeout_s=5, body_idle_timeout_s=0.1)
+    async with guarded(late_reader, limits) as (host, port):
+        async with await anyio.connect_tcp(host, port) as s:
+            await s.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+            with anyio.move_on_after(0.5):  # five idle timeouts: the connection must survive them
+                assert await s.receive() == b"", "closed while the server held back 100 Continue"
+            go.set()
+            with anyio.fail_after(5):
+                assert (await s.receive()).startswith(b"HTTP/1.1 100 Continue")
+            await s.send(b"abc")
+            with anyio.fail_after(5):
+                reply = await s.receive()
+                while not reply.endswith(b"\r\n\r\n3"):
+                    reply += await s.receive()
