@@ -29,7 +29,7 @@ from mcp.server import MCPServer
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
 
-__all__ = ["BoundedLines", "run_stdio"]
+__all__ = ["BoundedLines", "request_id", "run_stdio"]
 
 log = logging.getLogger("container_mcp.stdio")
 

@@ -101,3 +101,19 @@ async def test_a_150_mb_stdio_message_is_refused_with_bounded_memory(tmp_path: P
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b'{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"argu', 7),
+        (b'{"id":"abc","jsonrpc":"2.0","method":"x","params":{"a', "abc"),
+        (b'{"jsonrpc":"2.0","method":"tools/call","params":{"id": 5, "base64": "AAAA', None),  # nested: not ours
+        (b'{"jsonrpc":"2.0","method":"notifications/x","params":{"b', None),
+        (b"AAAAAAAA", None),
+    ],
+)
+def test_the_request_id_is_read_only_from_the_head_of_the_message(head: bytes, expected: int | str | None) -> None:
+    from container_mcp.stdio import request_id
+
+    assert request_id(head) == expected
