@@ -138,15 +138,20 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 async def _serve_mcp(settings: Settings, transport: str, host: str, port: int) -> None:
     from .auth import open_verifier
+    from .http_guard import ConnectionLimits
+    from .inline import InlineBodyGate, InlineBudget, mcp_body_limit
     from .runtime import open_service
     from .server.app import create_server
     from .server.http import HttpTransport, http_app
     from .serving import refuse_unauthenticated_exposure, serve_asgi
+    from .stdio import run_stdio
 
+    # Room for a whole file sent inline as base64, plus the JSON-RPC envelope, within the inline budget.
+    body_limit = mcp_body_limit(settings)
     if transport == "stdio":
         async with open_service(settings) as service:
             log.info("container-mcp %s: provider=%s transport=stdio", __version__, settings.provider)
-            await create_server(service, settings).run_stdio_async()
+            await run_stdio(create_server(service, settings), body_limit)
         return
     kind: HttpTransport = "sse" if transport == "sse" else "streamable-http"
     refuse_unauthenticated_exposure(
@@ -158,12 +163,19 @@ async def _serve_mcp(settings: Settings, transport: str, host: str, port: int) -
                 "no API keys configured: every local process can use this server, and 2026-07-28 clients share "
                 "one anonymous session. Set CONTAINER_MCP_API_KEYS (or --api-keys-file) to give each caller its own."
             )
+        # One budget of inline content in flight for the whole process: the HTTP gate and the tools share it.
+        budget = InlineBudget(settings.max_inline_bytes_in_flight)
         url_host = f"[{host}]" if ":" in host else host
-        mcp = create_server(service, settings, verifier=verifier, base_url=f"http://{url_host}:{port}")
-        app = http_app(mcp, settings, kind, host)
+        mcp = create_server(
+            service, settings, verifier=verifier, base_url=f"http://{url_host}:{port}", inline_budget=budget
+        )
+        app = InlineBodyGate(http_app(mcp, settings, kind, host, body_limit), budget)
+        limits = ConnectionLimits.from_settings(settings)
         log.info("container-mcp %s: provider=%s transport=%s", __version__, settings.provider, transport)
         if kind == "sse":
-            await serve_asgi(app, host, port, label="container-mcp (SSE)", path="/sse")
+            await serve_asgi(app, host, port, label="container-mcp (SSE)", path="/sse", limits=limits)
         else:
             # lifespan on: the streamable HTTP app runs its session manager there
-            await serve_asgi(app, host, port, label="container-mcp (streamable HTTP)", path="/mcp", lifespan="on")
+            await serve_asgi(
+                app, host, port, label="container-mcp (streamable HTTP)", path="/mcp", lifespan="on", limits=limits
+            )

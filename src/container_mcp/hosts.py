@@ -55,9 +55,11 @@ def allowed_hosts(settings: Settings, bound_host: str) -> list[str]:
 
 
 def allowed_origins(settings: Settings, bound_host: str) -> list[str]:
-    """Origin header values accepted by a server bound to ``bound_host`` (a request without one passes)."""
+    """Origin header values accepted by a server bound to ``bound_host`` (a request without one passes):
+    the origins of every allowed host (http and https), and the configured ones."""
     names = [*_LOOPBACK_HOSTS]
     if (bound := _host_literal(bound_host)) is not None:
         names.append(bound)
-    origins = [f"http://{name}" for name in names]
+    names += [h.strip().lower() for h in settings.allowed_hosts]
+    origins = [f"{scheme}://{name}" for name in names for scheme in ("http", "https")]
     return _any_port([*origins, *(o.strip().rstrip("/").lower() for o in settings.allowed_origins)])

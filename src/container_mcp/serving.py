@@ -8,7 +8,9 @@ Shared by ``container-mcp api`` and the MCP HTTP transports (SSE, streamable HTT
 * uvicorn's signal handling is replaced: uvicorn re-raises SIGTERM after shutting down, which
   kills the process before the caller's ``async with open_service(...)`` closes the provider and
   the store. Here SIGINT/SIGTERM shut down gracefully and the call returns; a second signal stops
-  waiting for open connections.
+  waiting for open connections;
+* connections are guarded (``http_guard.py``: header deadline, body idle timeout, connection cap)
+  and the open-files soft limit is raised to the hard limit first.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import anyio
 import uvicorn
 
 from .errors import UnsafeConfiguration
+from .http_guard import ConnectionLimits, connection_limits, guarded_protocol, raise_open_files_limit
 
-__all__ = ["is_loopback", "listen", "refuse_unauthenticated_exposure", "serve_asgi"]
+__all__ = ["is_loopback", "listen", "refuse_unauthenticated_exposure", "serve_asgi", "server_config"]
 
 log = logging.getLogger("container_mcp")
 
@@ -90,18 +93,35 @@ async def _stop_on_signal(server: uvicorn.Server) -> None:
             server.should_exit = True
 
 
+def server_config(app: Any, host: str, port: int, limits: ConnectionLimits, **kwargs: Any) -> uvicorn.Config:
+    """uvicorn's config for ``app``, connections guarded by ``limits`` (capped to the open-files limit)."""
+    kwargs.setdefault("log_config", None)
+    kwargs.setdefault("server_header", False)
+    limits = connection_limits(limits, raise_open_files_limit())
+    return uvicorn.Config(app, host=host, port=port, http=guarded_protocol(limits), **kwargs)
+
+
 async def serve_asgi(
-    app: Any, host: str, port: int, *, label: str, path: str = "", lifespan: Literal["on", "off"] = "off"
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    label: str,
+    path: str = "",
+    lifespan: Literal["on", "off"] = "off",
+    limits: ConnectionLimits | None = None,
 ) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM; logs ``<label> listening on http://host:port<path>`` at INFO."""
-    config = uvicorn.Config(
+    """Serve ``app`` until SIGINT/SIGTERM; logs ``<label> listening on http://host:port<path>`` at INFO.
+
+    ``limits`` guard every connection (default: ``ConnectionLimits()``; callers pass the settings').
+    """
+    config = server_config(
         app,
-        host=host,
-        port=port,
-        log_config=None,
+        host,
+        port,
+        limits or ConnectionLimits(),
         lifespan=lifespan,
         access_log=logging.getLogger("uvicorn.access").isEnabledFor(logging.INFO),
-        server_header=False,
         timeout_graceful_shutdown=10,
     )
     server = _Server(config)

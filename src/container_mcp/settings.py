@@ -139,18 +139,44 @@ class Settings(BaseSettings):
         None, description="File with one accepted API key per line (# comments allowed)."
     )
 
-    # --- HTTP edge: every HTTP entry point (MCP streamable HTTP, SSE, `container-mcp api`) ---
+    # --- HTTP edge (every HTTP entry point: `container-mcp api`, SSE, streamable HTTP) -----
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Host header values accepted besides the loopback names and the bound address "
-        "(comma-separated; 'name' allows it on any port too, 'name:port' on that port only). "
-        "Requests naming another host are refused (DNS-rebinding protection).",
+        description="Host header values accepted beside the loopback names and the bound address "
+        "(comma-separated; 'name' or 'name:port', 'name:*' for any port). Name the public hostname here "
+        "when serving behind a DNS name.",
     )
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Origin header values accepted besides the loopback origins (comma-separated, e.g. "
-        "https://app.example.com). Browser requests from any other origin are refused.",
+        description="Origin header values accepted beside those of the allowed hosts (comma-separated, "
+        "e.g. https://app.example.com; 'scheme://name:*' for any port). A request without Origin is not "
+        "checked.",
     )
+    http_header_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds a connection has to send a request's complete headers, then it is closed."
+    )
+    http_body_idle_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds a request body may stall (no bytes while the server waits), then it is closed."
+    )
+    http_max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Open connections per HTTP server. At the cap, a new connection displaces the oldest one "
+        "that has not sent complete headers; when every connection is busy it gets a fast 503.",
+    )
+    max_inline_bytes_in_flight: int = Field(
+        256 * MiB,
+        ge=MiB,
+        description="Bytes of inline file content (file_create text/base64, and MCP request bodies over 1 MiB) "
+        "held at once across the process; beyond it a call waits briefly, then is refused with a retry hint.",
+    )
+
+    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [n for n in (s.strip() for s in value.split(",")) if n]
+        return value
 
     # --- OAuth 2.1 resource-server mode (all HTTP entry points) ----------------------------
     oauth_issuer_url: str | None = Field(

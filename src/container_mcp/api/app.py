@@ -19,7 +19,9 @@ GET      /containers/{container_id}/files/{file_id}/...   RetrieveContainerFileC
 =======  ===============================================  ==============================
 
 plus ``GET /openapi.json``. Middleware, outermost first: ``RequestHeaders`` (x-request-id on
-everything), ``BearerAuth`` (owner per API key, 401 otherwise). Each route is a small function of
+everything), ``HostOriginCheck`` (421/403 for a foreign Host or Origin: DNS rebinding, cross-site
+requests; see ``origin.py``), ``BearerAuth`` (owner per API key, 401 otherwise). JSON bodies are
+taken only with a JSON content type (415 otherwise). Each route is a small function of
 (service, request, owner); ``_endpoint`` turns the error tree into responses through
 ``errors.error_response``, the one mapping. Headers the SDKs add (``x-stainless-*``,
 ``OpenAI-Organization``, ``OpenAI-Project``) and a ``Content-Type`` on bodiless requests are
@@ -44,10 +46,11 @@ from ..service import ContainerService
 from ..settings import Settings
 from . import files
 from .auth import BearerAuth
-from .bodies import container_spec, list_params, read_json
+from .bodies import container_spec, list_params, read_json, require_json
 from .errors import SERVER, api_error_response, error_response
 from .middleware import RequestHeaders
 from .openapi import openapi_document
+from .origin import HostOriginCheck, OriginPolicy
 from .wire import container_json, deleted_json, file_json, json_response, page_json
 
 __all__ = ["create_app"]
@@ -58,6 +61,7 @@ Handler = Callable[[ContainerService, Request, str], Awaitable[Response]]
 
 
 async def create_container(service: ContainerService, request: Request, owner: str) -> Response:
+    require_json(request.headers.get("content-type"))
     spec = container_spec(await read_json(request.stream()))
     return json_response(container_json(await service.create_container(owner, spec)))
 
@@ -163,12 +167,23 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return _internal_error(request)
 
 
-def create_app(service: ContainerService, settings: Settings, *, verifier: BearerVerifier | None = None) -> Starlette:
+def create_app(
+    service: ContainerService,
+    settings: Settings,
+    *,
+    verifier: BearerVerifier | None = None,
+    host: str = "127.0.0.1",
+) -> Starlette:
     """The ASGI app. Callers are checked by ``verifier`` (default: the static keys of ``settings``; OAuth
     mode needs one from ``open_verifier``); without keys or OAuth every caller is one anonymous owner
-    (see ``auth.py``: ``serve_api`` permits that on loopback hosts only)."""
+    (see ``auth.py``: ``serve_api`` permits that on loopback hosts only). ``host`` is the bound
+    address, an allowed ``Host`` beside the loopback names and ``settings.allowed_hosts``.
+
+    Raises ``ValueError`` for a malformed ``settings.allowed_hosts`` entry.
+    """
     if verifier is None:
         verifier = BearerVerifier.from_keys(settings)
+    policy = OriginPolicy(host, settings.allowed_hosts, settings.allowed_origins)
     if not verifier.enabled:
         log.warning(
             "no API keys configured: every request is accepted as one anonymous owner. Set "
@@ -188,6 +203,10 @@ def create_app(service: ContainerService, settings: Settings, *, verifier: Beare
             routes.append(Route(prefix + path, _endpoint(service, handlers), methods=list(handlers)))
     return Starlette(
         routes=routes,
-        middleware=[Middleware(RequestHeaders), Middleware(BearerAuth, verifier=verifier)],
+        middleware=[
+            Middleware(RequestHeaders),
+            Middleware(HostOriginCheck, policy=policy),
+            Middleware(BearerAuth, verifier=verifier),
+        ],
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
     )

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from ..errors import InvalidRequest
 from ..models import ContainerSpec, ListParams
 
-__all__ = ["MAX_JSON_BYTES", "container_spec", "list_params", "read_json"]
+__all__ = ["MAX_JSON_BYTES", "UNSUPPORTED_MEDIA_TYPE", "container_spec", "list_params", "read_json", "require_json"]
 
 MAX_JSON_BYTES = 16 << 20
 """Largest JSON request body read (OpenAI's create body may carry sizeable network secrets)."""
@@ -24,7 +24,28 @@ MAX_JSON_BYTES = 16 << 20
 _NOT_JSON = (
     "We could not parse the JSON body of your request. The API expects a JSON object (Content-Type: application/json)."
 )
+UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+"""``InvalidRequest.code`` of a body that is not declared JSON (answered 415)."""
+
 _OPTIONAL = ("expires_after", "memory_limit", "network_policy", "file_ids")
+
+
+def require_json(content_type: str | None) -> None:
+    """Refuse a body not declared as JSON (``application/json`` or ``application/*+json``).
+
+    A browser sends ``text/plain`` (and form) bodies cross-site without asking the server first;
+    a JSON content type it does not. So a JSON endpoint that accepts only JSON content types
+    cannot be driven by a plain cross-site form or fetch.
+    """
+    media = (content_type or "").partition(";")[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return
+    shown = f"'{media[:100]}'" if media else "missing"
+    raise InvalidRequest(
+        f"Unsupported Content-Type ({shown}): this endpoint takes a JSON body. Send it with "
+        "Content-Type: application/json.",
+        code=UNSUPPORTED_MEDIA_TYPE,
+    )
 
 
 async def read_json(stream: AsyncIterator[bytes]) -> dict[str, Any]:

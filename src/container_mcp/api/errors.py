@@ -7,8 +7,8 @@ The status is chosen for what the official SDK does with it: it retries 408, 409
 =========================  ======  =====================  ======================================
 error                      status  type                   notes
 =========================  ======  =====================  ======================================
-InvalidRequest (+ path,    400     invalid_request_error  ``param`` names the field
-id)
+InvalidRequest (+ path,    400     invalid_request_error  ``param`` names the field; 415 for a
+id)                                                       body that is not declared JSON
 NotFound (+ container,     404     invalid_request_error  OpenAI's own messages:
 file)                                                     "Container with id '…' not found."
 ContainerExpired           400     invalid_request_error  "Container is expired." first
@@ -120,6 +120,8 @@ def _row(exc: ContainerMCPError) -> ErrorSpec:
 def spec_for(exc: ContainerMCPError) -> ErrorSpec:
     """The table row for ``exc``, refined where the instance says more than its class."""
     spec = _row(exc)
+    if isinstance(exc, InvalidRequest) and exc.code == "unsupported_media_type":
+        return ErrorSpec(415, INVALID)
     if isinstance(exc, QuotaExceeded) and not isinstance(exc, RateLimited) and exc.limit_name in BYTE_LIMITS:
         return ErrorSpec(413, INVALID)
     if type(exc) is ProviderError and exc.status is not None and 400 <= exc.status < 500:

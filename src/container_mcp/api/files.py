@@ -28,7 +28,7 @@ from ..models import ContainerFile
 from ..paths import MOUNT
 from ..service import ContainerService
 from ..uploads import StreamUpload
-from .bodies import read_json
+from .bodies import read_json, require_json
 from .multipart import MultipartReader, drain
 from .wire import content_disposition, content_type
 
@@ -54,6 +54,7 @@ async def create_file(service: ContainerService, owner: str, container_id: str, 
     ctype = request.headers.get("content-type", "")
     if ctype.lower().startswith("multipart/"):
         return await _create_multipart(service, owner, container_id, request, ctype)
+    require_json(ctype)
     body = await read_json(request.stream())
     file_id = body.get("file_id")
     if file_id is None:

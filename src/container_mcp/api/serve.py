@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 
 from ..auth import open_verifier
+from ..http_guard import ConnectionLimits
 from ..runtime import open_service
 from ..serving import refuse_unauthenticated_exposure, serve_asgi
 from ..settings import Settings
 from .app import create_app
+from .origin import OriginPolicy
 
 __all__ = ["serve_api"]
 
@@ -23,6 +25,16 @@ async def serve_api(settings: Settings, host: str, port: int) -> None:
     log line (INFO) names it.
     """
     refuse_unauthenticated_exposure(host, authenticated=settings.auth_enabled(), command="container-mcp api")
+    try:
+        OriginPolicy(host, settings.allowed_hosts, settings.allowed_origins)
+    except ValueError as exc:
+        raise SystemExit(f"container-mcp api: {exc}") from None
     async with open_service(settings) as service, open_verifier(settings) as verifier:
-        app = create_app(service, settings, verifier=verifier)
-        await serve_asgi(app, host, port, label="container-mcp api", path="/v1")
+        await serve_asgi(
+            create_app(service, settings, verifier=verifier, host=host),
+            host,
+            port,
+            label="container-mcp api",
+            path="/v1",
+            limits=ConnectionLimits.from_settings(settings),
+        )

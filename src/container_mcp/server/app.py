@@ -6,6 +6,7 @@ from mcp.server import MCPServer
 
 from .. import __version__
 from ..auth import BearerVerifier
+from ..inline import InlineBudget
 from ..service import ContainerService
 from ..settings import Settings
 from .resources import register_resources
@@ -28,12 +29,15 @@ def create_server(
     *,
     verifier: BearerVerifier | None = None,
     base_url: str = "http://127.0.0.1",
+    inline_budget: InlineBudget | None = None,
 ) -> MCPServer:
     """An MCPServer exposing the tools the provider can serve, and the resources.
 
     With an enabled ``verifier`` its HTTP apps accept only callers with a token it accepts (401
     otherwise), and each caller's session key is its token's owner (``session.py``); ``base_url``
     is this server's own URL (see ``BearerVerifier.auth_settings``). Auth never applies on stdio.
+    ``inline_budget`` is the process's budget of inline content in flight; pass the one the HTTP
+    transport's ``InlineBodyGate`` uses (default: a new one of ``settings.max_inline_bytes_in_flight``).
     """
     exec_step = "container_exec (run commands) -> " if service.capabilities.exec else ""
     enabled = verifier is not None and verifier.enabled
@@ -45,7 +49,8 @@ def create_server(
         token_verifier=verifier if enabled else None,
         auth=verifier.auth_settings(base_url) if verifier is not None and enabled else None,
     )
-    deps = ToolDeps(service=service, settings=settings)
+    budget = inline_budget or InlineBudget(settings.max_inline_bytes_in_flight)
+    deps = ToolDeps(service=service, settings=settings, inline=budget)
     register_tools(mcp, deps)
     register_resources(mcp, deps)
     return mcp

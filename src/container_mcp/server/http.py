@@ -8,7 +8,6 @@ passed explicitly, with the lists of ``hosts.py``. Authentication is the ``MCPSe
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 from mcp.server import MCPServer
@@ -16,6 +15,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 
 from ..hosts import allowed_hosts, allowed_origins
+from ..inline import mcp_body_limit
 from ..settings import Settings
 
 __all__ = ["HttpTransport", "http_app", "transport_security"]
@@ -32,14 +32,17 @@ def transport_security(settings: Settings, host: str) -> TransportSecuritySettin
     )
 
 
-def http_app(mcp: MCPServer, settings: Settings, transport: HttpTransport, host: str) -> Starlette:
-    """The ASGI app of ``transport`` for a server bound to ``host``.
+def http_app(
+    mcp: MCPServer, settings: Settings, transport: HttpTransport, host: str, body_limit: int | None = None
+) -> Starlette:
+    """The ASGI app of ``transport`` for a server bound to ``host``, refusing bodies over ``body_limit``
+    (default ``mcp_body_limit(settings)``: a whole file inline as base64, within the inline budget).
 
     The streamable HTTP app runs its session manager in its lifespan: serve it with lifespan on.
     """
     security = transport_security(settings, host)
-    # Room for a whole file sent inline as base64, plus the JSON-RPC envelope.
-    body_limit = math.ceil(settings.max_file_bytes * 4 / 3) + (1 << 20)
+    if body_limit is None:
+        body_limit = mcp_body_limit(settings)
     if transport == "sse":
         return mcp.sse_app(host=host, max_request_body_size=body_limit, transport_security=security)
     return mcp.streamable_http_app(host=host, max_request_body_size=body_limit, transport_security=security)

@@ -8,9 +8,11 @@ what happened and what to do next (see ``server/errors.py``).
 from __future__ import annotations
 
 import base64 as b64
-import binascii
 import codecs
+import contextlib
 import shlex
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -20,7 +22,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
-from ..errors import InvalidRequest
+from ..errors import FileTooLarge, InvalidRequest
+from ..inline import InlineBudget, reserved_by_gate, spool_inline
 from ..models import (
     Container,
     ContainerDeleted,
@@ -38,7 +41,7 @@ from ..paths import MOUNT
 from ..providers.base import ExecRequest, ExecResult
 from ..service import ContainerService, SessionUsage
 from ..settings import Settings
-from ..uploads import BytesUpload, HostFileUpload
+from ..uploads import HostFileUpload
 from .errors import tool_errors
 from .host_files import host_upload
 from .session import session_key
@@ -92,6 +95,8 @@ class FileChunk(BaseModel):
 class ToolDeps:
     service: ContainerService
     settings: Settings
+    inline: InlineBudget
+    """The process's budget of inline content in flight (shared with ``InlineBodyGate``)."""
 
     def owner(self, ctx: Context) -> str:
         return session_key(ctx.request_context, self.settings.stdio_session_key)
@@ -123,6 +128,28 @@ def _utf8(value: str, param: str) -> bytes:
             f"{param} is not valid Unicode text (it holds a lone surrogate). Send binary content as base64.",
             param=param,
         ) from None
+
+
+@asynccontextmanager
+async def _inline_upload(ctx: Context, deps: ToolDeps, value: str, encoding: str) -> AsyncIterator[HostFileUpload]:
+    """Inline content as a spooled file, its length held in the inline budget meanwhile.
+
+    The budget is taken before decoding, unless the HTTP request carrying the call already holds
+    it (``InlineBodyGate``). Content that cannot fit the per-file limit is refused before a byte is
+    written.
+    """
+    limit = deps.service.limits.max_file_bytes
+    least = len(value) // 4 * 3 - 2 if encoding == "base64" else len(value)
+    if least > limit:
+        raise FileTooLarge.over(limit, what=f"the {encoding} content")
+    held = reserved_by_gate(getattr(ctx.request_context.request, "scope", None))
+    reserve = contextlib.nullcontext() if held else deps.inline.reserve(len(value), f"this {encoding} content")
+    with reserve:
+        spooled = await spool_inline(value, encoding, deps.settings.data_dir / "inline")
+        try:
+            yield spooled
+        finally:
+            spooled.close()
 
 
 def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
@@ -237,25 +264,16 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
                 raise InvalidRequest(
                     "Give exactly one of text, base64 or source_path as the file's content.", param="text"
                 )
-            if text is not None:
-                upload: BytesUpload | HostFileUpload = BytesUpload(_utf8(text, "text"))
-            elif base64 is not None:
+            if source_path is not None:
+                host_file = await host_upload(ctx, deps.settings, source_path)
                 try:
-                    upload = BytesUpload(b64.b64decode(base64, validate=True))
-                except (binascii.Error, ValueError):
-                    raise InvalidRequest(
-                        "base64 is not valid base64 (standard alphabet, with padding). Encode the bytes again, "
-                        "or send text instead.",
-                        param="base64",
-                    ) from None
-            else:
-                assert source_path is not None
-                upload = await host_upload(ctx, deps.settings, source_path)
-            try:
-                return await service.create_file(deps.owner(ctx), container_id, path, upload)
-            finally:
-                if isinstance(upload, HostFileUpload):
-                    upload.close()
+                    return await service.create_file(deps.owner(ctx), container_id, path, host_file)
+                finally:
+                    host_file.close()
+            value, encoding = (text, "text") if text is not None else (base64, "base64")
+            assert value is not None
+            async with _inline_upload(ctx, deps, value, encoding) as spooled:
+                return await service.create_file(deps.owner(ctx), container_id, path, spooled)
 
     @mcp.tool(title="List files", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def file_list(

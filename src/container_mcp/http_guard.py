@@ -1,0 +1,238 @@
+"""Connection limits of every HTTP server here: a slow or greedy client cannot lock others out.
+
+uvicorn bounds the idle time between two requests (keep-alive) but not the time a client takes to
+send a request's headers, nor a body that stalls, and it accepts connections until the process
+runs out of file descriptors: a thousand half-sent requests then lock every other client out.
+``guarded_protocol`` is uvicorn's h11 protocol plus:
+
+* **a header deadline**: a request's headers must be complete within ``header_timeout_s`` of its
+  first byte (of the accept, for a new connection); otherwise the client gets a 408 and the
+  connection is closed;
+* **a body idle timeout**: while a request body is incomplete and the server is reading it (not
+  paused by uvicorn's own flow control, nor holding back ``100 Continue``: that is the server
+  being slow, not the client),
+  ``body_idle_timeout_s`` without a byte closes the connection; the app sees a disconnect;
+* **a connection cap**: at ``max_connections`` open connections, a new one displaces the oldest
+  connection that is waiting for request headers (a slow client, or an idle keep-alive one), so
+  a client that sends its request promptly is served while such an attack runs; when every
+  open connection is busy with a request, the new one gets a fast 503 and is closed.
+
+``raise_open_files_limit`` lifts RLIMIT_NOFILE's soft limit to the hard limit, and
+``connection_limits`` keeps the cap below what the process may open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .settings import Settings
+
+__all__ = ["ConnectionLimits", "connection_limits", "guarded_protocol", "raise_open_files_limit"]
+
+log = logging.getLogger("container_mcp.http")
+
+REPORT_INTERVAL_S = 10.0
+"""Least seconds between two log lines about dropped connections."""
+
+FD_RESERVE = 128
+"""Descriptors kept free of client connections: the data dir's databases, sandboxes, logs."""
+
+
+def _plain_response(status: str, text: str, *extra: str) -> bytes:
+    body = text.encode()
+    head = [f"HTTP/1.1 {status}", "content-type: text/plain; charset=utf-8", "connection: close", *extra]
+    return ("\r\n".join([*head, f"content-length: {len(body)}", "", ""])).encode() + body
+
+
+_REQUEST_TIMEOUT = _plain_response(
+    "408 Request Timeout", "The request headers did not arrive in time; send them again."
+)
+_BUSY = _plain_response(
+    "503 Service Unavailable", "The server is at its connection limit; retry in a moment.", "retry-after: 1"
+)
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """Per-server connection limits (see the module docstring)."""
+
+    header_timeout_s: float = 10.0
+    body_idle_timeout_s: float = 30.0
+    max_connections: int = 1000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConnectionLimits:
+        return cls(
+            header_timeout_s=settings.http_header_timeout_s,
+            body_idle_timeout_s=settings.http_body_idle_timeout_s,
+            max_connections=settings.http_max_connections,
+        )
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (best effort); returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit from %d to %d: %s", soft, target, exc)
+    return soft
+
+
+def connection_limits(limits: ConnectionLimits, open_files: int) -> ConnectionLimits:
+    """``limits`` with the cap lowered, when needed, to leave ``FD_RESERVE`` of ``open_files`` free."""
+    room = max(16, open_files - FD_RESERVE)
+    if limits.max_connections <= room:
+        return limits
+    log.warning(
+        "open-files limit %d leaves room for %d connections, not the %d of CONTAINER_MCP_HTTP_MAX_CONNECTIONS; "
+        "capping at %d (raise the hard limit: ulimit -Hn, or LimitNOFILE= under systemd)",
+        open_files,
+        room,
+        limits.max_connections,
+        room,
+    )
+    return replace(limits, max_connections=room)
+
+
+class _Connections:
+    """The open connections of one server, oldest first, and a throttled log of the ones dropped."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.open: dict[_GuardedH11Protocol, None] = {}
+        self._dropped: dict[str, int] = {}
+        self._next_report = 0.0
+
+    def admit(self, conn: _GuardedH11Protocol) -> bool:
+        if len(self.open) >= self.cap:
+            victim = next((c for c in self.open if c.waiting_for_headers()), None)
+            if victim is None:
+                self.dropped("refused with 503: every connection busy")
+                return False
+            victim.drop("displaced at the connection limit")
+        self.open[conn] = None
+        return True
+
+    def discard(self, conn: _GuardedH11Protocol) -> None:
+        self.open.pop(conn, None)
+
+    def dropped(self, why: str) -> None:
+        # An attack drops thousands of connections: one summary line per interval, not one per connection.
+        self._dropped[why] = self._dropped.get(why, 0) + 1
+        now = asyncio.get_running_loop().time()
+        if now >= self._next_report:
+            summary = ", ".join(f"{n} {reason}" for reason, n in self._dropped.items())
+            log.warning("dropped connections (limit %d open): %s", self.cap, summary)
+            self._dropped.clear()
+            self._next_report = now + REPORT_INTERVAL_S
+
+
+class _GuardedH11Protocol(H11Protocol):
+    limits: ClassVar[ConnectionLimits]
+    connections_of_server: ClassVar[_Connections]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+
+    def waiting_for_headers(self) -> bool:
+        """True between requests or while a request's headers are incomplete."""
+        return self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+
+    def drop(self, why: str, reply: bytes = b"") -> None:
+        self.connections_of_server.discard(self)
+        self._cancel_timers()
+        if self.transport.is_closing():
+            return
+        log.debug("closing connection from %s: %s", _peer(self.client), why)
+        self.connections_of_server.dropped(why)
+        if reply:
+            self.transport.write(reply)
+            self.transport.close()
+        else:
+            self.transport.abort()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if not self.connections_of_server.admit(self):
+            transport.write(_BUSY)
+            transport.close()
+            return
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections_of_server.discard(self)
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_timer is None and self.conn.their_state is h11.IDLE:
+            self._arm_header_timer()  # the first bytes of the next request on a kept-alive connection
+        super().data_received(data)
+        if self.transport.is_closing():
+            return
+        state = self.conn.their_state
+        if state is not h11.IDLE and self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        if state is h11.SEND_BODY:
+            self._arm_body_timer()
+        elif self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._header_timeout)
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE:
+            self.drop("request headers incomplete in time (408)", _REQUEST_TIMEOUT)
+
+    def _arm_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+        self._body_timer = self.loop.call_later(self.limits.body_idle_timeout_s, self._body_timeout)
+
+    def _body_timeout(self) -> None:
+        self._body_timer = None
+        if self.conn.their_state is not h11.SEND_BODY or self.transport.is_closing():
+            return
+        if self.flow.read_paused or (self.cycle is not None and self.cycle.waiting_for_100_continue):
+            # the app has not asked for (more of) the body yet: the wait is ours, not the client's
+            self._arm_body_timer()
+            return
+        self.drop("request body stalled")
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._header_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._header_timer = self._body_timer = None
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "?"
+
+
+def guarded_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
+    """A protocol class for ``uvicorn.Config(http=...)``: one per server (it holds that server's connections)."""
+
+    class GuardedH11Protocol(_GuardedH11Protocol):
+        pass
+
+    GuardedH11Protocol.limits = limits
+    GuardedH11Protocol.connections_of_server = _Connections(limits.max_connections)
+    return GuardedH11Protocol

@@ -1,0 +1,156 @@
+"""The stdio transport with a bound on the size of one message.
+
+The SDK's stdio transport reads stdin a line (one JSON-RPC message) at a time with no limit, so
+a 150 MB line is buffered whole, then parsed, before anything can refuse it (949 MiB RSS). Here
+stdin is read in chunks by ``BoundedLines``: a line over ``limit`` bytes is dropped as it
+streams, holding at most ``limit`` bytes of it; the server logs it on stderr and, when the line
+starts like a request (``{"jsonrpc": "2.0", "id": ...``), answers that id with a JSON-RPC error
+that says how to send large content instead. The server keeps serving the next line.
+
+``run_stdio`` runs an ``MCPServer`` over it the way ``MCPServer.run_stdio_async`` does (that
+method takes no stdin argument). Like the SDK, it points fd 0 at the null device while serving, so
+child processes never read the protocol stream.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, cast
+
+import anyio
+import anyio.to_thread
+import mcp_types as types
+from mcp.server import MCPServer
+from mcp.server.stdio import stdio_server
+from mcp.shared.message import SessionMessage
+
+__all__ = ["BoundedLines", "request_id", "run_stdio"]
+
+log = logging.getLogger("container_mcp.stdio")
+
+READ_BYTES = 1 << 20
+HEAD_BYTES = 4096
+"""Bytes kept of a dropped line, to find the id of the request it carried."""
+
+INVALID_REQUEST = -32600
+
+# The id only where it is the message's first member (after "jsonrpc"), so an "id" nested in the
+# params is never mistaken for it.
+_ID = re.compile(rb'\A\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,200}")')
+
+Reply = Callable[[SessionMessage], Awaitable[None]]
+
+
+def request_id(head: bytes) -> int | str | None:
+    """The JSON-RPC id at the start of a (possibly truncated) message, if it is plainly there."""
+    match = _ID.match(head)
+    if match is None:
+        return None
+    raw = match[1]
+    if raw.startswith(b'"'):
+        text = raw[1:-1].decode("utf-8", "replace")
+        return text if "\\" not in text else None
+    return int(raw)
+
+
+class BoundedLines:
+    """stdin's lines as ``str``, each at most ``limit`` bytes (see the module docstring).
+
+    ``reply`` (set once the transport's write stream exists) sends the error for a dropped request.
+    """
+
+    def __init__(self, fd: int, limit: int) -> None:
+        self.fd = fd
+        self.limit = limit
+        self.reply: Reply | None = None
+
+    async def _read(self) -> bytes:
+        return await anyio.to_thread.run_sync(os.read, self.fd, READ_BYTES, abandon_on_cancel=True)
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._lines()
+
+    async def _lines(self) -> AsyncIterator[str]:
+        buf = bytearray()
+        dropping = False
+        dropped = 0
+        head = b""
+        while chunk := await self._read():
+            start = 0
+            while True:
+                newline = chunk.find(b"\n", start)
+                end = newline if newline >= 0 else len(chunk)
+                piece = memoryview(chunk)[start:end]
+                if dropping:
+                    dropped += len(piece)
+                elif len(buf) + len(piece) > self.limit:
+                    head = (bytes(buf[:HEAD_BYTES]) + bytes(piece[:HEAD_BYTES]))[:HEAD_BYTES]
+                    dropped = len(buf) + len(piece)
+                    buf = bytearray()
+                    dropping = True
+                else:
+                    buf += piece
+                if newline < 0:
+                    break
+                start = newline + 1
+                if dropping:
+                    dropping = False
+                    await self._refuse(head, dropped)
+                elif buf.strip():
+                    line = buf.decode("utf-8", "replace")
+                    buf = bytearray()
+                    yield line
+        if dropping:
+            await self._refuse(head, dropped)
+        elif buf.strip():
+            yield buf.decode("utf-8", "replace")
+
+    async def _refuse(self, head: bytes, size: int) -> None:
+        rid = request_id(head)
+        log.warning(
+            "dropped a stdio message of %d bytes: over the %d-byte limit (request id %s)",
+            size,
+            self.limit,
+            "unknown" if rid is None else rid,
+        )
+        if rid is None or self.reply is None:
+            return
+        error = types.ErrorData(
+            code=INVALID_REQUEST,
+            message=f"Message too large: {size} bytes, over this server's {self.limit}-byte limit for one "
+            "message, so it was not read. Send large files with file_create's source_path (a host file under "
+            "an allowed directory) or split them; the operator can raise CONTAINER_MCP_MAX_FILE_BYTES.",
+        )
+        await self.reply(SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=rid, error=error)))
+
+
+@contextmanager
+def _claim_stdin() -> Iterator[int]:
+    """A private duplicate of fd 0 to read the protocol from; fd 0 reads the null device meanwhile."""
+    private = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(null, 0)
+    finally:
+        os.close(null)
+    try:
+        yield private
+    finally:
+        # The duplicate stays open: a reader thread may still be blocked on it.
+        os.dup2(private, 0)
+
+
+async def run_stdio(mcp: MCPServer, limit: int) -> None:
+    """Serve ``mcp`` over stdin/stdout until stdin closes; messages over ``limit`` bytes are refused."""
+    with _claim_stdin() as fd:
+        lines = BoundedLines(fd, limit)
+        async with stdio_server(stdin=cast(Any, lines)) as (read_stream, write_stream):
+            lines.reply = write_stream.send
+            # MCPServer.run_stdio_async builds its own stdin; its low-level server is the public run loop.
+            server = mcp._lowlevel_server
+            await server.run(read_stream, write_stream, server.create_initialization_options())
