@@ -23,13 +23,13 @@ import anyio
 import pytest
 import uvicorn
 from anyio.abc import ByteReceiveStream, SocketStream
-from mcp import Client
 from openai import AsyncOpenAI
 from starlette.types import Receive, Scope, Send
 
 from container_mcp.http_guard import ConnectionLimits, connection_limits, raise_open_files_limit
 from container_mcp.serving import listen, server_config
 
+from .bearer import http_client
 from .test_transports import console_script, structured
 
 pytestmark = pytest.mark.anyio
@@ -259,7 +259,7 @@ async def test_slowloris_does_not_lock_a_client_out_of_streamable_http(tmp_path:
         attackers = await half_sent(host, port, ATTACK)
         try:
             with anyio.fail_after(20):
-                async with Client(f"http://{host}:{port}/mcp", mode="legacy") as client:
+                async with http_client(f"http://{host}:{port}/mcp", "sk-slow", "legacy") as client:
                     created = await structured(client, "container_create", name="served")
                     listed = await structured(client, "container_list")
             assert [c["id"] for c in listed["data"]] == [created["id"]]
