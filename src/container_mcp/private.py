@@ -58,7 +58,9 @@ def secure_data_dir(data_dir: Path) -> int:
     were tightened; logs a warning naming the count when it is not zero. Blocking.
     """
     private_dir(data_dir)
-    fixed = _tighten_tree(data_dir)
+    # The operator may name the data dir through a symlink (a home directory's link to a bigger
+    # disk): that is configuration, followed once here; everything below it is walked link-free.
+    fixed = _tighten_tree(Path(os.path.realpath(data_dir)))
     if fixed:
         log.warning(
             "data dir %s had %d entries readable by other users; removed their group/other permissions",
@@ -151,7 +153,8 @@ def secret_key(path: Path) -> bytes:
             os.link(tmp, path)
     finally:
         os.unlink(tmp)
-    dir_fd = os.open(path.parent, _NOFOLLOW_DIR)
+    # The directory as configured, a symlink to it included; only the key file itself is never a link.
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dir_fd)
     finally:

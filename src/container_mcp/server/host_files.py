@@ -6,8 +6,10 @@ narrow that: a file must be under an allowed directory *and*, when the client de
 under one of them (the intersection). Roots never widen what the operator allowed. The server's
 data dir is never a source, even inside an allowed directory.
 
-**Opening.** The path is resolved (``realpath``) to choose the directory and to word errors, but
-the file is then opened by the kernel *beneath* that directory's fd (``beneath.open_beneath``:
+**Opening.** The ``--allow-path`` directories are resolved once, at start (``Settings``), and
+reached later from ``/`` without following any symlink, so whoever owns one cannot swap it for a
+link elsewhere. The path is resolved (``realpath``) to choose the directory and to word errors,
+but the file is then opened by the kernel *beneath* that directory's fd (``beneath.open_beneath``:
 ``openat2`` with ``RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS``, else ``O_NOFOLLOW`` component by
 component), so swapping a parent for a symlink between the check and the open cannot lead
 outside. Symlinks that stay inside are followed with ``openat2``; without it, or when the data dir
@@ -109,7 +111,9 @@ def open_host_file(
 ) -> tuple[int, int]:
     """Open ``source_path`` for reading if it is a regular file under ``allowed`` ∩ ``roots``.
 
-    ``roots`` None: the client's roots do not apply. Returns (fd, size); the caller owns the fd.
+    ``allowed``: absolute directories as resolved at start (``Settings`` resolves them); no
+    symlink below ``/`` is followed to reach one now. ``roots`` None: the client's roots do not
+    apply. Returns (fd, size); the caller owns the fd.
     Raises ``InvalidRequest`` (``param="source_path"``) saying why not and what to do, or
     ``FileTooLarge``. Blocking.
     """
@@ -118,6 +122,13 @@ def open_host_file(
         raise _err(f"source_path must be an absolute host path; got {shown}.")
     if "\x00" in source_path:
         raise _err(f"source_path {shown} contains a NUL character.")
+    try:
+        os.fsencode(source_path)
+    except UnicodeEncodeError:
+        raise _err(
+            f"source_path {shown} contains a character that cannot be a host path (a lone UTF-16 surrogate). "
+            "Name the file by its path as the host spells it."
+        ) from None
     real = Path(os.path.realpath(source_path))
     data = Path(os.path.realpath(data_dir))
     if _under(real, data):
@@ -126,7 +137,7 @@ def open_host_file(
             f"source_path {shown} is inside the server's data directory, which is never readable this way. "
             "Copy files between your containers with container_create's file_ids instead."
         )
-    op = _deepest(real, [Path(os.path.realpath(a)) for a in allowed])
+    op = _deepest(real, allowed)
     if op is None:
         raise _err(
             f"source_path {shown} is outside the server's --allow-path directories ({_listed(allowed)}); "
@@ -154,8 +165,9 @@ def open_host_file(
     if rel == ".":
         raise _err(f"source_path {shown} is a directory, not a regular file. Name a file inside it.")
     data_id = _dir_id(data) if _under(data, op) else None
+    op_fd = _open_allowed(op, shown)
     try:
-        fd = _open_in(op, base, rel, data_id)
+        fd = _open_in(op_fd, op, base, rel, data_id)
     except EscapeError:
         raise _err(
             f"source_path {shown} goes through a symlink or '..' that leaves {base} (or the path changed while "
@@ -169,6 +181,8 @@ def open_host_file(
         raise _err(f"A component of source_path {shown} is not a directory. Check the path.") from None
     except OSError as exc:
         raise _err(f"source_path {shown} could not be opened: {exc.strerror or exc}.") from None
+    finally:
+        os.close(op_fd)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -181,20 +195,42 @@ def open_host_file(
     return fd, st.st_size
 
 
-def _open_in(op: Path, base: Path, rel: str, avoid: tuple[int, int] | None) -> int:
-    """Open ``rel`` beneath ``base``; ``base`` (a client root inside ``op``) is itself opened beneath ``op``."""
-    # The operator's directory is configuration, trusted as written; everything below is not.
-    op_fd = os.open(op, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _open_allowed(op: Path, shown: str) -> int:
+    """The operator's directory ``op``, reached from ``/`` without following any symlink.
+
+    ``op`` was resolved at start. Whoever owns it (or a directory above it) may since have swapped
+    it for a symlink to a place the server can read and they cannot; that is refused.
+    """
+    root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    if op == Path("/"):
+        return root
     try:
-        if base == op:
-            return open_beneath(op_fd, rel, avoid=avoid)
-        base_fd = open_beneath(op_fd, os.path.relpath(base, op), directory=True, avoid=avoid)
-        try:
-            return open_beneath(base_fd, rel, avoid=avoid)
-        finally:
-            os.close(base_fd)
+        return open_beneath(root, str(op).lstrip("/"), directory=True, openat2=False)
+    except EscapeError:
+        raise _err(
+            f"source_path {shown} is under the --allow-path directory {op}, but that path is now a symlink (or "
+            "goes through one), not the directory the server was started with, so nothing was read. Ask the "
+            "operator to check the directory and restart the server."
+        ) from None
+    except OSError as exc:
+        raise _err(
+            f"The --allow-path directory {op} for source_path {shown} could not be opened: {exc.strerror or exc}. "
+            "Ask the operator to check it."
+        ) from None
     finally:
-        os.close(op_fd)
+        if op != Path("/"):
+            os.close(root)
+
+
+def _open_in(op_fd: int, op: Path, base: Path, rel: str, avoid: tuple[int, int] | None) -> int:
+    """Open ``rel`` beneath ``base``; ``base`` (a client root inside ``op``) is itself opened beneath ``op_fd``."""
+    if base == op:
+        return open_beneath(op_fd, rel, avoid=avoid)
+    base_fd = open_beneath(op_fd, os.path.relpath(base, op), directory=True, avoid=avoid)
+    try:
+        return open_beneath(base_fd, rel, avoid=avoid)
+    finally:
+        os.close(base_fd)
 
 
 def _dir_id(path: Path) -> tuple[int, int] | None:

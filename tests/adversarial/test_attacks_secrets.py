@@ -1,0 +1,192 @@
+"""Attacks on secrets at rest and on ``source_path`` that got past the first hardening.
+
+Each test is one attack: a file that grows after it was approved (OpenAI provider), an allowed
+directory another local user swaps for a symlink after the server started, a ``source_path``
+that cannot be encoded as a host path, and a server killed in the middle of the clear-key
+migration.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from container_mcp.providers.base import FileChanges
+from container_mcp.runtime import open_service
+from container_mcp.server.host_files import open_host_file
+from container_mcp.settings import Settings
+from container_mcp.store import SqliteSessionStore
+from container_mcp.uploads import HostFileUpload
+from tests.providers.openai_fakes import CONTAINER_ID, file_body, multipart_parts, provider_over
+
+from .conftest import INSIDE, EnvFactory, err, ok
+from .test_host_files import session
+from .test_secrets_at_rest import files_containing, loose_entries
+
+pytestmark = pytest.mark.anyio
+
+
+# --- the OpenAI provider sends exactly the bytes that were approved ---------------------------
+
+
+async def test_a_host_file_that_grows_after_approval_sends_only_the_approved_bytes(tmp_path: Path) -> None:
+    # A writer in the allowed directory appends to the file between the check and the upload.
+    # The old code handed httpx2 the open file object, which reads to EOF: more bytes left than
+    # the size limit and the quota approved.
+    host = tmp_path / "grows.txt"
+    host.write_bytes(b"ten bytes!")
+    fd, size = open_host_file(str(host), allowed=[tmp_path], roots=None, data_dir=tmp_path / "data", max_bytes=10)
+    upload = HostFileUpload(fd, size)
+    sent: list[bytes] = []
+
+    def upstream(request: httpx2.Request) -> httpx2.Response:
+        [(_, payload)] = multipart_parts(request.headers["content-type"], request.content)
+        sent.append(payload)
+        return httpx2.Response(200, json=file_body(bytes=len(payload)))
+
+    approved: list[FileChanges] = []
+
+    async def approve(changes: FileChanges) -> None:
+        approved.append(changes)
+        with host.open("ab") as f:
+            f.write(b"X" * 4096)  # grows only after the quota said yes
+
+    try:
+        async with provider_over(httpx2.MockTransport(upstream)) as provider:
+            await provider.create_file(CONTAINER_ID, "/mnt/data/grows.txt", upload, max_bytes=10, approve=approve)
+    finally:
+        upload.close()
+    assert [c.bytes_delta for c in approved] == [10]
+    assert sent == [b"ten bytes!"]
+
+
+# --- the allowed directory is the one the operator named at start ------------------------------
+
+
+async def test_an_allowed_dir_swapped_for_a_symlink_after_start_reads_nothing_outside(
+    env_factory: EnvFactory, tree: Path
+) -> None:
+    # Another local user owns the allowed directory (a shared drop directory in /tmp, say). After
+    # the server started they replace it with a symlink to a directory the server can read and
+    # they cannot. The old code resolved --allow-path again on every call and followed it.
+    share = tree / "share"
+    share.mkdir()
+    (share / "secret.txt").write_bytes(INSIDE)
+    async with session(env_factory, [share]) as (client, cid):
+        share.rename(tree / "share.old")
+        share.symlink_to(tree / "outside")
+        message = await err(client, "file_create", container_id=cid, path="x", source_path=str(share / "secret.txt"))
+        assert "OUTSIDE" not in message
+        assert (await ok(client, "file_list", container_id=cid))["data"] == []
+
+
+def test_allowed_dirs_are_resolved_when_the_settings_are_made(tmp_path: Path) -> None:
+    # An operator may name the allowed directory through a symlink: it counts as what it pointed
+    # to when the server started (and a relative path as relative to the start directory).
+    (tmp_path / "real").mkdir()
+    (tmp_path / "via").symlink_to(tmp_path / "real")
+    settings = Settings(data_dir=tmp_path / "data", allow_paths=[tmp_path / "via"])
+    assert settings.allow_paths == [tmp_path / "real"]
+
+
+async def test_a_symlinked_allowed_dir_given_at_start_still_works(env_factory: EnvFactory, tree: Path) -> None:
+    (tree / "via").symlink_to(tree / "allowed")
+    async with session(env_factory, [tree / "via"]) as (client, cid):
+        f = await ok(client, "file_create", container_id=cid, path="a", source_path=str(tree / "via/top.txt"))
+        assert f["bytes"] == len(INSIDE)
+
+
+# --- a source_path that is no host path at all --------------------------------------------------
+
+
+async def test_a_source_path_that_cannot_be_encoded_is_a_clear_error(env_factory: EnvFactory, tree: Path) -> None:
+    # JSON can carry a lone surrogate ("\ud800"); no file system name encodes to it. The old code
+    # let the UnicodeEncodeError out of realpath: an internal error instead of the caller's mistake.
+    async with session(env_factory, [tree / "allowed"]) as (client, cid):
+        message = await err(
+            client, "file_create", container_id=cid, path="x", source_path=str(tree / "allowed") + "/\ud800.txt"
+        )
+        assert "source_path" in message and "cannot be a host path" in message
+
+
+# --- a crash in the middle of the clear-key migration -------------------------------------------
+
+OLD_SID = "d0d0cafe5e55101d0000000000c1ea12"
+
+
+def _old_database(path: Path) -> None:
+    """A session database as an older version left it: owners in clear, a live Mcp-Session-Id among them."""
+    SqliteSessionStore(path).close()  # today's schema, then the rows an older version wrote
+    db = sqlite3.connect(path)
+    db.executemany(
+        "INSERT INTO owned (container_id, owner, name, created_at, state) VALUES (?, ?, 'c', 0, 'live')",
+        [(f"cntr_{i:048d}", f"http:{OLD_SID}") for i in range(3)],
+    )
+    db.execute("INSERT INTO calls (owner, window, count) VALUES (?, 1, 1)", (f"http:{OLD_SID}",))
+    db.commit()
+    db.close()
+
+
+_CRASH_AT_VACUUM = textwrap.dedent(
+    """
+    import os, signal, sqlite3, sys
+    from pathlib import Path
+
+    class Crashing(sqlite3.Connection):
+        def execute(self, sql, *args):
+            if sql.strip().upper().startswith("VACUUM"):
+                os.kill(os.getpid(), signal.SIGKILL)  # the crash: right after the migration committed
+            return super().execute(sql, *args)
+
+    real_connect = sqlite3.connect
+    sqlite3.connect = lambda *a, **k: real_connect(*a, factory=Crashing, **k)
+    from container_mcp.store import SqliteSessionStore
+
+    SqliteSessionStore(Path(sys.argv[1]))
+    """
+)
+
+
+def test_a_crash_between_the_migration_and_the_vacuum_leaves_no_clear_session_id(tmp_path: Path) -> None:
+    path = tmp_path / "sessions-local.sqlite3"
+    _old_database(path)
+    assert files_containing(tmp_path, OLD_SID.encode())
+    crashed = subprocess.run([sys.executable, "-c", _CRASH_AT_VACUUM, str(path)], check=False)
+    assert crashed.returncode == -signal.SIGKILL
+    store = SqliteSessionStore(path)  # the restart: nothing is left to migrate, but the scrub is
+    try:
+        assert store.owns(f"http:{OLD_SID}", f"cntr_{0:048d}")  # ownership survived the crash
+        assert files_containing(tmp_path, OLD_SID.encode()) == []  # while the restarted server runs
+    finally:
+        store.close()
+    assert files_containing(tmp_path, OLD_SID.encode()) == []
+    assert not os.path.exists(f"{path}-journal")
+
+
+# --- a data dir named through a symlink is tightened all the same -------------------------------
+
+
+async def test_a_data_dir_named_through_a_symlink_is_tightened_at_start(tmp_path: Path) -> None:
+    # ~/.local/share/container-mcp as a symlink to a bigger disk is an ordinary setup. The old
+    # start-up walk opened the data dir with O_NOFOLLOW, failed on the link and silently skipped
+    # the whole tree (an older version's 0644 files stayed readable by every local user), and the
+    # first start then died creating the session key (NotADirectoryError on the same open).
+    real = tmp_path / "disk" / "container-mcp"
+    secret = real / "local" / "containers" / "cntr_x" / "files" / "notes.txt"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("private notes")
+    for path in (real / "local", real / "local" / "containers", secret.parent.parent, secret.parent):
+        os.chmod(path, 0o755)
+    os.chmod(secret, 0o644)
+    (tmp_path / "data").symlink_to(real)
+    async with open_service(Settings(data_dir=tmp_path / "data")):
+        pass
+    assert loose_entries(real) == []
