@@ -54,9 +54,13 @@ def create_private_file(path: Path) -> None:
 def secure_data_dir(data_dir: Path) -> int:
     """Create ``data_dir`` 0700 and strip group/other bits from every entry below it.
 
+    Raises ``ContainerMCPError`` when the directory belongs to another user.
+
     Symlinks are neither followed nor changed (their mode means nothing). Returns how many entries
     were tightened; logs a warning naming the count when it is not zero. Blocking.
     """
+    data_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    _check_owner(data_dir)
     private_dir(data_dir)
     # The operator may name the data dir through a symlink (a home directory's link to a bigger
     # disk): that is configuration, followed once here; everything below it is walked link-free.
@@ -68,6 +72,22 @@ def secure_data_dir(data_dir: Path) -> int:
             fixed,
         )
     return fixed
+
+
+def _check_owner(data_dir: Path) -> None:
+    """Refuse a data dir that belongs to another user.
+
+    Someone who made the directory first (``--data-dir /tmp/...``, created by another local user)
+    owns it whatever its mode: they could loosen it again, plant a session key they know, or swap
+    its files. A root server could tighten it regardless, so the mode alone proves nothing.
+    """
+    owner = os.stat(data_dir).st_uid
+    if owner != os.geteuid():
+        raise ContainerMCPError(
+            f"The data dir {data_dir} belongs to uid {owner}, not to this server's user (uid {os.geteuid()}): "
+            "that user could read or replace the server's state. Use a data dir this user creates (a path "
+            "that does not exist yet, in a directory only this user can write), or chown it to this user."
+        )
 
 
 def _tighten_tree(root: Path) -> int:

@@ -19,11 +19,12 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from container_mcp.errors import ContainerMCPError
 from container_mcp.providers.base import FileChanges
 from container_mcp.runtime import open_service
 from container_mcp.server.host_files import open_host_file
 from container_mcp.settings import Settings
-from container_mcp.store import SqliteSessionStore
+from container_mcp.store import KEY_FILE, SqliteSessionStore
 from container_mcp.uploads import HostFileUpload
 from tests.providers.openai_fakes import CONTAINER_ID, file_body, multipart_parts, provider_over
 
@@ -148,7 +149,7 @@ _CRASH_AT_VACUUM = textwrap.dedent(
 
     real_connect = sqlite3.connect
     sqlite3.connect = lambda *a, **k: real_connect(*a, factory=Crashing, **k)
-    from container_mcp.store import SqliteSessionStore
+    from container_mcp.store import KEY_FILE, SqliteSessionStore
 
     SqliteSessionStore(Path(sys.argv[1]))
     """
@@ -190,3 +191,30 @@ async def test_a_data_dir_named_through_a_symlink_is_tightened_at_start(tmp_path
     async with open_service(Settings(data_dir=tmp_path / "data")):
         pass
     assert loose_entries(real) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a directory another user owns needs root")
+async def test_a_data_dir_another_user_made_first_is_refused(tmp_path: Path) -> None:
+    # Another local user squats the operator's --data-dir (say /tmp/container-mcp) before the
+    # first start, with a session key they chose. A root server used to chmod it 0700 and carry
+    # on: the squatter still owns the directory (they can loosen it again and swap its files) and
+    # knows the key every session id is hashed with.
+    squat = tmp_path / "squatted"
+    squat.mkdir()
+    (squat / KEY_FILE).write_bytes(b"k" * 32)
+    for path in (squat, squat / KEY_FILE):
+        os.chown(path, 65534, 65534)
+    os.chmod(squat, 0o777)
+    with pytest.raises(ContainerMCPError, match=r"belongs to uid 65534, not to this server's user"):
+        async with open_service(Settings(data_dir=squat)):
+            pass
+    assert not (squat / "sessions-local.sqlite3").exists()
+
+
+async def test_a_very_long_source_path_is_refused_before_it_is_resolved(env_factory: EnvFactory, tree: Path) -> None:
+    # realpath's cost grows with the square of the number of components: a megabyte of
+    # "a/a/a/..." kept a worker thread busy for minutes. 100 KB shows the refusal quickly.
+    async with session(env_factory, [tree / "allowed"]) as (client, cid):
+        long_path = str(tree / "allowed") + "/a" * 50_000
+        message = await err(client, "file_create", container_id=cid, path="x", source_path=long_path)
+        assert "a host path is shorter than 4096 bytes" in message

@@ -38,6 +38,9 @@ __all__ = ["client_roots", "host_upload", "open_host_file"]
 
 _INLINE = "or send the content inline (text or base64)"
 
+PATH_MAX = 4096
+"""Linux's limit on a path passed to the kernel, terminating NUL included."""
+
 
 def _err(message: str) -> InvalidRequest:
     return InvalidRequest(message, param="source_path")
@@ -123,12 +126,19 @@ def open_host_file(
     if "\x00" in source_path:
         raise _err(f"source_path {shown} contains a NUL character.")
     try:
-        os.fsencode(source_path)
+        encoded = os.fsencode(source_path)
     except UnicodeEncodeError:
         raise _err(
             f"source_path {shown} contains a character that cannot be a host path (a lone UTF-16 surrogate). "
             "Name the file by its path as the host spells it."
         ) from None
+    if len(encoded) >= PATH_MAX:
+        # Checked before realpath, whose cost grows with the square of the component count: a
+        # megabyte of "a/a/a/..." would pin a worker thread for minutes.
+        raise _err(
+            f"source_path is {len(encoded)} bytes long; a host path is shorter than {PATH_MAX} bytes. "
+            "Name the file by a shorter path."
+        )
     real = Path(os.path.realpath(source_path))
     data = Path(os.path.realpath(data_dir))
     if _under(real, data):
