@@ -15,7 +15,12 @@ component), so swapping a parent for a symlink between the check and the open ca
 outside. Symlinks that stay inside are followed with ``openat2``; without it, or when the data dir
 lies inside the allowed directory, every symlink is refused. The opened fd is then checked: a
 regular file (not a FIFO, device or directory), no bigger than the per-file limit. The content is
-read only through that fd.
+read only through that fd, and only as many bytes as the check saw.
+
+**Not detectable here, so the operator's to avoid:** a hard link in an allowed directory to a
+file outside it is that file (with ``fs.protected_hardlinks=1`` another user can only link what
+they could already read and write), and a bind mount into an allowed directory (of the data dir,
+say) is just a directory to every check. Both take an action outside the server.
 """
 
 from __future__ import annotations
