@@ -218,3 +218,14 @@ async def test_a_very_long_source_path_is_refused_before_it_is_resolved(env_fact
         long_path = str(tree / "allowed") + "/a" * 50_000
         message = await err(client, "file_create", container_id=cid, path="x", source_path=long_path)
         assert "a host path is shorter than 4096 bytes" in message
+
+
+async def test_a_client_root_with_a_nul_byte_is_a_clear_error(env_factory: EnvFactory, tree: Path) -> None:
+    # "file:///srv/x%00" decodes to a path with a NUL, which no host path has; the old code let
+    # realpath's ValueError out as an internal error on every source_path.
+    bad_root = Path(str(tree / "allowed") + "\x00")
+    async with session(env_factory, [tree / "allowed"], roots=[bad_root]) as (client, cid):
+        message = await err(
+            client, "file_create", container_id=cid, path="x", source_path=str(tree / "allowed/top.txt")
+        )
+        assert "root" in message and "NUL" in message

@@ -76,7 +76,14 @@ async def client_roots(ctx: Context) -> list[Path] | None:
     for root in result.roots:
         parsed = urlparse(str(root.uri))
         if parsed.scheme == "file":
-            roots.append(Path(unquote(parsed.path)))
+            path = unquote(parsed.path)
+            if "\x00" in path:
+                # No host path holds a NUL, and ignoring the root would widen what the client allowed.
+                raise _err(
+                    f"The client's root {str(root.uri)[:200]!r} decodes to a path with a NUL character, so which "
+                    f"host files it allows is unknown and none are read. Fix the root in the client, {_INLINE}."
+                )
+            roots.append(Path(path))
     return roots
 
 
