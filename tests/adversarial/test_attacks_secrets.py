@@ -14,12 +14,13 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import httpx2
 import pytest
 
-from container_mcp.errors import ContainerMCPError
+from container_mcp.errors import ContainerMCPError, InvalidRequest
 from container_mcp.providers.base import FileChanges
 from container_mcp.runtime import open_service
 from container_mcp.server.host_files import open_host_file
@@ -229,3 +230,46 @@ async def test_a_client_root_with_a_nul_byte_is_a_clear_error(env_factory: EnvFa
             client, "file_create", container_id=cid, path="x", source_path=str(tree / "allowed/top.txt")
         )
         assert "root" in message and "NUL" in message
+
+
+def test_an_allowed_dir_flipping_to_a_symlink_mid_call_never_leaks(tree: Path) -> None:
+    # The same swap racing a call: the path check sees the real directory, the open a moment
+    # later would follow the symlink. The directory is reached from / without following links.
+    # (The old code also let realpath's own race out as an internal error: it lstat()s a link,
+    # then readlink() fails with FileNotFoundError because the link was renamed in between.)
+    share = tree / "share"
+    share.mkdir()
+    (share / "secret.txt").write_bytes(INSIDE)
+    (tree / "share.lnk").symlink_to(tree / "outside")
+    allowed = Settings(data_dir=tree / "data", allow_paths=[share]).allow_paths
+    stop = threading.Event()
+
+    def flip() -> None:
+        real, link = tree / "share.dir", tree / "share.lnk"
+        while not stop.is_set():
+            os.rename(share, real)
+            os.rename(link, share)  # now a symlink out
+            os.rename(share, link)
+            os.rename(real, share)  # the directory again
+
+    thread = threading.Thread(target=flip, daemon=True)
+    thread.start()
+    read = refused = 0
+    try:
+        for _ in range(3000):
+            try:
+                fd, size = open_host_file(
+                    str(share / "secret.txt"), allowed=allowed, roots=None, data_dir=tree / "data", max_bytes=1 << 20
+                )
+            except InvalidRequest:
+                refused += 1
+                continue
+            try:
+                assert os.pread(fd, size, 0) == INSIDE
+                read += 1
+            finally:
+                os.close(fd)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert read + refused == 3000

@@ -151,7 +151,7 @@ def open_host_file(
             f"source_path is {len(encoded)} bytes long; a host path is shorter than {PATH_MAX} bytes. "
             "Name the file by a shorter path."
         )
-    real = Path(os.path.realpath(source_path))
+    real = _resolve(source_path, shown)
     data = Path(os.path.realpath(data_dir))
     if _under(real, data):
         # Our own state (every session's files, the session store) is never a source.
@@ -175,7 +175,7 @@ def open_host_file(
                 f"--allow-path directories ({_listed(allowed)}); add a root for its directory in the client, "
                 f"{_INLINE}."
             )
-        root = _deepest(real, [Path(os.path.realpath(r)) for r in roots])
+        root = _deepest(real, [_resolve(str(r), shown) for r in roots])
         if root is None:
             raise _err(
                 f"source_path {shown} is under the server's --allow-path directories but outside the client's "
@@ -215,6 +215,17 @@ def open_host_file(
         os.close(fd)
         raise
     return fd, st.st_size
+
+
+def _resolve(path: str, shown: str) -> Path:
+    """``realpath``, whose ``lstat`` then ``readlink`` fails when a link is renamed in between."""
+    try:
+        return Path(os.path.realpath(path))
+    except OSError:
+        raise _err(
+            f"source_path {shown} changed while it was being resolved (a symlink on the way was replaced), so it "
+            "was not read. Try again once the path stays put."
+        ) from None
 
 
 def _open_allowed(op: Path, shown: str) -> int:
