@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import ContainerMCPError
 
-__all__ = ["DIR_MODE", "FILE_MODE", "create_private_file", "private_dir", "secret_key", "secure_data_dir"]
+__all__ = ["DIR_MODE", "FILE_MODE", "create_private_file", "make_dirs", "private_dir", "secret_key", "secure_data_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,22 @@ KEY_BYTES = 32
 _NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def make_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents, each 0700; existing ones are left as they are.
+
+    Parents too (as the XDG spec asks of a missing data home): ``mkdir -p`` would give them the
+    umask's mode, and a parent another user can write lets them rename the data dir away and put
+    their own in its place.
+    """
+    for d in [*reversed(path.parents), path]:
+        if not d.is_dir():
+            with contextlib.suppress(FileExistsError):
+                d.mkdir(mode=DIR_MODE)
+
+
 def private_dir(path: Path) -> None:
-    """Create ``path`` (and missing parents) with the leaf 0700; tighten the leaf if it exists."""
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    """Create ``path`` (and missing parents) 0700; tighten ``path`` itself if it exists."""
+    make_dirs(path)
     st = path.stat()
     if stat.S_IMODE(st.st_mode) & 0o077:
         os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o077)
@@ -59,8 +72,8 @@ def secure_data_dir(data_dir: Path) -> int:
     Symlinks are neither followed nor changed (their mode means nothing). Returns how many entries
     were tightened; logs a warning naming the count when it is not zero. Blocking.
     """
-    data_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    _check_owner(data_dir)
+    make_dirs(data_dir)
+    _check_owner(data_dir)  # before changing anything in it
     private_dir(data_dir)
     # The operator may name the data dir through a symlink (a home directory's link to a bigger
     # disk): that is configuration, followed once here; everything below it is walked link-free.

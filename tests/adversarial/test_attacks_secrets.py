@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ import httpx2
 import pytest
 
 from container_mcp.errors import ContainerMCPError, InvalidRequest
+from container_mcp.private import secure_data_dir
 from container_mcp.providers.base import FileChanges
 from container_mcp.runtime import open_service
 from container_mcp.server.host_files import open_host_file
@@ -273,3 +275,21 @@ def test_an_allowed_dir_flipping_to_a_symlink_mid_call_never_leaks(tree: Path) -
         stop.set()
         thread.join(10)
     assert read + refused == 3000
+
+
+def test_missing_parents_of_the_data_dir_are_made_private_too(tmp_path: Path) -> None:
+    # A first start under umask 000 with no ~/.local/share yet: the old code made the parents
+    # 0777, so another user could rename the data dir away and put their own (or a link) there.
+    data_dir = tmp_path / "home" / ".local" / "share" / "container-mcp"
+    old = os.umask(0)
+    try:
+        secure_data_dir(data_dir)
+    finally:
+        os.umask(old)
+    for made in (tmp_path / "home", tmp_path / "home" / ".local", data_dir.parent, data_dir):
+        assert stat.S_IMODE(made.stat().st_mode) == 0o700, made
+    # A parent that already existed is not the server's to change.
+    (tmp_path / "shared").mkdir()
+    os.chmod(tmp_path / "shared", 0o755)
+    secure_data_dir(tmp_path / "shared" / "data")
+    assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o755
