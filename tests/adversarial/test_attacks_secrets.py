@@ -27,6 +27,7 @@ from container_mcp.providers.base import FileChanges
 from container_mcp.runtime import open_service
 from container_mcp.server.host_files import open_host_file
 from container_mcp.settings import Settings
+from container_mcp.sqlite import connect
 from container_mcp.store import KEY_FILE, SqliteSessionStore
 from container_mcp.uploads import HostFileUpload
 from tests.providers.openai_fakes import CONTAINER_ID, file_body, multipart_parts, provider_over
@@ -293,3 +294,29 @@ def test_missing_parents_of_the_data_dir_are_made_private_too(tmp_path: Path) ->
     os.chmod(tmp_path / "shared", 0o755)
     secure_data_dir(tmp_path / "shared" / "data")
     assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o755
+
+
+# --- two servers starting at once on a new data dir ------------------------------------------
+
+
+def test_a_second_first_open_waits_for_the_first_instead_of_failing(tmp_path: Path) -> None:
+    # Two servers started together both switch the new database to WAL. The one that loses the
+    # lock upgrade got "database is locked" at once (SQLite refuses a deadlocking upgrade without
+    # waiting out busy_timeout) and died at start; about one start in twenty racing ones did.
+    path = tmp_path / "sessions-local.sqlite3"
+    first = sqlite3.connect(path, isolation_level=None)
+    first.execute("CREATE TABLE t (x)")
+    first.execute("BEGIN IMMEDIATE")  # the other server, in the middle of its first write
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the other server finishes while this one waits
+        waits.append(seconds)
+        first.execute("COMMIT")
+
+    db = connect(path, sleep=sleep)
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert len(waits) == 1
+    finally:
+        db.close()
+        first.close()
