@@ -251,8 +251,7 @@ def _open_allowed(op: Path, shown: str) -> int:
             "Ask the operator to check it."
         ) from None
     finally:
-        if op != Path("/"):
-            os.close(root)
+        os.close(root)
 
 
 def _open_in(op_fd: int, op: Path, base: Path, rel: str, avoid: tuple[int, int] | None) -> int:
