@@ -10,6 +10,7 @@ an older version, or copied with ``cp -r`` under a loose umask), logging what it
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import os
 import stat
@@ -67,13 +68,14 @@ def create_private_file(path: Path) -> None:
 def secure_data_dir(data_dir: Path) -> int:
     """Create ``data_dir`` 0700 and strip group/other bits from every entry below it.
 
-    Raises ``ContainerMCPError`` when the directory belongs to another user.
+    Raises ``ContainerMCPError``, changing nothing, when the directory is not the server's own
+    (``_check_dedicated``).
 
     Symlinks are neither followed nor changed (their mode means nothing). Returns how many entries
     were tightened; logs a warning naming the count when it is not zero. Blocking.
     """
     make_dirs(data_dir)
-    _check_owner(data_dir)  # before changing anything in it
+    _check_dedicated(data_dir)  # before changing anything in it
     private_dir(data_dir)
     # The operator may name the data dir through a symlink (a home directory's link to a bigger
     # disk): that is configuration, followed once here; everything below it is walked link-free.
@@ -87,19 +89,40 @@ def secure_data_dir(data_dir: Path) -> int:
     return fixed
 
 
-def _check_owner(data_dir: Path) -> None:
-    """Refuse a data dir that belongs to another user.
+SERVER_ENTRIES = ("local", "session.key", ".session.key.*", "sessions-*.sqlite3*", "lost+found")
+"""Names the server (any version) makes at the top of its data dir, and a file system's own."""
+
+
+def _check_dedicated(data_dir: Path) -> None:
+    """Refuse a data dir that is not the server's own: another user's, writable by others, or in use.
 
     Someone who made the directory first (``--data-dir /tmp/...``, created by another local user)
     owns it whatever its mode: they could loosen it again, plant a session key they know, or swap
-    its files. A root server could tighten it regardless, so the mode alone proves nothing.
+    its files. A directory others can write (``/tmp`` itself) or one holding entries the server
+    never makes (``/var/lib``, a home directory) is shared: making it private, as the start does,
+    would strip everyone else's permissions from it and from all it holds.
     """
-    owner = os.stat(data_dir).st_uid
-    if owner != os.geteuid():
+    st = os.stat(data_dir)
+    if st.st_uid != os.geteuid():
         raise ContainerMCPError(
-            f"The data dir {data_dir} belongs to uid {owner}, not to this server's user (uid {os.geteuid()}): "
+            f"The data dir {data_dir} belongs to uid {st.st_uid}, not to this server's user (uid {os.geteuid()}): "
             "that user could read or replace the server's state. Use a data dir this user creates (a path "
             "that does not exist yet, in a directory only this user can write), or chown it to this user."
+        )
+    if stat.S_IMODE(st.st_mode) & 0o022:
+        raise ContainerMCPError(
+            f"The data dir {data_dir} is writable by other users (mode {stat.filemode(st.st_mode)}): it is a "
+            "shared directory, and the server would make it private to itself. Give the server a directory of "
+            "its own, e.g. a path inside it that does not exist yet (it is created 0700)."
+        )
+    foreign = sorted(n for n in os.listdir(data_dir) if not any(fnmatch.fnmatchcase(n, p) for p in SERVER_ENTRIES))
+    if foreign:
+        shown = ", ".join(repr(n) for n in foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ContainerMCPError(
+            f"The data dir {data_dir} holds entries the server did not make ({shown}): it looks like a "
+            "directory with other uses, and the server would remove group/other permissions from everything in "
+            "it. Give the server a directory of its own, e.g. a path inside it that does not exist yet (it is "
+            "created 0700), or move those entries out."
         )
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .private import create_private_file, private_dir
+from .private import create_private_file, make_dirs
 
 __all__ = ["connect", "transaction"]
 
@@ -26,12 +26,14 @@ def connect(path: Path | str, *, sleep: Callable[[float], None] = time.sleep) ->
     """Open ``path`` (a file, created with its parent dir, or ``":memory:"``): WAL and
     ``synchronous=FULL`` for files, so an acknowledged write survives a crash or power loss.
 
-    The file is created 0600 (its dir 0700) before SQLite opens it, so its -wal, -shm and -journal
-    files, which SQLite gives the database's mode, are private too, whatever the umask.
+    The file is created 0600 (its dir, if missing, 0700) before SQLite opens it, so its -wal, -shm
+    and -journal files, which SQLite gives the database's mode, are private too, whatever the umask.
     ``sleep`` waits between attempts to switch a new database to WAL (see ``_enable_wal``).
     """
     if isinstance(path, Path):
-        private_dir(path.parent)
+        # Created 0700 if missing, never changed if it exists: whether a directory that already
+        # exists is the server's to make private is ``private.secure_data_dir``'s decision.
+        make_dirs(path.parent)
         create_private_file(path)
     db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     db.row_factory = sqlite3.Row

@@ -320,3 +320,26 @@ def test_a_second_first_open_waits_for_the_first_instead_of_failing(tmp_path: Pa
     finally:
         db.close()
         first.close()
+
+
+# --- a data dir that is really a shared directory ----------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["world-writable like /tmp", "in use like /var/lib or a home directory"])
+async def test_a_shared_directory_as_data_dir_is_refused_and_left_as_it_was(tmp_path: Path, kind: str) -> None:
+    # "--data-dir /tmp" (or /var/lib, or ~) by mistake: the start used to make it 0700 and strip
+    # group/other permissions from everything in it, other users' files included (found the hard
+    # way: a store opened at /tmp/x.sqlite3 turned /tmp into drwx-----T for the whole machine).
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    theirs = shared / "someone-elses.txt"
+    theirs.write_text("readable by all, on purpose")
+    os.chmod(theirs, 0o644)
+    mode = 0o1777 if kind.startswith("world") else 0o755
+    os.chmod(shared, mode)
+    with pytest.raises(ContainerMCPError, match="writable by other users|holds entries the server did not make"):
+        async with open_service(Settings(data_dir=shared)):
+            pass
+    assert stat.S_IMODE(shared.stat().st_mode) == mode
+    assert stat.S_IMODE(theirs.stat().st_mode) == 0o644
+    assert sorted(p.name for p in shared.iterdir()) == ["someone-elses.txt"]
