@@ -2,8 +2,10 @@
 
 Every creation site in the data dir passes an explicit mode (a umask only ever removes bits, so
 ``0o600`` stays ``0o600`` under umask 000). ``secure_data_dir`` runs at start: it creates the
-data dir 0700 and strips group/other bits from everything already in it (a data dir written by
-an older version, or copied with ``cp -r`` under a loose umask), logging what it fixed.
+data dir (and missing parents) 0700, refuses one that is not the server's own (another user's,
+writable by others, or holding entries the server never makes), and strips group/other bits from
+everything already in it (a data dir written by an older version, or copied with ``cp -r`` under
+a loose umask), logging what it fixed.
 ``secret_key`` keeps the per-data-dir key the session store hashes session keys with.
 """
 
