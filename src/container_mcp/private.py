@@ -2,14 +2,17 @@
 
 Every creation site in the data dir passes an explicit mode (a umask only ever removes bits, so
 ``0o600`` stays ``0o600`` under umask 000). ``secure_data_dir`` runs at start: it creates the
-data dir 0700 and strips group/other bits from everything already in it (a data dir written by
-an older version, or copied with ``cp -r`` under a loose umask), logging what it fixed.
+data dir (and missing parents) 0700, refuses one that is not the server's own (another user's,
+writable by others, or holding entries the server never makes), and strips group/other bits from
+everything already in it (a data dir written by an older version, or copied with ``cp -r`` under
+a loose umask), logging what it fixed.
 ``secret_key`` keeps the per-data-dir key the session store hashes session keys with.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import os
 import stat
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from .errors import ContainerMCPError
 
-__all__ = ["DIR_MODE", "FILE_MODE", "create_private_file", "private_dir", "secret_key", "secure_data_dir"]
+__all__ = ["DIR_MODE", "FILE_MODE", "create_private_file", "make_dirs", "private_dir", "secret_key", "secure_data_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +31,22 @@ KEY_BYTES = 32
 _NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def make_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents, each 0700; existing ones are left as they are.
+
+    Parents too (as the XDG spec asks of a missing data home): ``mkdir -p`` would give them the
+    umask's mode, and a parent another user can write lets them rename the data dir away and put
+    their own in its place.
+    """
+    for d in [*reversed(path.parents), path]:
+        if not d.is_dir():
+            with contextlib.suppress(FileExistsError):
+                d.mkdir(mode=DIR_MODE)
+
+
 def private_dir(path: Path) -> None:
-    """Create ``path`` (and missing parents) with the leaf 0700; tighten the leaf if it exists."""
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    """Create ``path`` (and missing parents) 0700; tighten ``path`` itself if it exists."""
+    make_dirs(path)
     st = path.stat()
     if stat.S_IMODE(st.st_mode) & 0o077:
         os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o077)
@@ -54,11 +70,18 @@ def create_private_file(path: Path) -> None:
 def secure_data_dir(data_dir: Path) -> int:
     """Create ``data_dir`` 0700 and strip group/other bits from every entry below it.
 
+    Raises ``ContainerMCPError``, changing nothing, when the directory is not the server's own
+    (``_check_dedicated``).
+
     Symlinks are neither followed nor changed (their mode means nothing). Returns how many entries
     were tightened; logs a warning naming the count when it is not zero. Blocking.
     """
+    make_dirs(data_dir)
+    _check_dedicated(data_dir)  # before changing anything in it
     private_dir(data_dir)
-    fixed = _tighten_tree(data_dir)
+    # The operator may name the data dir through a symlink (a home directory's link to a bigger
+    # disk): that is configuration, followed once here; everything below it is walked link-free.
+    fixed = _tighten_tree(Path(os.path.realpath(data_dir)))
     if fixed:
         log.warning(
             "data dir %s had %d entries readable by other users; removed their group/other permissions",
@@ -66,6 +89,43 @@ def secure_data_dir(data_dir: Path) -> int:
             fixed,
         )
     return fixed
+
+
+SERVER_ENTRIES = ("local", "session.key", ".session.key.*", "sessions-*.sqlite3*", "lost+found")
+"""Names the server (any version) makes at the top of its data dir, and a file system's own."""
+
+
+def _check_dedicated(data_dir: Path) -> None:
+    """Refuse a data dir that is not the server's own: another user's, writable by others, or in use.
+
+    Someone who made the directory first (``--data-dir /tmp/...``, created by another local user)
+    owns it whatever its mode: they could loosen it again, plant a session key they know, or swap
+    its files. A directory others can write (``/tmp`` itself) or one holding entries the server
+    never makes (``/var/lib``, a home directory) is shared: making it private, as the start does,
+    would strip everyone else's permissions from it and from all it holds.
+    """
+    st = os.stat(data_dir)
+    if st.st_uid != os.geteuid():
+        raise ContainerMCPError(
+            f"The data dir {data_dir} belongs to uid {st.st_uid}, not to this server's user (uid {os.geteuid()}): "
+            "that user could read or replace the server's state. Use a data dir this user creates (a path "
+            "that does not exist yet, in a directory only this user can write), or chown it to this user."
+        )
+    if stat.S_IMODE(st.st_mode) & 0o022:
+        raise ContainerMCPError(
+            f"The data dir {data_dir} is writable by other users (mode {stat.filemode(st.st_mode)}): it is a "
+            "shared directory, and the server would make it private to itself. Give the server a directory of "
+            "its own, e.g. a path inside it that does not exist yet (it is created 0700)."
+        )
+    foreign = sorted(n for n in os.listdir(data_dir) if not any(fnmatch.fnmatchcase(n, p) for p in SERVER_ENTRIES))
+    if foreign:
+        shown = ", ".join(repr(n) for n in foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ContainerMCPError(
+            f"The data dir {data_dir} holds entries the server did not make ({shown}): it looks like a "
+            "directory with other uses, and the server would remove group/other permissions from everything in "
+            "it. Give the server a directory of its own, e.g. a path inside it that does not exist yet (it is "
+            "created 0700), or move those entries out."
+        )
 
 
 def _tighten_tree(root: Path) -> int:
@@ -151,7 +211,8 @@ def secret_key(path: Path) -> bytes:
             os.link(tmp, path)
     finally:
         os.unlink(tmp)
-    dir_fd = os.open(path.parent, _NOFOLLOW_DIR)
+    # The directory as configured, a symlink to it included; only the key file itself is never a link.
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dir_fd)
     finally:

@@ -8,6 +8,7 @@ the environment; everything else takes the values it needs as arguments, and tes
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -288,6 +289,13 @@ class Settings(BaseSettings):
     def egress_rules(self) -> EgressRules:
         """The egress rules of allowlist containers, from ``egress_allow_networks`` and ``egress_ports``."""
         return EgressRules.parse(self.egress_allow_networks, self.egress_ports)
+
+    @field_validator("allow_paths")
+    @classmethod
+    def _resolve_paths(cls, value: list[Path]) -> list[Path]:
+        # Resolved once, at start: an allowed directory is the one it named then. A directory
+        # swapped for a symlink later (by another local user who owns it) is not followed.
+        return [Path(os.path.realpath(p)) for p in value]
 
     @field_validator("api_keys", mode="before")
     @classmethod

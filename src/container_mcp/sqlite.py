@@ -8,32 +8,55 @@ with another writer, in this process or another one on the same file.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .private import create_private_file, private_dir
+from .private import create_private_file, make_dirs
 
 __all__ = ["connect", "transaction"]
 
 
-def connect(path: Path | str) -> sqlite3.Connection:
+BUSY_TIMEOUT_MS = 5000
+_WAL_RETRY_S = 0.01
+
+
+def connect(path: Path | str, *, sleep: Callable[[float], None] = time.sleep) -> sqlite3.Connection:
     """Open ``path`` (a file, created with its parent dir, or ``":memory:"``): WAL and
     ``synchronous=FULL`` for files, so an acknowledged write survives a crash or power loss.
 
-    The file is created 0600 (its dir 0700) before SQLite opens it, so its -wal, -shm and -journal
-    files, which SQLite gives the database's mode, are private too, whatever the umask.
+    The file is created 0600 (its dir, if missing, 0700) before SQLite opens it, so its -wal, -shm
+    and -journal files, which SQLite gives the database's mode, are private too, whatever the umask.
+    ``sleep`` waits between attempts to switch a new database to WAL (see ``_enable_wal``).
     """
     if isinstance(path, Path):
-        private_dir(path.parent)
+        # Created 0700 if missing, never changed if it exists: whether a directory that already
+        # exists is the server's to make private is ``private.secure_data_dir``'s decision.
+        make_dirs(path.parent)
         create_private_file(path)
     db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     db.row_factory = sqlite3.Row
-    db.execute("PRAGMA busy_timeout = 5000")
+    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     if str(path) != ":memory:":
-        db.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(db, sleep)
         db.execute("PRAGMA synchronous = FULL")
     return db
+
+
+def _enable_wal(db: sqlite3.Connection, sleep: Callable[[float], None]) -> None:
+    # Two processes opening a new database at once (two servers started together) both switch
+    # it to WAL. The loser's lock upgrade would deadlock, so SQLite refuses it at once with
+    # SQLITE_BUSY instead of waiting out busy_timeout; retry for as long as that timeout.
+    attempts = int(BUSY_TIMEOUT_MS / 1000 / _WAL_RETRY_S)
+    for attempt in range(attempts + 1):
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or attempt == attempts:
+                raise
+            sleep(_WAL_RETRY_S)
 
 
 @contextmanager

@@ -13,7 +13,8 @@ Session keys are secrets (a streamable-HTTP key is a live ``Mcp-Session-Id``: wh
 act as that session), so the file never holds them: each key is replaced by its HMAC-SHA256 under a
 per-data-dir secret (``session.key``, 0600, beside the database) at this boundary, once, and every
 query compares digests. Callers pass and think in clear keys. Rows an older version wrote with
-clear keys are rewritten at open, and the database is vacuumed so no old page keeps them.
+clear keys are rewritten at open, and the database is vacuumed so no old page keeps them (a crash
+in between is finished at the next start).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ KEY_FILE = "session.key"
 """The secret the session keys are hashed with, in the database's directory."""
 
 _DIGEST_PREFIX = "hmac-sha256:"
+
+_SCRUBBED = 1
+"""``PRAGMA user_version`` once the file holds no clear session key, not even in a free page."""
 
 
 @dataclass(frozen=True)
@@ -190,7 +194,8 @@ class SqliteSessionStore:
 
         The stdio user's containers stay theirs: ``stdio:local`` becomes the digest that
         ``stdio:local`` is looked up by from now on. VACUUM then rewrites the file from scratch and
-        the WAL is truncated, so no free page or old frame keeps a clear key.
+        the WAL is truncated, so no free page or old frame keeps a clear key; ``user_version``
+        records that this has finished, so a start after a crash in between finishes it.
         """
         self._db.create_function("session_digest", 1, self._k, deterministic=True)
         clear = f"{_DIGEST_PREFIX}%"
@@ -201,9 +206,17 @@ class SqliteSessionStore:
             moved += db.execute(
                 "UPDATE calls SET owner = session_digest(owner) WHERE owner NOT LIKE ?", (clear,)
             ).rowcount
-        if moved:
+            if moved:  # committed together with the UPDATE: its old pages are still in the file
+                db.execute("PRAGMA user_version = 0")
+            scrubbed = db.execute("PRAGMA user_version").fetchone()[0] == _SCRUBBED
+        # The scrub is marked done only once it is: a crash after the UPDATE committed or before
+        # the checkpoint finished leaves the mark unset, and the next start scrubs again, though
+        # it has nothing left to migrate.
+        if moved or not scrubbed:
             self._db.execute("VACUUM")
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if not busy:  # another process still reads old frames: the next start tries again
+                self._db.execute(f"PRAGMA user_version = {_SCRUBBED}")
 
     def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
         return transaction(self._db)

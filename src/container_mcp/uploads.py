@@ -7,13 +7,17 @@ opened (and checked) with, never reopened by path.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 import anyio.to_thread
 
-__all__ = ["CHUNK_SIZE", "BytesUpload", "HostFileUpload", "StreamUpload", "Upload"]
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+__all__ = ["CHUNK_SIZE", "BytesUpload", "HostFileUpload", "SizedFile", "StreamUpload", "Upload"]
 
 CHUNK_SIZE = 1 << 20
 
@@ -73,6 +77,50 @@ class HostFileUpload:
         if self.host_fd is not None:
             fd, self.host_fd = self.host_fd, None
             os.close(fd)
+
+
+class SizedFile(io.RawIOBase):
+    """The first ``size`` bytes of the open file ``fd``, as a seekable binary stream.
+
+    For a library that reads a file object to its end (a multipart body): the file may have
+    grown since it was checked, and only the checked bytes may leave. It reads with ``pread``
+    (the fd's offset is never moved), has no ``fileno`` (so its length is measured by seeking,
+    which ends at ``size``), and neither owns nor closes ``fd``.
+    """
+
+    def __init__(self, fd: int, size: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._size = size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        with memoryview(buffer) as view:
+            want = min(view.nbytes, self._size - self._pos)
+            if want <= 0:
+                return 0
+            data = os.pread(self._fd, want, self._pos)
+            view.cast("B")[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def reader(self) -> IO[bytes]:
+        """This stream, buffered: what a library that wants a binary file object gets."""
+        return io.BufferedReader(self, CHUNK_SIZE)
 
 
 class StreamUpload:

@@ -23,6 +23,9 @@ from container_mcp.store import SqliteSessionStore
 
 BARE = "Error executing tool"
 
+INSIDE = b"inside the allowed directory\n"
+OUTSIDE = b"OUTSIDE-SECRET host bytes\n"
+
 
 async def ok(client: Client, tool: str, **args: Any) -> dict[str, Any]:
     result = await client.call_tool(tool, args)
@@ -89,3 +92,17 @@ def env_factory(tmp_path: Path, clock: ManualClock) -> EnvFactory:
         return make_env(tmp_path, clock, **overrides)
 
     return factory
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """``allowed/`` (what the operator allows) next to ``outside/`` (what it does not)."""
+    allowed = tmp_path / "allowed"
+    (allowed / "sub").mkdir(parents=True)
+    (allowed / "sub" / "data.txt").write_bytes(INSIDE)
+    (allowed / "top.txt").write_bytes(INSIDE)
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "sub" / "data.txt").write_bytes(OUTSIDE)
+    (outside / "secret.txt").write_bytes(OUTSIDE)
+    return tmp_path

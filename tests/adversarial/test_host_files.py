@@ -27,12 +27,9 @@ from container_mcp import beneath
 from container_mcp.beneath import EscapeError, open_beneath
 from container_mcp.server.app import create_server
 
-from .conftest import Env, EnvFactory, err, ok
+from .conftest import INSIDE, Env, EnvFactory, err, ok
 
 pytestmark = pytest.mark.anyio
-
-INSIDE = b"inside the allowed directory\n"
-OUTSIDE = b"OUTSIDE-SECRET host bytes\n"
 
 
 @pytest.fixture(params=["openat2", "walk"])
@@ -44,20 +41,6 @@ def opener(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     else:
         monkeypatch.setattr(beneath, "_openat2_works", False)
     return str(request.param)
-
-
-@pytest.fixture
-def tree(tmp_path: Path) -> Path:
-    """``allowed/`` (what the operator allows) next to ``outside/`` (what it does not)."""
-    allowed = tmp_path / "allowed"
-    (allowed / "sub").mkdir(parents=True)
-    (allowed / "sub" / "data.txt").write_bytes(INSIDE)
-    (allowed / "top.txt").write_bytes(INSIDE)
-    outside = tmp_path / "outside"
-    (outside / "sub").mkdir(parents=True)
-    (outside / "sub" / "data.txt").write_bytes(OUTSIDE)
-    (outside / "secret.txt").write_bytes(OUTSIDE)
-    return tmp_path
 
 
 def roots_client(env: Env, roots: list[Path] | None) -> Client:

@@ -151,7 +151,7 @@ async def test_a_loose_data_dir_is_tightened_at_start_and_logged(
     outside = tmp_path / "outside.txt"
     outside.write_text("not ours")
     os.chmod(outside, 0o644)
-    (data_dir / "link").symlink_to(outside)  # a link is never followed: its target is not ours to change
+    (data_dir / "local" / "link").symlink_to(outside)  # never followed: its target is not ours to change
     caplog.set_level(logging.WARNING, logger="container_mcp")
     async with open_service(Settings(data_dir=data_dir)):
         pass

@@ -64,7 +64,7 @@ from ..models import (
     Page,
 )
 from ..settings import Settings
-from ..uploads import BytesUpload, Upload
+from ..uploads import BytesUpload, SizedFile, Upload
 from ._openai_wire import (
     CREATE_CONTAINER,
     LIST_CONTAINERS,
@@ -489,16 +489,13 @@ async def _opened(upload: Upload, max_bytes: int | None) -> AsyncIterator[tuple[
     if upload.size is not None and max_bytes is not None and upload.size > max_bytes:
         raise _too_large(upload.size, max_bytes)
     if upload.host_fd is not None:
-        # A file object of its own (dup), reading from the start, of the very file that was checked.
-        f = os.fdopen(os.dup(upload.host_fd), "rb")
-        try:
-            f.seek(0)
-            size = os.fstat(f.fileno()).st_size
-            if max_bytes is not None and size > max_bytes:
-                raise _too_large(size, max_bytes)
+        # The very file that was checked, and only as many bytes as it had then: it may grow
+        # after the size check and the quota's approval, and the excess must not be sent.
+        size = upload.size if upload.size is not None else os.fstat(upload.host_fd).st_size
+        if max_bytes is not None and size > max_bytes:
+            raise _too_large(size, max_bytes)
+        with SizedFile(upload.host_fd, size).reader() as f:
             yield f, size
-        finally:
-            await anyio.to_thread.run_sync(f.close)
     elif isinstance(upload, BytesUpload):
         yield upload.data, len(upload.data)
     else:

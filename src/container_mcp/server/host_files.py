@@ -6,14 +6,21 @@ narrow that: a file must be under an allowed directory *and*, when the client de
 under one of them (the intersection). Roots never widen what the operator allowed. The server's
 data dir is never a source, even inside an allowed directory.
 
-**Opening.** The path is resolved (``realpath``) to choose the directory and to word errors, but
-the file is then opened by the kernel *beneath* that directory's fd (``beneath.open_beneath``:
+**Opening.** The ``--allow-path`` directories are resolved once, at start (``Settings``), and
+reached later from ``/`` without following any symlink, so whoever owns one cannot swap it for a
+link elsewhere. The path is resolved (``realpath``) to choose the directory and to word errors,
+but the file is then opened by the kernel *beneath* that directory's fd (``beneath.open_beneath``:
 ``openat2`` with ``RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS``, else ``O_NOFOLLOW`` component by
 component), so swapping a parent for a symlink between the check and the open cannot lead
 outside. Symlinks that stay inside are followed with ``openat2``; without it, or when the data dir
 lies inside the allowed directory, every symlink is refused. The opened fd is then checked: a
 regular file (not a FIFO, device or directory), no bigger than the per-file limit. The content is
-read only through that fd.
+read only through that fd, and only as many bytes as the check saw.
+
+**Not detectable here, so the operator's to avoid:** a hard link in an allowed directory to a
+file outside it is that file (with ``fs.protected_hardlinks=1`` another user can only link what
+they could already read and write), and a bind mount into an allowed directory (of the data dir,
+say) is just a directory to every check. Both take an action outside the server.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ from ..uploads import HostFileUpload
 __all__ = ["client_roots", "host_upload", "open_host_file"]
 
 _INLINE = "or send the content inline (text or base64)"
+
+PATH_MAX = 4096
+"""Linux's limit on a path passed to the kernel, terminating NUL included."""
 
 
 def _err(message: str) -> InvalidRequest:
@@ -66,7 +76,14 @@ async def client_roots(ctx: Context) -> list[Path] | None:
     for root in result.roots:
         parsed = urlparse(str(root.uri))
         if parsed.scheme == "file":
-            roots.append(Path(unquote(parsed.path)))
+            path = unquote(parsed.path)
+            if "\x00" in path:
+                # No host path holds a NUL, and ignoring the root would widen what the client allowed.
+                raise _err(
+                    f"The client's root {str(root.uri)[:200]!r} decodes to a path with a NUL character, so which "
+                    f"host files it allows is unknown and none are read. Fix the root in the client, {_INLINE}."
+                )
+            roots.append(Path(path))
     return roots
 
 
@@ -109,7 +126,9 @@ def open_host_file(
 ) -> tuple[int, int]:
     """Open ``source_path`` for reading if it is a regular file under ``allowed`` ∩ ``roots``.
 
-    ``roots`` None: the client's roots do not apply. Returns (fd, size); the caller owns the fd.
+    ``allowed``: absolute directories as resolved at start (``Settings`` resolves them); no
+    symlink below ``/`` is followed to reach one now. ``roots`` None: the client's roots do not
+    apply. Returns (fd, size); the caller owns the fd.
     Raises ``InvalidRequest`` (``param="source_path"``) saying why not and what to do, or
     ``FileTooLarge``. Blocking.
     """
@@ -118,7 +137,21 @@ def open_host_file(
         raise _err(f"source_path must be an absolute host path; got {shown}.")
     if "\x00" in source_path:
         raise _err(f"source_path {shown} contains a NUL character.")
-    real = Path(os.path.realpath(source_path))
+    try:
+        encoded = os.fsencode(source_path)
+    except UnicodeEncodeError:
+        raise _err(
+            f"source_path {shown} contains a character that cannot be a host path (a lone UTF-16 surrogate). "
+            "Name the file by its path as the host spells it."
+        ) from None
+    if len(encoded) >= PATH_MAX:
+        # Checked before realpath, whose cost grows with the square of the component count: a
+        # megabyte of "a/a/a/..." would pin a worker thread for minutes.
+        raise _err(
+            f"source_path is {len(encoded)} bytes long; a host path is shorter than {PATH_MAX} bytes. "
+            "Name the file by a shorter path."
+        )
+    real = _resolve(source_path, shown)
     data = Path(os.path.realpath(data_dir))
     if _under(real, data):
         # Our own state (every session's files, the session store) is never a source.
@@ -126,7 +159,7 @@ def open_host_file(
             f"source_path {shown} is inside the server's data directory, which is never readable this way. "
             "Copy files between your containers with container_create's file_ids instead."
         )
-    op = _deepest(real, [Path(os.path.realpath(a)) for a in allowed])
+    op = _deepest(real, allowed)
     if op is None:
         raise _err(
             f"source_path {shown} is outside the server's --allow-path directories ({_listed(allowed)}); "
@@ -142,7 +175,7 @@ def open_host_file(
                 f"--allow-path directories ({_listed(allowed)}); add a root for its directory in the client, "
                 f"{_INLINE}."
             )
-        root = _deepest(real, [Path(os.path.realpath(r)) for r in roots])
+        root = _deepest(real, [_resolve(str(r), shown) for r in roots])
         if root is None:
             raise _err(
                 f"source_path {shown} is under the server's --allow-path directories but outside the client's "
@@ -154,8 +187,9 @@ def open_host_file(
     if rel == ".":
         raise _err(f"source_path {shown} is a directory, not a regular file. Name a file inside it.")
     data_id = _dir_id(data) if _under(data, op) else None
+    op_fd = _open_allowed(op, shown)
     try:
-        fd = _open_in(op, base, rel, data_id)
+        fd = _open_in(op_fd, op, base, rel, data_id)
     except EscapeError:
         raise _err(
             f"source_path {shown} goes through a symlink or '..' that leaves {base} (or the path changed while "
@@ -169,6 +203,8 @@ def open_host_file(
         raise _err(f"A component of source_path {shown} is not a directory. Check the path.") from None
     except OSError as exc:
         raise _err(f"source_path {shown} could not be opened: {exc.strerror or exc}.") from None
+    finally:
+        os.close(op_fd)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -181,20 +217,52 @@ def open_host_file(
     return fd, st.st_size
 
 
-def _open_in(op: Path, base: Path, rel: str, avoid: tuple[int, int] | None) -> int:
-    """Open ``rel`` beneath ``base``; ``base`` (a client root inside ``op``) is itself opened beneath ``op``."""
-    # The operator's directory is configuration, trusted as written; everything below is not.
-    op_fd = os.open(op, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _resolve(path: str, shown: str) -> Path:
+    """``realpath``, whose ``lstat`` then ``readlink`` fails when a link is renamed in between."""
     try:
-        if base == op:
-            return open_beneath(op_fd, rel, avoid=avoid)
-        base_fd = open_beneath(op_fd, os.path.relpath(base, op), directory=True, avoid=avoid)
-        try:
-            return open_beneath(base_fd, rel, avoid=avoid)
-        finally:
-            os.close(base_fd)
+        return Path(os.path.realpath(path))
+    except OSError:
+        raise _err(
+            f"source_path {shown} changed while it was being resolved (a symlink on the way was replaced), so it "
+            "was not read. Try again once the path stays put."
+        ) from None
+
+
+def _open_allowed(op: Path, shown: str) -> int:
+    """The operator's directory ``op``, reached from ``/`` without following any symlink.
+
+    ``op`` was resolved at start. Whoever owns it (or a directory above it) may since have swapped
+    it for a symlink to a place the server can read and they cannot; that is refused.
+    """
+    root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    if op == Path("/"):
+        return root
+    try:
+        return open_beneath(root, str(op).lstrip("/"), directory=True, openat2=False)
+    except EscapeError:
+        raise _err(
+            f"source_path {shown} is under the --allow-path directory {op}, but that path is now a symlink (or "
+            "goes through one), not the directory the server was started with, so nothing was read. Ask the "
+            "operator to check the directory and restart the server."
+        ) from None
+    except OSError as exc:
+        raise _err(
+            f"The --allow-path directory {op} for source_path {shown} could not be opened: {exc.strerror or exc}. "
+            "Ask the operator to check it."
+        ) from None
     finally:
-        os.close(op_fd)
+        os.close(root)
+
+
+def _open_in(op_fd: int, op: Path, base: Path, rel: str, avoid: tuple[int, int] | None) -> int:
+    """Open ``rel`` beneath ``base``; ``base`` (a client root inside ``op``) is itself opened beneath ``op_fd``."""
+    if base == op:
+        return open_beneath(op_fd, rel, avoid=avoid)
+    base_fd = open_beneath(op_fd, os.path.relpath(base, op), directory=True, avoid=avoid)
+    try:
+        return open_beneath(base_fd, rel, avoid=avoid)
+    finally:
+        os.close(base_fd)
 
 
 def _dir_id(path: Path) -> tuple[int, int] | None:
