@@ -96,7 +96,9 @@ def keepalive_upstream() -> Iterator[KeepAliveUpstream]:
         sock.close()
 
 
-def proxy_to_loopback(*entries: str, max_connections: int = 64) -> tuple[EgressProxy, RecordingConnector]:
+def proxy_to_loopback(
+    *entries: str, max_connections: int = 64, max_log_entries: int = 1000
+) -> tuple[EgressProxy, RecordingConnector]:
     """``allowed.test`` resolves to the host's loopback, opened by the operator (the test servers live there)."""
     connector = RecordingConnector()
     proxy = EgressProxy(
@@ -105,6 +107,7 @@ def proxy_to_loopback(*entries: str, max_connections: int = 64) -> tuple[EgressP
         resolver=static_resolver({"allowed.test": "127.0.0.1"}),
         connector=connector,
         max_connections=max_connections,
+        max_log_entries=max_log_entries,
     )
     return proxy, connector
 
@@ -313,3 +316,59 @@ def test_a_whole_top_level_domain_is_refused_at_validation(entry: str) -> None:
     check_network_policy(
         NetworkPolicy(type="allowlist", allowed_domains=["pypi.org", "*.pythonhosted.org"]), EgressRules()
     )
+
+
+async def test_the_decision_log_stays_bounded(tmp_path: Path) -> None:
+    """Attack: millions of refused requests in one run; the proxy lives in the server, whose memory
+    grew by one log entry per request."""
+    proxy, connector = proxy_to_loopback(max_log_entries=10)
+    async with running(proxy, tmp_path) as path:
+        for i in range(25):
+            reply = await exchange(path, f"CONNECT unlisted{i}.test:443 HTTP/1.1\r\n\r\n".encode())
+            assert reply.startswith(b"HTTP/1.1 403")
+    assert proxy.log == [("denied", f"unlisted{i}.test", 443) for i in range(15, 25)]
+    assert connector.calls == []
+
+
+async def test_name_lookups_are_bounded_per_run(tmp_path: Path) -> None:
+    """Attack: many concurrent CONNECTs to names whose lookups hang (a listed '*.attacker.example'
+    whose name server never answers) tie up the event loop's executor that every run's lookups share."""
+    entered = 0
+    active = 0
+    most = 0
+    release = anyio.Event()
+
+    async def hanging(host: str, port: int) -> list[str]:
+        nonlocal entered, active, most
+        entered += 1
+        active += 1
+        most = max(most, active)
+        try:
+            await release.wait()
+        finally:
+            active -= 1
+        raise OSError(f"{host}: name does not resolve")
+
+    proxy = EgressProxy(
+        Allowlist.from_domains(["attacker.example"]),
+        rules=EgressRules.parse([], ALL_PORTS),
+        resolver=hanging,
+        connector=RecordingConnector(),
+        max_lookups=3,
+    )
+    replies: list[bytes] = []
+
+    async def ask(path: Path, i: int) -> None:
+        replies.append(await exchange(path, f"CONNECT n{i}.attacker.example:443 HTTP/1.1\r\n\r\n".encode()))
+
+    async with running(proxy, tmp_path) as path, anyio.create_task_group() as tg:
+        for i in range(12):
+            tg.start_soon(ask, path, i)
+        with anyio.fail_after(5):
+            # Every request is in: 3 lookups hang, the others wait (or, unbounded, hang as well).
+            while entered < 3 or proxy._active < 12:
+                await anyio.wait_all_tasks_blocked()
+            await anyio.wait_all_tasks_blocked()
+        release.set()
+    assert most == 3
+    assert entered == 12 and sorted(r.split(b" ")[1] for r in replies) == [b"502"] * 12

@@ -76,6 +76,8 @@ MAX_HEADER_BYTES = 32 * 1024
 HEADER_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 64
+MAX_LOG_ENTRIES = 1000
+MAX_LOOKUPS = 4
 MAX_CHUNK_LINE_BYTES = 4096
 
 # RFC 9110 token characters: a header name is exactly this, nothing else (no space before ':').
@@ -142,8 +144,9 @@ class EgressProxy:
     """A filtering HTTP/HTTPS (CONNECT) proxy for one sandbox run.
 
     ``serve(listener)`` handles connections until cancelled; ``handle(stream)`` serves one
-    connection (useful in tests). ``log`` keeps ``(decision, host, port)`` tuples of every
-    request, for diagnostics and tests.
+    connection (useful in tests). ``log`` keeps ``(decision, host, port)`` tuples of the last
+    ``max_log_entries`` requests, for diagnostics and tests. At most ``max_lookups`` name lookups
+    run at once.
     """
 
     def __init__(
@@ -155,6 +158,8 @@ class EgressProxy:
         connector: Connector | None = None,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
+        max_log_entries: int = MAX_LOG_ENTRIES,
+        max_lookups: int = MAX_LOOKUPS,
     ) -> None:
         self.allowlist = allowlist
         self.rules = rules or EgressRules()
@@ -163,7 +168,16 @@ class EgressProxy:
         self._connect_timeout_s = connect_timeout_s
         self._max_connections = max_connections
         self._active = 0
+        self._max_log_entries = max_log_entries
+        # Lookups run on the event loop's shared executor: one run must not take all of it.
+        self._lookups = anyio.Semaphore(max_lookups)
         self.log: list[tuple[str, str, int]] = []
+
+    def _note(self, decision: str, host: str, port: int) -> None:
+        # Bounded: a command can make millions of requests in one run, and this lives in the server.
+        if len(self.log) >= self._max_log_entries:
+            del self.log[: len(self.log) - self._max_log_entries + 1]
+        self.log.append((decision, host, port))
 
     async def serve(self, sock: socket.socket) -> None:
         """Serve connections on the listening Unix socket ``sock`` until cancelled.
@@ -199,7 +213,7 @@ class EgressProxy:
         async with client:
             if self._active >= self._max_connections:
                 # Refused, not queued: a queued connection would still hold a descriptor here.
-                self.log.append(("busy", "", 0))
+                self._note("busy", "", 0)
                 await _respond(
                     client,
                     503,
@@ -272,7 +286,7 @@ class EgressProxy:
     async def _open(self, host: str, port: int) -> anyio.abc.ByteStream:
         name, literal = parse_host(host)  # already validated by _split_authority
         if not self.rules.port_allowed(port):
-            self.log.append(("port", name, port))
+            self._note("port", name, port)
             raise _Refused(
                 403,
                 "Forbidden",
@@ -280,7 +294,7 @@ class EgressProxy:
                 "CONTAINER_MCP_EGRESS_PORTS)",
             )
         if not self.allowlist.allows(name):
-            self.log.append(("denied", name, port))
+            self._note("denied", name, port)
             raise _Refused(
                 403,
                 "Forbidden",
@@ -291,9 +305,10 @@ class EgressProxy:
             candidates = [literal]
         else:
             try:
-                resolved = await self._resolve(name, port)
+                async with self._lookups:
+                    resolved = await self._resolve(name, port)
             except OSError:
-                self.log.append(("unresolved", name, port))
+                self._note("unresolved", name, port)
                 raise _Refused(502, "Bad Gateway", f"{host} does not resolve") from None
             candidates = [ip for ip in (_address(a) for a in resolved) if ip is not None]
         approved: list[IPAddress] = []
@@ -305,7 +320,7 @@ class EgressProxy:
             else:
                 refusals.append(f"{ip} is {reason}")
         if not approved:
-            self.log.append(("forbidden", name, port))
+            self._note("forbidden", name, port)
             detail = "; ".join(refusals[:3]) or "no usable address"
             what = host if literal is not None else f"{host} resolves only to addresses commands may not reach"
             raise _Refused(403, "Forbidden", f"{what}: {detail}")
@@ -317,9 +332,9 @@ class EgressProxy:
             except (OSError, TimeoutError) as exc:
                 last = exc
                 continue
-            self.log.append(("allowed", name, port))
+            self._note("allowed", name, port)
             return stream
-        self.log.append(("unreachable", name, port))
+        self._note("unreachable", name, port)
         raise _Refused(502, "Bad Gateway", f"cannot connect to {host}:{port}: {last}")
 
 
