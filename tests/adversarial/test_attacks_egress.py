@@ -244,6 +244,26 @@ async def test_ambiguous_requests_are_refused_before_any_connection(tmp_path: Pa
 
 
 @pytest.mark.parametrize(
+    "request_line",
+    [
+        "GET http://allowed.test:80/ HTTP/1.1\nHost:forbidden.test",  # a header line hidden in the version
+        "GET http://allowed.test:80/ HTTP/1.1\x0b",
+        "GET http://allowed.test:80/ HTTP/1.2",
+        "GET http://allowed.test:80/a\x0bb HTTP/1.1",
+        "GET http://allowed.test:80/a\x00b HTTP/1.1",
+        "GET\thttp://allowed.test:80/ HTTP/1.1",
+    ],
+)
+async def test_control_characters_in_the_request_line_are_refused(tmp_path: Path, request_line: str) -> None:
+    """Attack: the version and the path are copied into the upstream's request line."""
+    proxy, connector = proxy_to_loopback()
+    async with running(proxy, tmp_path) as path:
+        reply = await exchange(path, f"{request_line}\r\n\r\n".encode("latin-1"))
+    assert reply.startswith(b"HTTP/1.1 400"), reply
+    assert connector.calls == []
+
+
+@pytest.mark.parametrize(
     ("request_line", "status"),
     [
         ("CONNECT allowed.test@127.0.0.1:443", b"400"),  # user info in front of a loopback address

@@ -82,6 +82,8 @@ MAX_CHUNK_LINE_BYTES = 4096
 
 # RFC 9110 token characters: a header name is exactly this, nothing else (no space before ':').
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# A request target: visible ASCII only (no space, no control character).
+_TARGET = re.compile(r"^[\x21-\x7e]+$")
 # Field values: visible characters, spaces and tabs (no CR, LF, NUL or other controls).
 _FIELD_VALUE = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")
 # Hop-by-hop and framing fields: the proxy writes its own (Host, Connection, the body framing).
@@ -245,7 +247,9 @@ class EgressProxy:
             raise _Refused(431, "Request Header Fields Too Large", "request header too large")
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        # The version and the target are copied into what the upstream reads: a bare LF or another
+        # control character in either would be a header line nobody judged.
+        if len(parts) != 3 or parts[2] not in ("HTTP/1.0", "HTTP/1.1") or not _TARGET.match(parts[1]):
             raise _Refused(400, "Bad Request", "malformed request line")
         method, target, version = parts
         if method.upper() == "CONNECT":
