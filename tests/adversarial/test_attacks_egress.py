@@ -252,6 +252,7 @@ async def test_ambiguous_requests_are_refused_before_any_connection(tmp_path: Pa
         "GET http://allowed.test:80/a\x0bb HTTP/1.1",
         "GET http://allowed.test:80/a\x00b HTTP/1.1",
         "GET\thttp://allowed.test:80/ HTTP/1.1",
+        "CONNECT allowed.test:\xb2 HTTP/1.1",  # '²' is a digit to str.isdigit, not to int(): it crashed the handler
     ],
 )
 async def test_control_characters_in_the_request_line_are_refused(tmp_path: Path, request_line: str) -> None:

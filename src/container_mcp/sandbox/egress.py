@@ -403,7 +403,7 @@ def _split_authority(authority: str, *, default_port: int | None) -> tuple[str, 
         if default_port is None:
             raise _Refused(400, "Bad Request", f"malformed target {authority[:200]!r}; expected host:port")
         port = default_port
-    elif port_text.isdigit() and 0 < int(port_text) < 65536:
+    elif port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536:  # not '²'
         port = int(port_text)
     else:
         raise _Refused(400, "Bad Request", f"malformed port in {authority[:200]!r}")
