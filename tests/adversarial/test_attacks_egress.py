@@ -59,8 +59,7 @@ def keepalive_upstream() -> Iterator[KeepAliveUpstream]:
                     break
                 data += chunk
                 while b"\r\n\r\n" in data:
-                    head, data = data.split(b"\r\n\r\n", 1)
-                    upstream.heads.append(head)
+                    head, rest = data.split(b"\r\n\r\n", 1)
                     length = next(
                         (
                             int(line.split(b":")[1])
@@ -69,8 +68,11 @@ def keepalive_upstream() -> Iterator[KeepAliveUpstream]:
                         ),
                         0,
                     )
-                    upstream.bodies.append(data[:length])
-                    data = data[length:]
+                    if len(rest) < length:
+                        break  # the body is still on its way
+                    upstream.heads.append(head)
+                    upstream.bodies.append(rest[:length])
+                    data = rest[length:]
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
         upstream.closed.set()
 
