@@ -2,7 +2,8 @@
 
 A caller's ``network_policy.allowed_domains`` entries are host names (``pypi.org`` — it and its
 subdomains; ``*.pypi.org`` means the same) or public IP literals (reached exactly). Nothing
-else: no URL, path, port, user info, inner or trailing wildcard, and no address a sandbox must
+else: no URL, path, port, user info, inner or trailing wildcard, no single-label name (``com``,
+``*.com``: a whole top-level domain), and no address a sandbox must
 never reach (loopback, private, link-local, metadata, ...: see ``addresses.forbidden_reason``),
 in whatever spelling. ``check_network_policy`` enforces this at ``container_create`` — the MCP
 tool and ``POST /v1/containers`` both go through it — before anything is created.
@@ -318,5 +319,14 @@ def check_network_policy(policy: NetworkPolicy, rules: EgressRules) -> None:
             raise InvalidRequest(
                 f"Invalid {param} {shown}: 'localhost' names always mean a loopback address, which commands may "
                 "not reach. List public host names only.",
+                param=param,
+            )
+        elif parsed.name is not None and "." not in parsed.name:
+            # 'com' (or '*.com') matches every name under a top-level domain; a host on the
+            # search domain of the server's resolver is no business of the caller either.
+            raise InvalidRequest(
+                f"Invalid {param} {shown}: a single-label name would open a whole top-level domain (or a name "
+                "only the server's own resolver completes). List the host names themselves, e.g. 'pypi.org' or "
+                "'*.pythonhosted.org'.",
                 param=param,
             )

@@ -102,6 +102,17 @@ class Settings(BaseSettings):
         "(comma-separated in the environment). Default 80,443.",
     )
 
+    # --- the local sandbox when the server runs as root ------------------------------------
+    sandbox_uid: int = Field(
+        65534,
+        ge=1,
+        le=2**32 - 2,
+        description="Host uid commands run as when the server runs as root. Reserve it for container-mcp: any "
+        "other process running as this uid can read a running command's environment and files and use its "
+        "egress proxy. Default 65534 (nobody), which some system daemons share.",
+    )
+    sandbox_gid: int = Field(65534, ge=1, le=2**32 - 2, description="Host gid commands run as when root.")
+
     # --- OpenAI provider -------------------------------------------------------------------
     openai_api_key: SecretStr | None = Field(
         None,

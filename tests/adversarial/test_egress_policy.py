@@ -50,6 +50,8 @@ REFUSED = [
     ("", "non-empty"),
     ("x" * 300, "at most 253"),
     ("localhost", "localhost"),
+    ("*.com", "top-level domain"),
+    ("com", "top-level domain"),
 ]
 
 

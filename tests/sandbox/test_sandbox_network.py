@@ -7,6 +7,9 @@ test resolver (see conftest.py).
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -214,3 +217,55 @@ async def test_listed_loopback_literals_do_not_reach_host_services(
     for target, status in out.items():
         assert "403" in status, (target, status)
     assert tcp_listener.accepted == []
+
+
+LOWER_LAYERS = """
+import json, socket
+seen = {}
+def attempt(name, make):
+    try:
+        make()
+        seen[name] = "ok"
+    except OSError as exc:
+        seen[name] = type(exc).__name__
+def abstract():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(b"\\0" + NAME.encode())
+attempt("abstract", abstract)
+attempt("raw", lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))
+attempt("raw6", lambda: socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6))
+attempt("packet", lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0))
+def link_local():
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(("fe80::1", 80, 0, 1))
+attempt("link-local", link_local)
+seen["interfaces"] = [name for _, name in socket.if_nameindex()]
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("policy", [NetworkPolicy(), ALLOW], ids=["disabled", "allowlist"])
+async def test_host_abstract_sockets_raw_sockets_and_link_local_are_out_of_reach(
+    sandbox: Sandbox, data_dir: Path, policy: NetworkPolicy
+) -> None:
+    """A host service on an abstract Unix socket (dbus, X11 live there) belongs to the host's network
+    namespace; the sandbox has its own, with only loopback, and no capability for raw sockets."""
+    name = f"container-mcp-test-{os.getpid()}-{id(policy)}"
+    host = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    host.bind(b"\0" + name.encode())
+    host.listen(4)
+    host.setblocking(False)
+    try:
+        async with await py(sandbox, data_dir, LOWER_LAYERS.replace("NAME", repr(name)), network=policy) as run:
+            assert run.exit_code == 0, run.stderr_text
+            seen = json.loads(run.stdout_text)
+        with pytest.raises(BlockingIOError):
+            host.accept()  # nobody knocked
+    finally:
+        host.close()
+    assert seen["abstract"] == "ConnectionRefusedError"
+    assert seen["raw"] == seen["raw6"] == seen["packet"] == "PermissionError"
+    assert seen["link-local"] != "ok"
+    assert seen["interfaces"] == ["lo"]

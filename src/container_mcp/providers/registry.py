@@ -28,7 +28,11 @@ def _local(settings: Settings, clock: Clock) -> Provider:
             max_stage_files=settings.max_files_per_container,
             max_stage_bytes=settings.max_session_bytes,
         ),
-        sandbox=Sandbox(SandboxConfig(egress=settings.egress_rules())),
+        sandbox=Sandbox(
+            SandboxConfig(
+                egress=settings.egress_rules(), sandbox_uid=settings.sandbox_uid, sandbox_gid=settings.sandbox_gid
+            )
+        ),
     )
 
 
