@@ -222,7 +222,8 @@ class JwtVerifier:
         except jwt.PyJWTError as exc:
             raise _Refused(f"not a JWT ({exc})") from None
         alg = header.get("alg")
-        if alg not in self._algorithms:
+        # The sender chose the header: a list or object here must be refused, not hashed (TypeError, a 500).
+        if not isinstance(alg, str) or alg not in self._algorithms:
             raise _Refused(f"algorithm {_short(alg)} is not one of {sorted(self._algorithms)}")
         kid = header.get("kid") if isinstance(header.get("kid"), str) else None
         jwk = await self._jwks.key(kid)
