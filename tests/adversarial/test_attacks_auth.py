@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -50,7 +49,9 @@ def _forged(header: dict[str, Any]) -> str:
 async def _served(app: Any) -> AsyncIterator[str]:
     """``app`` on uvicorn at 127.0.0.1, port 0, configured as ``serving.serve_asgi`` does it (no
     logging config of uvicorn's own; access log on), so its log records reach ``caplog``."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on", access_log=True)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_config=None, log_level="info", lifespan="on", access_log=True
+    )
     server = uvicorn.Server(config)
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve)
@@ -103,3 +104,84 @@ async def test_a_jwt_whose_alg_is_not_a_string_is_a_401_on_the_rest_api(
                     with pytest.raises(AuthenticationError) as info:
                         await client.containers.list()
     assert info.value.code == "invalid_api_key"
+
+
+# --- Session ids in the logs ----------------------------------------------------------------------
+# Before: the SDK logged every Mcp-Session-Id and SSE session id in full (INFO on creation, WARNING
+# when another token replays one), and uvicorn's access log printed each SSE POST's
+# ?session_id=... query. Without auth a session id is the caller's only credential (session key
+# http:<id> / sse:<id>); with auth it still names a live session. Anyone who can read the logs
+# (a journal, a log shipper) could take it.
+
+
+def _spellings(sid: str) -> list[str]:
+    """The ways a session id can be written that the SDK would take as that id."""
+    hex_ = sid.replace("-", "").lower()
+    dashed = f"{hex_[:8]}-{hex_[8:12]}-{hex_[12:16]}-{hex_[16:20]}-{hex_[20:]}"
+    return [hex_, dashed]
+
+
+_CLIENT_LOGGERS = ("mcp.client", "httpx2", "httpcore2")
+"""The test's own client side, which knows its session id anyway."""
+
+
+def _server_log(caplog: pytest.LogCaptureFixture) -> str:
+    records = [r for r in caplog.records if not r.name.startswith(_CLIENT_LOGGERS)]
+    return "\n".join(caplog.handler.format(r) for r in records).lower()
+
+
+def _assert_not_logged(sid: str, caplog: pytest.LogCaptureFixture) -> None:
+    text = _server_log(caplog)
+    for spelling in _spellings(sid):
+        assert spelling not in text, f"session id {spelling} reached the server's logs"
+
+
+@pytest.fixture
+def keyed(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", api_keys=[KEY_A, KEY_B])
+
+
+async def _mcp_app(service: ContainerService, settings: Settings, transport: HttpTransport) -> Any:
+    mcp = create_server(service, settings, verifier=BearerVerifier.from_keys(settings))
+    return http_app(mcp, settings, transport, "127.0.0.1")
+
+
+async def test_a_replayed_mcp_session_id_is_not_in_the_logs(
+    service: ContainerService, keyed: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    seen = Seen()
+    async with _served(await _mcp_app(service, keyed, "streamable-http")) as origin:
+        url = origin + "/mcp"
+        async with http_client(url, KEY_A, "legacy", seen) as a:
+            await structured(a, "container_create", name="victim")
+            sid = seen.header("mcp-session-id")
+            assert sid
+            legacy = {**_ACCEPT, "mcp-protocol-version": "2025-11-25"}
+            as_b = {**legacy, "mcp-session-id": sid, "authorization": f"Bearer {KEY_B}"}
+            unknown = {**legacy, "mcp-session-id": sid[::-1], "authorization": f"Bearer {KEY_A}"}
+            async with httpx2.AsyncClient() as http:
+                replay = await http.post(url, json=_list_call(2), headers=as_b)
+                gone = await http.post(url, json=_list_call(3), headers=unknown)
+    assert replay.status_code == 404 and gone.status_code == 404
+    assert "rejecting request for session sid#" in _server_log(caplog)  # the replay was logged, redacted
+    _assert_not_logged(sid, caplog)
+    _assert_not_logged(sid[::-1], caplog)
+
+
+async def test_an_sse_session_id_is_not_in_the_logs_nor_the_access_log(
+    service: ContainerService, keyed: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    sessions: list[str] = []
+    async with _served(await _mcp_app(service, keyed, "sse")) as origin:
+        async with sse(origin + "/sse", KEY_A, on_session=sessions.append) as a:
+            await structured(a, "container_create", name="victim")
+            (sid,) = sessions
+            async with httpx2.AsyncClient() as http:
+                as_b = {"authorization": f"Bearer {KEY_B}"}
+                replay = await http.post(origin + f"/messages/?session_id={sid}", json=_list_call(9), headers=as_b)
+    assert replay.status_code == 404
+    assert "rejecting message for session sid#" in _server_log(caplog)
+    assert "post /messages/?session_id=sid#" in _server_log(caplog)  # the access log was on, redacted
+    _assert_not_logged(sid, caplog)

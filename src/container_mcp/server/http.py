@@ -3,7 +3,8 @@
 Every app built here keeps the SDK's DNS-rebinding protection on, whatever the interface: the SDK
 turns it off by itself for any host but the loopback ones (``mcp-sdk-2.md`` §3.3), so it is always
 passed explicitly, with the lists of ``hosts.py``. Authentication is the ``MCPServer``'s
-(``create_server(..., verifier=...)``).
+(``create_server(..., verifier=...)``). Building an app also installs the session-id log redaction
+(``redact.py``): these transports are where session ids exist.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from mcp.server import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 
+from .. import redact
 from ..hosts import allowed_hosts, allowed_origins
 from ..settings import Settings
 
@@ -37,6 +39,7 @@ def http_app(mcp: MCPServer, settings: Settings, transport: HttpTransport, host:
 
     The streamable HTTP app runs its session manager in its lifespan: serve it with lifespan on.
     """
+    redact.install()
     security = transport_security(settings, host)
     # Room for a whole file sent inline as base64, plus the JSON-RPC envelope.
     body_limit = math.ceil(settings.max_file_bytes * 4 / 3) + (1 << 20)
