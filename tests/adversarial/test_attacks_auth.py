@@ -9,25 +9,33 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx2
+import jwt
 import pytest
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
 from openai import AsyncOpenAI, AuthenticationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from container_mcp.api.app import create_app
 from container_mcp.auth import BearerVerifier, open_verifier
+from container_mcp.auth.oauth import Jwks
+from container_mcp.clock import ManualClock
 from container_mcp.server.app import create_server
 from container_mcp.server.http import HttpTransport, http_app
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
 from tests.server.bearer import Seen, http_client, sse
 from tests.server.test_http_auth import _ACCEPT, _list_call
-from tests.server.test_oauth import METADATA, _jwk, oauth_server
+from tests.server.test_oauth import ISSUER, METADATA, RESOURCE, SCOPE, _jwk, oauth_server, oauth_settings
 from tests.server.test_transports import structured
 
 pytestmark = pytest.mark.anyio
@@ -185,3 +193,100 @@ async def test_an_sse_session_id_is_not_in_the_logs_nor_the_access_log(
     assert "rejecting message for session sid#" in _server_log(caplog)
     assert "post /messages/?session_id=sid#" in _server_log(caplog)  # the access log was on, redacted
     _assert_not_logged(sid, caplog)
+
+
+# --- A slow issuer -------------------------------------------------------------------------------
+# Before: once the cached keys were older than oauth_jwks_cache_s, every request — a remembered token
+# included — queued on the one refresh, so an issuer that answers slowly stalled the whole server for
+# as long as it took; and the refresh had no overall deadline (httpx's timeouts are per read), so an
+# issuer trickling its JWKS a byte at a time held it indefinitely.
+
+
+@dataclass
+class _SlowIssuer:
+    """A JWKS endpoint on 127.0.0.1 that answers at once until ``hold`` is set, then waits for ``release``."""
+
+    keys: list[dict[str, Any]]
+    fetches: int = 0
+    hold: bool = False
+    holding: anyio.Event = field(default_factory=anyio.Event)
+    release: anyio.Event = field(default_factory=anyio.Event)
+
+    def app(self) -> Starlette:
+        async def jwks(request: Request) -> Response:
+            self.fetches += 1
+            if self.hold:
+                self.holding.set()
+                await self.release.wait()
+            return JSONResponse({"keys": self.keys})
+
+        return Starlette(routes=[Route("/jwks", jwks)])
+
+
+def _mint(signer: rsa.RSAPrivateKey, now: float, sub: str) -> str:
+    claims = {"iss": ISSUER, "aud": RESOURCE, "sub": sub, "exp": now + 3600, "scope": SCOPE}
+    return jwt.encode(claims, signer, algorithm="RS256", headers={"kid": "k1"})
+
+
+async def test_a_slow_jwks_refresh_does_not_stall_requests_whose_key_is_known(
+    tmp_path: Path, service: ContainerService, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    issuer = _SlowIssuer([_jwk(rsa_key, "k1")])
+    clock = ManualClock()
+    async with _served(issuer.app()) as issuer_origin:
+        settings = oauth_settings(tmp_path, issuer_origin + "/jwks")
+        async with open_verifier(settings, clock=clock) as verifier:
+            mcp = create_server(service, settings, verifier=verifier)
+            async with _served(http_app(mcp, settings, "streamable-http", "127.0.0.1")) as origin:
+                url = origin + "/mcp"
+                remembered = _mint(rsa_key, clock.now, "alice")
+                async with http_client(url, remembered, "auto") as c:
+                    await structured(c, "session_usage")
+                assert issuer.fetches == 1
+
+                # The cached keys age out, and the issuer becomes slow to answer.
+                clock.advance(settings.oauth_jwks_cache_s)
+                issuer.hold = True
+                async with anyio.create_task_group() as tg:
+
+                    async def first() -> None:  # starts the refresh and waits for it
+                        async with http_client(url, _mint(rsa_key, clock.now, "bob"), "auto") as c:
+                            await structured(c, "session_usage")
+
+                    tg.start_soon(first)
+                    with anyio.fail_after(10):
+                        await issuer.holding.wait()
+                    # Meanwhile a remembered token and a fresh one signed by the known key are served, well
+                    # before the refresh's 5 s read timeout would have freed them.
+                    with anyio.fail_after(3):
+                        for token in (remembered, _mint(rsa_key, clock.now, "carol")):
+                            async with http_client(url, token, "auto") as c:
+                                await structured(c, "session_usage")
+                    assert issuer.fetches == 2  # and they did not start refreshes of their own
+                    issuer.release.set()
+
+
+async def test_a_jwks_that_trickles_in_is_given_up_at_a_deadline(caplog: pytest.LogCaptureFixture) -> None:
+    async def trickle(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"keys": [', "more_body": True})
+        async with anyio.create_task_group() as tg:
+
+            async def until_disconnected() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(until_disconnected)
+            while True:  # a byte well within httpx's per-read timeout, until the client gives up
+                await anyio.sleep(0.05)
+                await send({"type": "http.response.body", "body": b" ", "more_body": True})
+
+    clock = ManualClock()
+    async with _served(trickle) as origin, httpx2.AsyncClient(timeout=httpx2.Timeout(5.0)) as http:
+        jwks = Jwks(origin + "/jwks", http, clock, max_age_s=300, deadline_s=0.2)
+        with anyio.fail_after(5):
+            assert await jwks.key("k1") is None
+    assert "could not fetch the OAuth issuer's keys" in caplog.text
