@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     max_calls_per_minute: int = Field(600, ge=1, description="Tool calls per session per minute.")
 
     # --- MCP server ------------------------------------------------------------------------
+    max_sessions_per_owner: int = Field(
+        32,
+        ge=1,
+        description="Open handshake-era MCP sessions (streamable HTTP) one token owner may hold at once; "
+        "without auth there is no limit beyond the SDK's 10,000 for the server.",
+    )
     allow_paths: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="Host directories file_create may read source_path from; a stdio client's roots can "

@@ -290,3 +290,66 @@ async def test_a_jwks_that_trickles_in_is_given_up_at_a_deadline(caplog: pytest.
         with anyio.fail_after(5):
             assert await jwks.key("k1") is None
     assert "could not fetch the OAuth issuer's keys" in caplog.text
+
+
+# --- One owner holding every session --------------------------------------------------------------
+# Before: the SDK caps streamable HTTP sessions for the whole server (10,000, each kept for 30 idle
+# minutes) and not per caller, so one key could open them all; every other key's handshake-era
+# client then got 503 "Too many open sessions".
+
+_INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "hog", "version": "1"}},
+}
+
+
+async def _open_session(http: httpx2.AsyncClient, url: str, key: str) -> httpx2.Response:
+    return await http.post(url, json=_INIT, headers={**_ACCEPT, "authorization": f"Bearer {key}"})
+
+
+async def test_one_key_cannot_hold_every_session(tmp_path: Path, service: ContainerService) -> None:
+    settings = Settings(data_dir=tmp_path / "data", api_keys=[KEY_A, KEY_B], max_sessions_per_owner=2)
+    clock = ManualClock()
+    mcp = create_server(service, settings, verifier=BearerVerifier.from_keys(settings))
+    async with _served(http_app(mcp, settings, "streamable-http", "127.0.0.1", clock=clock)) as origin:
+        url = origin + "/mcp"
+        async with httpx2.AsyncClient() as http:
+            held = [await _open_session(http, url, KEY_A) for _ in range(2)]
+            assert [r.status_code for r in held] == [200, 200]
+            refused = await _open_session(http, url, KEY_A)
+            assert refused.status_code == 429
+            assert "already holds 2 open MCP sessions" in refused.json()["error"]["message"]
+
+            # Another key is not affected, in either era; nor is A's 2026-07-28 client (no session).
+            for key, mode in ((KEY_B, "legacy"), (KEY_B, "auto"), (KEY_A, "auto")):
+                async with http_client(url, key, mode) as c:
+                    await structured(c, "session_usage")
+
+            # Closing one frees its place; so does leaving one idle past the SDK's idle timeout.
+            first = held[0].headers["mcp-session-id"]
+            closed = await http.delete(
+                url, headers={**_ACCEPT, "mcp-session-id": first, "authorization": f"Bearer {KEY_A}"}
+            )
+            assert closed.status_code < 400
+            assert (await _open_session(http, url, KEY_A)).status_code == 200
+            assert (await _open_session(http, url, KEY_A)).status_code == 429
+            clock.advance(30 * 60)
+            assert (await _open_session(http, url, KEY_A)).status_code == 200
+
+
+async def test_a_repeated_version_header_does_not_slip_past_the_session_cap(
+    tmp_path: Path, service: ContainerService
+) -> None:
+    """The SDK routes by the first MCP-Protocol-Version header; so must the cap."""
+    settings = Settings(data_dir=tmp_path / "data", api_keys=[KEY_A], max_sessions_per_owner=1)
+    mcp = create_server(service, settings, verifier=BearerVerifier.from_keys(settings))
+    async with _served(http_app(mcp, settings, "streamable-http", "127.0.0.1")) as origin:
+        url = origin + "/mcp"
+        async with httpx2.AsyncClient() as http:
+            assert (await _open_session(http, url, KEY_A)).status_code == 200
+            headers = [*_ACCEPT.items(), ("authorization", f"Bearer {KEY_A}")]
+            headers += [("mcp-protocol-version", "2025-11-25"), ("mcp-protocol-version", "2026-07-28")]
+            sneaky = await http.post(url, json=_INIT, headers=headers)
+    assert sneaky.status_code == 429

@@ -13,16 +13,22 @@ import math
 from typing import Literal
 
 from mcp.server import MCPServer
+from mcp.server.streamable_http_manager import DEFAULT_SESSION_IDLE_TIMEOUT
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
+from starlette.routing import Route
 
 from .. import redact
+from ..clock import Clock, system_clock
 from ..hosts import allowed_hosts, allowed_origins
 from ..settings import Settings
+from .session_cap import SessionCap
 
 __all__ = ["HttpTransport", "http_app", "transport_security"]
 
 HttpTransport = Literal["sse", "streamable-http"]
+
+_STREAMABLE_PATH = "/mcp"
 
 
 def transport_security(settings: Settings, host: str) -> TransportSecuritySettings:
@@ -34,10 +40,14 @@ def transport_security(settings: Settings, host: str) -> TransportSecuritySettin
     )
 
 
-def http_app(mcp: MCPServer, settings: Settings, transport: HttpTransport, host: str) -> Starlette:
+def http_app(
+    mcp: MCPServer, settings: Settings, transport: HttpTransport, host: str, *, clock: Clock = system_clock
+) -> Starlette:
     """The ASGI app of ``transport`` for a server bound to ``host``.
 
     The streamable HTTP app runs its session manager in its lifespan: serve it with lifespan on.
+    It holds at most ``settings.max_sessions_per_owner`` handshake-era sessions per token owner
+    (``session_cap.py``; ``clock`` times their idle expiry).
     """
     redact.install()
     security = transport_security(settings, host)
@@ -45,4 +55,18 @@ def http_app(mcp: MCPServer, settings: Settings, transport: HttpTransport, host:
     body_limit = math.ceil(settings.max_file_bytes * 4 / 3) + (1 << 20)
     if transport == "sse":
         return mcp.sse_app(host=host, max_request_body_size=body_limit, transport_security=security)
-    return mcp.streamable_http_app(host=host, max_request_body_size=body_limit, transport_security=security)
+    app = mcp.streamable_http_app(
+        host=host,
+        max_request_body_size=body_limit,
+        transport_security=security,
+        session_idle_timeout=DEFAULT_SESSION_IDLE_TIMEOUT,
+    )
+    # Behind the SDK's authentication (it reads the caller's AccessToken), in front of its session manager.
+    (endpoint,) = [r for r in app.routes if isinstance(r, Route) and r.path == _STREAMABLE_PATH]
+    endpoint.app = SessionCap(
+        endpoint.app,
+        limit=settings.max_sessions_per_owner,
+        idle_timeout_s=DEFAULT_SESSION_IDLE_TIMEOUT,
+        clock=clock,
+    )
+    return app
