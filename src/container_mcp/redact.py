@@ -9,9 +9,10 @@ access log prints each SSE POST's ``?session_id=...`` query.
 
 ``install()`` puts one ``logging.Filter`` on each of those loggers (a logger's filters see the
 records created on it, whatever handlers the operator configured). The filter replaces anything
-shaped like a session id — 32 hex digits, dashed or not, any case, as ``uuid.UUID`` would parse it —
-and the whole value of a ``session_id=`` query parameter with ``sid#`` and the first 8 hex digits
-of its SHA-256: log lines about one session can still be told apart and matched, but not replayed.
+shaped like a session id — a run of exactly 32 hex digits, dashed or not, any case, as ``uuid.UUID``
+would parse it — and the whole value of a ``session_id=`` query parameter with ``sid#`` and the
+first 8 hex digits of its SHA-256: log lines about one session can still be told apart and matched,
+but not replayed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ SESSION_ID_LOGGERS = (
 )
 
 _H = "[0-9A-Fa-f]"
-_SESSION_ID = re.compile(rf"{_H}{{8}}-?{_H}{{4}}-?{_H}{{4}}-?{_H}{{4}}-?{_H}{{12}}")
+# Whole runs only: a longer hex run (a container id's 48 digits) is not a session id.
+_SESSION_ID = re.compile(rf"(?<![0-9A-Fa-f]){_H}{{8}}-?{_H}{{4}}-?{_H}{{4}}-?{_H}{{4}}-?{_H}{{12}}(?![0-9A-Fa-f])")
 _QUERY_VALUE = re.compile(r"(?i)(session_id=)[^&\s\"'\\]*")
 
 
