@@ -20,6 +20,7 @@ import pytest
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
 from openai import AsyncOpenAI, AuthenticationError
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -353,3 +354,31 @@ async def test_a_repeated_version_header_does_not_slip_past_the_session_cap(
             headers += [("mcp-protocol-version", "2025-11-25"), ("mcp-protocol-version", "2026-07-28")]
             sneaky = await http.post(url, json=_INIT, headers=headers)
     assert sneaky.status_code == 429
+
+
+# --- Keys no client can present -----------------------------------------------------------------
+# Before: a key that cannot travel in an Authorization header was accepted without a word: an empty
+# `--api-key ""` even counted as "authenticated" for the exposure check, so the server served on
+# 0.0.0.0 with a key nobody could use; a key with non-ASCII letters (clients send header bytes that
+# the server reads as Latin-1) or with spaces around it (kept from --api-key) could never match.
+
+_UNUSABLE = {"empty": "", "spaces around": "  adv-key-0123456789abcdef ", "non-ascii": "clé-secrète-0123456789"}
+
+
+@pytest.mark.parametrize("key", list(_UNUSABLE.values()), ids=list(_UNUSABLE))
+def test_a_key_no_client_can_send_is_refused_at_start(tmp_path: Path, key: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings(data_dir=tmp_path, api_keys=[KEY_A, key])
+    assert "API key 2" in str(info.value) and "visible ASCII" in str(info.value)
+    # Neither key is echoed, not even in part (pydantic prints the input, shortened, unless told not to).
+    for secret in (KEY_A, key.strip()):
+        assert not secret or secret[-12:] not in str(info.value)
+
+
+def test_a_keys_file_line_no_client_can_send_is_refused_at_start(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"# team\n{KEY_A}\nclé-secrète-0123456789\n")
+    with pytest.raises(ValidationError) as info:
+        Settings(data_dir=tmp_path, api_keys_file=keys)
+    assert f"{keys} line 3" in str(info.value) and "visible ASCII" in str(info.value)
+    assert "secrète" not in str(info.value) and KEY_A[-12:] not in str(info.value)
