@@ -75,8 +75,8 @@ class Settings(BaseSettings):
     max_sessions_per_owner: int = Field(
         32,
         ge=1,
-        description="Open handshake-era MCP sessions (streamable HTTP) one token owner may hold at once; "
-        "without auth there is no limit beyond the SDK's 10,000 for the server.",
+        description="Open MCP sessions (handshake-era streamable HTTP, SSE streams) one token owner may hold "
+        "at once; without auth (loopback only) there is no limit per owner.",
     )
     allow_paths: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,

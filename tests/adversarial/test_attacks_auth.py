@@ -382,3 +382,21 @@ def test_a_keys_file_line_no_client_can_send_is_refused_at_start(tmp_path: Path)
         Settings(data_dir=tmp_path, api_keys_file=keys)
     assert f"{keys} line 3" in str(info.value) and "visible ASCII" in str(info.value)
     assert "secrète" not in str(info.value) and KEY_A[-12:] not in str(info.value)
+
+
+async def test_one_key_cannot_hold_every_sse_session(tmp_path: Path, service: ContainerService) -> None:
+    """The SDK has no cap on SSE sessions at all: one key could hold as many streams as the server takes."""
+    settings = Settings(data_dir=tmp_path / "data", api_keys=[KEY_A, KEY_B], max_sessions_per_owner=1)
+    mcp = create_server(service, settings, verifier=BearerVerifier.from_keys(settings))
+    async with _served(http_app(mcp, settings, "sse", "127.0.0.1")) as origin:
+        url = origin + "/sse"
+        async with httpx2.AsyncClient() as http:
+            async with sse(url, KEY_A) as a:
+                await structured(a, "session_usage")
+                refused = await http.get(url, headers={"authorization": f"Bearer {KEY_A}"})
+                assert refused.status_code == 429
+                assert "already holds 1 open MCP sessions" in refused.json()["error"]["message"]
+                async with sse(url, KEY_B) as b:  # another key is not affected
+                    await structured(b, "session_usage")
+            async with sse(url, KEY_A) as again:  # the stream ended: its place is free
+                await structured(again, "session_usage")

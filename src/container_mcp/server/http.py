@@ -22,13 +22,20 @@ from .. import redact
 from ..clock import Clock, system_clock
 from ..hosts import allowed_hosts, allowed_origins
 from ..settings import Settings
-from .session_cap import SessionCap
+from .session_cap import SessionCap, SseSessionCap
 
 __all__ = ["HttpTransport", "http_app", "transport_security"]
 
 HttpTransport = Literal["sse", "streamable-http"]
 
 _STREAMABLE_PATH = "/mcp"
+_SSE_PATH = "/sse"
+
+
+def _route(app: Starlette, path: str) -> Route:
+    """The SDK's route for ``path``; its ``app`` runs behind the SDK's authentication middleware."""
+    (route,) = [r for r in app.routes if isinstance(r, Route) and r.path == path]
+    return route
 
 
 def transport_security(settings: Settings, host: str) -> TransportSecuritySettings:
@@ -46,15 +53,18 @@ def http_app(
     """The ASGI app of ``transport`` for a server bound to ``host``.
 
     The streamable HTTP app runs its session manager in its lifespan: serve it with lifespan on.
-    It holds at most ``settings.max_sessions_per_owner`` handshake-era sessions per token owner
-    (``session_cap.py``; ``clock`` times their idle expiry).
+    It holds at most ``settings.max_sessions_per_owner`` handshake-era (or SSE) sessions per token
+    owner (``session_cap.py``; ``clock`` times the idle expiry of streamable HTTP sessions).
     """
     redact.install()
     security = transport_security(settings, host)
     # Room for a whole file sent inline as base64, plus the JSON-RPC envelope.
     body_limit = math.ceil(settings.max_file_bytes * 4 / 3) + (1 << 20)
     if transport == "sse":
-        return mcp.sse_app(host=host, max_request_body_size=body_limit, transport_security=security)
+        app = mcp.sse_app(host=host, max_request_body_size=body_limit, transport_security=security)
+        stream = _route(app, _SSE_PATH)
+        stream.app = SseSessionCap(stream.app, limit=settings.max_sessions_per_owner)
+        return app
     app = mcp.streamable_http_app(
         host=host,
         max_request_body_size=body_limit,
@@ -62,7 +72,7 @@ def http_app(
         session_idle_timeout=DEFAULT_SESSION_IDLE_TIMEOUT,
     )
     # Behind the SDK's authentication (it reads the caller's AccessToken), in front of its session manager.
-    (endpoint,) = [r for r in app.routes if isinstance(r, Route) and r.path == _STREAMABLE_PATH]
+    endpoint = _route(app, _STREAMABLE_PATH)
     endpoint.app = SessionCap(
         endpoint.app,
         limit=settings.max_sessions_per_owner,

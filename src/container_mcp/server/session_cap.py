@@ -12,6 +12,9 @@ an ``Mcp-Session-Id`` adds one; a ``DELETE`` of it that succeeds, or a 404 for i
 idle timeout, crash), removes it; so does ``idle_timeout_s`` (the SDK's idle timeout) without a
 request naming it. Openings still in flight count too, so concurrent ones cannot overshoot. Without
 authentication (a loopback-only server) nothing is capped: there is one local user.
+
+``SseSessionCap`` does the same for the SSE transport, where the SDK has no cap at all: an SSE
+session lives exactly as long as its ``GET /sse`` stream, so it counts the streams open per owner.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..clock import Clock
 
-__all__ = ["SessionCap"]
+__all__ = ["SessionCap", "SseSessionCap"]
 
 _SESSION_HEADER = b"mcp-session-id"
 _VERSION_HEADER = b"mcp-protocol-version"
@@ -116,18 +119,48 @@ class SessionCap:
         await self.app(scope, receive, watch)
 
 
+class SseSessionCap:
+    """ASGI wrapper of the SSE endpoint: at most ``limit`` open streams per owner (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp, *, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self._streams: dict[str, int] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        user = scope.get("user")
+        if scope["type"] != "http" or not isinstance(user, AuthenticatedUser):
+            await self.app(scope, receive, send)
+            return
+        owner = user.access_token.client_id
+        if self._streams.get(owner, 0) >= self.limit:
+            await _refuse(self.limit, None, send)
+            return
+        self._streams[owner] = self._streams.get(owner, 0) + 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._streams[owner] -= 1
+            if not self._streams[owner]:
+                del self._streams[owner]
+
+
 def _first(scope: Scope, name: bytes) -> bytes | None:
     """The first ``name`` header, as the SDK reads it (a repeated header must not mean one thing here and
     another there)."""
     return next((v for k, v in scope["headers"] if k == name), None)
 
 
-async def _refuse(limit: int, idle_timeout_s: float, send: Send) -> None:
-    message = (
-        f"This token already holds {limit} open MCP sessions, the most one caller may hold. Reuse one, close one "
-        f"(HTTP DELETE with its Mcp-Session-Id), or wait: a session unused for {idle_timeout_s / 60:g} minutes "
-        "is closed by the server."
-    )
+async def _refuse(limit: int, idle_timeout_s: float | None, send: Send) -> None:
+    """429 with a JSON-RPC error; ``idle_timeout_s`` None for SSE, whose sessions end with their stream."""
+    message = f"This token already holds {limit} open MCP sessions, the most one caller may hold. Reuse one or "
+    if idle_timeout_s is None:
+        message += "close one (end its GET /sse stream)."
+    else:
+        message += (
+            f"close one (HTTP DELETE with its Mcp-Session-Id), or wait: a session unused for "
+            f"{idle_timeout_s / 60:g} minutes is closed by the server."
+        )
     body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": message}}).encode()
     await send(
         {
