@@ -400,3 +400,21 @@ async def test_one_key_cannot_hold_every_sse_session(tmp_path: Path, service: Co
                     await structured(b, "session_usage")
             async with sse(url, KEY_A) as again:  # the stream ended: its place is free
                 await structured(again, "session_usage")
+
+
+async def test_a_session_kept_alive_by_an_open_stream_still_counts(tmp_path: Path, service: ContainerService) -> None:
+    """A GET stream in flight keeps the SDK's session alive past its idle timeout; it must keep its place too."""
+    settings = Settings(data_dir=tmp_path / "data", api_keys=[KEY_A], max_sessions_per_owner=1)
+    clock = ManualClock()
+    mcp = create_server(service, settings, verifier=BearerVerifier.from_keys(settings))
+    async with _served(http_app(mcp, settings, "streamable-http", "127.0.0.1", clock=clock)) as origin:
+        url = origin + "/mcp"
+        async with httpx2.AsyncClient() as http:
+            sid = (await _open_session(http, url, KEY_A)).headers["mcp-session-id"]
+            stream = {"accept": "text/event-stream", "mcp-session-id": sid, "authorization": f"Bearer {KEY_A}"}
+            initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            await http.post(url, json=initialized, headers={**_ACCEPT, **stream, "accept": _ACCEPT["accept"]})
+            async with http.stream("GET", url, headers={**stream, "mcp-protocol-version": "2025-11-25"}) as held:
+                assert held.status_code == 200
+                clock.advance(30 * 60 + 1)
+                assert (await _open_session(http, url, KEY_A)).status_code == 429

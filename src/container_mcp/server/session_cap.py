@@ -10,8 +10,9 @@ do; other owners are not affected. 2026-07-28 requests open no session and are n
 It counts the sessions itself, from what passes through it: an opening request answered 2xx with
 an ``Mcp-Session-Id`` adds one; a ``DELETE`` of it that succeeds, or a 404 for it (the SDK ended it:
 idle timeout, crash), removes it; so does ``idle_timeout_s`` (the SDK's idle timeout) without a
-request naming it. Openings still in flight count too, so concurrent ones cannot overshoot. Without
-authentication (a loopback-only server) nothing is capped: there is one local user.
+request naming it in flight (a GET stream held open keeps it, as it keeps the SDK's session).
+Openings still in flight count too, so concurrent ones cannot overshoot. Without authentication (a
+loopback-only server) nothing is capped: there is one local user.
 
 ``SseSessionCap`` does the same for the SSE transport, where the SDK has no cap at all: an SSE
 session lives exactly as long as its ``GET /sse`` stream, so it counts the streams open per owner.
@@ -38,6 +39,8 @@ _VERSION_HEADER = b"mcp-protocol-version"
 class _Open:
     owner: str
     last_used: float
+    in_flight: int = 0
+    """Requests naming the session now: like the SDK, idle time counts only while there are none."""
 
 
 class SessionCap:
@@ -70,7 +73,8 @@ class SessionCap:
     def held(self, owner: str) -> int:
         """Sessions ``owner`` holds or is opening now."""
         now = self._clock()
-        for sid in [s for s, o in self._open.items() if now - o.last_used >= self._idle_timeout_s]:
+        idle = [s for s, o in self._open.items() if not o.in_flight and now - o.last_used >= self._idle_timeout_s]
+        for sid in idle:
             del self._open[sid]
         return sum(o.owner == owner for o in self._open.values()) + self._opening.get(owner, 0)
 
@@ -105,18 +109,24 @@ class SessionCap:
 
     async def _use_session(self, owner: str, sid: str, scope: Scope, receive: Receive, send: Send) -> None:
         known = self._open.get(sid)
-        mine = known is not None and known.owner == owner
-        if mine and known is not None:
-            known.last_used = self._clock()
+        if known is None or known.owner != owner:
+            await self.app(scope, receive, send)  # unknown here, or another's: the SDK answers 404
+            return
+        known.in_flight += 1
+        known.last_used = self._clock()
 
         async def watch(message: Message) -> None:
-            if mine and message["type"] == "http.response.start":
+            if message["type"] == "http.response.start":
                 status = message["status"]
                 if status == 404 or (scope["method"] == "DELETE" and status < 400):
                     self._open.pop(sid, None)
             await send(message)
 
-        await self.app(scope, receive, watch)
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            known.in_flight -= 1
+            known.last_used = self._clock()
 
 
 class SseSessionCap:
