@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -418,3 +419,75 @@ async def test_a_session_kept_alive_by_an_open_stream_still_counts(tmp_path: Pat
                 assert held.status_code == 200
                 clock.advance(30 * 60 + 1)
                 assert (await _open_session(http, url, KEY_A)).status_code == 429
+
+
+# --- The keys that allowed the start are the keys enforced ----------------------------------------
+# Before: the exposure rule read the keys file once (settings.auth_enabled()) and the verifier read it
+# again after the service had opened. A file emptied in between — an operator's `> keys` rewrite, a
+# config tool replacing it — passed the "authenticated" check and then served with no keys at all:
+# on 0.0.0.0 that is an open, anonymous server, the thing the rule exists to prevent. Shown here on
+# 127.0.0.1 (never a public address in a test): after the same race, no token must still mean 401.
+
+
+def _emptying_open_service(keys: Path) -> Any:
+    from container_mcp.runtime import open_service
+
+    @asynccontextmanager
+    async def opening(settings: Settings) -> AsyncIterator[ContainerService]:
+        await anyio.Path(keys).write_text("")  # the keys file is rewritten while the service starts
+        async with open_service(settings) as service:
+            yield service
+
+    return opening
+
+
+class _Listening(logging.Handler):
+    """Catches the ``listening on <url>`` line the server logs once bound (port 0: the OS chose)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bound = anyio.Event()
+        self.origin = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if found := re.search(r"listening on (http://127\.0\.0\.1:\d+)", record.getMessage()):
+            self.origin = found[1]
+            self.bound.set()
+
+
+@pytest.mark.parametrize("entry", ["api", "streamable-http"])
+async def test_the_keys_that_allowed_the_start_are_the_keys_enforced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, entry: str
+) -> None:
+    from container_mcp import cli, runtime
+    from container_mcp.api import serve as api_serve
+
+    caplog.set_level(logging.INFO)
+    listening = _Listening()
+    logging.getLogger("container_mcp").addHandler(listening)
+    keys = tmp_path / "keys"
+    keys.write_text(KEY_A + "\n")
+    settings = Settings(data_dir=tmp_path / "data", api_keys_file=keys)
+    monkeypatch.setattr(api_serve, "open_service", _emptying_open_service(keys))
+    monkeypatch.setattr(runtime, "open_service", _emptying_open_service(keys))
+    async with anyio.create_task_group() as tg:
+        if entry == "api":
+            tg.start_soon(api_serve.serve_api, settings, "127.0.0.1", 0)
+        else:
+            tg.start_soon(cli._serve_mcp, settings, entry, "127.0.0.1", 0)
+        try:
+            with anyio.fail_after(20):
+                await listening.bound.wait()
+        finally:
+            logging.getLogger("container_mcp").removeHandler(listening)
+        origin, key = listening.origin, {"authorization": f"Bearer {KEY_A}"}
+        async with httpx2.AsyncClient() as http:
+            if entry == "api":
+                anonymous = await http.get(origin + "/v1/containers")
+                keyed = await http.get(origin + "/v1/containers", headers=key)
+            else:
+                anonymous = await http.post(origin + "/mcp", json=_INIT, headers=_ACCEPT)
+                keyed = await http.post(origin + "/mcp", json=_INIT, headers={**_ACCEPT, **key})
+        tg.cancel_scope.cancel()
+    assert anonymous.status_code == 401
+    assert keyed.status_code == 200
