@@ -491,3 +491,37 @@ async def test_the_keys_that_allowed_the_start_are_the_keys_enforced(
         tg.cancel_scope.cancel()
     assert anonymous.status_code == 401
     assert keyed.status_code == 200
+
+
+# --- Owner keys of two issuers ---------------------------------------------------------------------
+# Before: the owner of a JWT was f"oauth:{issuer}:{sub}", which is not one-to-one once a subject may
+# hold ':' — subject "8443:alice" of https://idp.example.com and subject "alice" of
+# https://idp.example.com:8443 were the same owner. One process trusts one issuer, but every server
+# process on a host shares the session store (README), so two deployments with different issuers
+# over one data dir let a subject of one act as a subject of the other, containers included.
+
+
+async def test_subjects_of_two_issuers_never_share_an_owner(
+    tmp_path: Path, service: ContainerService, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    first, second = "https://idp.example.com", "https://idp.example.com:8443"
+    clock = ManualClock()
+    issuer = _SlowIssuer([_jwk(rsa_key, "k1")])
+    async with _served(issuer.app()) as issuer_origin:
+        owners = []
+        for iss, sub in ((first, "8443:alice"), (second, "alice")):
+            settings = Settings(
+                data_dir=tmp_path / "data",
+                oauth_issuer_url=iss,
+                oauth_resource_url=RESOURCE,
+                oauth_jwks_url=issuer_origin + "/jwks",
+            )
+            token = jwt.encode(
+                {"iss": iss, "aud": RESOURCE, "sub": sub, "exp": clock.now + 60}, rsa_key, "RS256", {"kid": "k1"}
+            )
+            async with open_verifier(settings, clock=clock) as verifier:
+                access = await verifier.verify_token(token)
+            assert access is not None
+            owners.append(access.client_id)
+    assert owners[0] != owners[1]
+    assert all(owner.startswith("oauth:") for owner in owners)

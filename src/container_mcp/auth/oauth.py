@@ -33,7 +33,7 @@ import logging
 import math
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import anyio
 import httpx2
@@ -43,7 +43,7 @@ from mcp.server.auth.provider import AccessToken
 from ..clock import Clock
 from ..serving import is_loopback
 
-__all__ = ["FETCH_DEADLINE_S", "REFETCH_INTERVAL_S", "Jwks", "JwtVerifier", "check_jwks_url"]
+__all__ = ["FETCH_DEADLINE_S", "REFETCH_INTERVAL_S", "Jwks", "JwtVerifier", "check_jwks_url", "oauth_owner"]
 
 log = logging.getLogger("container_mcp.auth")
 
@@ -59,6 +59,13 @@ _VERIFIED_MAX = 4096
 """Verified tokens remembered (by SHA-256), oldest forgotten first."""
 
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+
+
+def oauth_owner(issuer: str, subject: str) -> str:
+    """``oauth:<issuer>:<subject>`` with the issuer's ``:`` and ``%`` percent-encoded, so that the first ``:``
+    after the prefix ends it: one owner per (issuer, subject) pair, whatever a subject contains. The
+    session store is shared by every server process on the host, whichever issuer each trusts."""
+    return f"oauth:{quote(issuer, safe='/')}:{subject}"
 
 
 def check_jwks_url(url: str) -> None:
@@ -193,7 +200,7 @@ class JwtVerifier:
 
     def owner(self, subject: str) -> str:
         """The owner key of the token subject ``subject``: one per person or agent of this issuer."""
-        return f"oauth:{self.issuer}:{subject}"
+        return oauth_owner(self.issuer, subject)
 
     async def verify(self, token: str) -> AccessToken | None:
         """The token's ``AccessToken`` (``client_id`` is its owner key), or None when it is refused.
