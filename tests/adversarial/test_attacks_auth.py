@@ -525,3 +525,32 @@ async def test_subjects_of_two_issuers_never_share_an_owner(
             owners.append(access.client_id)
     assert owners[0] != owners[1]
     assert all(owner.startswith("oauth:") for owner in owners)
+
+
+# --- A JWKS document nested too deep ---------------------------------------------------------------
+# Before: json.loads raised RecursionError (not a ValueError) on a deeply nested document: the fetch
+# was not treated as failed, the exception escaped into the request, and every request that needed
+# the keys got a 500 instead of being served with the keys already known.
+
+
+async def test_a_jwks_nested_too_deep_keeps_the_known_keys(
+    tmp_path: Path, service: ContainerService, rsa_key: rsa.RSAPrivateKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = {"document": json.dumps({"keys": [_jwk(rsa_key, "k1")]}).encode()}
+
+    async def jwks(request: Request) -> Response:
+        return Response(body["document"], media_type="application/json")
+
+    clock = ManualClock()
+    async with _served(Starlette(routes=[Route("/jwks", jwks)])) as issuer_origin:
+        settings = oauth_settings(tmp_path, issuer_origin + "/jwks")
+        async with open_verifier(settings, clock=clock) as verifier:
+            mcp = create_server(service, settings, verifier=verifier)
+            async with _served(http_app(mcp, settings, "streamable-http", "127.0.0.1")) as origin:
+                async with http_client(origin + "/mcp", _mint(rsa_key, clock.now, "alice"), "auto") as c:
+                    await structured(c, "session_usage")
+                body["document"] = b"[" * 100_000  # well under the 1 MiB cap
+                clock.advance(settings.oauth_jwks_cache_s)
+                async with http_client(origin + "/mcp", _mint(rsa_key, clock.now, "bob"), "auto") as c:
+                    await structured(c, "session_usage")
+    assert "could not fetch the OAuth issuer's keys" in caplog.text

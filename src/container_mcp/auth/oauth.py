@@ -143,7 +143,8 @@ class Jwks:
                 keys = body.get("keys") if isinstance(body, dict) else None
                 if not isinstance(keys, list):
                     raise ValueError("the document has no 'keys' list")
-            except (httpx2.HTTPError, ValueError, TimeoutError) as exc:
+            # RecursionError: json.loads on a document nested too deep (it is not a ValueError).
+            except (httpx2.HTTPError, ValueError, RecursionError, TimeoutError) as exc:
                 reason = exc if str(exc) else f"no complete answer within {self._deadline_s:g} s"
                 log.warning("could not fetch the OAuth issuer's keys from %s: %s", self._url, reason)
                 # Keep what was known; try again after the normal refetch interval, not on every request.
