@@ -554,3 +554,24 @@ async def test_a_jwks_nested_too_deep_keeps_the_known_keys(
                 async with http_client(origin + "/mcp", _mint(rsa_key, clock.now, "bob"), "auto") as c:
                     await structured(c, "session_usage")
     assert "could not fetch the OAuth issuer's keys" in caplog.text
+
+
+async def test_a_jwks_key_whose_kid_is_not_a_string_is_skipped(
+    tmp_path: Path, service: ContainerService, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    """Before: the one key of such a JWKS matched a token without a kid, and caching its prepared form under
+    the unhashable kid raised TypeError: a 500 for any caller who left the kid out."""
+    issuer = _SlowIssuer([{**_jwk(rsa_key, "k1"), "kid": ["k1"]}])
+    clock = ManualClock()
+    async with _served(issuer.app()) as issuer_origin:
+        settings = oauth_settings(tmp_path, issuer_origin + "/jwks")
+        async with open_verifier(settings, clock=clock) as verifier:
+            mcp = create_server(service, settings, verifier=verifier)
+            async with _served(http_app(mcp, settings, "streamable-http", "127.0.0.1")) as origin:
+                claims = {"iss": ISSUER, "aud": RESOURCE, "sub": "alice", "exp": clock.now + 60, "scope": SCOPE}
+                token = jwt.encode(claims, rsa_key, algorithm="RS256")  # no kid
+                async with httpx2.AsyncClient() as http:
+                    r = await http.post(
+                        origin + "/mcp", json=_INIT, headers={**_ACCEPT, "authorization": f"Bearer {token}"}
+                    )
+    assert r.status_code == 401

@@ -150,7 +150,8 @@ class Jwks:
                 # Keep what was known; try again after the normal refetch interval, not on every request.
                 self._fetched_at = self._clock() - self._max_age_s + REFETCH_INTERVAL_S
                 return
-            self._keys = [k for k in keys if isinstance(k, dict)]
+            # A key id that is not a string names no key a token can ask for (and cannot key the cache).
+            self._keys = [k for k in keys if isinstance(k, dict) and isinstance(k.get("kid", ""), str)]
             self._prepared = {}
             self._fetched_at = self._clock()
             log.info("fetched %d OAuth signing key(s) from %s", len(self._keys), self._url)
