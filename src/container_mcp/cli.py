@@ -154,28 +154,30 @@ async def _serve_mcp(settings: Settings, transport: str, host: str, port: int) -
             await run_stdio(create_server(service, settings), body_limit)
         return
     kind: HttpTransport = "sse" if transport == "sse" else "streamable-http"
-    refuse_unauthenticated_exposure(
-        host, authenticated=settings.auth_enabled(), command=f"container-mcp --transport {transport}"
-    )
-    async with open_service(settings) as service, open_verifier(settings) as verifier:
+    # One read of the keys decides both the refusal and which tokens pass (see serve_api).
+    async with open_verifier(settings) as verifier:
+        refuse_unauthenticated_exposure(
+            host, authenticated=verifier.enabled, command=f"container-mcp --transport {transport}"
+        )
         if not verifier.enabled:
             log.warning(
                 "no API keys configured: every local process can use this server, and 2026-07-28 clients share "
                 "one anonymous session. Set CONTAINER_MCP_API_KEYS (or --api-keys-file) to give each caller its own."
             )
-        # One budget of inline content in flight for the whole process: the HTTP gate and the tools share it.
-        budget = InlineBudget(settings.max_inline_bytes_in_flight)
-        url_host = f"[{host}]" if ":" in host else host
-        mcp = create_server(
-            service, settings, verifier=verifier, base_url=f"http://{url_host}:{port}", inline_budget=budget
-        )
-        app = InlineBodyGate(http_app(mcp, settings, kind, host, body_limit), budget)
-        limits = ConnectionLimits.from_settings(settings)
-        log.info("container-mcp %s: provider=%s transport=%s", __version__, settings.provider, transport)
-        if kind == "sse":
-            await serve_asgi(app, host, port, label="container-mcp (SSE)", path="/sse", limits=limits)
-        else:
-            # lifespan on: the streamable HTTP app runs its session manager there
-            await serve_asgi(
-                app, host, port, label="container-mcp (streamable HTTP)", path="/mcp", lifespan="on", limits=limits
+        async with open_service(settings) as service:
+            # One budget of inline content in flight for the whole process: the HTTP gate and the tools share it.
+            budget = InlineBudget(settings.max_inline_bytes_in_flight)
+            url_host = f"[{host}]" if ":" in host else host
+            mcp = create_server(
+                service, settings, verifier=verifier, base_url=f"http://{url_host}:{port}", inline_budget=budget
             )
+            app = InlineBodyGate(http_app(mcp, settings, kind, host, body_limit), budget)
+            limits = ConnectionLimits.from_settings(settings)
+            log.info("container-mcp %s: provider=%s transport=%s", __version__, settings.provider, transport)
+            if kind == "sse":
+                await serve_asgi(app, host, port, label="container-mcp (SSE)", path="/sse", limits=limits)
+            else:
+                # lifespan on: the streamable HTTP app runs its session manager there
+                await serve_asgi(
+                    app, host, port, label="container-mcp (streamable HTTP)", path="/mcp", lifespan="on", limits=limits
+                )

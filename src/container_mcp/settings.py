@@ -22,6 +22,17 @@ __all__ = ["ASYMMETRIC_ALGORITHMS", "MiB", "Settings", "default_data_dir"]
 
 MiB = 1 << 20
 
+
+def _check_key(key: str, where: str) -> None:
+    """Refuse (``ValueError``, naming ``where``, never the key) a key no client could send as a bearer token."""
+    if not key or not all("!" <= c <= "~" for c in key):
+        raise ValueError(
+            f"{where} is empty or has a character other than visible ASCII (a space, a control character, a "
+            "non-ASCII letter): no client can send it in an Authorization header, so it could never match. "
+            "Use random keys, e.g. openssl rand -hex 24."
+        )
+
+
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
@@ -41,6 +52,8 @@ class Settings(BaseSettings):
         extra="ignore",
         populate_by_name=True,
         frozen=True,
+        # An error must not print what was given: API keys, the OpenAI key and extra headers are secrets.
+        hide_input_in_errors=True,
     )
 
     provider: Literal["local", "openai"] = Field(
@@ -62,6 +75,12 @@ class Settings(BaseSettings):
     max_calls_per_minute: int = Field(600, ge=1, description="Tool calls per session per minute.")
 
     # --- MCP server ------------------------------------------------------------------------
+    max_sessions_per_owner: int = Field(
+        32,
+        ge=1,
+        description="Open MCP sessions (handshake-era streamable HTTP, SSE streams) one token owner may hold "
+        "at once; without auth (loopback only) there is no limit per owner.",
+    )
     allow_paths: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="Host directories file_create may read source_path from; a stdio client's roots can "
@@ -243,11 +262,22 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("api_keys")
+    @classmethod
+    def _sendable_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for n, key in enumerate(value, 1):
+            _check_key(key.get_secret_value(), f"API key {n}")
+        return value
+
     @field_validator("api_keys_file")
     @classmethod
     def _readable_keys_file(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
             raise ValueError(f"api_keys_file {value} is not a file: create it with one key per line (mode 0600)")
+        if value is not None:
+            for n, line in enumerate(value.read_text(encoding="utf-8").splitlines(), 1):
+                if line.strip() and not line.strip().startswith("#"):
+                    _check_key(line.strip(), f"{value} line {n}")
         return value
 
     @field_validator("oauth_jwks_url")

@@ -3,7 +3,7 @@
 * Tokens are checked by the process's one ``BearerVerifier`` (``container_mcp.auth``), the same
   the MCP HTTP transports use: static API keys (hashed, compared in constant time) and, in OAuth
   mode, JWT access tokens. The owner given to the ``ContainerService`` is the token's owner key
-  (``apikey:<digest>`` or ``oauth:<issuer>:<subject>``), never the token.
+  (``apikey:<digest>`` or ``oauth:<issuer, %-encoded>:<subject>``), never the token.
 * A missing or refused token answers 401 in OpenAI's envelope (OpenAI's own wording and codes, minus
   any echo of the token); a valid JWT without a required scope answers 403 ``insufficient_scope``.
 * **No keys and no OAuth** means anonymous mode: any bearer, or none, is the one owner

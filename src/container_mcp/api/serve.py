@@ -24,17 +24,20 @@ async def serve_api(settings: Settings, host: str, port: int) -> None:
     unless ``host`` is a loopback address. With ``port`` 0 the OS picks one; the ``listening on``
     log line (INFO) names it.
     """
-    refuse_unauthenticated_exposure(host, authenticated=settings.auth_enabled(), command="container-mcp api")
-    try:
-        OriginPolicy(host, settings.allowed_hosts, settings.allowed_origins)
-    except ValueError as exc:
-        raise SystemExit(f"container-mcp api: {exc}") from None
-    async with open_service(settings) as service, open_verifier(settings) as verifier:
-        await serve_asgi(
-            create_app(service, settings, verifier=verifier, host=host),
-            host,
-            port,
-            label="container-mcp api",
-            path="/v1",
-            limits=ConnectionLimits.from_settings(settings),
-        )
+    # One read of the keys decides both whether this host may be served and which tokens pass: a keys file
+    # emptied while the service opens must not leave a public server without any.
+    async with open_verifier(settings) as verifier:
+        refuse_unauthenticated_exposure(host, authenticated=verifier.enabled, command="container-mcp api")
+        try:
+            OriginPolicy(host, settings.allowed_hosts, settings.allowed_origins)
+        except ValueError as exc:
+            raise SystemExit(f"container-mcp api: {exc}") from None
+        async with open_service(settings) as service:
+            await serve_asgi(
+                create_app(service, settings, verifier=verifier, host=host),
+                host,
+                port,
+                label="container-mcp api",
+                path="/v1",
+                limits=ConnectionLimits.from_settings(settings),
+            )

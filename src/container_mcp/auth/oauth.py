@@ -19,7 +19,10 @@ API answer a valid token without a required scope with 403 ``insufficient_scope`
 The JWKS is fetched with httpx2 when first needed, cached for ``oauth_jwks_cache_s``, and fetched
 again early when a token names an unknown ``kid`` (the issuer rotated its keys), at most once per
 ``REFETCH_INTERVAL_S`` so that tokens with made-up key ids cannot turn this server into a flood
-against the issuer. A failed fetch keeps the keys already known.
+against the issuer. A failed fetch keeps the keys already known. One fetch runs at a time and gives
+up after ``FETCH_DEADLINE_S`` in all (httpx's own timeouts bound each read, not a body that trickles
+in); while it runs, requests whose key is already known go on with it rather than queue behind a
+slow issuer.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import logging
 import math
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import anyio
 import httpx2
@@ -40,12 +43,15 @@ from mcp.server.auth.provider import AccessToken
 from ..clock import Clock
 from ..serving import is_loopback
 
-__all__ = ["REFETCH_INTERVAL_S", "Jwks", "JwtVerifier", "check_jwks_url"]
+__all__ = ["FETCH_DEADLINE_S", "REFETCH_INTERVAL_S", "Jwks", "JwtVerifier", "check_jwks_url", "oauth_owner"]
 
 log = logging.getLogger("container_mcp.auth")
 
 REFETCH_INTERVAL_S = 30.0
 """Least time between two JWKS fetches caused by unknown key ids."""
+
+FETCH_DEADLINE_S = 10.0
+"""Longest a JWKS fetch may take, start to end of the body."""
 
 _MAX_JWKS_BYTES = 1 << 20
 
@@ -53,6 +59,13 @@ _VERIFIED_MAX = 4096
 """Verified tokens remembered (by SHA-256), oldest forgotten first."""
 
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+
+
+def oauth_owner(issuer: str, subject: str) -> str:
+    """``oauth:<issuer>:<subject>`` with the issuer's ``:`` and ``%`` percent-encoded, so that the first ``:``
+    after the prefix ends it: one owner per (issuer, subject) pair, whatever a subject contains. The
+    session store is shared by every server process on the host, whichever issuer each trusts."""
+    return f"oauth:{quote(issuer, safe='/')}:{subject}"
 
 
 def check_jwks_url(url: str) -> None:
@@ -70,12 +83,21 @@ def check_jwks_url(url: str) -> None:
 class Jwks:
     """The issuer's signing keys by ``kid``, fetched with ``http`` and cached (see the module docstring)."""
 
-    def __init__(self, url: str, http: httpx2.AsyncClient, clock: Clock, *, max_age_s: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        http: httpx2.AsyncClient,
+        clock: Clock,
+        *,
+        max_age_s: float,
+        deadline_s: float = FETCH_DEADLINE_S,
+    ) -> None:
         check_jwks_url(url)
         self._url = url
         self._http = http
         self._clock = clock
         self._max_age_s = max_age_s
+        self._deadline_s = deadline_s
         self._keys: list[dict[str, Any]] = []
         self._prepared: dict[tuple[str | None, str], Any] = {}
         self._fetched_at = -math.inf
@@ -84,7 +106,7 @@ class Jwks:
 
     async def key(self, kid: str | None) -> dict[str, Any] | None:
         """The JWK named ``kid`` (with no ``kid``: the only key, if there is exactly one), or None."""
-        if self._clock() - self._fetched_at >= self._max_age_s:
+        if self._clock() - self._fetched_at >= self._max_age_s and not (self._lock.locked() and self._find(kid)):
             await self._fetch(self._fetched_at)
         found = self._find(kid)
         if found is None and self._clock() - self._refetched_at >= REFETCH_INTERVAL_S:
@@ -102,9 +124,10 @@ class Jwks:
         return self._prepared[slot]
 
     async def _download(self) -> bytes:
-        async with self._http.stream("GET", self._url, headers={"accept": "application/json"}) as response:
-            response.raise_for_status()
-            return await _read_capped(response, _MAX_JWKS_BYTES)
+        with anyio.fail_after(self._deadline_s):
+            async with self._http.stream("GET", self._url, headers={"accept": "application/json"}) as response:
+                response.raise_for_status()
+                return await _read_capped(response, _MAX_JWKS_BYTES)
 
     def _find(self, kid: str | None) -> dict[str, Any] | None:
         if kid is None:
@@ -120,12 +143,15 @@ class Jwks:
                 keys = body.get("keys") if isinstance(body, dict) else None
                 if not isinstance(keys, list):
                     raise ValueError("the document has no 'keys' list")
-            except (httpx2.HTTPError, ValueError) as exc:
-                log.warning("could not fetch the OAuth issuer's keys from %s: %s", self._url, exc)
+            # RecursionError: json.loads on a document nested too deep (it is not a ValueError).
+            except (httpx2.HTTPError, ValueError, RecursionError, TimeoutError) as exc:
+                reason = exc if str(exc) else f"no complete answer within {self._deadline_s:g} s"
+                log.warning("could not fetch the OAuth issuer's keys from %s: %s", self._url, reason)
                 # Keep what was known; try again after the normal refetch interval, not on every request.
                 self._fetched_at = self._clock() - self._max_age_s + REFETCH_INTERVAL_S
                 return
-            self._keys = [k for k in keys if isinstance(k, dict)]
+            # A key id that is not a string names no key a token can ask for (and cannot key the cache).
+            self._keys = [k for k in keys if isinstance(k, dict) and isinstance(k.get("kid", ""), str)]
             self._prepared = {}
             self._fetched_at = self._clock()
             log.info("fetched %d OAuth signing key(s) from %s", len(self._keys), self._url)
@@ -176,7 +202,7 @@ class JwtVerifier:
 
     def owner(self, subject: str) -> str:
         """The owner key of the token subject ``subject``: one per person or agent of this issuer."""
-        return f"oauth:{self.issuer}:{subject}"
+        return oauth_owner(self.issuer, subject)
 
     async def verify(self, token: str) -> AccessToken | None:
         """The token's ``AccessToken`` (``client_id`` is its owner key), or None when it is refused.
@@ -222,7 +248,8 @@ class JwtVerifier:
         except jwt.PyJWTError as exc:
             raise _Refused(f"not a JWT ({exc})") from None
         alg = header.get("alg")
-        if alg not in self._algorithms:
+        # The sender chose the header: a list or object here must be refused, not hashed (TypeError, a 500).
+        if not isinstance(alg, str) or alg not in self._algorithms:
             raise _Refused(f"algorithm {_short(alg)} is not one of {sorted(self._algorithms)}")
         kid = header.get("kid") if isinstance(header.get("kid"), str) else None
         jwk = await self._jwks.key(kid)

@@ -4,7 +4,7 @@ It implements the SDK's ``TokenVerifier``: the MCP transports get it through
 ``MCPServer(token_verifier=..., auth=AuthSettings(...))``, the REST API calls it from its own
 middleware. A token is accepted when it is one of the static API keys or, in OAuth mode, a valid JWT
 access token (``oauth.py``). The returned ``AccessToken.client_id`` is the caller's owner key —
-``apikey:<digest>`` or ``oauth:<issuer>:<subject>`` — the session key the ``ContainerService``
+``apikey:<digest>`` or ``oauth:<issuer, %-encoded>:<subject>`` — the session key the ``ContainerService``
 sees, so each token (each subject, for JWTs) is its own owner on every transport and in both
 protocol eras.
 """

@@ -5,7 +5,7 @@
 | stdio, in-memory                  | ``stdio:<settings.stdio_session_key>`` (one local user) |
 | streamable HTTP, handshake era    | ``http:<Mcp-Session-Id>``             |
 | SSE                               | ``sse:<session_id query parameter>``  |
-| authenticated HTTP, any era       | the token's owner: ``apikey:<digest>`` or ``oauth:<issuer>:<subject>`` |
+| authenticated HTTP, any era       | the token's owner: ``apikey:<digest>`` or ``oauth:<issuer %-enc.>:<sub>`` |
 | HTTP, 2026-07-28, no auth         | ``http:anonymous`` (the protocol has no session to tell clients apart) |
 
 See ``mcp-sdk-2.md`` §2 for why each transport needs its own source. An authenticated caller's key
