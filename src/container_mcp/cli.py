@@ -137,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _serve_mcp(settings: Settings, transport: str, host: str, port: int) -> None:
+    from .audit import open_audit_log
     from .auth import open_verifier
     from .http_guard import ConnectionLimits
     from .inline import InlineBodyGate, InlineBudget, mcp_body_limit
@@ -149,15 +150,19 @@ async def _serve_mcp(settings: Settings, transport: str, host: str, port: int) -
     # Room for a whole file sent inline as base64, plus the JSON-RPC envelope, within the inline budget.
     body_limit = mcp_body_limit(settings)
     if transport == "stdio":
-        async with open_service(settings) as service:
+        async with open_audit_log(settings.audit) as audit_log, open_service(settings) as service:
             log.info("container-mcp %s: provider=%s transport=stdio", __version__, settings.provider)
-            await run_stdio(create_server(service, settings), body_limit)
+            await run_stdio(create_server(service, settings, audit_log=audit_log), body_limit)
         return
     kind: HttpTransport = "sse" if transport == "sse" else "streamable-http"
     refuse_unauthenticated_exposure(
         host, authenticated=settings.auth_enabled(), command=f"container-mcp --transport {transport}"
     )
-    async with open_service(settings) as service, open_verifier(settings) as verifier:
+    async with (
+        open_audit_log(settings.audit) as audit_log,
+        open_service(settings) as service,
+        open_verifier(settings) as verifier,
+    ):
         if not verifier.enabled:
             log.warning(
                 "no API keys configured: every local process can use this server, and 2026-07-28 clients share "
@@ -167,7 +172,12 @@ async def _serve_mcp(settings: Settings, transport: str, host: str, port: int) -
         budget = InlineBudget(settings.max_inline_bytes_in_flight)
         url_host = f"[{host}]" if ":" in host else host
         mcp = create_server(
-            service, settings, verifier=verifier, base_url=f"http://{url_host}:{port}", inline_budget=budget
+            service,
+            settings,
+            verifier=verifier,
+            base_url=f"http://{url_host}:{port}",
+            inline_budget=budget,
+            audit_log=audit_log,
         )
         app = InlineBodyGate(http_app(mcp, settings, kind, host, body_limit), budget)
         limits = ConnectionLimits.from_settings(settings)
