@@ -280,9 +280,7 @@ def _open_file(path: Path) -> TextIO:
 
 
 @asynccontextmanager
-async def open_audit_log(
-    target: str, *, stderr: Callable[[], TextIO] = lambda: sys.stderr
-) -> AsyncIterator[AuditLog]:
+async def open_audit_log(target: str, *, stderr: Callable[[], TextIO] = lambda: sys.stderr) -> AsyncIterator[AuditLog]:
     """The process's audit log for ``target`` (``Settings.audit``), closed when the block ends.
 
     Raises ``UnsafeConfiguration`` (before anything is written) for a file that cannot be opened or is
@@ -295,4 +293,3 @@ async def open_audit_log(
     else:
         with _open_file(Path(target)) as stream:
             yield AuditLog(stream)
-

@@ -70,9 +70,7 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", api_keys=[KEY, OTHER], max_containers=2)
 
 
-async def _serve(
-    service: ContainerService, settings: Settings, transport: HttpTransport
-) -> AsyncIterator[Served]:
+async def _serve(service: ContainerService, settings: Settings, transport: HttpTransport) -> AsyncIterator[Served]:
     audit = io.StringIO()
     mcp = create_server(service, settings, verifier=BearerVerifier.from_keys(settings), audit_log=AuditLog(audit))
     async with serve(http_app(mcp, settings, transport, "127.0.0.1")) as url:
@@ -183,7 +181,9 @@ async def test_rate_limit_refusals_are_counted(local_provider: LocalProvider, tm
             assert limited.is_error
         assert records(s.audit)[-1]["error_type"] == "RateLimited"
         scraped = samples((await scrape(s.url)).text)
-        assert value(scraped, "container_mcp_rate_limit_refusals_total", surface="mcp", kind="max_calls_per_minute") == 1
+        assert (
+            value(scraped, "container_mcp_rate_limit_refusals_total", surface="mcp", kind="max_calls_per_minute") == 1
+        )
         assert value(scraped, "container_mcp_quota_refusals_total", surface="mcp", kind="max_calls_per_minute") == 0
 
 
@@ -223,7 +223,9 @@ async def test_sse_calls_are_audited_with_their_transport(service: ContainerServ
         assert (record["transport"], record["operation"], record["outcome"]) == ("sse", "container_create", "ok")
         assert sessions and sessions[0] not in s.audit.getvalue()
         scraped = samples((await scrape(s.url)).text)
-        assert value(scraped, "container_mcp_calls_total", surface="mcp", operation="container_create", outcome="ok") == 1
+        assert (
+            value(scraped, "container_mcp_calls_total", surface="mcp", operation="container_create", outcome="ok") == 1
+        )
 
 
 async def test_without_auth_metrics_are_open_on_loopback_and_callers_are_anonymous(

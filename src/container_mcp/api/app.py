@@ -20,8 +20,9 @@ GET      /containers/{container_id}/files/{file_id}/...   RetrieveContainerFileC
 
 plus ``GET /openapi.json`` and ``GET /metrics`` (Prometheus; behind the bearer check like the
 routes). Middleware, outermost first: ``RequestHeaders`` (x-request-id on everything),
-``AuditRequests`` (an audit record per request, and the metrics; ``observe.py``), ``HostOriginCheck`` (421/403 for a foreign Host or Origin: DNS rebinding, cross-site
-requests; see ``origin.py``), ``BearerAuth`` (owner per API key, 401 otherwise). JSON bodies are
+``AuditRequests`` (an audit record per request, and the metrics; ``observe.py``),
+``HostOriginCheck`` (421/403 for a foreign Host or Origin: DNS rebinding, cross-site requests;
+see ``origin.py``), ``BearerAuth`` (owner per API key, 401 otherwise). JSON bodies are
 taken only with a JSON content type (415 otherwise). Each route is a small function of
 (service, request, owner); ``_endpoint`` turns the error tree into responses through
 ``errors.error_response``, the one mapping. Headers the SDKs add (``x-stainless-*``,
@@ -220,7 +221,7 @@ def create_app(
         routes=routes,
         middleware=[
             Middleware(RequestHeaders),
-            Middleware(AuditRequests, observer=observer),
+            Middleware(AuditRequests, observer=observer, routes=routes),
             Middleware(HostOriginCheck, policy=policy),
             Middleware(BearerAuth, verifier=verifier),
         ],

@@ -1,8 +1,9 @@
 """The MCP HTTP transports (streamable HTTP, SSE) as ASGI apps, with their edge protection.
 
-Every app built here serves the server's metrics at ``/metrics`` (``observe.metrics_route``), and keeps the SDK's DNS-rebinding protection on, whatever the interface: the SDK
-turns it off by itself for any host but the loopback ones (``mcp-sdk-2.md`` §3.3), so it is always
-passed explicitly, with the lists of ``hosts.py``. Authentication is the ``MCPServer``'s
+Every app built here serves the server's metrics at ``/metrics`` (``observe.metrics_route``), and
+keeps the SDK's DNS-rebinding protection on, whatever the interface: the SDK turns it off by itself
+for any host but the loopback ones (``mcp-sdk-2.md`` §3.3), so it is always passed explicitly,
+with the lists of ``hosts.py``. Authentication is the ``MCPServer``'s
 (``create_server(..., verifier=...)``).
 """
 
