@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
+import signal
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
-from mcp import Client
+from mcp import Client, MCPError
 from prometheus_client.parser import text_string_to_metric_families
 
 from container_mcp.audit import AuditLog
@@ -33,12 +38,14 @@ from container_mcp.store import SqliteSessionStore
 from tests.live import serve
 
 from .bearer import Seen, http_client, sse
+from .test_transports import console_script
 
 pytestmark = pytest.mark.anyio
 
 KEY = "mcp-audit-key-5e6f7a8b9c0d"
 OTHER = "mcp-audit-key-other-123456"
 SECRET_TEXT = "top-secret-file-content-4242"
+MISSING_FILE = "cfile_" + "0" * 32
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -244,9 +251,19 @@ async def test_stdio_callers_are_the_stdio_principal(service: ContainerService, 
     audit = io.StringIO()
     async with Client(create_server(service, settings, audit_log=AuditLog(audit))) as client:
         await ok(client, "session_usage")
-    (record,) = records(audit)
-    assert (record["principal"], record["transport"], record["operation"]) == ("stdio", "stdio", "session_usage")
-    assert record["session"] == service.store.digest(f"stdio:{settings.stdio_session_key}")[:16]
+        c = await ok(client, "container_create", name="c")
+        with pytest.raises(MCPError):
+            await client.read_resource(f"container://{c['id']}/files/{MISSING_FILE}")
+    usage, _, missing = records(audit)
+    assert (usage["principal"], usage["transport"], usage["operation"]) == ("stdio", "stdio", "session_usage")
+    assert usage["session"] == service.store.digest(f"stdio:{settings.stdio_session_key}")[:16]
+    # A failed resource read reaches the middleware as the raised protocol error; its cause is named.
+    assert (missing["operation"], missing["outcome"], missing["error_type"]) == (
+        "resources/read:file",
+        "error",
+        "FileNotFound",
+    )
+    assert (missing["container_id"], missing["file_id"]) == (c["id"], MISSING_FILE)
 
 
 @pytest.mark.sandbox
@@ -272,3 +289,37 @@ async def test_exec_records_the_exit_code_and_the_seconds_run(tmp_path: Path, cl
             scraped = samples((await scrape(s.url)).text)
             assert value(scraped, "container_mcp_exec_seconds_count") == 1
             assert value(scraped, "container_mcp_exec_seconds_sum") > 0
+
+
+async def test_the_mcp_http_process_audits_to_stderr_and_serves_metrics(tmp_path: Path) -> None:
+    """The CLI's own assembly: ``container-mcp --transport streamable-http`` with CONTAINER_MCP_AUDIT=stderr."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONTAINER_MCP_", "OPENAI_"))}
+    env |= {"CONTAINER_MCP_API_KEYS": KEY, "CONTAINER_MCP_AUDIT": "stderr"}
+    argv = [console_script(), "--transport", "streamable-http", "--port", "0", "--data-dir", str(tmp_path / "data")]
+    proc = await anyio.open_process([*argv, "--log-level", "INFO"], stderr=subprocess.PIPE, env=env)
+    err = b""
+    try:
+        assert proc.stderr is not None
+        with anyio.fail_after(20):
+            while not (match := re.search(rb"listening on (http://127\.0\.0\.1:\d+)", err)):
+                err += await proc.stderr.receive()
+        origin = match[1].decode()
+        async with http_client(origin + "/mcp", KEY, "legacy") as client:
+            created = await ok(client, "container_create", name="from-the-process")
+        assert (await scrape(origin, None)).status_code == 401
+        scraped = samples((await scrape(origin)).text)
+        assert value(scraped, "container_mcp_live_containers") == 1
+        proc.send_signal(signal.SIGTERM)
+        with anyio.fail_after(20):
+            async for chunk in proc.stderr:
+                err += chunk
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    assert [(r["operation"], r["container_id"], r["outcome"]) for r in lines] == [
+        ("container_create", created["id"], "ok")
+    ]
+    assert KEY not in err.decode()
