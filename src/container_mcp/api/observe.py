@@ -63,8 +63,12 @@ class AuditRequests:
         with recording(record):
             try:
                 await self.app(scope, receive, send_status)
+            except Exception:
+                if record.error_type is None:
+                    record.fail("InternalError")
+                raise
             except BaseException:
-                record.fail("InternalError")
+                record.fail("Cancelled")
                 raise
             finally:
                 record.operation = _operation(scope, self.routes)

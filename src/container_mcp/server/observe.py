@@ -126,7 +126,8 @@ class AuditMiddleware:
                 raise
             else:
                 if _is_error(result) and record.error_type is None:
-                    record.fail("InternalError")
+                    # An error result a tool returned without raising: deliberate, like a ToolError.
+                    record.fail("InvalidRequest")
                 return result
             finally:
                 observer.finish(record)
