@@ -137,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _serve_mcp(settings: Settings, transport: str, host: str, port: int) -> None:
+    from .audit import open_audit_log
     from .auth import open_verifier
     from .http_guard import ConnectionLimits
     from .inline import InlineBodyGate, InlineBudget, mcp_body_limit
@@ -149,9 +150,9 @@ async def _serve_mcp(settings: Settings, transport: str, host: str, port: int) -
     # Room for a whole file sent inline as base64, plus the JSON-RPC envelope, within the inline budget.
     body_limit = mcp_body_limit(settings)
     if transport == "stdio":
-        async with open_service(settings) as service:
+        async with open_audit_log(settings.audit) as audit_log, open_service(settings) as service:
             log.info("container-mcp %s: provider=%s transport=stdio", __version__, settings.provider)
-            await run_stdio(create_server(service, settings), body_limit)
+            await run_stdio(create_server(service, settings, audit_log=audit_log), body_limit)
         return
     kind: HttpTransport = "sse" if transport == "sse" else "streamable-http"
     # One read of the keys decides both the refusal and which tokens pass (see serve_api).
@@ -164,12 +165,17 @@ async def _serve_mcp(settings: Settings, transport: str, host: str, port: int) -
                 "no API keys configured: every local process can use this server, and 2026-07-28 clients share "
                 "one anonymous session. Set CONTAINER_MCP_API_KEYS (or --api-keys-file) to give each caller its own."
             )
-        async with open_service(settings) as service:
+        async with open_audit_log(settings.audit) as audit_log, open_service(settings) as service:
             # One budget of inline content in flight for the whole process: the HTTP gate and the tools share it.
             budget = InlineBudget(settings.max_inline_bytes_in_flight)
             url_host = f"[{host}]" if ":" in host else host
             mcp = create_server(
-                service, settings, verifier=verifier, base_url=f"http://{url_host}:{port}", inline_budget=budget
+                service,
+                settings,
+                verifier=verifier,
+                base_url=f"http://{url_host}:{port}",
+                inline_budget=budget,
+                audit_log=audit_log,
             )
             app = InlineBodyGate(http_app(mcp, settings, kind, host, body_limit), budget)
             limits = ConnectionLimits.from_settings(settings)

@@ -11,6 +11,9 @@ key first, then:
    visible, and releases them when a provider call fails;
 4. calls the provider.
 
+It also notes, for the audit record of the call in progress (``audit.py``), the container and file
+ids it checked, the file bytes stored and read, and a command's exit code.
+
 One instance per process, shared by every transport and by the REST API.
 """
 
@@ -23,6 +26,7 @@ from contextlib import aclosing
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import audit
 from .clock import Clock, system_clock
 from .errors import (
     ContainerExpired,
@@ -97,6 +101,14 @@ def _check_id(value: str, kind: str) -> str:
     return value
 
 
+async def _counted(chunks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    """``chunks``, each one's size noted as bytes read out of the call in progress."""
+    async with aclosing(chunks):
+        async for chunk in chunks:
+            audit.note_bytes_out(len(chunk))
+            yield chunk
+
+
 class ContainerService:
     """Ownership, quotas and activity over one ``Provider``. See the module docstring."""
 
@@ -132,6 +144,7 @@ class ContainerService:
 
     def _own(self, owner: str, container_id: str) -> str:
         _check_id(container_id, "container")
+        audit.note_container(container_id)
         if not self.store.owns(owner, container_id):
             raise ContainerNotFound(container_id)
         return container_id
@@ -234,6 +247,7 @@ class ContainerService:
         except BaseException:
             await self._discard(container.id)
             raise
+        audit.note_container(container.id)
         return container
 
     async def _discard(self, container_id: str) -> None:
@@ -303,6 +317,7 @@ class ContainerService:
         self._call(owner)
         self._own(owner, container_id)
         _check_id(file_id, "file")
+        audit.note_file(file_id)
         live = [c.container_id for c in self.store.live(owner)]
         # The destination first: copying within a container is the common case.
         ordered = [container_id, *(c for c in live if c != container_id)]
@@ -378,13 +393,16 @@ class ContainerService:
             raise FileTooLarge.over(self.limits.max_file_bytes, upload.size)
         approved, approve = self._approver(owner, container_id)
         try:
-            return await self.provider.create_file(
+            created = await self.provider.create_file(
                 container_id, normalized, upload, max_bytes=self.limits.max_file_bytes, approve=approve
             )
         except BaseException as exc:
             self._rollback(owner, container_id, approved)
             self._guard_expiry(container_id, exc)
             raise
+        audit.note_file(created.id)
+        audit.note_bytes_in(created.bytes or 0)
+        return created
 
     async def list_files(self, owner: str, container_id: str, params: ListParams) -> Page[ContainerFile]:
         self._call(owner)
@@ -399,6 +417,7 @@ class ContainerService:
         self._call(owner)
         self._own(owner, container_id)
         _check_id(file_id, "file")
+        audit.note_file(file_id)
         try:
             return await self.provider.get_file(container_id, file_id)
         except (ContainerExpired, ContainerNotFound) as exc:
@@ -409,6 +428,7 @@ class ContainerService:
         self._call(owner)
         self._own(owner, container_id)
         _check_id(file_id, "file")
+        audit.note_file(file_id)
         approved, approve = self._approver(owner, container_id)
         try:
             return await self.provider.delete_file(container_id, file_id, approve=approve)
@@ -429,7 +449,7 @@ class ContainerService:
         if length is not None and length < 0:
             raise InvalidRequest("length must be 0 or more.", param="length")
         meta = await self.get_file(owner, container_id, file_id)
-        return meta, self.provider.read_file(container_id, file_id, offset=offset, length=length)
+        return meta, _counted(self.provider.read_file(container_id, file_id, offset=offset, length=length))
 
     async def read_bytes(
         self, owner: str, container_id: str, file_id: str, *, offset: int = 0, length: int | None = None
@@ -501,11 +521,13 @@ class ContainerService:
             )
         approved, approve = self._approver(owner, container_id)
         try:
-            return await self.provider.exec(container_id, request, approve=approve, progress=progress)
+            result = await self.provider.exec(container_id, request, approve=approve, progress=progress)
         except BaseException as exc:
             self._rollback(owner, container_id, approved)
             self._guard_expiry(container_id, exc)
             raise
+        audit.note_exec(result.exit_code, result.duration_ms / 1000)
+        return result
 
     # --- usage -----------------------------------------------------------------------------
 

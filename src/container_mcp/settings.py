@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "WARNING", description="Log level for stderr logs (DEBUG, INFO, WARNING, ...)."
     )
+    audit: str = Field(
+        "off",
+        description="Where the audit records go, one JSON line per tool call, resource read and REST request: "
+        "'off', 'stderr', or an absolute file path outside the data dir (appended to; created 0600).",
+    )
 
     # --- quotas, per session -------------------------------------------------------------
     max_containers: int = Field(10, ge=1, description="Live (not expired) containers per session.")
@@ -250,6 +255,24 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [w for w in (s.strip() for s in value.split(",")) if w]
         return value
+
+    @field_validator("audit")
+    @classmethod
+    def _audit_target(cls, value: str) -> str:
+        from .audit import check_audit_target
+
+        return check_audit_target(value)
+
+    @model_validator(mode="after")
+    def _audit_outside_data_dir(self) -> Settings:
+        if self.audit not in ("off", "stderr"):
+            target = Path(os.path.realpath(self.audit))
+            if target.is_relative_to(os.path.realpath(self.data_dir)):
+                raise ValueError(
+                    f"audit file {self.audit} is inside the data dir {self.data_dir}, which holds only the "
+                    "server's own entries; put it elsewhere, e.g. /var/log/container-mcp/audit.jsonl"
+                )
+        return self
 
     @field_validator("oauth_algorithms")
     @classmethod

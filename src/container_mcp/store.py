@@ -140,6 +140,15 @@ class SessionStore(Protocol):
         """Count one call; raises ``RateLimited`` when the per-minute budget is spent."""
         ...
 
+    def digest(self, owner: str) -> str:
+        """The keyed hash (HMAC-SHA256 hex) the store keeps for the session key ``owner``; no secret."""
+        ...
+
+    def totals(self) -> Usage:
+        """Live containers, their files and bytes across every owner (``calls_last_minute`` is 0).
+        One cheap query: metrics read it at every scrape."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -184,10 +193,13 @@ class SqliteSessionStore:
         self._db.executescript(_SCHEMA)
         self._migrate_clear_keys()
 
+    def digest(self, owner: str) -> str:
+        mac = hmac.new(self._key, owner.encode("utf-8", "surrogatepass"), hashlib.sha256)
+        return mac.hexdigest()
+
     def _k(self, owner: str) -> str:
         """The stored form of the session key ``owner``."""
-        mac = hmac.new(self._key, owner.encode("utf-8", "surrogatepass"), hashlib.sha256)
-        return _DIGEST_PREFIX + mac.hexdigest()
+        return _DIGEST_PREFIX + self.digest(owner)
 
     def _migrate_clear_keys(self) -> None:
         """Replace the clear session keys an older version stored by their digests.
@@ -403,6 +415,12 @@ class SqliteSessionStore:
             bytes=int(row[2]),
             calls_last_minute=round(self._calls(self._db, owner, now)),
         )
+
+    def totals(self) -> Usage:
+        row = self._db.execute(
+            "SELECT count(*), coalesce(sum(files), 0), coalesce(sum(bytes), 0) FROM owned WHERE state = 'live'"
+        ).fetchone()
+        return Usage(containers=int(row[0]), files=int(row[1]), bytes=int(row[2]), calls_last_minute=0)
 
     def hit(self, owner: str, now: float, limits: Limits) -> None:
         owner = self._k(owner)

@@ -18,9 +18,11 @@ GET      /containers/{container_id}/files/{file_id}/...   RetrieveContainerFileC
          content
 =======  ===============================================  ==============================
 
-plus ``GET /openapi.json``. Middleware, outermost first: ``RequestHeaders`` (x-request-id on
-everything), ``HostOriginCheck`` (421/403 for a foreign Host or Origin: DNS rebinding, cross-site
-requests; see ``origin.py``), ``BearerAuth`` (owner per API key, 401 otherwise). JSON bodies are
+plus ``GET /openapi.json`` and ``GET /metrics`` (Prometheus; behind the bearer check like the
+routes). Middleware, outermost first: ``RequestHeaders`` (x-request-id on everything),
+``AuditRequests`` (an audit record per request, and the metrics; ``observe.py``),
+``HostOriginCheck`` (421/403 for a foreign Host or Origin: DNS rebinding, cross-site requests;
+see ``origin.py``), ``BearerAuth`` (owner per API key, 401 otherwise). JSON bodies are
 taken only with a JSON content type (415 otherwise). Each route is a small function of
 (service, request, owner); ``_endpoint`` turns the error tree into responses through
 ``errors.error_response``, the one mapping. Headers the SDKs add (``x-stainless-*``,
@@ -40,8 +42,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .. import audit
+from ..audit import AuditLog
 from ..auth import BearerVerifier
 from ..errors import ContainerMCPError
+from ..observer import Observer
 from ..service import ContainerService
 from ..settings import Settings
 from . import files
@@ -49,6 +54,7 @@ from .auth import BearerAuth
 from .bodies import container_spec, list_params, read_json, require_json
 from .errors import SERVER, api_error_response, error_response
 from .middleware import RequestHeaders
+from .observe import METRICS_PATH, AuditRequests
 from .openapi import openapi_document
 from .origin import HostOriginCheck, OriginPolicy
 from .wire import container_json, deleted_json, file_json, json_response, page_json
@@ -130,12 +136,14 @@ def _endpoint(service: ContainerService, handlers: dict[str, Handler]) -> Callab
         try:
             return await handler(service, request, owner)
         except ContainerMCPError as exc:
+            audit.note_error(exc)
             log.debug("%s %s %s -> %s", _request_id(request), request.method, request.url.path, type(exc).__name__)
             return error_response(exc)
         except ClientDisconnect:
             log.info("%s client disconnected during %s %s", _request_id(request), request.method, request.url.path)
             return Response(status_code=400)
-        except Exception:
+        except Exception as exc:
+            audit.note_error(exc)
             log.exception("%s unexpected error in %s %s", _request_id(request), request.method, request.url.path)
             return _internal_error(request)
 
@@ -173,11 +181,14 @@ def create_app(
     *,
     verifier: BearerVerifier | None = None,
     host: str = "127.0.0.1",
+    audit_log: AuditLog | None = None,
 ) -> Starlette:
     """The ASGI app. Callers are checked by ``verifier`` (default: the static keys of ``settings``; OAuth
     mode needs one from ``open_verifier``); without keys or OAuth every caller is one anonymous owner
     (see ``auth.py``: ``serve_api`` permits that on loopback hosts only). ``host`` is the bound
-    address, an allowed ``Host`` beside the loopback names and ``settings.allowed_hosts``.
+    address, an allowed ``Host`` beside the loopback names and ``settings.allowed_hosts``. Every
+    request is written to ``audit_log`` (the process's one; default: none) and counted in this app's
+    own metrics, served at ``/metrics``.
 
     Raises ``ValueError`` for a malformed ``settings.allowed_hosts`` entry.
     """
@@ -197,7 +208,12 @@ def create_app(
     by_path: dict[str, dict[str, Handler]] = {}
     for method, path, handler, _ in ROUTES:
         by_path.setdefault(path, {})[method] = handler
-    routes: list[Route] = [Route("/openapi.json", openapi), Route("/v1/openapi.json", openapi)]
+    observer = Observer(audit_log or AuditLog(None), service.store)
+    routes: list[Route] = [
+        Route("/openapi.json", openapi),
+        Route("/v1/openapi.json", openapi),
+        Route(METRICS_PATH, observer.metrics.endpoint, methods=["GET"]),
+    ]
     for prefix in ("/v1", ""):
         for path, handlers in by_path.items():
             routes.append(Route(prefix + path, _endpoint(service, handlers), methods=list(handlers)))
@@ -205,6 +221,7 @@ def create_app(
         routes=routes,
         middleware=[
             Middleware(RequestHeaders),
+            Middleware(AuditRequests, observer=observer, routes=routes),
             Middleware(HostOriginCheck, policy=policy),
             Middleware(BearerAuth, verifier=verifier),
         ],

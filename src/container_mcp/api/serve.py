@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from ..audit import open_audit_log
 from ..auth import open_verifier
 from ..http_guard import ConnectionLimits
 from ..runtime import open_service
@@ -22,7 +23,7 @@ async def serve_api(settings: Settings, host: str, port: int) -> None:
 
     Refuses to start (``UnsafeConfiguration``, before opening anything) without API keys or OAuth
     unless ``host`` is a loopback address. With ``port`` 0 the OS picks one; the ``listening on``
-    log line (INFO) names it.
+    log line (INFO) names it. Requests are audited as ``settings.audit`` says (``audit.py``).
     """
     # One read of the keys decides both whether this host may be served and which tokens pass: a keys file
     # emptied while the service opens must not leave a public server without any.
@@ -32,9 +33,9 @@ async def serve_api(settings: Settings, host: str, port: int) -> None:
             OriginPolicy(host, settings.allowed_hosts, settings.allowed_origins)
         except ValueError as exc:
             raise SystemExit(f"container-mcp api: {exc}") from None
-        async with open_service(settings) as service:
+        async with open_audit_log(settings.audit) as audit_log, open_service(settings) as service:
             await serve_asgi(
-                create_app(service, settings, verifier=verifier, host=host),
+                create_app(service, settings, verifier=verifier, host=host, audit_log=audit_log),
                 host,
                 port,
                 label="container-mcp api",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from mcp.server import MCPServer
-
 from .. import __version__
+from ..audit import AuditLog
 from ..auth import BearerVerifier
 from ..inline import InlineBudget
+from ..observer import Observer
 from ..service import ContainerService
 from ..settings import Settings
+from .observe import AuditMiddleware, ObservedServer
 from .resources import register_resources
 from .tools import ToolDeps, register_tools
 
@@ -30,7 +31,8 @@ def create_server(
     verifier: BearerVerifier | None = None,
     base_url: str = "http://127.0.0.1",
     inline_budget: InlineBudget | None = None,
-) -> MCPServer:
+    audit_log: AuditLog | None = None,
+) -> ObservedServer:
     """An MCPServer exposing the tools the provider can serve, and the resources.
 
     With an enabled ``verifier`` its HTTP apps accept only callers with a token it accepts (401
@@ -38,10 +40,13 @@ def create_server(
     is this server's own URL (see ``BearerVerifier.auth_settings``). Auth never applies on stdio.
     ``inline_budget`` is the process's budget of inline content in flight; pass the one the HTTP
     transport's ``InlineBodyGate`` uses (default: a new one of ``settings.max_inline_bytes_in_flight``).
+    Every tool call and resource read is written to ``audit_log`` (the process's one, from
+    ``audit.open_audit_log``; default: none) and counted in the server's own metrics, which its HTTP
+    apps serve at ``/metrics`` (``server/observe.py``).
     """
     exec_step = "container_exec (run commands) -> " if service.capabilities.exec else ""
     enabled = verifier is not None and verifier.enabled
-    mcp = MCPServer(
+    mcp = ObservedServer(
         "container-mcp",
         version=__version__,
         instructions=INSTRUCTIONS.format(exec=exec_step),
@@ -49,6 +54,8 @@ def create_server(
         token_verifier=verifier if enabled else None,
         auth=verifier.auth_settings(base_url) if verifier is not None and enabled else None,
     )
+    mcp.observer = Observer(audit_log or AuditLog(None), service.store)
+    mcp.middleware.append(AuditMiddleware(mcp, settings.stdio_session_key))
     budget = inline_budget or InlineBudget(settings.max_inline_bytes_in_flight)
     deps = ToolDeps(service=service, settings=settings, inline=budget)
     register_tools(mcp, deps)

@@ -1,8 +1,9 @@
 """The MCP HTTP transports (streamable HTTP, SSE) as ASGI apps, with their edge protection.
 
-Every app built here keeps the SDK's DNS-rebinding protection on, whatever the interface: the SDK
-turns it off by itself for any host but the loopback ones (``mcp-sdk-2.md`` §3.3), so it is always
-passed explicitly, with the lists of ``hosts.py``. Authentication is the ``MCPServer``'s
+Every app built here serves the server's metrics at ``/metrics`` (``observe.metrics_route``), and
+keeps the SDK's DNS-rebinding protection on, whatever the interface: the SDK turns it off by itself
+for any host but the loopback ones (``mcp-sdk-2.md`` §3.3), so it is always passed explicitly,
+with the lists of ``hosts.py``. Authentication is the ``MCPServer``'s
 (``create_server(..., verifier=...)``). Building an app also installs the session-id log redaction
 (``redact.py``): these transports are where session ids exist.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-from mcp.server import MCPServer
 from mcp.server.streamable_http_manager import DEFAULT_SESSION_IDLE_TIMEOUT
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
@@ -22,6 +22,7 @@ from ..clock import Clock, system_clock
 from ..hosts import allowed_hosts, allowed_origins
 from ..inline import mcp_body_limit
 from ..settings import Settings
+from .observe import ObservedServer, metrics_route
 from .session_cap import SessionCap, SseSessionCap
 
 __all__ = ["HttpTransport", "http_app", "transport_security"]
@@ -48,7 +49,7 @@ def transport_security(settings: Settings, host: str) -> TransportSecuritySettin
 
 
 def http_app(
-    mcp: MCPServer,
+    mcp: ObservedServer,
     settings: Settings,
     transport: HttpTransport,
     host: str,
@@ -71,19 +72,21 @@ def http_app(
         app = mcp.sse_app(host=host, max_request_body_size=body_limit, transport_security=security)
         stream = _route(app, _SSE_PATH)
         stream.app = SseSessionCap(stream.app, limit=settings.max_sessions_per_owner)
-        return app
-    app = mcp.streamable_http_app(
-        host=host,
-        max_request_body_size=body_limit,
-        transport_security=security,
-        session_idle_timeout=DEFAULT_SESSION_IDLE_TIMEOUT,
-    )
-    # Behind the SDK's authentication (it reads the caller's AccessToken), in front of its session manager.
-    endpoint = _route(app, _STREAMABLE_PATH)
-    endpoint.app = SessionCap(
-        endpoint.app,
-        limit=settings.max_sessions_per_owner,
-        idle_timeout_s=DEFAULT_SESSION_IDLE_TIMEOUT,
-        clock=clock,
-    )
+    else:
+        app = mcp.streamable_http_app(
+            host=host,
+            max_request_body_size=body_limit,
+            transport_security=security,
+            session_idle_timeout=DEFAULT_SESSION_IDLE_TIMEOUT,
+        )
+        # Behind the SDK's authentication (it reads the caller's AccessToken), in front of its session manager.
+        endpoint = _route(app, _STREAMABLE_PATH)
+        endpoint.app = SessionCap(
+            endpoint.app,
+            limit=settings.max_sessions_per_owner,
+            idle_timeout_s=DEFAULT_SESSION_IDLE_TIMEOUT,
+            clock=clock,
+        )
+    # Added to the built app, not as an SDK custom route: those are never authenticated.
+    app.router.routes.append(metrics_route(mcp, security))
     return app
