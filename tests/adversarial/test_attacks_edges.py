@@ -1,0 +1,62 @@
+"""Attacks on the hardened HTTP edges, the inline budget and the bounded stdio reader (issue 7, items 4 and 7).
+
+Each test is an attack that got through the first version of ``http_guard.py``/``inline.py``/``stdio.py``/
+``api/origin.py``, now contained. Real uvicorn servers on 127.0.0.1 port 0, small limits for speed.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from container_mcp.http_guard import RATE_GRACE_S, ConnectionLimits
+
+from ..server.test_slow_clients import get, guarded, hello, read_all
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_bodies_trickled_just_under_the_idle_timeout_cannot_lock_a_client_out() -> None:
+    """A byte per 0.1 s never stalls for the idle timeout: the whole cap was "busy", everyone else got 503."""
+    limits = ConnectionLimits(header_timeout_s=5, body_idle_timeout_s=0.5, max_connections=10)
+    async with guarded(hello, limits) as (host, port):
+        attackers = []
+        for _ in range(10):  # the whole cap, each sending a body a byte at a time
+            s = await anyio.connect_tcp(host, port)
+            await s.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+            attackers.append(s)
+
+        async def trickle() -> None:
+            while True:
+                for s in attackers:
+                    await s.send(b"x")
+                await anyio.sleep(0.1)  # well inside the idle timeout: never "stalled"
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(trickle)
+            await anyio.sleep(RATE_GRACE_S + 0.3)  # long enough for their rate to be judged
+            with anyio.fail_after(10):
+                replies = [await get(host, port) for _ in range(3)]
+            tg.cancel_scope.cancel()
+        assert all(r.startswith(b"HTTP/1.1 200") for r in replies), [r[:40] for r in replies]
+        for s in attackers:
+            await s.aclose()
+
+
+async def test_at_the_cap_a_steady_upload_is_not_displaced_for_a_new_connection() -> None:
+    limits = ConnectionLimits(header_timeout_s=5, body_idle_timeout_s=5, max_connections=2, min_body_rate=1000)
+    async with guarded(hello, limits) as (host, port):
+        uploads = [await anyio.connect_tcp(host, port) for _ in range(2)]
+        for s in uploads:
+            await s.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\nConnection: close\r\n\r\n")
+        for _ in range(int(RATE_GRACE_S / 0.05) + 6):
+            for s in uploads:
+                await s.send(b"y" * 500)  # 10,000 bytes/s: over the floor
+            await anyio.sleep(0.05)
+        with anyio.fail_after(10):
+            assert (await get(host, port)).startswith(b"HTTP/1.1 503")
+        for s in uploads:
+            await s.send(b"y" * (1000000 - 500 * (int(RATE_GRACE_S / 0.05) + 6)))
+            with anyio.fail_after(10):
+                assert (await read_all(s)).endswith(b"\r\n\r\n1000000")
+            await s.aclose()
