@@ -6,11 +6,19 @@ Each test is an attack that got through the first version of ``http_guard.py``/`
 
 from __future__ import annotations
 
-import anyio
-import pytest
+import base64
+from pathlib import Path
 
+import anyio
+import httpx2
+import pytest
+from mcp import Client, MCPError
+from mcp_types import INVALID_PARAMS
+
+from container_mcp.clock import ManualClock
 from container_mcp.http_guard import RATE_GRACE_S, ConnectionLimits
 
+from ..api.live import KEY_A, start_api
 from ..server.test_slow_clients import get, guarded, hello, read_all
 
 pytestmark = pytest.mark.anyio
@@ -60,3 +68,31 @@ async def test_at_the_cap_a_steady_upload_is_not_displaced_for_a_new_connection(
             with anyio.fail_after(10):
                 assert (await read_all(s)).endswith(b"\r\n\r\n1000000")
             await s.aclose()
+
+
+# --- JSON bodies ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"name": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"])
+async def test_a_deeply_nested_json_body_is_a_clear_400_on_the_api(
+    tmp_path: Path, clock: ManualClock, body: bytes
+) -> None:
+    async with start_api(tmp_path / "data", clock) as api:
+        async with httpx2.AsyncClient(base_url=api.origin) as http:
+            response = await http.post(
+                "/v1/containers",
+                content=body,
+                headers={"Authorization": f"Bearer {KEY_A}", "Content-Type": "application/json"},
+            )
+        assert response.status_code == 400, response.text
+        assert "JSON" in response.json()["error"]["message"]  # not a 500 with a traceback in the log
+        async with api.client() as sdk:
+            assert (await sdk.containers.list()).data == []
+
+
+async def test_a_deeply_nested_resources_cursor_is_a_clear_invalid_params(client: Client) -> None:
+    cursor = base64.urlsafe_b64encode(b"[" * 100_000).decode()
+    with pytest.raises(MCPError) as caught:
+        await client.list_resources(cursor=cursor)
+    assert caught.value.error.code == INVALID_PARAMS, caught.value.error
+    assert "nextCursor" in caught.value.error.message
