@@ -20,7 +20,8 @@ runs out of file descriptors: a thousand half-sent requests then lock every othe
   request, the new one gets a fast 503 and is closed.
 
 ``raise_open_files_limit`` lifts RLIMIT_NOFILE's soft limit to the hard limit, and
-``connection_limits`` keeps the cap below what the process may open.
+``connection_limits`` keeps the cap below what the process may open. ``quiet_client_noise`` stops
+uvicorn's warning per bad request (not HTTP, an ``Upgrade`` header) from flooding stderr.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import time
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -36,7 +38,13 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .settings import Settings
 
-__all__ = ["ConnectionLimits", "connection_limits", "guarded_protocol", "raise_open_files_limit"]
+__all__ = [
+    "ConnectionLimits",
+    "connection_limits",
+    "guarded_protocol",
+    "quiet_client_noise",
+    "raise_open_files_limit",
+]
 
 log = logging.getLogger("container_mcp.http")
 
@@ -110,6 +118,39 @@ def connection_limits(limits: ConnectionLimits, open_files: int) -> ConnectionLi
         room,
     )
     return replace(limits, max_connections=room)
+
+
+class _ClientNoise(logging.Filter):
+    """uvicorn's warnings about a client's request, each kind at most once per ``REPORT_INTERVAL_S``.
+
+    uvicorn warns once per malformed request and twice per request with an ``Upgrade`` header, so a
+    client could write to stderr at will: a flood, or a stall of the whole server on a full pipe.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._next: dict[object, float] = {}
+        self._suppressed: dict[object, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING or "protocols" not in record.pathname:
+            return True
+        now = time.monotonic()
+        if now < self._next.get(record.msg, 0.0):
+            self._suppressed[record.msg] = self._suppressed.get(record.msg, 0) + 1
+            return False
+        self._next[record.msg] = now + REPORT_INTERVAL_S
+        if n := self._suppressed.pop(record.msg, 0):
+            record.msg = f"{record.msg} (and {n} more like it in the last {REPORT_INTERVAL_S:g} s)"
+        return True
+
+
+_CLIENT_NOISE = _ClientNoise()
+
+
+def quiet_client_noise() -> None:
+    """Throttle uvicorn's per-request warnings about clients (see ``_ClientNoise``); idempotent."""
+    logging.getLogger("uvicorn.error").addFilter(_CLIENT_NOISE)
 
 
 class _Connections:

@@ -7,6 +7,7 @@ Each test is an attack that got through the first version of ``http_guard.py``/`
 from __future__ import annotations
 
 import base64
+import logging
 from pathlib import Path
 
 import anyio
@@ -96,3 +97,25 @@ async def test_a_deeply_nested_resources_cursor_is_a_clear_invalid_params(client
         await client.list_resources(cursor=cursor)
     assert caught.value.error.code == INVALID_PARAMS, caught.value.error
     assert "nextCursor" in caught.value.error.message
+
+
+# --- the server's log under a flood of bad requests -----------------------------------------
+
+
+async def test_a_flood_of_bad_requests_does_not_flood_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """uvicorn logged a warning (two for an Upgrade) per bad request: cheap for a client, and a stderr
+    nobody drains stalls the whole server."""
+    upgrade = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    async with guarded(hello, ConnectionLimits()) as (host, port):
+        with caplog.at_level(logging.WARNING):
+            async with await anyio.connect_tcp(host, port) as s:
+                await s.send(upgrade * 100 + b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                with anyio.fail_after(10):
+                    assert (await read_all(s)).count(b"HTTP/1.1 200") == 101  # all served, as plain requests
+            for _ in range(50):
+                async with await anyio.connect_tcp(host, port) as s:
+                    await s.send(b"\x16\x03\x01 not http\r\n\r\n")  # e.g. TLS to a plain-HTTP port
+                    with anyio.fail_after(10):
+                        assert (await read_all(s)).startswith(b"HTTP/1.1 400")
+    noise = [r for r in caplog.records if r.name.startswith("uvicorn")]
+    assert len(noise) <= 4, [r.getMessage()[:60] for r in noise]
