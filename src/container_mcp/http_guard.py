@@ -17,7 +17,9 @@ runs out of file descriptors: a thousand half-sent requests then lock every othe
   the one sending its request body slowest, if that is below ``min_body_rate`` bytes/s (so a body
   trickled a byte at a time, never quite stalling, cannot hold a slot), so a client that sends its
   request promptly is served while such an attack runs; when every open connection is busy with a
-  request, the new one gets a fast 503 and is closed.
+  request, the new one displaces the oldest connection of a caller (an ``Authorization`` value)
+  holding more than half of them, so one key's never-ending streams (SSE) cannot take every slot;
+  otherwise it gets a fast 503 and is closed.
 
 ``raise_open_files_limit`` lifts RLIMIT_NOFILE's soft limit to the hard limit, and
 ``connection_limits`` keeps the cap below what the process may open. ``quiet_client_noise`` stops
@@ -53,6 +55,9 @@ REPORT_INTERVAL_S = 10.0
 
 RATE_GRACE_S = 1.0
 """Least seconds of waiting for a request body before its rate is judged (a body just begun has sent nothing yet)."""
+
+MAX_SHARE = 0.5
+"""Fraction of the connection cap one caller may hold before its oldest connections are displaced at the cap."""
 
 FD_RESERVE = 128
 """Descriptors kept free of client connections: the data dir's databases, sandboxes, logs."""
@@ -164,7 +169,11 @@ class _Connections:
 
     def admit(self, conn: _GuardedH11Protocol) -> bool:
         if len(self.open) >= self.cap:
-            victim = next((c for c in self.open if c.waiting_for_headers()), None) or self._slowest_body()
+            victim = (
+                next((c for c in self.open if c.waiting_for_headers()), None)
+                or self._slowest_body()
+                or self._oldest_of_greediest()
+            )
             if victim is None:
                 self.dropped("refused with 503: every connection busy")
                 return False
@@ -175,6 +184,16 @@ class _Connections:
     def _slowest_body(self) -> _GuardedH11Protocol | None:
         rates = [(rate, c) for c in self.open if (rate := c.body_rate()) is not None and rate < c.limits.min_body_rate]
         return min(rates, key=lambda pair: pair[0])[1] if rates else None
+
+    def _oldest_of_greediest(self) -> _GuardedH11Protocol | None:
+        # Only requests with credentials count: without auth every caller looks alike, and with auth a
+        # request without them is answered 401 at once.
+        held: dict[bytes, list[_GuardedH11Protocol]] = {}
+        for c in self.open:
+            if (caller := c.caller) is not None and not c.transport.is_closing():
+                held.setdefault(caller, []).append(c)
+        greediest = max(held.values(), key=len, default=[])
+        return greediest[0] if len(greediest) > self.cap * MAX_SHARE else None
 
     def discard(self, conn: _GuardedH11Protocol) -> None:
         self.open.pop(conn, None)
@@ -208,6 +227,11 @@ class _GuardedH11Protocol(H11Protocol):
     def waiting_for_headers(self) -> bool:
         """True between requests or while a request's headers are incomplete."""
         return self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+
+    @property
+    def caller(self) -> bytes | None:
+        """The ``Authorization`` value of the connection's latest request (None without one): who holds it."""
+        return next((v for k, v in self.headers or () if k == b"authorization"), None)
 
     def _ours(self) -> bool:
         """Whether an incomplete request body waits on the server (paused reading, 100 Continue held back)."""

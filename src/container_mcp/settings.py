@@ -163,8 +163,8 @@ class Settings(BaseSettings):
         1000,
         ge=1,
         description="Open connections per HTTP server. At the cap, a new connection displaces the oldest one "
-        "that has not sent complete headers, else the slowest one sending a body below http_min_body_rate; "
-        "when every connection is busy it gets a fast 503.",
+        "that has not sent complete headers, else the slowest one sending a body below http_min_body_rate, "
+        "else the oldest one of a key holding more than half of them; otherwise it gets a fast 503.",
     )
     http_min_body_rate: float = Field(
         16384.0,

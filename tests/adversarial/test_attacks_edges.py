@@ -13,8 +13,10 @@ from pathlib import Path
 import anyio
 import httpx2
 import pytest
+from anyio.abc import SocketStream
 from mcp import Client, MCPError
 from mcp_types import INVALID_PARAMS
+from starlette.types import Receive, Scope, Send
 
 from container_mcp.clock import ManualClock
 from container_mcp.http_guard import RATE_GRACE_S, ConnectionLimits
@@ -119,3 +121,55 @@ async def test_a_flood_of_bad_requests_does_not_flood_the_log(caplog: pytest.Log
                         assert (await read_all(s)).startswith(b"HTTP/1.1 400")
     noise = [r for r in caplog.records if r.name.startswith("uvicorn")]
     assert len(noise) <= 4, [r.getMessage()[:60] for r in noise]
+
+
+# --- long-lived responses (SSE streams) ------------------------------------------------------
+
+
+async def streams(scope: Scope, receive: Receive, send: Send) -> None:
+    """``/stream`` answers with a stream that never ends (as an SSE GET does); anything else is ``hello``."""
+    if scope["path"] != "/stream":
+        await hello(scope, receive, send)
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+    await send({"type": "http.response.body", "body": b": open\n\n", "more_body": True})
+    await anyio.sleep_forever()
+
+
+async def open_stream(host: str, port: int, key: str) -> SocketStream:
+    s = await anyio.connect_tcp(host, port)
+    await s.send(f"GET /stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n".encode())
+    with anyio.fail_after(5):
+        assert (await s.receive()).startswith(b"HTTP/1.1 200")
+    return s
+
+
+async def test_one_key_holding_every_connection_with_streams_cannot_lock_others_out() -> None:
+    """Streams are busy for ever: one caller opening the whole cap of them got everyone else a 503."""
+    limits = ConnectionLimits(max_connections=10)
+    async with guarded(streams, limits) as (host, port):
+        greedy = [await open_stream(host, port, "sk-greedy") for _ in range(10)]
+        with anyio.fail_after(10):
+            other = await open_stream(host, port, "sk-other")  # another caller still gets in
+            assert (await get(host, port)).startswith(b"HTTP/1.1 200")
+            closed = [s for s in greedy if await read_all_now(s) == b""]
+        assert closed == greedy[: len(closed)] and 1 <= len(closed) <= 5  # the greedy caller's oldest went
+        for s in [*greedy, other]:
+            await s.aclose()
+
+
+async def test_at_the_cap_callers_within_their_share_keep_their_streams() -> None:
+    limits = ConnectionLimits(max_connections=6)
+    async with guarded(streams, limits) as (host, port):
+        held = [await open_stream(host, port, key) for key in ("a", "a", "a", "b", "b", "b")]
+        with anyio.fail_after(10):
+            assert (await get(host, port)).startswith(b"HTTP/1.1 503")  # no one holds more than half
+        for s in held:
+            await s.aclose()
+
+
+async def read_all_now(stream: SocketStream) -> bytes | None:
+    """What is left to read if ``stream`` was closed; None if it is still open after a moment."""
+    with anyio.move_on_after(0.2):
+        return await read_all(stream)
+    return None
