@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 from pathlib import Path
 
 import anyio
@@ -15,11 +16,13 @@ import httpx2
 import pytest
 from anyio.abc import SocketStream
 from mcp import Client, MCPError
+from mcp.shared.message import SessionMessage
 from mcp_types import INVALID_PARAMS
 from starlette.types import Receive, Scope, Send
 
 from container_mcp.clock import ManualClock
 from container_mcp.http_guard import RATE_GRACE_S, ConnectionLimits
+from container_mcp.stdio import BoundedLines
 
 from ..api.live import KEY_A, start_api
 from ..server.test_slow_clients import get, guarded, hello, read_all
@@ -173,3 +176,59 @@ async def read_all_now(stream: SocketStream) -> bytes | None:
     with anyio.move_on_after(0.2):
         return await read_all(stream)
     return None
+
+
+# --- the bounded stdio reader ------------------------------------------------------------------
+
+
+async def stdio_lines(chunks: list[bytes], limit: int) -> tuple[list[str], list[SessionMessage]]:
+    """The lines ``BoundedLines`` yields for ``chunks`` written to a pipe, and the refusals it sends."""
+    r, w = os.pipe()
+    lines: list[str] = []
+    refusals: list[SessionMessage] = []
+    reader = BoundedLines(r, limit)
+
+    async def reply(message: SessionMessage) -> None:
+        refusals.append(message)
+
+    async def write() -> None:
+        for chunk in chunks:
+            await anyio.to_thread.run_sync(os.write, w, chunk)
+        os.close(w)
+
+    reader.reply = reply
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write)
+            async for line in reader:
+                lines.append(line)
+    finally:
+        os.close(r)
+    return lines, refusals
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        # the TypeScript SDK (most stdio hosts) writes {...request, jsonrpc, id}: the id comes last
+        b'{"method":"tools/call","params":{"arguments":{"base64":"' + b"A" * 10_000 + b'"}},"jsonrpc":"2.0","id":42}',
+        b'{"method":"tools/call","params":{"x":"' + b"A" * 10_000 + b'"},"id": 42 }\r',
+    ],
+)
+async def test_an_over_large_stdio_request_with_its_id_last_is_answered(message: bytes) -> None:
+    """A refused request nobody answers leaves the client waiting for ever."""
+    lines, refusals = await stdio_lines([message[:5000], message[5000:] + b"\n", b'{"ok": 1}\n'], limit=1000)
+    assert lines == ['{"ok": 1}']
+    assert [r.message.id for r in refusals] == [42]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b'{"method":"tools/call","params":{"x":"' + b"A" * 10_000 + b'","id":42}}',  # nested: not the request's
+        b'{"method":"notifications/progress","params":{"x":"' + b"A" * 10_000 + b'"}}',
+    ],
+)
+async def test_an_over_large_stdio_message_without_a_top_level_id_is_not_answered(message: bytes) -> None:
+    lines, refusals = await stdio_lines([message + b"\n"], limit=1000)
+    assert (lines, refusals) == ([], [])
