@@ -104,6 +104,9 @@ def server_config(app: Any, host: str, port: int, limits: ConnectionLimits, **kw
     """uvicorn's config for ``app``, connections guarded by ``limits`` (capped to the open-files limit)."""
     kwargs.setdefault("log_config", None)
     kwargs.setdefault("server_header", False)
+    # Nothing here speaks WebSocket; an upgrade would hand the socket to a protocol without the guard
+    # (no timeouts, and a connection slot never given back) as soon as a WebSocket library is installed.
+    kwargs.setdefault("ws", "none")
     limits = connection_limits(limits, raise_open_files_limit())
     quiet_client_noise()
     return uvicorn.Config(app, host=host, port=port, http=guarded_protocol(limits), **kwargs)

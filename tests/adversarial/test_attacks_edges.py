@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from container_mcp.clock import ManualClock
 from container_mcp.http_guard import RATE_GRACE_S, ConnectionLimits
+from container_mcp.serving import server_config
 from container_mcp.stdio import BoundedLines
 
 from ..api.live import KEY_A, start_api
@@ -232,3 +233,67 @@ async def test_an_over_large_stdio_request_with_its_id_last_is_answered(message:
 async def test_an_over_large_stdio_message_without_a_top_level_id_is_not_answered(message: bytes) -> None:
     lines, refusals = await stdio_lines([message + b"\n"], limit=1000)
     assert (lines, refusals) == ([], [])
+
+
+# --- Host, Origin and Content-Type spellings on the api (these held) --------------------------
+
+
+async def raw_post(origin: str, head: str, body: bytes = b'{"name": "pwned"}') -> bytes:
+    host, port = origin.removeprefix("http://").rsplit(":", 1)
+    async with await anyio.connect_tcp(host, int(port)) as s:
+        await s.send(f"{head}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("latin-1") + body)
+        with anyio.fail_after(10):
+            return await read_all(s)
+
+
+async def test_spellings_of_a_foreign_host_origin_or_content_type_create_nothing(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    async with start_api(tmp_path / "data", clock, api_keys=[]) as api:  # anonymous: no key in the way
+        post = "POST /v1/containers HTTP/1.1\r\n"
+        json_ = "Content-Type: application/json\r\n"
+        for host in (
+            "127.0.0.1.evil.com",
+            "localhost:80@evil",
+            "localhost.",
+            "[::1]evil",
+            "localhost:",
+            "localhost:*",
+            "127.1",
+            "0x7f000001",
+            "[::ffff:127.0.0.1]",
+            "[fe80::1%25lo]",
+            "127.0.0.1:80/evil",
+        ):
+            assert (await raw_post(api.origin, f"{post}Host: {host}\r\n{json_}")).startswith(b"HTTP/1.1 421"), host
+        reply = await raw_post(api.origin, f"POST /v1/containers HTTP/1.0\r\n{json_}")  # no Host at all
+        assert reply.startswith(b"HTTP/1.1 421"), reply[:60]
+        for origin in (
+            "null",
+            "NULL",
+            "file://",
+            "FILE:///etc/passwd",
+            "http://localhost.",
+            "http://localhost@evil.com",
+            "http://evil.com@localhost",
+            "http://localhost:80@evil.com",
+            "http://localhost:*",
+            "http://localhost:99999",
+            "ws://localhost",
+            "chrome-extension://abcdef",
+        ):
+            reply = await raw_post(api.origin, f"{post}Host: 127.0.0.1\r\nOrigin: {origin}\r\n{json_}")
+            assert reply.startswith(b"HTTP/1.1 403"), origin
+        for ctype in ("text/json", "application/jsonx", "text/plain; application/json", "application/json-seq"):
+            reply = await raw_post(api.origin, f"{post}Host: 127.0.0.1\r\nContent-Type: {ctype}\r\n")
+            assert reply.startswith(b"HTTP/1.1 415"), ctype
+        async with api.client() as sdk:
+            assert (await sdk.containers.list()).data == []
+
+
+def test_no_server_upgrades_to_websocket_past_the_guard() -> None:
+    """uvicorn hands an upgraded socket to its WebSocket protocol (unguarded, its slot never returned)
+    whenever a WebSocket library happens to be installed; no server here serves WebSocket."""
+    config = server_config(hello, "127.0.0.1", 0, ConnectionLimits())
+    config.load()
+    assert config.ws == "none" and config.ws_protocol_class is None
