@@ -169,7 +169,8 @@ async def _serve_mcp(settings: Settings, transport: str, host: str, port: int) -
         mcp = create_server(
             service, settings, verifier=verifier, base_url=f"http://{url_host}:{port}", inline_budget=budget
         )
-        app = InlineBodyGate(http_app(mcp, settings, kind, host, body_limit), budget)
+        gate_verifier = verifier if verifier.enabled else None
+        app = InlineBodyGate(http_app(mcp, settings, kind, host, body_limit), budget, verifier=gate_verifier)
         limits = ConnectionLimits.from_settings(settings)
         log.info("container-mcp %s: provider=%s transport=%s", __version__, settings.provider, transport)
         if kind == "sse":

@@ -9,12 +9,16 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import re
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import httpx2
 import pytest
-from anyio.abc import SocketStream
+from anyio.abc import ByteReceiveStream, SocketStream
 from mcp import Client, MCPError
 from mcp.shared.message import SessionMessage
 from mcp_types import INVALID_PARAMS
@@ -23,10 +27,13 @@ from starlette.types import Receive, Scope, Send
 from container_mcp.clock import ManualClock
 from container_mcp.http_guard import RATE_GRACE_S, ConnectionLimits
 from container_mcp.serving import server_config
+from container_mcp.settings import MiB
 from container_mcp.stdio import BoundedLines
 
 from ..api.live import KEY_A, start_api
+from ..server.bearer import http_client
 from ..server.test_slow_clients import get, guarded, hello, read_all
+from ..server.test_transports import console_script, structured
 
 pytestmark = pytest.mark.anyio
 
@@ -297,3 +304,68 @@ def test_no_server_upgrades_to_websocket_past_the_guard() -> None:
     config = server_config(hello, "127.0.0.1", 0, ConnectionLimits())
     config.load()
     assert config.ws == "none" and config.ws_protocol_class is None
+
+
+# --- the inline gate in front of authentication ------------------------------------------------
+
+
+@asynccontextmanager
+async def mcp_process(tmp_path: Path, **env: str) -> AsyncIterator[tuple[str, int]]:
+    """``container-mcp --transport streamable-http`` with key ``sk-edge`` and ``env`` (CONTAINER_MCP_*)."""
+    full = {**os.environ, "CONTAINER_MCP_DATA_DIR": str(tmp_path), "CONTAINER_MCP_API_KEYS": "sk-edge", **env}
+    command = [console_script(), "--transport", "streamable-http", "--port", "0", "--log-level", "INFO"]
+    proc = await anyio.open_process(command, stderr=subprocess.PIPE, env=full)
+    try:
+        assert proc.stderr is not None
+        seen = b""
+        with anyio.fail_after(20):
+            while not (match := re.search(rb"listening on http://127\.0\.0\.1:(\d+)", seen)):
+                seen += await proc.stderr.receive()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drain, proc.stderr)
+            yield "127.0.0.1", int(match[1])
+            tg.cancel_scope.cancel()
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
+async def drain(stream: ByteReceiveStream) -> None:
+    async for _ in stream:
+        pass
+
+
+async def test_unauthenticated_requests_cannot_queue_at_the_inline_gate_and_fill_the_cap(tmp_path: Path) -> None:
+    """The gate sat in front of authentication: while an upload held the budget, keyless requests
+    declaring a large body (Expect: 100-continue, so the wait was "the server's") each held a
+    connection for the gate's 30 s wait, and a handful of them got every other caller a 503."""
+    limits = {"CONTAINER_MCP_MAX_INLINE_BYTES_IN_FLIGHT": str(4 * MiB), "CONTAINER_MCP_HTTP_MAX_CONNECTIONS": "16"}
+    async with mcp_process(tmp_path, **limits) as (host, port):
+        head = "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        head += "Accept: application/json, text/event-stream\r\n"
+        upload = await anyio.connect_tcp(host, port)  # a caller's upload, holding the whole budget
+        await upload.send(f"{head}Authorization: Bearer sk-edge\r\nContent-Length: {4 * MiB}\r\n\r\n".encode())
+
+        async def steady() -> None:  # well above the minimum body rate: never displaced
+            for _ in range(4 * MiB // 8192 - 1):
+                await upload.send(b" " * 8192)
+                await anyio.sleep(0.02)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(steady)
+            await anyio.sleep(0.3)  # the upload's reservation is taken
+            attackers = []
+            for _ in range(15):  # with the upload: the whole cap
+                s = await anyio.connect_tcp(host, port)
+                await s.send(f"{head}Content-Length: {2 * MiB}\r\nExpect: 100-continue\r\n\r\n".encode())
+                attackers.append(s)
+            with anyio.fail_after(10):
+                replies = [await s.receive() for s in attackers]  # answered at once, not queued
+            assert all(r.startswith(b"HTTP/1.1 401") for r in replies), {r[:40] for r in replies}
+            for s in attackers:
+                await s.aclose()
+            with anyio.fail_after(20):
+                async with http_client(f"http://{host}:{port}/mcp", "sk-edge", "legacy") as client:
+                    await structured(client, "container_create", name="served")
+            tg.cancel_scope.cancel()
+        await upload.aclose()
