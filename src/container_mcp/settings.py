@@ -166,6 +166,12 @@ class Settings(BaseSettings):
         "that has not sent complete headers, else the slowest one sending a body below http_min_body_rate, "
         "else the oldest one of a key holding more than half of them; otherwise it gets a fast 503.",
     )
+    http_max_sessions: int = Field(
+        10_000,
+        ge=2,
+        description="Streamable HTTP sessions open at once (one ends on the client's DELETE or after 30 min idle); "
+        "one key may hold at most half of them.",
+    )
     http_min_body_rate: float = Field(
         16384.0,
         ge=0,

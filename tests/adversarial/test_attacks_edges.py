@@ -24,13 +24,18 @@ from mcp.shared.message import SessionMessage
 from mcp_types import INVALID_PARAMS
 from starlette.types import Receive, Scope, Send
 
+from container_mcp.auth import BearerVerifier
 from container_mcp.clock import ManualClock
 from container_mcp.http_guard import RATE_GRACE_S, ConnectionLimits
+from container_mcp.server.app import create_server
+from container_mcp.server.http import http_app
+from container_mcp.service import ContainerService
 from container_mcp.serving import server_config
-from container_mcp.settings import MiB
+from container_mcp.settings import MiB, Settings
 from container_mcp.stdio import BoundedLines
 
 from ..api.live import KEY_A, start_api
+from ..live import serve
 from ..server.bearer import http_client
 from ..server.test_slow_clients import get, guarded, hello, read_all
 from ..server.test_transports import console_script, structured
@@ -369,3 +374,31 @@ async def test_unauthenticated_requests_cannot_queue_at_the_inline_gate_and_fill
                     await structured(client, "container_create", name="served")
             tg.cancel_scope.cancel()
         await upload.aclose()
+
+
+# --- streamable HTTP sessions --------------------------------------------------------------------
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
+
+
+async def open_session(http: httpx2.AsyncClient, url: str, key: str) -> int:
+    headers = {"authorization": f"Bearer {key}", "accept": "application/json, text/event-stream"}
+    response = await http.post(url, json=INITIALIZE, headers=headers)
+    return response.status_code
+
+
+async def test_one_key_cannot_take_every_streamable_http_session(tmp_path: Path, service: ContainerService) -> None:
+    """Sessions outlive connections (30 min idle) and the SDK holds 10,000 at most, for everyone: one
+    key opened them all in ~25 s (2,000 in 4.8 s measured) and every other caller got 503 for 30 min."""
+    settings = Settings(data_dir=tmp_path / "data", api_keys=["sk-greedy", "sk-other"], http_max_sessions=4)
+    mcp = create_server(service, settings, verifier=BearerVerifier.from_keys(settings))
+    async with serve(http_app(mcp, settings, "streamable-http", "127.0.0.1")) as base:
+        async with httpx2.AsyncClient(timeout=10) as http:
+            greedy = [await open_session(http, base + "/mcp", "sk-greedy") for _ in range(4)]
+            assert greedy == [200, 200, 503, 503]  # half of the sessions, at most
+            assert await open_session(http, base + "/mcp", "sk-other") == 200
