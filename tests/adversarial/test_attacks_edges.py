@@ -402,3 +402,23 @@ async def test_one_key_cannot_take_every_streamable_http_session(tmp_path: Path,
             greedy = [await open_session(http, base + "/mcp", "sk-greedy") for _ in range(4)]
             assert greedy == [200, 200, 503, 503]  # half of the sessions, at most
             assert await open_session(http, base + "/mcp", "sk-other") == 200
+
+
+async def test_headers_trickled_a_byte_at_a_time_meet_one_total_deadline() -> None:
+    """The header deadline counts from the request's first byte, not from the last read (this held)."""
+    limits = ConnectionLimits(header_timeout_s=0.5)
+    async with guarded(hello, limits) as (host, port):
+        async with await anyio.connect_tcp(host, port) as s:
+            start = anyio.current_time()
+            reply = b""
+            with anyio.fail_after(5):
+                for byte in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000:
+                    try:
+                        await s.send(bytes([byte]))
+                    except (anyio.BrokenResourceError, ConnectionResetError):
+                        break
+                    with anyio.move_on_after(0.1):  # the pace: far inside the deadline per byte
+                        reply += await s.receive()
+                    if reply:
+                        break
+            assert reply.startswith(b"HTTP/1.1 408") and anyio.current_time() - start < 2
