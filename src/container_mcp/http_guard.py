@@ -324,8 +324,9 @@ class _GuardedH11Protocol(H11Protocol):
         self._body_timer = None
         if self.conn.their_state is not h11.SEND_BODY or self.transport.is_closing():
             return
-        if self.flow.read_paused or (self.cycle is not None and self.cycle.waiting_for_100_continue):
-            # the app has not asked for (more of) the body yet: the wait is ours, not the client's
+        if self._ours() or not self._client_turn:
+            # The app has not asked for (more of) the body yet, or did only since the last check (e.g. it
+            # just sent 100 Continue): the wait so far is ours, and the client gets a whole period from now.
             self._account()
             self._arm_body_timer()
             return
