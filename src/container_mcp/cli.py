@@ -177,7 +177,9 @@ async def _serve_mcp(settings: Settings, transport: str, host: str, port: int) -
                 inline_budget=budget,
                 audit_log=audit_log,
             )
-            app = InlineBodyGate(http_app(mcp, settings, kind, host, body_limit), budget)
+            # Only a caller with an accepted token may hold (or wait for) a share of the budget.
+            gate_verifier = verifier if verifier.enabled else None
+            app = InlineBodyGate(http_app(mcp, settings, kind, host, body_limit), budget, verifier=gate_verifier)
             limits = ConnectionLimits.from_settings(settings)
             log.info("container-mcp %s: provider=%s transport=%s", __version__, settings.provider, transport)
             if kind == "sse":

@@ -10,7 +10,10 @@ its request body, the parsed string and (before this module) the decoded bytes a
   before the SDK reads a byte of it, when the body is over ``GATED_BODY_BYTES``. While the budget
   is full the request waits (its bytes stay in the socket, not in memory) for up to ``wait_s``,
   then gets a 503 that says to retry or to upload another way. A chunked body is counted as it
-  arrives and cut off (the app sees a disconnect) when it would overrun the budget.
+  arrives and cut off (the app sees a disconnect) when it would overrun the budget. With a
+  ``verifier``, a request without an accepted bearer token never reserves nor waits: it goes
+  straight to the app, which refuses it unread (else keyless requests could queue at the gate,
+  each holding a connection, and lock callers out).
 * ``spool_inline`` decodes base64 (or encodes text) in chunks straight to a private temporary
   file, so no second full copy of the content is made; the tool reserves the content's length
   first, unless ``InlineBodyGate`` already holds a reservation for the request that carries it
@@ -37,6 +40,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+from mcp.server.auth.provider import TokenVerifier
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import InvalidRequest, RateLimited
@@ -148,10 +152,23 @@ class InlineBodyGate:
     """ASGI middleware: reserve a large POST body in the budget before the app reads it (see the
     module docstring)."""
 
-    def __init__(self, app: ASGIApp, budget: InlineBudget, wait_s: float = 30.0) -> None:
+    def __init__(
+        self, app: ASGIApp, budget: InlineBudget, wait_s: float = 30.0, verifier: TokenVerifier | None = None
+    ) -> None:
         self.app = app
         self.budget = budget
         self.wait_s = wait_s
+        self.verifier = verifier
+
+    async def _unauthenticated(self, scope: Scope) -> bool:
+        if self.verifier is None:
+            return False
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and await self.verifier.verify_token(token) is not None:
+                    return False
+        return True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -167,6 +184,8 @@ class InlineBodyGate:
             await self.app(scope, receive, send)
         elif declared > self.budget.capacity:
             await self.app(scope, receive, send)  # the SDK's body limit (never above the budget) answers 413
+        elif await self._unauthenticated(scope):
+            await self.app(scope, receive, send)  # answered 401 before a byte of the body is read
         elif not await self.budget.acquire(declared, self.wait_s):
             log.warning("refused a %d-byte request body: inline budget full for %g s", declared, self.wait_s)
             await _busy(send, self.budget.refusal(declared, "this request").message)

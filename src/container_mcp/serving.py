@@ -9,8 +9,9 @@ Shared by ``container-mcp api`` and the MCP HTTP transports (SSE, streamable HTT
   kills the process before the caller's ``async with open_service(...)`` closes the provider and
   the store. Here SIGINT/SIGTERM shut down gracefully and the call returns; a second signal stops
   waiting for open connections;
-* connections are guarded (``http_guard.py``: header deadline, body idle timeout, connection cap)
-  and the open-files soft limit is raised to the hard limit first.
+* connections are guarded (``http_guard.py``: header deadline, body idle timeout, connection cap,
+  uvicorn's per-bad-request warnings throttled) and the open-files soft limit is raised to the
+  hard limit first.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ import anyio
 import uvicorn
 
 from .errors import UnsafeConfiguration
-from .http_guard import ConnectionLimits, connection_limits, guarded_protocol, raise_open_files_limit
+from .http_guard import (
+    ConnectionLimits,
+    connection_limits,
+    guarded_protocol,
+    quiet_client_noise,
+    raise_open_files_limit,
+)
 
 __all__ = ["is_loopback", "listen", "refuse_unauthenticated_exposure", "serve_asgi", "server_config"]
 
@@ -97,7 +104,11 @@ def server_config(app: Any, host: str, port: int, limits: ConnectionLimits, **kw
     """uvicorn's config for ``app``, connections guarded by ``limits`` (capped to the open-files limit)."""
     kwargs.setdefault("log_config", None)
     kwargs.setdefault("server_header", False)
+    # Nothing here speaks WebSocket; an upgrade would hand the socket to a protocol without the guard
+    # (no timeouts, and a connection slot never given back) as soon as a WebSocket library is installed.
+    kwargs.setdefault("ws", "none")
     limits = connection_limits(limits, raise_open_files_limit())
+    quiet_client_noise()
     return uvicorn.Config(app, host=host, port=port, http=guarded_protocol(limits), **kwargs)
 
 

@@ -198,7 +198,20 @@ class Settings(BaseSettings):
         1000,
         ge=1,
         description="Open connections per HTTP server. At the cap, a new connection displaces the oldest one "
-        "that has not sent complete headers; when every connection is busy it gets a fast 503.",
+        "that has not sent complete headers, else the slowest one sending a body below http_min_body_rate, "
+        "else the oldest one of a key holding more than half of them; otherwise it gets a fast 503.",
+    )
+    http_max_sessions: int = Field(
+        10_000,
+        ge=2,
+        description="Streamable HTTP sessions open at once, all callers together (one ends on the client's DELETE "
+        "or after 30 min idle); max_sessions_per_owner bounds one caller's share.",
+    )
+    http_min_body_rate: float = Field(
+        16384.0,
+        ge=0,
+        description="Bytes per second under which a request body counts as trickled: at the connection cap its "
+        "connection may be displaced (measured over the time the server waits for the body, after 1 s).",
     )
     max_inline_bytes_in_flight: int = Field(
         256 * MiB,

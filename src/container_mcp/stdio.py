@@ -4,8 +4,9 @@ The SDK's stdio transport reads stdin a line (one JSON-RPC message) at a time wi
 a 150 MB line is buffered whole, then parsed, before anything can refuse it (949 MiB RSS). Here
 stdin is read in chunks by ``BoundedLines``: a line over ``limit`` bytes is dropped as it
 streams, holding at most ``limit`` bytes of it; the server logs it on stderr and, when the line
-starts like a request (``{"jsonrpc": "2.0", "id": ...``), answers that id with a JSON-RPC error
-that says how to send large content instead. The server keeps serving the next line.
+starts like a request (``{"jsonrpc": "2.0", "id": ...``) or ends like one (``..., "id": 7}``, as
+the TypeScript SDK writes them), answers that id with a JSON-RPC error that says how to send
+large content instead. The server keeps serving the next line.
 
 ``run_stdio`` runs an ``MCPServer`` over it the way ``MCPServer.run_stdio_async`` does (that
 method takes no stdin argument). Like the SDK, it points fd 0 at the null device while serving, so
@@ -35,20 +36,24 @@ log = logging.getLogger("container_mcp.stdio")
 
 READ_BYTES = 1 << 20
 HEAD_BYTES = 4096
-"""Bytes kept of a dropped line, to find the id of the request it carried."""
+"""Bytes kept of each end of a dropped line, to find the id of the request it carried."""
 
 INVALID_REQUEST = -32600
 
 # The id only where it is the message's first member (after "jsonrpc"), so an "id" nested in the
 # params is never mistaken for it.
 _ID = re.compile(rb'\A\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,200}")')
+_ID_VALUE = rb'(-?\d{1,18}|"(?:[^"\\]|\\.){0,200}")'
+# Or where it is the last member: in valid JSON only the top-level object ends with a single "}".
+_LAST_ID = re.compile(rb'[{,]\s*"id"\s*:\s*' + _ID_VALUE + rb"\s*\}\s*\Z")
 
 Reply = Callable[[SessionMessage], Awaitable[None]]
 
 
-def request_id(head: bytes) -> int | str | None:
-    """The JSON-RPC id at the start of a (possibly truncated) message, if it is plainly there."""
-    match = _ID.match(head)
+def request_id(head: bytes, tail: bytes = b"") -> int | str | None:
+    """The JSON-RPC id at the start of a (possibly truncated) message, or as the last member at its
+    ``tail`` (its last bytes), if it is plainly there."""
+    match = _ID.match(head) or _LAST_ID.search(tail)
     if match is None:
         return None
     raw = match[1]
@@ -79,7 +84,7 @@ class BoundedLines:
         buf = bytearray()
         dropping = False
         dropped = 0
-        head = b""
+        head = tail = b""
         while chunk := await self._read():
             start = 0
             while True:
@@ -88,8 +93,10 @@ class BoundedLines:
                 piece = memoryview(chunk)[start:end]
                 if dropping:
                     dropped += len(piece)
+                    tail = (tail + bytes(piece[-HEAD_BYTES:]))[-HEAD_BYTES:]
                 elif len(buf) + len(piece) > self.limit:
                     head = (bytes(buf[:HEAD_BYTES]) + bytes(piece[:HEAD_BYTES]))[:HEAD_BYTES]
+                    tail = (bytes(buf[-HEAD_BYTES:]) + bytes(piece[-HEAD_BYTES:]))[-HEAD_BYTES:]
                     dropped = len(buf) + len(piece)
                     buf = bytearray()
                     dropping = True
@@ -100,18 +107,18 @@ class BoundedLines:
                 start = newline + 1
                 if dropping:
                     dropping = False
-                    await self._refuse(head, dropped)
+                    await self._refuse(head, tail, dropped)
                 elif buf.strip():
                     line = buf.decode("utf-8", "replace")
                     buf = bytearray()
                     yield line
         if dropping:
-            await self._refuse(head, dropped)
+            await self._refuse(head, tail, dropped)
         elif buf.strip():
             yield buf.decode("utf-8", "replace")
 
-    async def _refuse(self, head: bytes, size: int) -> None:
-        rid = request_id(head)
+    async def _refuse(self, head: bytes, tail: bytes, size: int) -> None:
+        rid = request_id(head, tail)
         log.warning(
             "dropped a stdio message of %d bytes: over the %d-byte limit (request id %s)",
             size,

@@ -49,7 +49,8 @@ def require_json(content_type: str | None) -> None:
 
 
 async def read_json(stream: AsyncIterator[bytes]) -> dict[str, Any]:
-    """The request body as a JSON object, read up to ``MAX_JSON_BYTES``."""
+    """The request body as a JSON object, read up to ``MAX_JSON_BYTES``; ``InvalidRequest`` for anything
+    else (not JSON, too large, nested too deeply)."""
     body = bytearray()
     async for chunk in stream:
         body += chunk
@@ -59,6 +60,8 @@ async def read_json(stream: AsyncIterator[bytes]) -> dict[str, Any]:
         value = json.loads(body) if body.strip() else None
     except ValueError:
         raise InvalidRequest(_NOT_JSON) from None
+    except RecursionError:  # arrays/objects nested past the interpreter's recursion limit
+        raise InvalidRequest("The JSON body is nested too deeply to parse; send a flatter JSON object.") from None
     if not isinstance(value, dict):
         raise InvalidRequest(_NOT_JSON)
     return value

@@ -78,6 +78,7 @@ def http_app(
             max_request_body_size=body_limit,
             transport_security=security,
             session_idle_timeout=DEFAULT_SESSION_IDLE_TIMEOUT,
+            max_sessions=settings.http_max_sessions,
         )
         # Behind the SDK's authentication (it reads the caller's AccessToken), in front of its session manager.
         endpoint = _route(app, _STREAMABLE_PATH)

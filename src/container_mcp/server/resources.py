@@ -57,7 +57,7 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
     try:
         container_id, file_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
         return str(container_id), str(file_id)
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, binascii.Error, RecursionError):  # RecursionError: "[[[[..." nested deep
         raise MCPError(
             INVALID_PARAMS, "Invalid cursor: pass the nextCursor of the previous resources/list page."
         ) from None
