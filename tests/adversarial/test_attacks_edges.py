@@ -135,7 +135,8 @@ async def test_a_flood_of_bad_requests_does_not_flood_the_log(caplog: pytest.Log
                     await s.send(b"\x16\x03\x01 not http\r\n\r\n")  # e.g. TLS to a plain-HTTP port
                     with anyio.fail_after(10):
                         assert (await read_all(s)).startswith(b"HTTP/1.1 400")
-    noise = [r for r in caplog.records if r.name.startswith("uvicorn")]
+    # Warnings only: uvicorn's INFO start/stop lines reach the capture when an earlier test raised its level.
+    noise = [r for r in caplog.records if r.name.startswith("uvicorn") and r.levelno >= logging.WARNING]
     assert len(noise) <= 4, [r.getMessage()[:60] for r in noise]
 
 
