@@ -10,6 +10,7 @@ from ..inline import InlineBudget
 from ..service import ContainerService
 from ..settings import Settings
 from .resources import register_resources
+from .surface import install_surface
 from .tools import ToolDeps, register_tools
 
 __all__ = ["create_server"]
@@ -53,4 +54,5 @@ def create_server(
     deps = ToolDeps(service=service, settings=settings, inline=budget)
     register_tools(mcp, deps)
     register_resources(mcp, deps)
+    install_surface(mcp)
     return mcp
