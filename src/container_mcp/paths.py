@@ -26,8 +26,8 @@ def normalize_path(path: str) -> str:
 
     Accepts ``report.csv``, ``dir/report.csv`` and ``/mnt/data/dir/report.csv``. Raises
     ``InvalidPath`` for: empty paths, NUL or other control characters, backslashes, a ``..``
-    that climbs above /mnt/data (``a/../b`` is ``b``), absolute paths outside /mnt/data, /mnt/data itself, a trailing slash, a
-    component over 255 bytes, or a whole path over 1024 bytes.
+    that climbs above /mnt/data (``a/../b`` is ``b``), absolute paths outside /mnt/data,
+    /mnt/data itself, a trailing slash, a component over 255 bytes, or a whole path over 1024 bytes.
     """
     if not isinstance(path, str) or not path.strip():
         raise InvalidPath(f"The file path is empty. {_HINT}", param="path")

@@ -9,7 +9,9 @@ from ..auth import BearerVerifier
 from ..inline import InlineBudget
 from ..service import ContainerService
 from ..settings import Settings
+from .live import Live, install_live
 from .resources import register_resources
+from .session import session_key
 from .surface import install_surface
 from .tools import ToolDeps, register_tools
 
@@ -51,8 +53,14 @@ def create_server(
         auth=verifier.auth_settings(base_url) if verifier is not None and enabled else None,
     )
     budget = inline_budget or InlineBudget(settings.max_inline_bytes_in_flight)
-    deps = ToolDeps(service=service, settings=settings, inline=budget)
+    deps = ToolDeps(service=service, settings=settings, inline=budget, live=Live())
     register_tools(mcp, deps)
     register_resources(mcp, deps)
     install_surface(mcp)
+    install_live(
+        mcp,
+        deps.live,
+        owner_of=lambda ctx: session_key(ctx, settings.stdio_session_key),
+        check=lambda owner, container_id, file_id: service.get_file(owner, container_id, file_id),
+    )
     return mcp

@@ -31,6 +31,7 @@ from jsonschema.exceptions import ValidationError, best_match
 
 __all__ = ["ToolSchemas", "argument_error", "compact_input", "compact_output", "dedent"]
 
+
 def dedent(text: str | None) -> str | None:
     """A docstring as a description: no indentation, each paragraph on one line."""
     if not text:
