@@ -39,9 +39,13 @@ async def full_client(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Clien
     async with LocalProvider(tmp_path / "local", clock=clock, exec_limits=limits) as provider:
         if not provider.capabilities.exec:
             pytest.skip(f"sandbox unavailable: {provider.capabilities.exec_unavailable_reason}")
-        service = ContainerService(provider, SqliteSessionStore(), limits_from(settings), clock=clock)
-        async with Client(create_server(service, settings)) as client:
-            yield client
+        store = SqliteSessionStore()
+        try:
+            service = ContainerService(provider, store, limits_from(settings), clock=clock)
+            async with Client(create_server(service, settings)) as client:
+                yield client
+        finally:
+            store.close()
 
 
 async def listed(client: Client) -> list[dict[str, Any]]:
@@ -160,11 +164,15 @@ async def test_resource_errors_are_the_callers_when_they_are(client: Client) -> 
 async def test_a_rate_limited_resource_read_says_when_to_retry(tmp_path: Path, clock: ManualClock) -> None:
     settings = Settings(data_dir=tmp_path / "data", max_calls_per_minute=1)
     async with LocalProvider(tmp_path / "local", clock=clock) as provider:
-        service = ContainerService(provider, SqliteSessionStore(), limits_from(settings), clock=clock)
-        async with Client(create_server(service, settings)) as client:
-            await client.read_resource("container://usage")
-            with pytest.raises(MCPError) as limited:
+        store = SqliteSessionStore()
+        try:
+            service = ContainerService(provider, store, limits_from(settings), clock=clock)
+            async with Client(create_server(service, settings)) as client:
                 await client.read_resource("container://usage")
+                with pytest.raises(MCPError) as limited:
+                    await client.read_resource("container://usage")
+        finally:
+            store.close()
     assert limited.value.error.code == INVALID_REQUEST
     assert limited.value.error.data["retryAfterSeconds"] >= 1  # type: ignore[index]
     assert "retry" in limited.value.error.message

@@ -189,15 +189,20 @@ def _sentence(error: ValidationError) -> str:
     return f"{where} is not valid: {error.message[:200]}"
 
 
-def argument_error(tool: str, schema: dict[str, Any], arguments: dict[str, Any]) -> str | None:
-    """Why ``arguments`` do not fit ``tool``'s published ``schema``, as a sentence, or None if they fit."""
+def argument_error(
+    tool: str, schema: dict[str, Any], arguments: dict[str, Any], validator: Draft202012Validator | None = None
+) -> str | None:
+    """Why ``arguments`` do not fit ``tool``'s published ``schema``, as a sentence, or None if they fit.
+
+    ``validator``: one already built for ``schema`` (building one per call is most of the cost).
+    """
     accepted: Iterable[str] = schema.get("properties", {})
     unknown = sorted(set(arguments) - set(accepted))
     if unknown:
         names = ", ".join(unknown)
         plural = "arguments" if len(unknown) > 1 else "argument"
         return f"Unknown {plural} {names}; {tool} accepts: {', '.join(accepted) or 'no arguments'}."
-    error = best_match(Draft202012Validator(schema).iter_errors(arguments))
+    error = best_match((validator or Draft202012Validator(schema)).iter_errors(arguments))
     if error is None:
         return None
     return f"Invalid arguments for {tool}: {_sentence(error)}. Nothing was changed."
@@ -209,6 +214,7 @@ class ToolSchemas:
     def __init__(self, tools: list[dict[str, Any]]) -> None:
         self.tools: list[dict[str, Any]] = []
         self.inputs: dict[str, dict[str, Any]] = {}
+        self.validators: dict[str, Draft202012Validator] = {}
         for tool in tools:
             published = dict(tool)
             published["inputSchema"] = compact_input(tool["inputSchema"])
@@ -218,3 +224,4 @@ class ToolSchemas:
                 published["description"] = dedent(tool["description"])
             self.tools.append(published)
             self.inputs[tool["name"]] = published["inputSchema"]
+            self.validators[tool["name"]] = Draft202012Validator(published["inputSchema"])

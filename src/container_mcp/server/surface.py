@@ -59,9 +59,10 @@ def install_surface(mcp: MCPServer) -> None:
         if ctx.method == "tools/call":
             params = ctx.params or {}
             name, arguments = params.get("name"), params.get("arguments") or {}
-            schema = (await published()).inputs.get(name) if isinstance(name, str) else None
-            if schema is not None and isinstance(arguments, dict):
-                problem = argument_error(name, schema, arguments)  # type: ignore[arg-type]
+            tools = await published()
+            schema = tools.inputs.get(name) if isinstance(name, str) else None
+            if isinstance(name, str) and schema is not None and isinstance(arguments, dict):
+                problem = argument_error(name, schema, arguments, tools.validators[name])
                 if problem is not None:
                     refused = CallToolResult(content=[TextContent(type="text", text=problem)], is_error=True)
                     return wire(ctx, refused)
