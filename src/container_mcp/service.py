@@ -23,6 +23,7 @@ from contextlib import aclosing
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
+from .changes import ChangeFeed, ExpiryReporting, FilesChanged
 from .clock import Clock, system_clock
 from .errors import (
     ContainerExpired,
@@ -115,6 +116,13 @@ class ContainerService:
         self.egress = egress or EgressRules()
         """The operator's egress rules: which network_policy entries a caller may list."""
         self._clock = clock
+        self.changes = ChangeFeed()
+        """Every change of files made through this service, and every expiry the provider reports."""
+        if isinstance(provider, ExpiryReporting):
+            provider.on_expired = self._expired
+
+    async def _expired(self, container_id: str) -> None:
+        await self.changes.publish(FilesChanged(container_id, None, whole_container=True))
 
     @property
     def capabilities(self) -> Capabilities:
@@ -234,6 +242,8 @@ class ContainerService:
         except BaseException:
             await self._discard(container.id)
             raise
+        if spec.file_ids:
+            await self.changes.publish(FilesChanged(container.id, owner))
         return container
 
     async def _discard(self, container_id: str) -> None:
@@ -314,11 +324,13 @@ class ContainerService:
             )
         approved, approve = self._approver(owner, container_id)
         try:
-            return await self.provider.copy_file(source, file_id, container_id, approve=approve)
+            copied = await self.provider.copy_file(source, file_id, container_id, approve=approve)
         except BaseException as exc:
             self._rollback(owner, container_id, approved)
             self._guard_expiry(container_id, exc)
             raise
+        await self.changes.publish(FilesChanged(container_id, owner, (copied.id,)))
+        return copied
 
     async def list_containers(self, owner: str, params: ListParams) -> Page[Container]:
         """The caller's containers (expired ones too), newest first by default; O(page)."""
@@ -362,6 +374,7 @@ class ContainerService:
             self.store.forget(container_id)
             raise
         self.store.forget(container_id)
+        await self.changes.publish(FilesChanged(container_id, owner, whole_container=True))
         return deleted
 
     # --- files -----------------------------------------------------------------------------
@@ -378,13 +391,15 @@ class ContainerService:
             raise FileTooLarge.over(self.limits.max_file_bytes, upload.size)
         approved, approve = self._approver(owner, container_id)
         try:
-            return await self.provider.create_file(
+            made = await self.provider.create_file(
                 container_id, normalized, upload, max_bytes=self.limits.max_file_bytes, approve=approve
             )
         except BaseException as exc:
             self._rollback(owner, container_id, approved)
             self._guard_expiry(container_id, exc)
             raise
+        await self.changes.publish(FilesChanged(container_id, owner, (made.id,)))
+        return made
 
     async def list_files(self, owner: str, container_id: str, params: ListParams) -> Page[ContainerFile]:
         self._call(owner)
@@ -411,11 +426,13 @@ class ContainerService:
         _check_id(file_id, "file")
         approved, approve = self._approver(owner, container_id)
         try:
-            return await self.provider.delete_file(container_id, file_id, approve=approve)
+            gone = await self.provider.delete_file(container_id, file_id, approve=approve)
         except BaseException as exc:
             self._rollback(owner, container_id, approved)
             self._guard_expiry(container_id, exc)
             raise
+        await self.changes.publish(FilesChanged(container_id, owner, (file_id,)))
+        return gone
 
     async def open_file(
         self, owner: str, container_id: str, file_id: str, *, offset: int = 0, length: int | None = None
@@ -501,11 +518,17 @@ class ContainerService:
             )
         approved, approve = self._approver(owner, container_id)
         try:
-            return await self.provider.exec(container_id, request, approve=approve, progress=progress)
+            result = await self.provider.exec(container_id, request, approve=approve, progress=progress)
         except BaseException as exc:
             self._rollback(owner, container_id, approved)
             self._guard_expiry(container_id, exc)
             raise
+        if result.files_created or result.files_changed or result.files_deleted:
+            touched = tuple(f.id for f in (*result.files_created, *result.files_changed))
+            # Deleted files are named by path only: the whole container may have changed.
+            change = FilesChanged(container_id, owner, touched, whole_container=bool(result.files_deleted))
+            await self.changes.publish(change)
+        return result
 
     # --- usage -----------------------------------------------------------------------------
 

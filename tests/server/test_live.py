@@ -15,11 +15,13 @@ from mcp.types import INVALID_PARAMS, ResourceListChangedNotification, ResourceU
 
 from container_mcp.clock import ManualClock
 from container_mcp.providers.local import LocalProvider
+from container_mcp.providers.local_exec import ExecLimits
 from container_mcp.runtime import limits_from
 from container_mcp.server.app import create_server
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
 from container_mcp.store import SqliteSessionStore
+from tests.live import serve
 
 pytestmark = pytest.mark.anyio
 
@@ -48,11 +50,13 @@ class Inbox:
 async def two_sessions(
     tmp_path: Path, clock: ManualClock
 ) -> AsyncIterator[tuple[Settings, Settings, ContainerService]]:
+    """Two stdio users (session keys alice and bob) of one service, each with its own server."""
     a = Settings(data_dir=tmp_path / "data", stdio_session_key="alice")
     b = Settings(data_dir=tmp_path / "data", stdio_session_key="bob")
     store = SqliteSessionStore()
+    limits = ExecLimits(max_file_bytes=a.max_file_bytes, max_output_bytes=a.exec_max_output_bytes)
     try:
-        async with LocalProvider(tmp_path / "local", clock=clock) as provider:
+        async with LocalProvider(tmp_path / "local", clock=clock, exec_limits=limits) as provider:
             yield a, b, ContainerService(provider, store, limits_from(a), clock=clock)
     finally:
         store.close()
@@ -124,3 +128,78 @@ async def test_2026_listen_streams_hear_only_their_owners_changes(two_sessions: 
         # Alice hears her own change first; Bob's stream hears his, none of Alice's before it.
         assert type(first_a).__name__ in {"ResourcesListChanged", "ResourceUpdated"}
         assert type(first_b).__name__ == "ResourcesListChanged"
+
+
+async def test_expiry_by_the_sweep_is_told_to_its_owner_only(two_sessions: Any, clock: ManualClock) -> None:
+    a, b, service = two_sessions
+    inbox_a, inbox_b = Inbox(), Inbox()
+    async with (
+        Client(create_server(service, a), mode="legacy", message_handler=inbox_a) as alice,
+        Client(create_server(service, b), mode="legacy", message_handler=inbox_b) as bob,
+    ):
+        cid = (await call(alice, "container_create", name="a", expires_after_minutes=1))["id"]
+        f = await call(alice, "file_create", container_id=cid, path="x.txt", text="1")
+        assert isinstance(await inbox_a.next(), ResourceListChangedNotification)
+        uri = f"container://{cid}/files/{f['id']}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            await alice.subscribe_resource(uri)
+        await bob.list_tools()  # bob's connection is known before the expiry
+        clock.advance(120)
+        assert await service.provider.sweep() == [cid]  # what the reaper runs
+        assert isinstance(await inbox_a.next(), ResourceListChangedNotification)
+        updated = await inbox_a.next()
+        assert isinstance(updated, ResourceUpdatedNotification) and str(updated.params.uri) == uri
+        assert inbox_b.recv.statistics().current_buffer_used == 0
+    inbox_a.close()
+    inbox_b.close()
+
+
+async def test_a_commands_changes_are_told(two_sessions: Any) -> None:
+    a, _, service = two_sessions
+    if not service.capabilities.exec:
+        pytest.skip(f"sandbox unavailable: {service.capabilities.exec_unavailable_reason}")
+    inbox = Inbox()
+    async with Client(create_server(service, a), mode="legacy", message_handler=inbox) as alice:
+        cid = (await call(alice, "container_create", name="a"))["id"]
+        await call(alice, "container_exec", container_id=cid, command="echo hi > out.txt")
+        assert isinstance(await inbox.next(), ResourceListChangedNotification)
+        await call(alice, "container_exec", container_id=cid, command="true")  # changes nothing: tells nothing
+        await call(alice, "container_exec", container_id=cid, command="rm out.txt")
+        assert isinstance(await inbox.next(), ResourceListChangedNotification)
+        assert inbox.recv.statistics().current_buffer_used == 0
+    inbox.close()
+
+
+async def test_streamable_http_sessions_hear_only_their_own_changes(two_sessions: Any) -> None:
+    a, _, service = two_sessions
+    inbox_a, inbox_b = Inbox(), Inbox()
+    async with serve(create_server(service, a).streamable_http_app()) as url:
+        async with (
+            Client(f"{url}/mcp", mode="legacy", message_handler=inbox_a) as one,
+            Client(f"{url}/mcp", mode="legacy", message_handler=inbox_b) as two,
+        ):
+            assert one.server_capabilities.resources is not None
+            assert one.server_capabilities.resources.list_changed is True
+            cid = (await call(one, "container_create", name="a"))["id"]
+            await call(one, "file_create", container_id=cid, path="x.txt", text="1")
+            assert isinstance(await inbox_a.next(), ResourceListChangedNotification)
+            bid = (await call(two, "container_create", name="b"))["id"]
+            await call(two, "file_create", container_id=bid, path="y.txt", text="2")
+            assert isinstance(await inbox_b.next(), ResourceListChangedNotification)
+            assert inbox_b.recv.statistics().current_buffer_used == 0
+            assert inbox_a.recv.statistics().current_buffer_used == 0
+    inbox_a.close()
+    inbox_b.close()
+
+
+async def test_streamable_http_2026_listen_hears_the_change(two_sessions: Any) -> None:
+    a, _, service = two_sessions
+    async with serve(create_server(service, a).streamable_http_app()) as url:
+        async with Client(f"{url}/mcp") as client:
+            cid = (await call(client, "container_create", name="a"))["id"]
+            async with client.listen(resources_list_changed=True) as events:
+                await call(client, "file_create", container_id=cid, path="x.txt", text="1")
+                with anyio.fail_after(5):
+                    event = await events.__anext__()
+    assert type(event).__name__ == "ResourcesListChanged"

@@ -53,13 +53,15 @@ def create_server(
         auth=verifier.auth_settings(base_url) if verifier is not None and enabled else None,
     )
     budget = inline_budget or InlineBudget(settings.max_inline_bytes_in_flight)
-    deps = ToolDeps(service=service, settings=settings, inline=budget, live=Live())
+    deps = ToolDeps(service=service, settings=settings, inline=budget)
     register_tools(mcp, deps)
     register_resources(mcp, deps)
     install_surface(mcp)
+    live = Live(owns=service.store.owns)
+    service.changes.subscribe(live.on_change)
     install_live(
         mcp,
-        deps.live,
+        live,
         owner_of=lambda ctx: session_key(ctx, settings.stdio_session_key),
         check=lambda owner, container_id, file_id: service.get_file(owner, container_id, file_id),
     )

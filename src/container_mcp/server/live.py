@@ -12,16 +12,18 @@ Each protocol era has its own channel, both keyed by the session key (``session.
   ``SubscriptionBus``, so a stream hears only its owner's events, and requested file URIs are
   checked as above before the stream opens.
 
-Changes are published by the tools that make them (``Live.changed``). Not published: changes
-made outside this server's MCP tools (the REST API, another process on the same data dir, the
-local provider's expiry sweep), which a client sees on its next ``resources/list``.
+Changes come from the service's ``ChangeFeed`` (``changes.py``): whatever changed the files (an
+MCP tool, the REST API in the same process, the local provider's expiry sweep). Not seen: changes
+made by another process on the same data dir, which a client sees on its next ``resources/list``.
+Only the in-memory ``SubscriptionBus`` of one process is used: one server process, one set of
+listeners (the SDK's bus is the seam for more).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +33,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ResourcesListChanged, ResourceUpdated
 from mcp.types import EmptyResult, SubscribeRequestParams, SubscriptionsListenRequestParams, UnsubscribeRequestParams
 
+from ..changes import FilesChanged
 from .errors import resource_boundary
 
 __all__ = ["Live", "install_live"]
@@ -54,7 +57,9 @@ class _Connection:
 class Live:
     """Who listens to which owner's changes; ``changed`` tells them."""
 
-    def __init__(self) -> None:
+    def __init__(self, owns: Callable[[str, str], bool]) -> None:
+        """``owns(owner, container_id)``: whether ``owner`` owns the container (the session store's answer)."""
+        self._owns = owns
         self._connections: dict[str, list[_Connection]] = {}
         self._buses: dict[str, InMemorySubscriptionBus] = {}
         self._listeners: dict[str, ListenHandler] = {}
@@ -78,14 +83,23 @@ class Live:
                 return conn
         return None
 
-    async def changed(self, owner: str, uris: Iterable[str] = (), *, container_id: str | None = None) -> None:
-        """``owner``'s files changed: the list, and the files at ``uris`` (or all in ``container_id``)."""
-        touched = set(uris)
-        prefix = f"container://{container_id}/files/" if container_id is not None else None
+    async def on_change(self, change: FilesChanged) -> None:
+        """Tell the listeners of whoever owns ``change.container_id`` (a ``ChangeFeed`` listener)."""
+        if change.owner is not None:
+            owners = [change.owner]
+        else:  # an expiry: no caller, so find the owner among those listening
+            listening = self._connections.keys() | self._buses.keys()
+            owners = [o for o in listening if self._owns(o, change.container_id)]
+        prefix = f"container://{change.container_id}/files/"
+        touched = {prefix + file_id for file_id in change.file_ids}
+        for owner in owners:
+            await self._tell(owner, touched, prefix if change.whole_container else None)
+
+    async def _tell(self, owner: str, touched: set[str], prefix: str | None) -> None:
         bus = self._buses.get(owner)
         if bus is not None:
             await bus.publish(ResourcesListChanged())
-            for uri in touched:
+            for uri in sorted(touched):
                 await bus.publish(ResourceUpdated(uri))
         for conn in list(self._connections.get(owner, [])):
             try:

@@ -13,7 +13,7 @@ import contextlib
 import shlex
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
 from mcp.server import MCPServer
@@ -44,7 +44,6 @@ from ..settings import Settings
 from ..uploads import HostFileUpload
 from .errors import tool_boundary
 from .host_files import host_upload
-from .live import Live
 from .session import session_key
 
 __all__ = ["FileChunk", "register_tools"]
@@ -110,15 +109,9 @@ class ToolDeps:
     settings: Settings
     inline: InlineBudget
     """The process's budget of inline content in flight (shared with ``InlineBodyGate``)."""
-    live: Live = field(default_factory=Live)
-    """Who is told when this server's tools change a session's files."""
 
     def owner(self, ctx: Context) -> str:
         return session_key(ctx.request_context, self.settings.stdio_session_key)
-
-
-def _uri(container_id: str, file_id: str) -> str:
-    return f"container://{container_id}/files/{file_id}"
 
 
 def _is_text(mime: str) -> bool:
@@ -222,10 +215,7 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
             network_policy=network_policy or NetworkPolicy(),
             file_ids=file_ids or [],
         )
-        created = await service.create_container(deps.owner(ctx), spec)
-        if spec.file_ids:
-            await deps.live.changed(deps.owner(ctx))
-        return created
+        return await service.create_container(deps.owner(ctx), spec)
 
     @tool(title="List containers", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def container_list(
@@ -254,9 +244,7 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
     )
     async def container_delete(ctx: Context, container_id: ContainerId) -> ContainerDeleted:
         """Delete a container and all its files, permanently."""
-        deleted = await service.delete_container(deps.owner(ctx), container_id)
-        await deps.live.changed(deps.owner(ctx), container_id=container_id)
-        return deleted
+        return await service.delete_container(deps.owner(ctx), container_id)
 
     @tool(
         title="Create file",
@@ -286,16 +274,13 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
         if source_path is not None:
             host_file = await host_upload(ctx, deps.settings, source_path)
             try:
-                made = await service.create_file(deps.owner(ctx), container_id, path, host_file)
+                return await service.create_file(deps.owner(ctx), container_id, path, host_file)
             finally:
                 host_file.close()
-        else:
-            value, encoding = (text, "text") if text is not None else (base64, "base64")
-            assert value is not None
-            async with _inline_upload(ctx, deps, value, encoding) as spooled:
-                made = await service.create_file(deps.owner(ctx), container_id, path, spooled)
-        await deps.live.changed(deps.owner(ctx), [_uri(made.container_id, made.id)])
-        return made
+        value, encoding = (text, "text") if text is not None else (base64, "base64")
+        assert value is not None
+        async with _inline_upload(ctx, deps, value, encoding) as spooled:
+            return await service.create_file(deps.owner(ctx), container_id, path, spooled)
 
     @tool(title="List files", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def file_list(
@@ -324,9 +309,7 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
     )
     async def file_delete(ctx: Context, container_id: ContainerId, file_id: FileId) -> FileDeleted:
         """Delete one file from a container, permanently."""
-        gone = await service.delete_file(deps.owner(ctx), container_id, file_id)
-        await deps.live.changed(deps.owner(ctx), [_uri(container_id, file_id)])
-        return gone
+        return await service.delete_file(deps.owner(ctx), container_id, file_id)
 
     @tool(title="Read file", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def file_read(
@@ -436,12 +419,6 @@ def _register_exec(mcp: MCPServer, deps: ToolDeps) -> None:
             await ctx.report_progress(elapsed, timeout_s, message)
 
         result = await service.exec(deps.owner(ctx), container_id, request, progress=progress)
-        if result.files_created or result.files_changed or result.files_deleted:
-            touched = [_uri(f.container_id, f.id) for f in (*result.files_created, *result.files_changed)]
-            # Deleted files are named by path only: every subscribed file of the container is told.
-            await deps.live.changed(
-                deps.owner(ctx), touched, container_id=container_id if result.files_deleted else None
-            )
         if result.timed_out:
             raise ToolError(_timeout_message(argv, timeout_s, settings, result))
         return result
