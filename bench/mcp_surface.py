@@ -110,7 +110,7 @@ async def round_trips(runs: int) -> tuple[list[float], list[float]]:
             service = ContainerService(provider, store, limits_from(settings), clock=ManualClock())
             async with Client(create_server(service, settings)) as client, Client(bare) as echo_client:
                 created = await client.call_tool("container_create", {"name": "bench"})
-                cid = created.structured_content["id"]  # type: ignore[index]
+                cid = created.structured_content["id"]
                 for _ in range(20):  # warm both
                     await client.call_tool("container_retrieve", {"container_id": cid})
                     await echo_client.call_tool("echo", {"text": cid})

@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import pytest
 from mcp import Client, MCPError
+from mcp.client.sse import sse_client
 from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.types import INVALID_PARAMS, ResourceListChangedNotification, ResourceUpdatedNotification
 
@@ -203,3 +204,32 @@ async def test_streamable_http_2026_listen_hears_the_change(two_sessions: Any) -
                 with anyio.fail_after(5):
                     event = await events.__anext__()
     assert type(event).__name__ == "ResourcesListChanged"
+
+
+async def test_capabilities_say_exactly_what_works(client: Client) -> None:
+    caps = client.server_capabilities
+    assert caps.resources is not None
+    assert caps.resources.list_changed is True and caps.resources.subscribe is True
+    # The tools and prompts never change while the server runs: no notification would come.
+    assert caps.tools is not None and caps.tools.list_changed is False
+    assert caps.prompts is None or caps.prompts.list_changed is False
+
+
+async def test_sse_sessions_hear_only_their_own_changes(two_sessions: Any) -> None:
+    a, _, service = two_sessions
+    inbox_a, inbox_b = Inbox(), Inbox()
+    async with serve(create_server(service, a).sse_app()) as url:
+        async with (
+            Client(sse_client(f"{url}/sse"), mode="legacy", message_handler=inbox_a) as one,
+            Client(sse_client(f"{url}/sse"), mode="legacy", message_handler=inbox_b) as two,
+        ):
+            bid = (await call(two, "container_create", name="b"))["id"]
+            cid = (await call(one, "container_create", name="a"))["id"]
+            await call(one, "file_create", container_id=cid, path="x.txt", text="1")
+            assert isinstance(await inbox_a.next(), ResourceListChangedNotification)
+            await call(two, "file_create", container_id=bid, path="y.txt", text="2")
+            assert isinstance(await inbox_b.next(), ResourceListChangedNotification)
+            assert inbox_a.recv.statistics().current_buffer_used == 0
+            assert inbox_b.recv.statistics().current_buffer_used == 0
+    inbox_a.close()
+    inbox_b.close()

@@ -82,7 +82,7 @@ async def test_every_tool_converts_under_the_agents_sdks_strict_rules(full_clien
     # The Agents SDK's own MCP conversion: it falls back to a non-strict tool when strict fails.
     server = MCPServerStdio(params={"command": "true"})
     for tool in (await full_client.list_tools()).tools:
-        converted = MCPUtil.to_function_tool(tool, server, convert_schemas_to_strict=True)  # type: ignore[arg-type]
+        converted = MCPUtil.to_function_tool(tool, server, convert_schemas_to_strict=True)
         assert converted.strict_json_schema is True, tool.name
 
 
@@ -94,7 +94,7 @@ async def test_an_unknown_argument_is_refused_naming_the_accepted_ones(client: C
         "Unknown argument expires_after; container_create accepts: name, expires_after_minutes, memory_limit, "
         "network_policy, file_ids."
     )
-    assert (await client.call_tool("container_list", {})).structured_content["data"] == []  # type: ignore[index]
+    assert (await client.call_tool("container_list", {})).structured_content["data"] == []
 
 
 async def test_an_unknown_nested_field_is_refused(client: Client) -> None:
@@ -154,11 +154,11 @@ async def test_resource_errors_are_the_callers_when_they_are(client: Client) -> 
         await client.read_resource("container://nope/files/also-nope")
     assert bad_id.value.error.code == INVALID_PARAMS
     assert "Internal error" not in bad_id.value.error.message
-    cid = (await client.call_tool("container_create", {"name": "r"})).structured_content["id"]  # type: ignore[index]
+    cid = (await client.call_tool("container_create", {"name": "r"})).structured_content["id"]
     with pytest.raises(MCPError) as missing:
         await client.read_resource(f"container://{cid}/files/cfile_{'0' * 32}")
     assert missing.value.error.code == INVALID_PARAMS
-    assert missing.value.error.data["uri"] == f"container://{cid}/files/cfile_{'0' * 32}"  # type: ignore[index]
+    assert missing.value.error.data["uri"] == f"container://{cid}/files/cfile_{'0' * 32}"
 
 
 async def test_a_rate_limited_resource_read_says_when_to_retry(tmp_path: Path, clock: ManualClock) -> None:
@@ -174,7 +174,7 @@ async def test_a_rate_limited_resource_read_says_when_to_retry(tmp_path: Path, c
         finally:
             store.close()
     assert limited.value.error.code == INVALID_REQUEST
-    assert limited.value.error.data["retryAfterSeconds"] >= 1  # type: ignore[index]
+    assert limited.value.error.data["retryAfterSeconds"] >= 1
     assert "retry" in limited.value.error.message
 
 

@@ -98,7 +98,7 @@ def resource_code(exc: ContainerMCPError) -> int:
     """The row of ``exc``'s class, or of its nearest ancestor with one."""
     for cls in type(exc).__mro__:
         if cls in ERROR_TABLE:
-            return ERROR_TABLE[cls]  # type: ignore[index]
+            return ERROR_TABLE[cls]
     return INTERNAL_ERROR  # unreachable: ContainerMCPError has a row
 
 

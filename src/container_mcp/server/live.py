@@ -3,11 +3,11 @@
 Each protocol era has its own channel, both keyed by the session key (``session.py``):
 
 * **Handshake era** (stdio, streamable HTTP with ``Mcp-Session-Id``, SSE): a connection is
-  remembered when it sends ``notifications/initialized`` (once per connection), and gets
+  remembered from its ``notifications/initialized`` (once per connection) until it closes, and gets
   ``notifications/resources/list_changed`` on the connection's standalone stream after any
   change of its owner's files. ``resources/subscribe`` adds a file URI, after checking the file
   is the caller's (another's is refused as not found), and ``notifications/resources/updated``
-  follows each change of that file. A connection that can no longer be written is forgotten.
+  follows each change of that file.
 * **2026-07-28**: ``subscriptions/listen`` is served per owner: each owner has its own
   ``SubscriptionBus``, so a stream hears only its owner's events, and requested file URIs are
   checked as above before the stream opens.
@@ -32,6 +32,7 @@ from mcp.server import MCPServer
 from mcp.server.context import ServerRequestContext
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ResourcesListChanged, ResourceUpdated
 from mcp.types import EmptyResult, SubscribeRequestParams, SubscriptionsListenRequestParams, UnsubscribeRequestParams
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from ..changes import FilesChanged
 from .errors import resource_boundary
@@ -54,34 +55,51 @@ class _Connection:
     uris: set[str] = field(default_factory=set)
 
 
+def _channel(session: Any) -> Any:
+    # The connection behind the per-request session proxies (PRIVATE in mcp 2.3, mcp-sdk-2.md
+    # §2.2): the one stable identity of a handshake-era connection, and the owner of its exit
+    # stack, which is unwound (shielded) when the connection closes.
+    return getattr(session, "_connection", None)
+
+
 class Live:
-    """Who listens to which owner's changes; ``changed`` tells them."""
+    """Who listens to which owner's changes; ``on_change`` tells them."""
 
     def __init__(self, owns: Callable[[str, str], bool]) -> None:
         """``owns(owner, container_id)``: whether ``owner`` owns the container (the session store's answer)."""
         self._owns = owns
-        self._connections: dict[str, list[_Connection]] = {}
+        self._connections: dict[str, dict[Any, _Connection]] = {}
         self._buses: dict[str, InMemorySubscriptionBus] = {}
         self._listeners: dict[str, ListenHandler] = {}
 
     def listener(self, owner: str) -> ListenHandler:
+        """The ``subscriptions/listen`` handler of ``owner``'s streams, on a bus of their own."""
         if owner not in self._listeners:
             self._buses[owner] = InMemorySubscriptionBus()
             self._listeners[owner] = ListenHandler(self._buses[owner], max_subscriptions=64)
         return self._listeners[owner]
 
+    def connection(self, owner: str, session: Any) -> _Connection | None:
+        """The remembered handshake-era connection ``session`` belongs to, if any."""
+        return self._connections.get(owner, {}).get(_channel(session))
+
     def connect(self, owner: str, session: Any) -> _Connection:
-        conn = _Connection(session)
-        self._connections.setdefault(owner, []).append(conn)
+        """Remember ``session``'s connection as ``owner``'s until it closes."""
+        channel = _channel(session)
+        known = self._connections.setdefault(owner, {})
+        if channel in known:
+            return known[channel]
+        conn = known[channel] = _Connection(session)
+        exit_stack = getattr(channel, "exit_stack", None)
+        if exit_stack is not None:
+            exit_stack.callback(self._forget, owner, channel)
         return conn
 
-    def connection(self, owner: str, session: Any) -> _Connection | None:
-        # The per-request session proxies share their connection's outbound channel.
-        channel = getattr(session, "_connection", None)
-        for conn in self._connections.get(owner, []):
-            if getattr(conn.session, "_connection", None) is channel:
-                return conn
-        return None
+    def _forget(self, owner: str, channel: Any) -> None:
+        known = self._connections.get(owner, {})
+        known.pop(channel, None)
+        if not known:
+            self._connections.pop(owner, None)
 
     async def on_change(self, change: FilesChanged) -> None:
         """Tell the listeners of whoever owns ``change.container_id`` (a ``ChangeFeed`` listener)."""
@@ -101,15 +119,33 @@ class Live:
             await bus.publish(ResourcesListChanged())
             for uri in sorted(touched):
                 await bus.publish(ResourceUpdated(uri))
-        for conn in list(self._connections.get(owner, [])):
+        for channel, conn in list(self._connections.get(owner, {}).items()):
             try:
                 await conn.session.send_resource_list_changed()
                 for uri in sorted(conn.uris):
                     if uri in touched or (prefix is not None and uri.startswith(prefix)):
                         await conn.session.send_resource_updated(uri)
-            except Exception as exc:  # a closed connection: nobody is listening any more
+            except Exception as exc:  # closing as we speak: nobody is listening any more
                 log.debug("forgetting a connection of %s: %s", owner, type(exc).__name__)
-                self._connections[owner].remove(conn)
+                self._forget(owner, channel)
+
+
+def _advertise(capabilities: Any) -> None:
+    """Capabilities that say exactly what this server sends, in either era.
+
+    Resources: list changes and file subscriptions work (handshake era: the SDK derives
+    ``listChanged`` only from options its transports never pass). Tools and prompts never change
+    while the server runs, so no list-changed notification for them ever comes (2026-07-28: the
+    SDK advertises one for every kind whenever ``subscriptions/listen`` is served).
+    """
+    if not isinstance(capabilities, dict):
+        return
+    if isinstance(resources := capabilities.get("resources"), dict):
+        resources["listChanged"] = True
+        resources["subscribe"] = True
+    for kind in ("tools", "prompts"):
+        if isinstance(entry := capabilities.get(kind), dict):
+            entry["listChanged"] = False
 
 
 def install_live(
@@ -128,8 +164,7 @@ def install_live(
         owner = owner_of(ctx)
         uri = str(params.uri)
         await own(owner, uri)
-        conn = live.connection(owner, ctx.session) or live.connect(owner, ctx.session)
-        conn.uris.add(uri)
+        live.connect(owner, ctx.session).uris.add(uri)
         return EmptyResult()
 
     async def unsubscribe(ctx: ServerRequestContext[Any, Any], params: UnsubscribeRequestParams) -> EmptyResult:
@@ -146,17 +181,10 @@ def install_live(
 
     async def remember(ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
         result = await call_next(ctx)
-        if ctx.method == "notifications/initialized":
-            owner = owner_of(ctx)
-            if live.connection(owner, ctx.session) is None:
-                live.connect(owner, ctx.session)
-        if ctx.method == "initialize" and isinstance(result, dict):
-            # The handshake-era capabilities: the SDK derives listChanged only from options its
-            # transports never pass; this server sends it on every transport that can push.
-            resources = result.get("capabilities", {}).get("resources")
-            if isinstance(resources, dict):
-                resources["listChanged"] = True
-                resources["subscribe"] = True
+        if ctx.method == "notifications/initialized" and ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            live.connect(owner_of(ctx), ctx.session)
+        if ctx.method in ("initialize", "server/discover") and isinstance(result, dict):
+            _advertise(result.get("capabilities"))
         return result
 
     low = mcp._lowlevel_server  # the SDK's documented seam for handlers MCPServer does not wrap

@@ -143,9 +143,11 @@ def _where(error: ValidationError) -> str:
 def _sentence(error: ValidationError) -> str:
     """One error of the published schema as one sentence naming the argument and what it admits."""
     where = _where(error)
-    got = error.instance
+    got: Any = error.instance
+    bound: Any = error.validator_value
+    schema: Any = error.schema
+    kind = error.validator
     shown = repr(got)[:80]
-    kind, bound = error.validator, error.validator_value
     if kind == "maximum":
         return f"{where} must be at most {bound} (got {shown})"
     if kind == "minimum":
@@ -174,8 +176,8 @@ def _sentence(error: ValidationError) -> str:
         inside = f" in {where}" if error.absolute_path else ""
         return f"{missing} is required{inside}"
     if kind == "additionalProperties":
-        allowed = ", ".join(error.schema.get("properties", {}))
-        extra = sorted(set(got) - set(error.schema.get("properties", {})))
+        allowed = ", ".join(schema.get("properties", {}))
+        extra = sorted(set(got) - set(schema.get("properties", {})))
         return f"Unknown field {', '.join(extra)} in {where}; it accepts: {allowed}"
     if kind == "anyOf":
         # A nullable argument: report against the non-null branch, which is what was meant.
