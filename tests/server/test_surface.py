@@ -91,8 +91,8 @@ async def test_an_unknown_argument_is_refused_naming_the_accepted_ones(client: C
     assert result.is_error is True
     text = result.content[0].text  # type: ignore[union-attr]
     assert text == (
-        "Unknown argument expires_after; container_create accepts: name, expires_after_minutes, memory_limit, "
-        "network_policy, file_ids."
+        "Error executing tool container_create: Unknown argument expires_after; container_create accepts: name, "
+        "expires_after_minutes, memory_limit, network_policy, file_ids."
     )
     assert (await client.call_tool("container_list", {})).structured_content["data"] == []
 

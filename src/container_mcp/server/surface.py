@@ -64,7 +64,9 @@ def install_surface(mcp: MCPServer) -> None:
             if isinstance(name, str) and schema is not None and isinstance(arguments, dict):
                 problem = argument_error(name, schema, arguments, tools.validators[name])
                 if problem is not None:
-                    refused = CallToolResult(content=[TextContent(type="text", text=problem)], is_error=True)
+                    # Worded like every other tool error the SDK reports, so clients see one shape.
+                    text = f"Error executing tool {name}: {problem}"
+                    refused = CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
                     return wire(ctx, refused)
         return await call_next(ctx)
 
