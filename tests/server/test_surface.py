@@ -133,6 +133,21 @@ async def test_a_schema_violation_is_one_sentence_naming_the_argument(
     assert "pydantic" not in text and "validation error" not in text and "\n" not in text
 
 
+@pytest.mark.parametrize(
+    ("policy", "sentence"),
+    [
+        ({"type": "allowlist"}, "network_policy of type 'allowlist' needs at least one allowed domain"),
+        ({"type": "disabled", "allowed_domains": ["a.example"]}, "'disabled' takes no allowed_domains"),
+    ],
+)
+async def test_a_cross_field_rule_is_one_sentence(client: Client, policy: dict[str, Any], sentence: str) -> None:
+    result = await client.call_tool("container_create", {"name": "x", "network_policy": policy})
+    assert result.is_error is True
+    text = result.content[0].text  # type: ignore[union-attr]
+    assert sentence in text and "pydantic" not in text and "\n" not in text
+    assert (await client.call_tool("container_list", {})).structured_content["data"] == []  # type: ignore[index]
+
+
 async def test_a_missing_argument_is_named(client: Client) -> None:
     result = await client.call_tool("file_read", {"container_id": "cntr_x"})
     assert result.is_error is True

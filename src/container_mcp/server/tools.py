@@ -20,7 +20,7 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import FileTooLarge, InvalidRequest
 from ..inline import InlineBudget, reserved_by_gate, spool_inline
@@ -63,6 +63,26 @@ TimeoutArg = Annotated[
 ]
 
 ToolFn = TypeVar("ToolFn", bound=Callable[..., Awaitable[Any]])
+
+
+class NetworkPolicyArg(BaseModel):
+    """``NetworkPolicy`` as an argument: the same fields, closed, with its cross-field rule checked
+    in the tool (``_network_policy``) so a violation is one sentence, not a validation dump."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["disabled", "allowlist"] = "disabled"
+    allowed_domains: list[str] | None = None
+
+
+def _network_policy(arg: NetworkPolicyArg | None) -> NetworkPolicy:
+    if arg is None:
+        return NetworkPolicy()
+    try:
+        return NetworkPolicy(type=arg.type, allowed_domains=arg.allowed_domains)
+    except ValidationError as exc:
+        reason = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise InvalidRequest(f"{reason}. Nothing was created.", param="network_policy") from None
 
 
 class EnvVar(BaseModel):
@@ -196,7 +216,7 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
         ] = 20,
         memory_limit: Annotated[MemoryLimit, Field(description="Memory for commands.")] = "1g",
         network_policy: Annotated[
-            NetworkPolicy | None,
+            NetworkPolicyArg | None,
             Field(
                 description="Commands' outbound network: {'type': 'disabled'} (default) or {'type': 'allowlist', "
                 "'allowed_domains': ['pypi.org', '*.pythonhosted.org']} (host names or public IPs, no URL or port)."
@@ -212,7 +232,7 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
             name=name,
             expires_after=ExpiresAfter(minutes=expires_after_minutes),
             memory_limit=memory_limit,
-            network_policy=network_policy or NetworkPolicy(),
+            network_policy=_network_policy(network_policy),
             file_ids=file_ids or [],
         )
         return await service.create_container(deps.owner(ctx), spec)
