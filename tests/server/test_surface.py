@@ -145,7 +145,7 @@ async def test_a_cross_field_rule_is_one_sentence(client: Client, policy: dict[s
     assert result.is_error is True
     text = result.content[0].text  # type: ignore[union-attr]
     assert sentence in text and "pydantic" not in text and "\n" not in text
-    assert (await client.call_tool("container_list", {})).structured_content["data"] == []  # type: ignore[index]
+    assert (await client.call_tool("container_list", {})).structured_content["data"] == []
 
 
 async def test_a_missing_argument_is_named(client: Client) -> None:
