@@ -398,7 +398,10 @@ class ContainerService:
             self._rollback(owner, container_id, approved)
             self._guard_expiry(container_id, exc)
             raise
-        await self.changes.publish(FilesChanged(container_id, owner, (made.id,)))
+        # A replaced file gets a new id, and the old one's is not known here: every file of the
+        # container may have changed for whoever watches it.
+        replaced = any(change.changed for change in approved)
+        await self.changes.publish(FilesChanged(container_id, owner, (made.id,), whole_container=replaced))
         return made
 
     async def list_files(self, owner: str, container_id: str, params: ListParams) -> Page[ContainerFile]:
@@ -525,8 +528,10 @@ class ContainerService:
             raise
         if result.files_created or result.files_changed or result.files_deleted:
             touched = tuple(f.id for f in (*result.files_created, *result.files_changed))
-            # Deleted files are named by path only: the whole container may have changed.
-            change = FilesChanged(container_id, owner, touched, whole_container=bool(result.files_deleted))
+            # Deleted files are named by path only, and a changed one may have a new id: the whole
+            # container may have changed.
+            whole = bool(result.files_deleted or result.files_changed)
+            change = FilesChanged(container_id, owner, touched, whole_container=whole)
             await self.changes.publish(change)
         return result
 

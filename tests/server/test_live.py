@@ -14,15 +14,22 @@ from mcp.client.sse import sse_client
 from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.types import INVALID_PARAMS, ResourceListChangedNotification, ResourceUpdatedNotification
 
+from container_mcp.auth import BearerVerifier
+from container_mcp.changes import FilesChanged
 from container_mcp.clock import ManualClock
 from container_mcp.providers.local import LocalProvider
 from container_mcp.providers.local_exec import ExecLimits
 from container_mcp.runtime import limits_from
 from container_mcp.server.app import create_server
+from container_mcp.server.http import http_app
+from container_mcp.server.live import Live
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
 from container_mcp.store import SqliteSessionStore
 from tests.live import serve
+
+from .bearer import http_client
+from .test_http_auth import KEY_A, KEY_B
 
 pytestmark = pytest.mark.anyio
 
@@ -90,6 +97,15 @@ async def test_handshake_era_sessions_hear_only_their_own_changes(two_sessions: 
             with pytest.raises(MCPError) as refused:
                 await bob.subscribe_resource(uri)
         assert refused.value.error.code == INVALID_PARAMS and "not found" in refused.value.error.message
+        # Replacing the file (a new id at the same path) is an update of the URI that was watched.
+        f = await call(alice, "file_create", container_id=cid, path="x.txt", text="replaced")
+        assert isinstance(await inbox_a.next(), ResourceListChangedNotification)
+        updated = await inbox_a.next()
+        assert isinstance(updated, ResourceUpdatedNotification) and str(updated.params.uri) == uri
+        uri = f"container://{cid}/files/{f['id']}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            await alice.subscribe_resource(uri)
         await call(alice, "file_delete", container_id=cid, file_id=f["id"])
         assert isinstance(await inbox_a.next(), ResourceListChangedNotification)
         updated = await inbox_a.next()
@@ -233,3 +249,41 @@ async def test_sse_sessions_hear_only_their_own_changes(two_sessions: Any) -> No
             assert inbox_b.recv.statistics().current_buffer_used == 0
     inbox_a.close()
     inbox_b.close()
+
+
+async def test_a_change_reaches_only_its_owners_listen_bus() -> None:
+    owners = {"cntr_a": "http:alice", "cntr_b": "http:bob"}
+    live = Live(owns=lambda owner, container_id: owners.get(container_id) == owner)
+    heard: dict[str, list[Any]] = {"http:alice": [], "http:bob": []}
+    for owner, events in heard.items():
+        live.listener(owner)
+        live._buses[owner].subscribe(events.append)
+    await live.on_change(FilesChanged("cntr_a", "http:alice", ("cfile_1",)))
+    await live.on_change(FilesChanged("cntr_b", None, whole_container=True))  # an expiry: owner looked up
+    assert [type(e).__name__ for e in heard["http:alice"]] == ["ResourcesListChanged", "ResourceUpdated"]
+    assert [type(e).__name__ for e in heard["http:bob"]] == ["ResourcesListChanged"]
+
+
+async def test_2026_over_http_a_token_cannot_listen_to_anothers_file(tmp_path: Path, clock: ManualClock) -> None:
+    settings = Settings(data_dir=tmp_path / "data", api_keys=[KEY_A, KEY_B])
+    store = SqliteSessionStore()
+    try:
+        async with LocalProvider(tmp_path / "local", clock=clock) as provider:
+            service = ContainerService(provider, store, limits_from(settings), clock=clock)
+            mcp = create_server(service, settings, verifier=BearerVerifier.from_keys(settings))
+            async with serve(http_app(mcp, settings, "streamable-http", "127.0.0.1")) as url:
+                async with http_client(f"{url}/mcp", KEY_A, "auto") as a, http_client(f"{url}/mcp", KEY_B, "auto") as b:
+                    cid = (await call(a, "container_create", name="a"))["id"]
+                    f = await call(a, "file_create", container_id=cid, path="x.txt", text="1")
+                    uri = f"container://{cid}/files/{f['id']}"
+                    with pytest.raises(MCPError) as refused:
+                        async with b.listen(resource_subscriptions=[uri]):
+                            pass
+                    assert refused.value.error.code == INVALID_PARAMS
+                    async with a.listen(resource_subscriptions=[uri]) as events:
+                        await call(a, "file_create", container_id=cid, path="x.txt", text="2")
+                        with anyio.fail_after(5):
+                            event = await events.__anext__()
+                    assert type(event).__name__ == "ResourceUpdated" and event.uri == uri
+    finally:
+        store.close()

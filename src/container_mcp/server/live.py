@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +72,8 @@ class Live:
         self._connections: dict[str, dict[Any, _Connection]] = {}
         self._buses: dict[str, InMemorySubscriptionBus] = {}
         self._listeners: dict[str, ListenHandler] = {}
+        self._listened: dict[str, Counter[str]] = {}
+        """Per owner, the file URIs its open listen streams asked for (with how many streams)."""
 
     def listener(self, owner: str) -> ListenHandler:
         """The ``subscriptions/listen`` handler of ``owner``'s streams, on a bus of their own."""
@@ -78,6 +81,21 @@ class Live:
             self._buses[owner] = InMemorySubscriptionBus()
             self._listeners[owner] = ListenHandler(self._buses[owner], max_subscriptions=64)
         return self._listeners[owner]
+
+    async def listen(
+        self, owner: str, ctx: ServerRequestContext[Any, Any], params: SubscriptionsListenRequestParams
+    ) -> Any:
+        """Serve one ``subscriptions/listen`` stream of ``owner``'s (URIs already checked as theirs)."""
+        uris = list(params.notifications.resource_subscriptions or ())
+        listened = self._listened.setdefault(owner, Counter())
+        listened.update(uris)
+        try:
+            return await self.listener(owner)(ctx, params)
+        finally:
+            listened.subtract(uris)
+            for uri in uris:
+                if listened[uri] <= 0:
+                    del listened[uri]
 
     def connection(self, owner: str, session: Any) -> _Connection | None:
         """The remembered handshake-era connection ``session`` belongs to, if any."""
@@ -117,7 +135,9 @@ class Live:
         bus = self._buses.get(owner)
         if bus is not None:
             await bus.publish(ResourcesListChanged())
-            for uri in sorted(touched):
+            listened = self._listened.get(owner, Counter())
+            also = {uri for uri in listened if prefix is not None and uri.startswith(prefix)}
+            for uri in sorted(touched | also):
                 await bus.publish(ResourceUpdated(uri))
         for channel, conn in list(self._connections.get(owner, {}).items()):
             try:
@@ -177,7 +197,7 @@ def install_live(
         owner = owner_of(ctx)
         for uri in params.notifications.resource_subscriptions or ():
             await own(owner, uri)
-        return await live.listener(owner)(ctx, params)
+        return await live.listen(owner, ctx, params)
 
     async def remember(ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
         result = await call_next(ctx)
