@@ -11,6 +11,7 @@ import anyio
 import pytest
 from mcp import Client, MCPError
 from mcp.client.sse import sse_client
+from mcp.server.subscriptions import ResourceUpdated
 from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.types import INVALID_PARAMS, ResourceListChangedNotification, ResourceUpdatedNotification
 
@@ -284,6 +285,6 @@ async def test_2026_over_http_a_token_cannot_listen_to_anothers_file(tmp_path: P
                         await call(a, "file_create", container_id=cid, path="x.txt", text="2")
                         with anyio.fail_after(5):
                             event = await events.__anext__()
-                    assert type(event).__name__ == "ResourceUpdated" and event.uri == uri
+                    assert isinstance(event, ResourceUpdated) and event.uri == uri
     finally:
         store.close()
