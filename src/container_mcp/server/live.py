@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from mcp import MCPError
 from mcp.server import MCPServer
 from mcp.server.context import ServerRequestContext
@@ -43,6 +44,9 @@ __all__ = ["Live", "install_live"]
 log = logging.getLogger("container_mcp.server")
 
 _FILE_URI = re.compile(r"container://([^/]+)/files/([^/]+)")
+
+SEND_TIMEOUT_S = 5.0
+"""How long a connection may take to accept one change's notifications before it is forgotten."""
 
 CheckFile = Callable[[str, str, str], Awaitable[object]]
 """(owner, container_id, file_id) -> anything; raises ``NotFound`` when the file is not the owner's."""
@@ -140,13 +144,20 @@ class Live:
             for uri in sorted(touched | also):
                 await bus.publish(ResourceUpdated(uri))
         for channel, conn in list(self._connections.get(owner, {}).items()):
-            try:
-                await conn.session.send_resource_list_changed()
-                for uri in sorted(conn.uris):
-                    if uri in touched or (prefix is not None and uri.startswith(prefix)):
-                        await conn.session.send_resource_updated(uri)
-            except Exception as exc:  # closing as we speak: nobody is listening any more
-                log.debug("forgetting a connection of %s: %s", owner, type(exc).__name__)
+            # The change is made; telling is best effort, and a client that stops reading must not
+            # hold up its owner's next operation or the expiry sweep.
+            with anyio.move_on_after(SEND_TIMEOUT_S) as waited:
+                try:
+                    await conn.session.send_resource_list_changed()
+                    for uri in sorted(conn.uris):
+                        if uri in touched or (prefix is not None and uri.startswith(prefix)):
+                            await conn.session.send_resource_updated(uri)
+                except Exception as exc:  # closing as we speak: nobody is listening any more
+                    # Not the owner: a session key is a credential (an Mcp-Session-Id, say).
+                    log.debug("forgetting a closed connection: %s", type(exc).__name__)
+                    self._forget(owner, channel)
+            if waited.cancelled_caught:
+                log.info("a connection of a session did not take a change notification in time; forgetting it")
                 self._forget(owner, channel)
 
 
