@@ -33,7 +33,13 @@ from mcp import MCPError
 from mcp.server import MCPServer
 from mcp.server.context import ServerRequestContext
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ResourcesListChanged, ResourceUpdated
-from mcp.types import EmptyResult, SubscribeRequestParams, SubscriptionsListenRequestParams, UnsubscribeRequestParams
+from mcp.types import (
+    INVALID_PARAMS,
+    EmptyResult,
+    SubscribeRequestParams,
+    SubscriptionsListenRequestParams,
+    UnsubscribeRequestParams,
+)
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from ..changes import FilesChanged
@@ -44,6 +50,9 @@ __all__ = ["Live", "install_live"]
 log = logging.getLogger("container_mcp.server")
 
 _FILE_URI = re.compile(r"container://([^/]+)/files/([^/]+)")
+
+MAX_LISTEN_URIS = 100
+"""File URIs one ``subscriptions/listen`` stream may name (each is checked against the store)."""
 
 SEND_TIMEOUT_S = 5.0
 """How long a connection may take to accept one change's notifications before it is forgotten."""
@@ -188,7 +197,11 @@ def install_live(
         match = _FILE_URI.fullmatch(uri)
         with resource_boundary(uri):
             if match is None:
-                raise MCPError(-32602, f"Only file resources ({uri[:200]!r} is not one) can be subscribed to.")
+                raise MCPError(
+                    INVALID_PARAMS,
+                    f"Only file resources ({uri[:200]!r} is not one) can be subscribed to.",
+                    {"uri": uri},
+                )
             await check(owner, match[1], match[2])
 
     async def subscribe(ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams) -> EmptyResult:
@@ -206,7 +219,14 @@ def install_live(
 
     async def listen(ctx: ServerRequestContext[Any, Any], params: SubscriptionsListenRequestParams) -> Any:
         owner = owner_of(ctx)
-        for uri in params.notifications.resource_subscriptions or ():
+        uris = params.notifications.resource_subscriptions or ()
+        if len(uris) > MAX_LISTEN_URIS:
+            raise MCPError(
+                INVALID_PARAMS,
+                f"A listen stream can watch at most {MAX_LISTEN_URIS} file URIs (got {len(uris)}); open another "
+                "stream for the rest, or watch resources_list_changed.",
+            )
+        for uri in uris:
             await own(owner, uri)
         return await live.listen(owner, ctx, params)
 
@@ -218,7 +238,9 @@ def install_live(
             _advertise(result.get("capabilities"))
         return result
 
-    low = mcp._lowlevel_server  # the SDK's documented seam for handlers MCPServer does not wrap
+    # MCPServer (mcp 2.3) has no public way to add a request handler; its low-level Server's
+    # add_request_handler is public API, reached through the one private attribute.
+    low = mcp._lowlevel_server
     low.add_request_handler("resources/subscribe", SubscribeRequestParams, subscribe)
     low.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, unsubscribe)
     low.add_request_handler("subscriptions/listen", SubscriptionsListenRequestParams, listen)
