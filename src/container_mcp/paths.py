@@ -25,9 +25,9 @@ def normalize_path(path: str) -> str:
     """Return the canonical absolute form of ``path`` under /mnt/data.
 
     Accepts ``report.csv``, ``dir/report.csv`` and ``/mnt/data/dir/report.csv``. Raises
-    ``InvalidPath`` for: empty paths, NUL or other control characters, backslashes, ``..``
-    components, absolute paths outside /mnt/data, /mnt/data itself, a trailing slash, a
-    component over 255 bytes, or a whole path over 1024 bytes.
+    ``InvalidPath`` for: empty paths, NUL or other control characters, backslashes, a ``..``
+    that climbs above /mnt/data (``a/../b`` is ``b``), absolute paths outside /mnt/data,
+    /mnt/data itself, a trailing slash, a component over 255 bytes, or a whole path over 1024 bytes.
     """
     if not isinstance(path, str) or not path.strip():
         raise InvalidPath(f"The file path is empty. {_HINT}", param="path")
@@ -46,11 +46,22 @@ def normalize_path(path: str) -> str:
         rel = path[len(MOUNT) + 1 :]
     else:
         rel = path
-    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    # Normalised before confinement is judged: 'a/./b/../c.txt' is 'a/c.txt', inside. The resolution
+    # is lexical (as posixpath.normpath), which is what confinement means here: providers then open
+    # every component without following links (the local one with O_NOFOLLOW), so a link named in
+    # the path cannot take '..' anywhere else.
+    parts: list[str] = []
+    for part in rel.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise InvalidPath(f"The file path {path[:80]!r} climbs out with '..'. {_HINT}", param="path")
+            parts.pop()
+            continue
+        parts.append(part)
     if not parts:
         raise InvalidPath(f"The file path {path[:80]!r} names /mnt/data itself, not a file. {_HINT}", param="path")
-    if ".." in parts:
-        raise InvalidPath(f"The file path {path[:80]!r} climbs out with '..'. {_HINT}", param="path")
     for part in parts:
         if len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
             raise InvalidPath(

@@ -27,6 +27,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import audit
+from .changes import ChangeFeed, ExpiryReporting, FilesChanged
 from .clock import Clock, system_clock
 from .errors import (
     ContainerExpired,
@@ -127,6 +128,13 @@ class ContainerService:
         self.egress = egress or EgressRules()
         """The operator's egress rules: which network_policy entries a caller may list."""
         self._clock = clock
+        self.changes = ChangeFeed()
+        """Every change of files made through this service, and every expiry the provider reports."""
+        if isinstance(provider, ExpiryReporting):
+            provider.on_expired = self._expired
+
+    async def _expired(self, container_id: str) -> None:
+        await self.changes.publish(FilesChanged(container_id, None, whole_container=True))
 
     @property
     def capabilities(self) -> Capabilities:
@@ -248,6 +256,8 @@ class ContainerService:
             await self._discard(container.id)
             raise
         audit.note_container(container.id)
+        if spec.file_ids:
+            await self.changes.publish(FilesChanged(container.id, owner))
         return container
 
     async def _discard(self, container_id: str) -> None:
@@ -329,11 +339,13 @@ class ContainerService:
             )
         approved, approve = self._approver(owner, container_id)
         try:
-            return await self.provider.copy_file(source, file_id, container_id, approve=approve)
+            copied = await self.provider.copy_file(source, file_id, container_id, approve=approve)
         except BaseException as exc:
             self._rollback(owner, container_id, approved)
             self._guard_expiry(container_id, exc)
             raise
+        await self.changes.publish(FilesChanged(container_id, owner, (copied.id,)))
+        return copied
 
     async def list_containers(self, owner: str, params: ListParams) -> Page[Container]:
         """The caller's containers (expired ones too), newest first by default; O(page)."""
@@ -377,6 +389,7 @@ class ContainerService:
             self.store.forget(container_id)
             raise
         self.store.forget(container_id)
+        await self.changes.publish(FilesChanged(container_id, owner, whole_container=True))
         return deleted
 
     # --- files -----------------------------------------------------------------------------
@@ -393,16 +406,20 @@ class ContainerService:
             raise FileTooLarge.over(self.limits.max_file_bytes, upload.size)
         approved, approve = self._approver(owner, container_id)
         try:
-            created = await self.provider.create_file(
+            made = await self.provider.create_file(
                 container_id, normalized, upload, max_bytes=self.limits.max_file_bytes, approve=approve
             )
         except BaseException as exc:
             self._rollback(owner, container_id, approved)
             self._guard_expiry(container_id, exc)
             raise
-        audit.note_file(created.id)
-        audit.note_bytes_in(created.bytes or 0)
-        return created
+        audit.note_file(made.id)
+        audit.note_bytes_in(made.bytes or 0)
+        # A replaced file gets a new id, and the old one's is not known here: every file of the
+        # container may have changed for whoever watches it.
+        replaced = any(change.changed for change in approved)
+        await self.changes.publish(FilesChanged(container_id, owner, (made.id,), whole_container=replaced))
+        return made
 
     async def list_files(self, owner: str, container_id: str, params: ListParams) -> Page[ContainerFile]:
         self._call(owner)
@@ -431,11 +448,13 @@ class ContainerService:
         audit.note_file(file_id)
         approved, approve = self._approver(owner, container_id)
         try:
-            return await self.provider.delete_file(container_id, file_id, approve=approve)
+            gone = await self.provider.delete_file(container_id, file_id, approve=approve)
         except BaseException as exc:
             self._rollback(owner, container_id, approved)
             self._guard_expiry(container_id, exc)
             raise
+        await self.changes.publish(FilesChanged(container_id, owner, (file_id,)))
+        return gone
 
     async def open_file(
         self, owner: str, container_id: str, file_id: str, *, offset: int = 0, length: int | None = None
@@ -527,6 +546,13 @@ class ContainerService:
             self._guard_expiry(container_id, exc)
             raise
         audit.note_exec(result.exit_code, result.duration_ms / 1000)
+        if result.files_created or result.files_changed or result.files_deleted:
+            touched = tuple(f.id for f in (*result.files_created, *result.files_changed))
+            # Deleted files are named by path only, and a changed one may have a new id: the whole
+            # container may have changed.
+            whole = bool(result.files_deleted or result.files_changed)
+            change = FilesChanged(container_id, owner, touched, whole_container=whole)
+            await self.changes.publish(change)
         return result
 
     # --- usage -----------------------------------------------------------------------------

@@ -49,3 +49,33 @@ def test_rejects_escapes_and_malformed(given: str, says: str) -> None:
         normalize_path(given)
     assert says in info.value.message
     assert info.value.param == "path"
+
+
+@pytest.mark.parametrize(
+    ("given", "canonical"),
+    [
+        ("a/./b/../c.txt", "/mnt/data/a/c.txt"),
+        ("a/b/../../c.txt", "/mnt/data/c.txt"),
+        ("/mnt/data/a/../b", "/mnt/data/b"),
+        ("./x/./y", "/mnt/data/x/y"),
+        ("a/../a/../a/f", "/mnt/data/a/f"),
+        ("a//b/./../c", "/mnt/data/a/c"),
+    ],
+)
+def test_dot_segments_are_resolved_before_confinement(given: str, canonical: str) -> None:
+    assert normalize_path(given) == canonical
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["a/../../x", "a/b/../../../c", "/mnt/data/a/../../etc/passwd", "..", "./../x", "a/../..", "x/../../mnt/data/y"],
+)
+def test_climbing_out_after_normalisation_stays_refused(given: str) -> None:
+    with pytest.raises(InvalidPath, match="climbs out"):
+        normalize_path(given)
+
+
+@pytest.mark.parametrize("given", ["a/..", "./.", "a/b/../.."])
+def test_dot_segments_that_land_on_mnt_data_name_no_file(given: str) -> None:
+    with pytest.raises(InvalidPath, match="itself"):
+        normalize_path(given)

@@ -109,7 +109,7 @@ async def test_argv_stdin_env_workdir_and_exit_codes(exec_client: Client) -> Non
         container_id=cid,
         command=["sh", "-c", 'read line; echo "$line/$GREETING/$(pwd)"; exit 3'],
         stdin="from stdin\n",
-        env={"GREETING": "hi"},
+        env=[{"name": "GREETING", "value": "hi"}],
         workdir="/mnt/data/sub",
     )
     assert r["exit_code"] == 3

@@ -114,6 +114,8 @@ class LocalProvider:
         self.registry = Registry(data_dir / "registry.sqlite3")
         self._locks: dict[str, anyio.Lock] = {}
         self._stack: AsyncExitStack | None = None
+        self.on_expired: Callable[[str], Awaitable[None]] | None = None
+        """Told the id of each container this provider expires (``changes.ExpiryReporting``)."""
         self._exec_limits = exec_limits
         self._sandbox = sandbox or Sandbox()
         self._probe: SandboxProbe | None = None
@@ -257,6 +259,8 @@ class LocalProvider:
         self.registry.expire(container_id)
         await anyio.to_thread.run_sync(self._dir(container_id).clear_files)
         log.info("container %s expired", container_id)
+        if self.on_expired is not None:
+            await self.on_expired(container_id)
 
     async def _row(self, container_id: str, *, touch: bool) -> ContainerRow:
         check_container_id(container_id)

@@ -9,8 +9,11 @@ from ..inline import InlineBudget
 from ..observer import Observer
 from ..service import ContainerService
 from ..settings import Settings
+from .live import Live, install_live
 from .observe import AuditMiddleware, ObservedServer
 from .resources import register_resources
+from .session import session_key
+from .surface import install_surface
 from .tools import ToolDeps, register_tools
 
 __all__ = ["create_server"]
@@ -60,4 +63,13 @@ def create_server(
     deps = ToolDeps(service=service, settings=settings, inline=budget)
     register_tools(mcp, deps)
     register_resources(mcp, deps)
+    install_surface(mcp)
+    live = Live(owns=service.store.owns)
+    service.changes.subscribe(live.on_change)
+    install_live(
+        mcp,
+        live,
+        owner_of=lambda ctx: session_key(ctx, settings.stdio_session_key),
+        check=lambda owner, container_id, file_id: service.get_file(owner, container_id, file_id),
+    )
     return mcp

@@ -1,52 +1,158 @@
-"""The single outbound mapping: ContainerMCPError -> what an MCP client sees.
+"""The single outbound mapping of the MCP boundary: ContainerMCPError -> what an MCP client sees.
 
-Tools raise ``ToolError`` with the error's own message (the model reads it and can act on it);
-resources raise ``ResourceNotFoundError`` for not-found and ``ResourceError`` otherwise. An
-unexpected exception is logged with its traceback and reported without internals, so a model
-never sees a bare "Error executing tool" and never sees a stack trace or a secret.
+A tool reports every error of the tree as a tool error (``isError``) with the error's own
+message, which the model reads and can act on. A resource read answers a JSON-RPC error with
+the code below and the URI in ``data``:
+
+=========================  ================  ==========================================
+error                      resource code     notes
+=========================  ================  ==========================================
+InvalidRequest (+ path,    INVALID_PARAMS    the caller's mistake; ``param`` in data
+id)
+NotFound (+ container,     INVALID_PARAMS    the SDK's (and the 2026 spec's) resource-not-
+file)                                        found code, with the URI in data
+ContainerExpired           INVALID_PARAMS    the caller's container is gone
+QuotaExceeded, FileTooLarge INVALID_PARAMS   waiting won't clear it
+RateLimited                INVALID_REQUEST   ``retryAfterSeconds`` in data; the message says when
+Unsupported                INVALID_REQUEST   the provider cannot do it
+UnsafeConfiguration        INTERNAL_ERROR    never raised after start
+ExecError (+ sandbox)      INTERNAL_ERROR    the server's side; message kept (ours, no secrets)
+ProviderError (+ auth,     INTERNAL_ERROR    the backend's side; message kept
+unavailable)
+ProviderRateLimited        INVALID_REQUEST   upstream's ``retryAfterSeconds`` passed on
+=========================  ================  ==========================================
+
+Only an exception outside the tree is our bug: it is logged with its traceback and reported
+without its text (which may carry internals), as INTERNAL_ERROR or a generic tool error. Every
+class of the tree has a row; ``tests/server/test_errors.py`` fails on a subclass without one.
+The mapping is applied in one place per kind: ``tool_boundary`` wraps every tool function at
+registration and ``resource_boundary`` every resource read.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, ParamSpec, TypeVar
 
-from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
+from mcp import MCPError
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST
 
-from ..errors import ContainerMCPError, NotFound
+from ..errors import (
+    ContainerExpired,
+    ContainerMCPError,
+    ContainerNotFound,
+    ExecError,
+    FileNotFound,
+    FileTooLarge,
+    InvalidId,
+    InvalidPath,
+    InvalidRequest,
+    NotFound,
+    ProviderAuthError,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderUnavailable,
+    QuotaExceeded,
+    RateLimited,
+    SandboxUnavailable,
+    UnsafeConfiguration,
+    Unsupported,
+)
 
-__all__ = ["resource_errors", "tool_errors"]
+__all__ = ["ERROR_TABLE", "mcp_error", "resource_boundary", "resource_code", "tool_boundary"]
 
 log = logging.getLogger("container_mcp.server")
 
+ERROR_TABLE: dict[type[ContainerMCPError], int] = {
+    ContainerMCPError: INTERNAL_ERROR,
+    InvalidRequest: INVALID_PARAMS,
+    InvalidPath: INVALID_PARAMS,
+    InvalidId: INVALID_PARAMS,
+    NotFound: INVALID_PARAMS,
+    ContainerNotFound: INVALID_PARAMS,
+    FileNotFound: INVALID_PARAMS,
+    ContainerExpired: INVALID_PARAMS,
+    QuotaExceeded: INVALID_PARAMS,
+    FileTooLarge: INVALID_PARAMS,
+    RateLimited: INVALID_REQUEST,
+    Unsupported: INVALID_REQUEST,
+    UnsafeConfiguration: INTERNAL_ERROR,
+    ExecError: INTERNAL_ERROR,
+    SandboxUnavailable: INTERNAL_ERROR,
+    ProviderError: INTERNAL_ERROR,
+    ProviderAuthError: INTERNAL_ERROR,
+    ProviderRateLimited: INVALID_REQUEST,
+    ProviderUnavailable: INTERNAL_ERROR,
+}
+"""The JSON-RPC code of a resource read failing with each error (see the module docstring)."""
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def resource_code(exc: ContainerMCPError) -> int:
+    """The row of ``exc``'s class, or of its nearest ancestor with one."""
+    for cls in type(exc).__mro__:
+        if cls in ERROR_TABLE:
+            return ERROR_TABLE[cls]
+    return INTERNAL_ERROR  # unreachable: ContainerMCPError has a row
+
+
+def mcp_error(exc: ContainerMCPError, uri: str | None) -> MCPError:
+    """The JSON-RPC error a resource request (about ``uri``, if one) answers for ``exc``."""
+    data: dict[str, Any] = {"uri": uri} if uri is not None else {}
+    if exc.param is not None:
+        data["param"] = exc.param
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(retry_after, int | float):
+        data["retryAfterSeconds"] = max(1, round(retry_after))
+    return MCPError(resource_code(exc), exc.message, data)
+
+
+def tool_boundary(tool: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    """Wrap the tool function ``tool`` so every error reaches the model as a tool error with a usable message.
+
+    The wrapper keeps the function's signature (``functools.wraps``), from which the SDK builds
+    the tool's schema.
+    """
+
+    def wrap(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(fn)
+        async def bounded(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return await fn(*args, **kwargs)
+            except ContainerMCPError as exc:
+                raise ToolError(exc.message) from exc
+            except (ToolError, MCPError):
+                raise
+            except Exception as exc:
+                log.exception("unexpected error in tool %s", tool)
+                raise ToolError(
+                    f"Internal error in {tool} ({type(exc).__name__}); the operation may not have completed. "
+                    "Check its effect with the matching list or retrieve tool before retrying, and report it if "
+                    "it persists."
+                ) from exc
+
+        return bounded
+
+    return wrap
+
 
 @contextmanager
-def tool_errors(tool: str) -> Iterator[None]:
+def resource_boundary(uri: str | None) -> Iterator[None]:
+    """Map whatever a resource request (about ``uri``, if one) raises to its JSON-RPC error (``MCPError``)."""
     try:
         yield
     except ContainerMCPError as exc:
-        raise ToolError(exc.message) from exc
-    except ToolError:
+        raise mcp_error(exc, uri) from exc
+    except MCPError:
         raise
     except Exception as exc:
-        log.exception("unexpected error in tool %s", tool)
-        raise ToolError(
-            f"Internal error in {tool} ({type(exc).__name__}); the operation may not have completed. Check its "
-            "effect with the matching list or retrieve tool before retrying, and report it if it persists."
-        ) from exc
-
-
-@contextmanager
-def resource_errors(uri: str) -> Iterator[None]:
-    try:
-        yield
-    except NotFound as exc:
-        raise ResourceNotFoundError(exc.message) from exc
-    except ContainerMCPError as exc:
-        raise ResourceError(exc.message) from exc
-    except (ResourceError, ResourceNotFoundError):
-        raise
-    except Exception as exc:
-        log.exception("unexpected error reading %s", uri)
-        raise ResourceError(f"Internal error reading {uri} ({type(exc).__name__}).") from exc
+        log.exception("unexpected error in a resource request (%s)", uri)
+        what = f"reading {uri}" if uri is not None else "listing resources"
+        data = {"uri": uri} if uri is not None else None
+        raise MCPError(INTERNAL_ERROR, f"Internal error {what} ({type(exc).__name__}).", data) from exc

@@ -23,9 +23,7 @@ from mcp import MCPError
 from mcp.server import MCPServer
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.types import (
-    INTERNAL_ERROR,
     INVALID_PARAMS,
     BlobResourceContents,
     ListResourcesResult,
@@ -34,9 +32,9 @@ from mcp.types import (
     TextResourceContents,
 )
 
-from ..errors import ContainerMCPError, InvalidRequest
-from .errors import resource_errors
+from .errors import resource_boundary
 from .session import session_key
+from .surface import wire
 from .tools import ToolDeps, _is_text
 
 __all__ = ["register_resources"]
@@ -68,16 +66,15 @@ def register_resources(mcp: MCPServer, deps: ToolDeps) -> None:
     page_size = deps.settings.resource_page_size
     max_bytes = deps.settings.max_file_bytes
 
-    async def read_file(owner: str, uri: str, container_id: str, file_id: str) -> tuple[str, str | bytes]:
-        with resource_errors(uri):
-            meta, data = await service.read_bytes(owner, container_id, file_id, length=max_bytes)
-            mime = meta.mime_type or "application/octet-stream"
-            if _is_text(mime):
-                try:
-                    return mime, data.decode("utf-8")
-                except UnicodeDecodeError:
-                    pass
-            return mime, data
+    async def read_file(owner: str, container_id: str, file_id: str) -> tuple[str, str | bytes]:
+        meta, data = await service.read_bytes(owner, container_id, file_id, length=max_bytes)
+        mime = meta.mime_type or "application/octet-stream"
+        if _is_text(mime):
+            try:
+                return mime, data.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        return mime, data
 
     @mcp.resource(
         FILE_TEMPLATE,
@@ -86,44 +83,40 @@ def register_resources(mcp: MCPServer, deps: ToolDeps) -> None:
         mime_type="application/octet-stream",
     )
     async def container_file(container_id: str, file_id: str, ctx: Context) -> bytes:
+        # Registered so clients discover the template; reads are answered by read_middleware.
         owner = session_key(ctx.request_context, deps.settings.stdio_session_key)
-        uri = f"container://{container_id}/files/{file_id}"
-        _, content = await read_file(owner, uri, container_id, file_id)
+        with resource_boundary(f"container://{container_id}/files/{file_id}"):
+            _, content = await read_file(owner, container_id, file_id)
         return content.encode("utf-8") if isinstance(content, str) else content
+
+    async def read(ctx: ServerRequestContext[Any, Any], uri: str, owner: str) -> ReadResourceResult | None:
+        if uri == CAPABILITIES_URI:
+            text = service.capabilities.model_dump_json(indent=2)
+            return ReadResourceResult(contents=[TextResourceContents(uri=uri, text=text, mime_type="application/json")])
+        if uri == USAGE_URI:
+            usage = await service.usage(owner)
+            return ReadResourceResult(
+                contents=[
+                    TextResourceContents(uri=uri, text=usage.model_dump_json(indent=2), mime_type="application/json")
+                ]
+            )
+        match = _FILE_URI.fullmatch(uri)
+        if match is None:
+            return None
+        mime, content = await read_file(owner, match[1], match[2])
+        if isinstance(content, str):
+            return ReadResourceResult(contents=[TextResourceContents(uri=uri, text=content, mime_type=mime)])
+        blob = base64.b64encode(content).decode("ascii")
+        return ReadResourceResult(contents=[BlobResourceContents(uri=uri, blob=blob, mime_type=mime)])
 
     async def read_middleware(ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
         if ctx.method != "resources/read":
             return await call_next(ctx)
         uri = str((ctx.params or {}).get("uri", ""))
         owner = session_key(ctx, deps.settings.stdio_session_key)
-        try:
-            if uri == CAPABILITIES_URI:
-                text = service.capabilities.model_dump_json(indent=2)
-                return ReadResourceResult(
-                    contents=[TextResourceContents(uri=uri, text=text, mime_type="application/json")]
-                )
-            if uri == USAGE_URI:
-                with resource_errors(uri):
-                    usage = await service.usage(owner)
-                return ReadResourceResult(
-                    contents=[
-                        TextResourceContents(
-                            uri=uri, text=usage.model_dump_json(indent=2), mime_type="application/json"
-                        )
-                    ]
-                )
-            match = _FILE_URI.fullmatch(uri)
-            if match is None:
-                return await call_next(ctx)
-            mime, content = await read_file(owner, uri, match[1], match[2])
-        except ResourceNotFoundError as exc:
-            raise MCPError(INVALID_PARAMS, str(exc), {"uri": uri}) from exc
-        except ResourceError as exc:
-            raise MCPError(INTERNAL_ERROR, str(exc), {"uri": uri}) from exc
-        if isinstance(content, str):
-            return ReadResourceResult(contents=[TextResourceContents(uri=uri, text=content, mime_type=mime)])
-        blob = base64.b64encode(content).decode("ascii")
-        return ReadResourceResult(contents=[BlobResourceContents(uri=uri, blob=blob, mime_type=mime)])
+        with resource_boundary(uri):
+            result = await read(ctx, uri, owner)
+        return wire(ctx, result) if result is not None else await call_next(ctx)
 
     async def list_middleware(ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
         if ctx.method != "resources/list":
@@ -149,12 +142,8 @@ def register_resources(mcp: MCPServer, deps: ToolDeps) -> None:
                     mime_type="application/json",
                 ),
             ]
-        try:
+        with resource_boundary(None):
             files, cursor = await service.file_index(owner, after=after, limit=page_size)
-        except InvalidRequest as exc:
-            raise MCPError(INVALID_PARAMS, exc.message) from exc
-        except ContainerMCPError as exc:
-            raise MCPError(INTERNAL_ERROR, exc.message) from exc
         for f in files:
             resources.append(
                 Resource(
@@ -166,9 +155,10 @@ def register_resources(mcp: MCPServer, deps: ToolDeps) -> None:
                     size=f.bytes,
                 )
             )
-        return ListResourcesResult(
+        listed = ListResourcesResult(
             resources=resources, next_cursor=_encode_cursor(cursor) if cursor is not None else None
         )
+        return wire(ctx, listed)
 
     mcp.middleware.append(read_middleware)
     mcp.middleware.append(list_middleware)

@@ -11,16 +11,16 @@ import base64 as b64
 import codecs
 import contextlib
 import shlex
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import FileTooLarge, InvalidRequest
 from ..inline import InlineBudget, reserved_by_gate, spool_inline
@@ -42,25 +42,57 @@ from ..providers.base import ExecRequest, ExecResult
 from ..service import ContainerService, SessionUsage
 from ..settings import Settings
 from ..uploads import HostFileUpload
-from .errors import tool_errors
+from .errors import tool_boundary
 from .host_files import host_upload
 from .session import session_key
 
 __all__ = ["FileChunk", "register_tools"]
 
-ContainerId = Annotated[str, Field(description="The container's id ('cntr_...').")]
-FileId = Annotated[str, Field(description="The file's id ('cfile_...').")]
+ContainerId = Annotated[str, Field(description="Container id ('cntr_...').")]
+FileId = Annotated[str, Field(description="File id ('cfile_...').")]
 Limit = Annotated[int, Field(ge=1, le=100, description="Page size, 1-100.")]
-OrderArg = Annotated[Order, Field(description="'desc' (newest first) or 'asc', by created_at.")]
-After = Annotated[str | None, Field(description="Cursor: the last_id of the previous page; omit for the first page.")]
+OrderArg = Annotated[Order, Field(description="By created_at: 'desc' (newest first) or 'asc'.")]
+After = Annotated[str | None, Field(description="The previous page's last_id; omit for the first.")]
 
 TimeoutArg = Annotated[
     float,
     Field(
         gt=0,
-        description="Seconds before the command and all its processes are killed (server maximum: 600 by default).",
+        description="Seconds before it is killed with all its processes (server maximum: 600 by default).",
     ),
 ]
+
+ToolFn = TypeVar("ToolFn", bound=Callable[..., Awaitable[Any]])
+
+
+class NetworkPolicyArg(BaseModel):
+    """``NetworkPolicy`` as an argument: the same fields, closed, with its cross-field rule checked
+    in the tool (``_network_policy``) so a violation is one sentence, not a validation dump."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["disabled", "allowlist"] = "disabled"
+    allowed_domains: list[str] | None = None
+
+
+def _network_policy(arg: NetworkPolicyArg | None) -> NetworkPolicy:
+    if arg is None:
+        return NetworkPolicy()
+    try:
+        return NetworkPolicy(type=arg.type, allowed_domains=arg.allowed_domains)
+    except ValidationError as exc:
+        reason = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise InvalidRequest(f"{reason}. Nothing was created.", param="network_policy") from None
+
+
+class EnvVar(BaseModel):
+    """One environment variable of a command."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=256, description="The variable's name.")
+    value: str = Field(max_length=1 << 16, description="Its value.")
+
 
 _TEXT_TYPES = ("application/json", "application/xml", "application/javascript", "application/x-sh")
 
@@ -152,11 +184,25 @@ async def _inline_upload(ctx: Context, deps: ToolDeps, value: str, encoding: str
             spooled.close()
 
 
+def _registrar(mcp: MCPServer) -> Callable[..., Callable[[ToolFn], ToolFn]]:
+    """``mcp.tool`` with the boundary's error mapping applied: the one way a tool is registered here."""
+
+    def tool(**kwargs: Any) -> Callable[[ToolFn], ToolFn]:
+        def register(fn: ToolFn) -> ToolFn:
+            mcp.tool(**kwargs)(tool_boundary(fn.__name__)(fn))
+            return fn
+
+        return register
+
+    return tool
+
+
 def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
     """Register every tool the provider can serve on ``mcp``."""
     service = deps.service
+    tool = _registrar(mcp)
 
-    @mcp.tool(
+    @tool(
         title="Create container",
         annotations=ToolAnnotations(
             read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
@@ -164,39 +210,34 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
     )
     async def container_create(
         ctx: Context,
-        name: Annotated[str, Field(min_length=1, max_length=256, description="A name for the container.")],
+        name: Annotated[str, Field(min_length=1, max_length=256, description="Container name.")],
         expires_after_minutes: Annotated[
-            int, Field(ge=1, le=1440, description="Minutes of inactivity before it expires (1-1440).")
+            int, Field(ge=1, le=1440, description="Minutes without use before it expires.")
         ] = 20,
-        memory_limit: Annotated[MemoryLimit, Field(description="Memory for commands: 1g, 4g, 16g or 64g.")] = "1g",
+        memory_limit: Annotated[MemoryLimit, Field(description="Memory for commands.")] = "1g",
         network_policy: Annotated[
-            NetworkPolicy | None,
+            NetworkPolicyArg | None,
             Field(
-                description="Outbound network for commands: {'type': 'disabled'} (default) or "
-                "{'type': 'allowlist', 'allowed_domains': ['pypi.org', '*.pythonhosted.org']}: host names (no "
-                "URL, path or port) or public IP addresses; see container://capabilities."
+                description="Commands' outbound network: {'type': 'disabled'} (default) or {'type': 'allowlist', "
+                "'allowed_domains': ['pypi.org', '*.pythonhosted.org']} (host names or public IPs, no URL or port)."
             ),
         ] = None,
         file_ids: Annotated[
             list[str] | None, Field(description="Files to copy in: 'cfile_...' ids from your other containers.")
         ] = None,
     ) -> Container:
-        """Create a new, empty container with its own /mnt/data.
+        """Create an empty container with its own /mnt/data. It expires after expires_after_minutes
+        without use (any operation on it is use). Keep the returned id."""
+        spec = ContainerSpec(
+            name=name,
+            expires_after=ExpiresAfter(minutes=expires_after_minutes),
+            memory_limit=memory_limit,
+            network_policy=_network_policy(network_policy),
+            file_ids=file_ids or [],
+        )
+        return await service.create_container(deps.owner(ctx), spec)
 
-        Files persist until the container is deleted or expires after `expires_after_minutes` without
-        use (every operation on it counts as use). Returns the container; keep its `id`.
-        """
-        with tool_errors("container_create"):
-            spec = ContainerSpec(
-                name=name,
-                expires_after=ExpiresAfter(minutes=expires_after_minutes),
-                memory_limit=memory_limit,
-                network_policy=network_policy or NetworkPolicy(),
-                file_ids=file_ids or [],
-            )
-            return await service.create_container(deps.owner(ctx), spec)
-
-    @mcp.tool(title="List containers", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    @tool(title="List containers", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def container_list(
         ctx: Context,
         limit: Limit = 20,
@@ -204,23 +245,18 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
         after: After = None,
         name: Annotated[str | None, Field(description="Only containers with exactly this name.")] = None,
     ) -> ContainerList:
-        """List this session's containers (expired ones too, with status 'expired'), newest first.
+        """List this session's containers, expired ones too. Paged: while has_more, pass last_id as after."""
+        page = await service.list_containers(
+            deps.owner(ctx), ListParams(limit=limit, order=order, after=after, name=name)
+        )
+        return ContainerList(**page.model_dump())
 
-        Paged: while `has_more` is true, call again with `after` set to `last_id`.
-        """
-        with tool_errors("container_list"):
-            page = await service.list_containers(
-                deps.owner(ctx), ListParams(limit=limit, order=order, after=after, name=name)
-            )
-            return ContainerList(**page.model_dump())
-
-    @mcp.tool(title="Retrieve container", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    @tool(title="Retrieve container", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def container_retrieve(ctx: Context, container_id: ContainerId) -> Container:
-        """Get one container: its status ('running' or 'expired'), limits and expiry time (`expires_at`)."""
-        with tool_errors("container_retrieve"):
-            return await service.get_container(deps.owner(ctx), container_id)
+        """Get one container: status ('running' or 'expired'), limits, expires_at (Unix seconds)."""
+        return await service.get_container(deps.owner(ctx), container_id)
 
-    @mcp.tool(
+    @tool(
         title="Delete container",
         annotations=ToolAnnotations(
             read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
@@ -228,10 +264,9 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
     )
     async def container_delete(ctx: Context, container_id: ContainerId) -> ContainerDeleted:
         """Delete a container and all its files, permanently."""
-        with tool_errors("container_delete"):
-            return await service.delete_container(deps.owner(ctx), container_id)
+        return await service.delete_container(deps.owner(ctx), container_id)
 
-    @mcp.tool(
+    @tool(
         title="Create file",
         annotations=ToolAnnotations(
             read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
@@ -246,36 +281,28 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
         source_path: Annotated[
             str | None,
             Field(
-                description="An absolute host path to copy from: only under the server's --allow-path "
-                "directories and, if the client declares roots, under one of those too."
+                description="Absolute host path to copy from: under the server's --allow-path dirs (and "
+                "the client's roots, if any)."
             ),
         ] = None,
     ) -> ContainerFile:
-        """Put a file in a container under /mnt/data, from exactly one of `text`, `base64` or `source_path`.
+        """Put a file under /mnt/data from exactly one of text, base64 or source_path. A file at the same
+        path is replaced where container://capabilities says file_paths 'exact'."""
+        given = [v is not None for v in (text, base64, source_path)]
+        if sum(given) != 1:
+            raise InvalidRequest("Give exactly one of text, base64 or source_path as the file's content.", param="text")
+        if source_path is not None:
+            host_file = await host_upload(ctx, deps.settings, source_path)
+            try:
+                return await service.create_file(deps.owner(ctx), container_id, path, host_file)
+            finally:
+                host_file.close()
+        value, encoding = (text, "text") if text is not None else (base64, "base64")
+        assert value is not None
+        async with _inline_upload(ctx, deps, value, encoding) as spooled:
+            return await service.create_file(deps.owner(ctx), container_id, path, spooled)
 
-        Where the provider keeps the path you give (container://capabilities: file_paths "exact"), a
-        file already at that path is replaced; where it keeps only the name ("basename"), every upload
-        is a new file. Returns the file; read it back with file_read or the resource
-        container://{container_id}/files/{file_id}.
-        """
-        with tool_errors("file_create"):
-            given = [v is not None for v in (text, base64, source_path)]
-            if sum(given) != 1:
-                raise InvalidRequest(
-                    "Give exactly one of text, base64 or source_path as the file's content.", param="text"
-                )
-            if source_path is not None:
-                host_file = await host_upload(ctx, deps.settings, source_path)
-                try:
-                    return await service.create_file(deps.owner(ctx), container_id, path, host_file)
-                finally:
-                    host_file.close()
-            value, encoding = (text, "text") if text is not None else (base64, "base64")
-            assert value is not None
-            async with _inline_upload(ctx, deps, value, encoding) as spooled:
-                return await service.create_file(deps.owner(ctx), container_id, path, spooled)
-
-    @mcp.tool(title="List files", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    @tool(title="List files", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def file_list(
         ctx: Context,
         container_id: ContainerId,
@@ -284,19 +311,17 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
         after: After = None,
     ) -> FileList:
         """List a container's files, newest first. Paged like container_list."""
-        with tool_errors("file_list"):
-            page = await service.list_files(
-                deps.owner(ctx), container_id, ListParams(limit=limit, order=order, after=after)
-            )
-            return FileList(**page.model_dump())
+        page = await service.list_files(
+            deps.owner(ctx), container_id, ListParams(limit=limit, order=order, after=after)
+        )
+        return FileList(**page.model_dump())
 
-    @mcp.tool(title="Retrieve file", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    @tool(title="Retrieve file", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def file_retrieve(ctx: Context, container_id: ContainerId, file_id: FileId) -> ContainerFile:
-        """Get one file's metadata: path, size in bytes, MIME type, SHA-256."""
-        with tool_errors("file_retrieve"):
-            return await service.get_file(deps.owner(ctx), container_id, file_id)
+        """Get one file's metadata: path, bytes, MIME type, SHA-256."""
+        return await service.get_file(deps.owner(ctx), container_id, file_id)
 
-    @mcp.tool(
+    @tool(
         title="Delete file",
         annotations=ToolAnnotations(
             read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
@@ -304,65 +329,60 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
     )
     async def file_delete(ctx: Context, container_id: ContainerId, file_id: FileId) -> FileDeleted:
         """Delete one file from a container, permanently."""
-        with tool_errors("file_delete"):
-            return await service.delete_file(deps.owner(ctx), container_id, file_id)
+        return await service.delete_file(deps.owner(ctx), container_id, file_id)
 
-    @mcp.tool(title="Read file", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    @tool(title="Read file", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def file_read(
         ctx: Context,
         container_id: ContainerId,
         file_id: FileId,
         offset: Annotated[int, Field(ge=0, description="Byte offset to start at.")] = 0,
         max_bytes: Annotated[
-            int, Field(ge=1, le=1 << 20, description="Most bytes to return (default 64 KiB, at most 1 MiB).")
+            int, Field(ge=1, le=1 << 20, description="Most bytes to return (at most 1 MiB).")
         ] = deps.settings.read_chunk_bytes,
     ) -> FileChunk:
-        """Read part of a file: text as text, binary as base64. For large files, read in chunks
-        using `next_offset`; or read the whole file as the resource in `resource_uri`."""
-        with tool_errors("file_read"):
-            meta, data = await service.read_bytes(
-                deps.owner(ctx), container_id, file_id, offset=offset, length=max_bytes
+        """Read part of a file: text as text, binary as base64. Continue from next_offset until eof, or
+        read the whole file as the resource at resource_uri."""
+        meta, data = await service.read_bytes(deps.owner(ctx), container_id, file_id, offset=offset, length=max_bytes)
+        total = meta.bytes
+        mime = meta.mime_type or "application/octet-stream"
+        at_eof = total is not None and offset + len(data) >= total or len(data) < max_bytes
+        decoded = _decode_text(data, at_eof) if (_is_text(mime) or mime == "application/octet-stream") else None
+        # consumed 0: max_bytes is smaller than the one character there; base64 always progresses
+        if decoded is not None and decoded[1] > 0 and (_is_text(mime) or b"\x00" not in data):
+            content, consumed = decoded
+            encoding: Literal["text", "base64"] = "text"
+        else:
+            content, consumed = b64.b64encode(data).decode("ascii"), len(data)
+            encoding = "base64"
+        next_offset = None if at_eof and consumed == len(data) else offset + consumed
+        hint = None
+        if next_offset is not None:
+            left = f" of {total}" if total is not None else ""
+            hint = (
+                f"Returned bytes {offset}-{offset + consumed}{left}. Call file_read again with "
+                f"offset={next_offset} for the rest."
             )
-            total = meta.bytes
-            mime = meta.mime_type or "application/octet-stream"
-            at_eof = total is not None and offset + len(data) >= total or len(data) < max_bytes
-            decoded = _decode_text(data, at_eof) if (_is_text(mime) or mime == "application/octet-stream") else None
-            # consumed 0: max_bytes is smaller than the one character there; base64 always progresses
-            if decoded is not None and decoded[1] > 0 and (_is_text(mime) or b"\x00" not in data):
-                content, consumed = decoded
-                encoding: Literal["text", "base64"] = "text"
-            else:
-                content, consumed = b64.b64encode(data).decode("ascii"), len(data)
-                encoding = "base64"
-            next_offset = None if at_eof and consumed == len(data) else offset + consumed
-            hint = None
-            if next_offset is not None:
-                left = f" of {total}" if total is not None else ""
-                hint = (
-                    f"Returned bytes {offset}-{offset + consumed}{left}. Call file_read again with "
-                    f"offset={next_offset} for the rest."
-                )
-            return FileChunk(
-                file_id=meta.id,
-                container_id=meta.container_id,
-                path=meta.path,
-                mime_type=mime,
-                encoding=encoding,
-                content=content,
-                offset=offset,
-                bytes_read=consumed,
-                total_bytes=total,
-                eof=next_offset is None,
-                next_offset=next_offset,
-                hint=hint,
-                resource_uri=f"container://{meta.container_id}/files/{meta.id}",
-            )
+        return FileChunk(
+            file_id=meta.id,
+            container_id=meta.container_id,
+            path=meta.path,
+            mime_type=mime,
+            encoding=encoding,
+            content=content,
+            offset=offset,
+            bytes_read=consumed,
+            total_bytes=total,
+            eof=next_offset is None,
+            next_offset=next_offset,
+            hint=hint,
+            resource_uri=f"container://{meta.container_id}/files/{meta.id}",
+        )
 
-    @mcp.tool(title="Session usage", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    @tool(title="Session usage", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def session_usage(ctx: Context) -> SessionUsage:
-        """This session's usage against every quota: containers, stored bytes, calls per minute."""
-        with tool_errors("session_usage"):
-            return await service.usage(deps.owner(ctx))
+        """This session's usage of every quota: containers, stored bytes, calls per minute."""
+        return await service.usage(deps.owner(ctx))
 
     if service.capabilities.exec:
         _register_exec(mcp, deps)
@@ -371,8 +391,9 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
 def _register_exec(mcp: MCPServer, deps: ToolDeps) -> None:
     service = deps.service
     settings = deps.settings
+    tool = _registrar(mcp)
 
-    @mcp.tool(
+    @tool(
         title="Run command in container",
         annotations=ToolAnnotations(
             read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
@@ -387,42 +408,49 @@ def _register_exec(mcp: MCPServer, deps: ToolDeps) -> None:
         ],
         timeout_s: TimeoutArg = settings.exec_default_timeout_s,
         stdin: Annotated[str | None, Field(description="Text fed to the command's standard input.")] = None,
-        env: Annotated[dict[str, str] | None, Field(description="Extra environment variables.")] = None,
+        env: Annotated[
+            list[EnvVar] | None,
+            Field(max_length=256, description="Extra environment variables: [{'name': 'K', 'value': 'v'}]."),
+        ] = None,
         workdir: Annotated[str, Field(description="Working directory, under /mnt/data.")] = MOUNT,
     ) -> ExecResult:
-        """Run a command in the container's sandbox, with its files at /mnt/data.
-
-        Returns exit code, stdout, stderr (each capped, with totals), duration, and the files the
-        command created, changed or deleted, which are container files at once. The sandbox has no
-        network unless the container's network_policy allows domains.
-        """
-        with tool_errors("container_exec"):
-            if timeout_s > settings.exec_max_timeout_s:
-                raise InvalidRequest(
-                    f"timeout_s {timeout_s:g} is over the server's maximum of {settings.exec_max_timeout_s:g} s. "
-                    "Use a shorter timeout, split the work, or ask the operator to raise "
-                    "CONTAINER_MCP_EXEC_MAX_TIMEOUT_S.",
-                    param="timeout_s",
-                )
-            argv = ["sh", "-c", command] if isinstance(command, str) else list(command)
-            if not argv or not argv[0]:
-                raise InvalidRequest("command is empty; give an argv list or a shell string.", param="command")
-            request = ExecRequest(
-                argv=argv,
-                timeout_s=timeout_s,
-                stdin=_utf8(stdin, "stdin") if stdin is not None else None,
-                env=env or {},
-                workdir=workdir,
-                max_output_bytes=settings.exec_max_output_bytes,
+        """Run a command in the container's sandbox (files at /mnt/data; no network unless the container's
+        network_policy allows domains). Returns exit code, capped stdout/stderr and the files it changed."""
+        if timeout_s > settings.exec_max_timeout_s:
+            raise InvalidRequest(
+                f"timeout_s {timeout_s:g} is over the server's maximum of {settings.exec_max_timeout_s:g} s. "
+                "Use a shorter timeout, split the work, or ask the operator to raise "
+                "CONTAINER_MCP_EXEC_MAX_TIMEOUT_S.",
+                param="timeout_s",
             )
+        argv = ["sh", "-c", command] if isinstance(command, str) else list(command)
+        if not argv or not argv[0]:
+            raise InvalidRequest("command is empty; give an argv list or a shell string.", param="command")
+        request = ExecRequest(
+            argv=argv,
+            timeout_s=timeout_s,
+            stdin=_utf8(stdin, "stdin") if stdin is not None else None,
+            env=_env(env or []),
+            workdir=workdir,
+            max_output_bytes=settings.exec_max_output_bytes,
+        )
 
-            async def progress(elapsed: float, message: str) -> None:
-                await ctx.report_progress(elapsed, timeout_s, message)
+        async def progress(elapsed: float, message: str) -> None:
+            await ctx.report_progress(elapsed, timeout_s, message)
 
-            result = await service.exec(deps.owner(ctx), container_id, request, progress=progress)
-            if result.timed_out:
-                raise ToolError(_timeout_message(argv, timeout_s, settings, result))
-            return result
+        result = await service.exec(deps.owner(ctx), container_id, request, progress=progress)
+        if result.timed_out:
+            raise ToolError(_timeout_message(argv, timeout_s, settings, result))
+        return result
+
+
+def _env(variables: list[EnvVar]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for var in variables:
+        if var.name in env:
+            raise InvalidRequest(f"env sets {var.name!r} twice; give each name once.", param="env")
+        env[var.name] = var.value
+    return env
 
 
 def _timeout_message(argv: list[str], timeout_s: float, settings: Settings, result: ExecResult) -> str:
