@@ -280,7 +280,7 @@ async def test_exec_records_the_exit_code_and_the_seconds_run(tmp_path: Path, cl
                 secret_env = "env-value-never-logged-77"
                 await ok(
                     client, "container_exec", container_id=c["id"], command=["sh", "-c", "exit 3"],
-                    env={"TOKEN": secret_env},
+                    env=[{"name": "TOKEN", "value": secret_env}],
                 )  # fmt: skip
             run = records(s.audit)[-1]
             assert (run["operation"], run["exit_code"], run["outcome"]) == ("container_exec", 3, "ok")
