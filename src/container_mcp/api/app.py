@@ -46,7 +46,15 @@ from ..service import ContainerService
 from ..settings import Settings
 from . import files
 from .auth import BearerAuth
-from .bodies import container_spec, list_params, read_json, require_json
+from .bodies import (
+    CONTAINER_LIST_QUERY,
+    FILE_LIST_QUERY,
+    check_query,
+    container_spec,
+    list_params,
+    read_json,
+    require_json,
+)
 from .errors import SERVER, api_error_response, error_response
 from .middleware import RequestHeaders
 from .openapi import openapi_document
@@ -119,6 +127,10 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
 """(method, path under /v1, handler, OpenAI operationId); ``openapi.py`` describes the same list."""
 
 
+QUERY: dict[Handler, tuple[str, ...]] = {list_containers: CONTAINER_LIST_QUERY, list_files: FILE_LIST_QUERY}
+"""The query parameters each route takes (none where unlisted); any other is refused with 400."""
+
+
 def _request_id(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", "-"))
 
@@ -128,6 +140,7 @@ def _endpoint(service: ContainerService, handlers: dict[str, Handler]) -> Callab
         owner = str(request.scope["state"]["owner"])
         handler = handlers["GET" if request.method == "HEAD" else request.method]
         try:
+            check_query(request.query_params, QUERY.get(handler, ()))
             return await handler(service, request, owner)
         except ContainerMCPError as exc:
             log.debug("%s %s %s -> %s", _request_id(request), request.method, request.url.path, type(exc).__name__)

@@ -58,6 +58,7 @@ from ..errors import (
     SandboxUnavailable,
     UnsafeConfiguration,
     Unsupported,
+    render,
 )
 
 __all__ = [
@@ -141,7 +142,7 @@ def _message(exc: ContainerMCPError) -> str:
             "were discarded; an expired container cannot be reactivated. Create a new container "
             "(POST /v1/containers) and upload the files again."
         )
-    return exc.message
+    return render(exc, "rest")
 
 
 def api_error_response(

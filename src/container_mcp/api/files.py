@@ -28,7 +28,7 @@ from ..models import ContainerFile
 from ..paths import MOUNT
 from ..service import ContainerService
 from ..uploads import StreamUpload
-from .bodies import read_json, require_json
+from .bodies import check_fields, read_json, require_json
 from .multipart import MultipartReader, drain
 from .wire import content_disposition, content_type
 
@@ -56,6 +56,7 @@ async def create_file(service: ContainerService, owner: str, container_id: str, 
         return await _create_multipart(service, owner, container_id, request, ctype)
     require_json(ctype)
     body = await read_json(request.stream())
+    check_fields(body, {"": ("file_id",)})
     file_id = body.get("file_id")
     if file_id is None:
         raise InvalidRequest(

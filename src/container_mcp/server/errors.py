@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 
-from ..errors import ContainerMCPError, NotFound
+from ..errors import ContainerMCPError, NotFound, render
 
 __all__ = ["resource_errors", "tool_errors"]
 
@@ -26,7 +26,7 @@ def tool_errors(tool: str) -> Iterator[None]:
     try:
         yield
     except ContainerMCPError as exc:
-        raise ToolError(exc.message) from exc
+        raise ToolError(render(exc, "mcp")) from exc
     except ToolError:
         raise
     except Exception as exc:
@@ -42,9 +42,9 @@ def resource_errors(uri: str) -> Iterator[None]:
     try:
         yield
     except NotFound as exc:
-        raise ResourceNotFoundError(exc.message) from exc
+        raise ResourceNotFoundError(render(exc, "mcp")) from exc
     except ContainerMCPError as exc:
-        raise ResourceError(exc.message) from exc
+        raise ResourceError(render(exc, "mcp")) from exc
     except (ResourceError, ResourceNotFoundError):
         raise
     except Exception as exc:

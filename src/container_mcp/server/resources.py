@@ -34,7 +34,7 @@ from mcp.types import (
     TextResourceContents,
 )
 
-from ..errors import ContainerMCPError, InvalidRequest
+from ..errors import ContainerMCPError, InvalidRequest, render
 from .errors import resource_errors
 from .session import session_key
 from .tools import ToolDeps, _is_text
@@ -152,9 +152,9 @@ def register_resources(mcp: MCPServer, deps: ToolDeps) -> None:
         try:
             files, cursor = await service.file_index(owner, after=after, limit=page_size)
         except InvalidRequest as exc:
-            raise MCPError(INVALID_PARAMS, exc.message) from exc
+            raise MCPError(INVALID_PARAMS, render(exc, "mcp")) from exc
         except ContainerMCPError as exc:
-            raise MCPError(INTERNAL_ERROR, exc.message) from exc
+            raise MCPError(INTERNAL_ERROR, render(exc, "mcp")) from exc
         for f in files:
             resources.append(
                 Resource(
