@@ -133,9 +133,9 @@ def _samples() -> list[ContainerMCPError]:
         ProviderUnavailable("The backend failed.", hint=CREATE_CONTAINER.check),
         ProviderUnavailable("The backend failed.", hint=upload_call(CID, "a.txt").check),
     ]
-    for bad in (lambda: check_container_id("x"), lambda: check_file_id("x")):
+    for check in (check_container_id, check_file_id):
         with pytest.raises(InvalidId) as info:
-            bad()
+            check("x")
         out.append(info.value)
     store.commit_container(store.reserve_container("s", "one", 0.0, LIMITS), CID, 0)
     for over in (
