@@ -15,9 +15,11 @@ pytestmark = [pytest.mark.anyio, pytest.mark.sandbox]
 
 
 def _run_cgroups(probe_parent: Path | None) -> list[str]:
+    """This process's run groups. The parent is shared by every server of this user on the host;
+    groups are named ``run-<server pid>-<random>``, so another live server's are not ours to count."""
     if probe_parent is None or not probe_parent.is_dir():
         return []
-    return sorted(p.name for p in probe_parent.iterdir() if p.name.startswith("run-"))
+    return sorted(p.name for p in probe_parent.iterdir() if p.name.startswith(f"run-{os.getpid()}-"))
 
 
 def _children() -> set[int]:

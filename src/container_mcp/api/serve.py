@@ -22,7 +22,7 @@ async def serve_api(settings: Settings, host: str, port: int) -> None:
 
     Refuses to start (``UnsafeConfiguration``, before opening anything) without API keys or OAuth
     unless ``host`` is a loopback address. With ``port`` 0 the OS picks one; the ``listening on``
-    log line (INFO) names it.
+    log line (WARNING, shown by default) names it.
     """
     refuse_unauthenticated_exposure(host, authenticated=settings.auth_enabled(), command="container-mcp api")
     try:
