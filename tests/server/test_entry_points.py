@@ -65,11 +65,10 @@ async def test_http_entry_points_say_where_they_listen_and_honour_options_before
         url, seen = await _listening(proc)
         assert url.endswith(path) and not url.endswith(":0" + path)
         if path == "/v1":
-            async with AsyncOpenAI(base_url=url, api_key="unused-on-loopback", max_retries=0) as client:
-                assert (await client.containers.create(name="cli")).status == "running"
+            async with AsyncOpenAI(base_url=url, api_key="unused-on-loopback", max_retries=0) as sdk:
+                assert (await sdk.containers.create(name="cli")).status == "running"
         else:
-            client = Client(sse_client(url)) if path == "/sse" else Client(url, mode="legacy")
-            async with client:
+            async with Client(sse_client(url)) if path == "/sse" else Client(url, mode="legacy") as client:
                 assert (await structured(client, "container_create", name="cli"))["status"] == "running"
         rest = await _stop(proc)
     finally:
