@@ -25,6 +25,8 @@ HOSTILE_ENVIRONMENT = {
     "CONTAINER_MCP_DATA_DIR": "/nonexistent/container-mcp-tests",
     "CONTAINER_MCP_PROVIDER": "openai",
     "CONTAINER_MCP_ALLOWED_HOSTS": "hostile.invalid",
+    "CONTAINER_MCP_MAX_FILE_BYTES": "1",
+    "CONTAINER_MCP_LOG_LEVEL": "CRITICAL",
     "OPENAI_API_KEY": "sk-hostile-exported-openai-key",
     "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
 }

@@ -115,6 +115,14 @@ async def test_file_copy_body_refuses_unknown_fields(client: AsyncOpenAI, api: L
     assert (await client.containers.files.list(other)).data == []
 
 
+async def test_upload_refuses_unknown_fields(client: AsyncOpenAI) -> None:
+    cid = (await client.containers.create(name="up")).id
+    with pytest.raises(BadRequestError) as info:
+        await client.containers.files.create(cid, file=("a.txt", b"a"), extra_body={"path": "/mnt/data/b/a.txt"})
+    assert info.value.param == "path" and info.value.code == "unknown_parameter"
+    assert (await client.containers.files.list(cid)).data == []
+
+
 async def test_the_documents_say_what_is_supported(api: LiveApi) -> None:
     async with httpx2.AsyncClient(base_url=api.origin) as http:
         document = (await http.get("/openapi.json")).json()
