@@ -1,7 +1,9 @@
 """The entry point: ``container-mcp [serve] ...`` and ``container-mcp api ...``.
 
-Flags override ``CONTAINER_MCP_*`` environment variables, which override defaults. Logs go to
-stderr only: stdout belongs to the stdio transport.
+Flags override ``CONTAINER_MCP_*`` environment variables, which override defaults. A flag may be
+written before or after the subcommand (after wins; repeatable ones add up); one that does not
+apply to the chosen command is refused, never ignored. Logs go to stderr only: stdout belongs to
+the stdio transport.
 """
 
 from __future__ import annotations
@@ -85,8 +87,8 @@ def _common(p: argparse.ArgumentParser, top: bool) -> None:
 
 
 def _repeatable(p: argparse.ArgumentParser, top: bool, flag: str, metavar: str, help_text: str) -> None:
-    # A subcommand collects its own list (dest "<name>_after"); main() appends it to the one
-    # written before the subcommand, so "--allow-path A serve --allow-path B" allows both.
+    # A subcommand collects its own list (dest "<name>_after_command"); parse_args appends it to
+    # the one written before the subcommand, so "--allow-path A serve --allow-path B" allows both.
     dest = flag.removeprefix("--").replace("-", "_") + ("" if top else _AFTER)
     p.add_argument(
         flag, action="append", metavar=metavar, dest=dest, default=None if top else argparse.SUPPRESS, help=help_text
