@@ -21,8 +21,10 @@ GET      /containers/{container_id}/files/{file_id}/...   RetrieveContainerFileC
 plus ``GET /openapi.json``. Middleware, outermost first: ``RequestHeaders`` (x-request-id on
 everything), ``HostOriginCheck`` (421/403 for a foreign Host or Origin: DNS rebinding, cross-site
 requests; see ``origin.py``), ``BearerAuth`` (owner per API key, 401 otherwise). JSON bodies are
-taken only with a JSON content type (415 otherwise). Each route is a small function of
-(service, request, owner); ``_endpoint`` turns the error tree into responses through
+taken only with a JSON content type (415 otherwise). A query parameter a route does not take
+(``QUERY``) is refused with 400 naming it, as are unknown body fields (``bodies.py``). Each
+route is a small function of (service, request, owner); ``_endpoint`` turns the error tree into
+responses through
 ``errors.error_response``, the one mapping. Headers the SDKs add (``x-stainless-*``,
 ``OpenAI-Organization``, ``OpenAI-Project``) and a ``Content-Type`` on bodiless requests are
 ignored.

@@ -1,6 +1,8 @@
 """The single outbound mapping of the REST API: ContainerMCPError -> OpenAI's error envelope.
 
-Every error answers ``{"error": {"message", "type", "param", "code"}}`` with the status below.
+Every error answers ``{"error": {"message", "type", "param", "code"}}`` with the status below; the
+message is the error's REST rendering (``render(exc, "rest")``: its facts, then its hint in routes
+and fields), except where OpenAI's own wording is kept (not found, expired).
 The status is chosen for what the official SDK does with it: it retries 408, 409, 429 and >= 500
 (``x-should-retry: false`` stops that), so only a limit that clears by waiting is a 429.
 

@@ -1,6 +1,7 @@
 """The single outbound mapping: ContainerMCPError -> what an MCP client sees.
 
-Tools raise ``ToolError`` with the error's own message (the model reads it and can act on it);
+Tools raise ``ToolError`` with the error's MCP rendering (``render(exc, "mcp")``: its facts, then
+its hint in tool names; the model reads it and can act on it);
 resources raise ``ResourceNotFoundError`` for not-found and ``ResourceError`` otherwise. An
 unexpected exception is logged with its traceback and reported without internals, so a model
 never sees a bare "Error executing tool" and never sees a stack trace or a secret.
