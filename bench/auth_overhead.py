@@ -95,15 +95,15 @@ async def main(rounds: int, mode: str) -> None:
         headers={"kid": "k1"},
     )
     with tempfile.TemporaryDirectory() as tmp:
-        base = Settings(data_dir=Path(tmp), max_calls_per_minute=10**9)
+        base = Settings.isolated(data_dir=Path(tmp), max_calls_per_minute=10**9)
         async with AsyncExitStack() as stack:
             service = await stack.enter_async_context(open_service(base))
             issuer = await stack.enter_async_context(serve(jwks_app(key), lifespan="off"))
             common = base.model_dump(include={"data_dir", "max_calls_per_minute"})
-            oauth = Settings(
+            oauth = Settings.isolated(
                 **common, oauth_issuer_url=ISSUER, oauth_resource_url=RESOURCE, oauth_jwks_url=issuer + "/jwks"
             )
-            keyed = Settings(**common, api_keys=api_keys)
+            keyed = Settings.isolated(**common, api_keys=api_keys)
             verifiers = {
                 "no auth": (base, None, None),
                 "API key": (keyed, BearerVerifier.from_keys(keyed), api_keys[-1]),

@@ -49,7 +49,7 @@ async def main(runs: int) -> None:
         root = Path(tmp)
         bare_dir = root / "bare"
         bare_dir.mkdir()
-        settings = Settings(data_dir=root / "data", max_calls_per_minute=1_000_000)
+        settings = Settings.isolated(data_dir=root / "data", max_calls_per_minute=1_000_000)
         async with LocalProvider(root / "data" / "local", clock=system_clock, exec_limits=ExecLimits()) as provider:
             if not provider.capabilities.exec:
                 raise SystemExit(f"sandbox unavailable: {provider.capabilities.exec_unavailable_reason}")

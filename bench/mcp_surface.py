@@ -54,7 +54,7 @@ from container_mcp.store import SqliteSessionStore
 
 async def main() -> None:
     d = Path(tempfile.mkdtemp())
-    s = Settings(data_dir=d / "data")
+    s = Settings.isolated(data_dir=d / "data")
     limits = ExecLimits(max_file_bytes=s.max_file_bytes, max_output_bytes=s.exec_max_output_bytes)
     async with LocalProvider(d / "local", clock=ManualClock(), exec_limits=limits) as p:
         store = SqliteSessionStore()
@@ -104,7 +104,7 @@ async def round_trips(runs: int) -> tuple[list[float], list[float]]:
     ours: list[float] = []
     baseline: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(data_dir=Path(tmp) / "data", max_calls_per_minute=1_000_000)
+        settings = Settings.isolated(data_dir=Path(tmp) / "data", max_calls_per_minute=1_000_000)
         async with LocalProvider(Path(tmp) / "local", clock=ManualClock()) as provider:
             store = SqliteSessionStore()
             service = ContainerService(provider, store, limits_from(settings), clock=ManualClock())

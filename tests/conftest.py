@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,41 @@ from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
 from container_mcp.store import SqliteSessionStore
 
+HOSTILE_ENVIRONMENT = {
+    "CONTAINER_MCP_MAX_CALLS_PER_MINUTE": "2",
+    "CONTAINER_MCP_MAX_CONTAINERS": "1",
+    "CONTAINER_MCP_API_KEYS": "sk-hostile-exported-key",
+    "CONTAINER_MCP_DATA_DIR": "/nonexistent/container-mcp-tests",
+    "CONTAINER_MCP_PROVIDER": "openai",
+    "CONTAINER_MCP_ALLOWED_HOSTS": "hostile.invalid",
+    "CONTAINER_MCP_MAX_FILE_BYTES": "1",
+    "CONTAINER_MCP_LOG_LEVEL": "CRITICAL",
+    "OPENAI_API_KEY": "sk-hostile-exported-openai-key",
+    "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+}
+"""Exported for the whole run, over whatever the developer's shell has: the suite must not read
+the real environment (tests build ``Settings.isolated(...)``; processes get ``envs.clean_env``).
+A test that does read it meets these values and fails, on every machine, instead of passing by
+luck where nothing is exported."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.update(HOSTILE_ENVIRONMENT)
+
+
+@pytest.fixture
+def exported(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """For tests of the CLI's own reading of the environment: ``exported(NAME=value, ...)`` clears
+    every ``CONTAINER_MCP_*``/``OPENAI_*`` variable, then exports exactly those given."""
+
+    def export(**values: str) -> None:
+        for name in [n for n in os.environ if n.startswith(("CONTAINER_MCP_", "OPENAI_"))]:
+            monkeypatch.delenv(name)
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+
+    return export
+
 
 @pytest.fixture
 def anyio_backend() -> str:
@@ -30,7 +66,7 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data")
+    return Settings.isolated(data_dir=tmp_path / "data")
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 """The entry point: ``container-mcp [serve] ...`` and ``container-mcp api ...``.
 
-Flags override ``CONTAINER_MCP_*`` environment variables, which override defaults. Logs go to
-stderr only: stdout belongs to the stdio transport.
+Flags override ``CONTAINER_MCP_*`` environment variables, which override defaults. A flag may be
+written before or after the subcommand (after wins; repeatable ones add up); one that does not
+apply to the chosen command is refused, never ignored. Logs go to stderr only: stdout belongs to
+the stdio transport.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from . import __version__
 from .errors import UnsafeConfiguration
 from .settings import Settings
 
-__all__ = ["build_settings", "main"]
+__all__ = ["build_settings", "main", "parse_args"]
 
 log = logging.getLogger("container_mcp")
 
@@ -35,58 +37,124 @@ _LIST_FLAGS = {"allow_path": "allow_paths", "allowed_host": "allowed_hosts", "al
 """Repeatable flags and the list settings they set."""
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--provider", choices=["local", "openai"], help="backend (default: local)")
-    p.add_argument("--data-dir", help="where state and local containers live (default: the user data dir)")
-    p.add_argument("--host", default="127.0.0.1", help="interface for HTTP transports (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port for HTTP transports (default: 8000)")
-    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+def _common(p: argparse.ArgumentParser, top: bool) -> None:
+    """Options of every command. On the top-level parser (``top``) they carry the defaults; on a
+    subcommand they default to "not given" (``SUPPRESS``), so a value written before the
+    subcommand survives and one written after it wins."""
+
+    def default(value: Any) -> Any:
+        return value if top else argparse.SUPPRESS
+
+    p.add_argument("--provider", choices=["local", "openai"], default=default(None), help="backend (default: local)")
     p.add_argument(
+        "--data-dir",
+        default=default(None),
+        help="where state and local containers live (default: the user data dir)",
+    )
+    p.add_argument("--host", default=default("127.0.0.1"), help="interface for HTTP transports (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=default(8000), help="port for HTTP transports (default: 8000)")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], default=default(None))
+    _repeatable(
+        p,
+        top,
         "--allowed-host",
-        action="append",
-        metavar="NAME",
-        help="Host header value accepted besides loopback and the bound address, e.g. the public name "
+        "NAME",
+        "Host header value accepted besides loopback and the bound address, e.g. the public name "
         "behind a proxy (repeatable)",
     )
-    p.add_argument(
+    _repeatable(
+        p,
+        top,
         "--allowed-origin",
-        action="append",
-        metavar="ORIGIN",
-        help="Origin accepted besides the loopback ones, e.g. https://app.example.com (repeatable)",
+        "ORIGIN",
+        "Origin accepted besides the loopback ones, e.g. https://app.example.com (repeatable)",
     )
     for field, help_text in _QUOTA_FLAGS.items():
-        p.add_argument("--" + field.replace("_", "-"), type=int, help=help_text)
+        p.add_argument("--" + field.replace("_", "-"), type=int, default=default(None), help=help_text)
+    p.add_argument(
+        "--api-keys-file",
+        default=default(None),
+        help="file with one accepted bearer token per line (HTTP transports and api)",
+    )
+    _repeatable(
+        p,
+        top,
+        "--api-key",
+        "KEY",
+        "accepted bearer token (repeatable). Discouraged: other local users can read it in "
+        "/proc/<pid>/cmdline; use CONTAINER_MCP_API_KEYS or --api-keys-file",
+    )
+
+
+def _repeatable(p: argparse.ArgumentParser, top: bool, flag: str, metavar: str, help_text: str) -> None:
+    # A subcommand collects its own list (dest "<name>_after_command"); parse_args appends it to
+    # the one written before the subcommand, so "--allow-path A serve --allow-path B" allows both.
+    dest = flag.removeprefix("--").replace("-", "_") + ("" if top else _AFTER)
+    p.add_argument(
+        flag, action="append", metavar=metavar, dest=dest, default=None if top else argparse.SUPPRESS, help=help_text
+    )
+
+
+def _mcp_only(p: argparse.ArgumentParser, top: bool) -> None:
+    """Options of the MCP server only (``serve``, or no subcommand)."""
+    p.add_argument(
+        "--transport",
+        choices=["stdio", "sse", "streamable-http"],
+        default=None if top else argparse.SUPPRESS,
+        help="MCP transport (default: stdio)",
+    )
+    _repeatable(
+        p,
+        top,
+        "--allow-path",
+        "DIR",
+        "host directory file_create may read source_path from (repeatable; none by default)",
+    )
+
+
+_AFTER = "_after_command"
+_MCP_ONLY = ("transport", "allow_path")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="container-mcp",
-        description="OpenAI-compatible containers for AI agents: an MCP server (serve) or a /v1 REST API (api).",
+        description="OpenAI-compatible containers for AI agents: an MCP server (serve) or a /v1 REST API (api). "
+        "Options may be written before or after the subcommand; after it wins.",
     )
     parser.add_argument("--version", action="version", version=f"container-mcp {__version__}")
+    _common(parser, top=True)
+    _mcp_only(parser, top=True)
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="serve MCP (the default)")
     api = sub.add_parser("api", help="serve the OpenAI-compatible /v1/containers REST API")
-    for p in (parser, serve):
-        _common(p)
-        p.add_argument("--transport", choices=["stdio", "sse", "streamable-http"], default="stdio")
-        p.add_argument(
-            "--allow-path",
-            action="append",
-            metavar="DIR",
-            help="host directory file_create may read source_path from (repeatable; none by default)",
-        )
-    _common(api)
-    for p in (parser, serve, api):
-        p.add_argument("--api-keys-file", help="file with one accepted bearer token per line (HTTP transports and api)")
-        p.add_argument(
-            "--api-key",
-            action="append",
-            metavar="KEY",
-            help="accepted bearer token (repeatable). Discouraged: other local users can read it in "
-            "/proc/<pid>/cmdline; use CONTAINER_MCP_API_KEYS or --api-keys-file",
-        )
+    _common(serve, top=False)
+    _mcp_only(serve, top=False)
+    _common(api, top=False)
     return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, options merged from both sides of the subcommand.
+
+    Exits with status 2 (argparse's usage error) for an MCP-only option (``--transport``,
+    ``--allow-path``) given to ``api``: it would have no effect, and is refused rather than ignored.
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    for name, value in list(vars(args).items()):
+        if name.endswith(_AFTER):
+            base = name.removesuffix(_AFTER)
+            setattr(args, base, (getattr(args, base, None) or []) + value)
+            delattr(args, name)
+    if args.command == "api":
+        given = [n for n in _MCP_ONLY if getattr(args, n, None)]
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            parser.error(f"{flags} applies to the MCP server (serve), not to api")
+    if args.transport is None:
+        args.transport = "stdio"
+    return args
 
 
 ARGV_KEY_WARNING = (
@@ -111,7 +179,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         settings = build_settings(args)
     except ValidationError as exc:

@@ -5,7 +5,11 @@ backend's failures into this tree in one table each; ``server/errors.py`` maps t
 MCP tool errors and ``api/errors.py`` maps it to OpenAI's error envelope, each in one place.
 
 Messages are written for the reader at the end of the chain, usually a model: they say what
-happened and what to do next, and never contain secrets.
+happened and what to do next, and never contain secrets. An error is one source for both
+surfaces: ``message`` states the facts in words true on either, and ``hint`` (a ``Hint``) says
+what to do next once per surface: in tool names on MCP ("Delete one with container_delete"), in
+endpoints and fields on the REST API ("Delete one with DELETE /v1/containers/{id}").
+``render(exc, surface)`` joins them; each boundary mapping calls it with its own surface.
 
 * ContainerMCPError
   x InvalidRequest               bad input: nothing was changed
@@ -30,15 +34,18 @@ happened and what to do next, and never contain secrets.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 __all__ = [
+    "SURFACES",
     "ContainerExpired",
     "ContainerMCPError",
     "ContainerNotFound",
     "ExecError",
     "FileNotFound",
     "FileTooLarge",
+    "Hint",
     "InvalidId",
     "InvalidPath",
     "InvalidRequest",
@@ -50,16 +57,38 @@ __all__ = [
     "QuotaExceeded",
     "RateLimited",
     "SandboxUnavailable",
+    "Surface",
     "UnsafeConfiguration",
     "Unsupported",
+    "render",
 ]
+
+Surface = Literal["mcp", "rest"]
+SURFACES: tuple[Surface, ...] = ("mcp", "rest")
+
+
+@dataclass(frozen=True)
+class Hint:
+    """What the caller can do next, said for each surface.
+
+    ``mcp`` names tools and their arguments; ``rest`` names endpoints and body or query fields.
+    Neither may mention the other surface (``tests/core/test_error_surfaces.py`` checks both).
+    """
+
+    mcp: str
+    rest: str
+
+    def on(self, surface: Surface) -> str:
+        return self.mcp if surface == "mcp" else self.rest
 
 
 class ContainerMCPError(Exception):
     """Root of every error this package raises on purpose.
 
-    ``message`` is the full, reader-facing text. ``param`` names the offending argument when
-    there is one (OpenAI's envelope carries it); ``code`` is a short machine-readable tag.
+    ``message`` is the reader-facing statement of what happened, true on every surface;
+    ``hint``, when there is one, says what to do next on each surface (see ``render``).
+    ``param`` names the offending argument when there is one (OpenAI's envelope carries it);
+    ``code`` is a short machine-readable tag.
     When the error came from a remote backend, ``status`` is its HTTP status and ``request_id``
     its ``x-request-id``, whatever the class (a 404 upstream is still ``ContainerNotFound``).
     """
@@ -70,6 +99,7 @@ class ContainerMCPError(Exception):
         self,
         message: str,
         *,
+        hint: Hint | None = None,
         param: str | None = None,
         code: str | None = None,
         status: int | None = None,
@@ -77,6 +107,7 @@ class ContainerMCPError(Exception):
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.hint = hint
         self.param = param
         self.status = status
         self.request_id = request_id
@@ -88,6 +119,13 @@ class ContainerMCPError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r})"
+
+
+def render(exc: ContainerMCPError, surface: Surface) -> str:
+    """The full text a caller on ``surface`` reads: the facts, then that surface's hint."""
+    if exc.hint is None:
+        return exc.message
+    return f"{exc.message} {exc.hint.on(surface)}"
 
 
 class InvalidRequest(ContainerMCPError):
@@ -117,8 +155,11 @@ class NotFound(ContainerMCPError):
 class ContainerNotFound(NotFound):
     def __init__(self, container_id: str) -> None:
         super().__init__(
-            f"Container with id '{container_id}' not found. "
-            "List your containers with container_list, or create one with container_create.",
+            f"Container with id '{container_id}' not found.",
+            hint=Hint(
+                mcp="List your containers with container_list, or create one with container_create.",
+                rest="List your containers with GET /v1/containers, or create one with POST /v1/containers.",
+            ),
             param="container_id",
         )
         self.container_id = container_id
@@ -127,7 +168,11 @@ class ContainerNotFound(NotFound):
 class FileNotFound(NotFound):
     def __init__(self, container_id: str, file_id: str) -> None:
         super().__init__(
-            f"File {file_id} not found on container {container_id}. List the container's files with file_list.",
+            f"File {file_id} not found on container {container_id}.",
+            hint=Hint(
+                mcp="List the container's files with file_list.",
+                rest=f"List the container's files with GET /v1/containers/{container_id}/files.",
+            ),
             param="file_id",
         )
         self.container_id = container_id
@@ -142,8 +187,11 @@ class ContainerExpired(ContainerMCPError):
     def __init__(self, container_id: str) -> None:
         super().__init__(
             f"Container is expired: {container_id} was inactive past its expires_after window, "
-            "and its files were discarded. An expired container cannot be reactivated: create a "
-            "new one with container_create and upload the files again.",
+            "and its files were discarded. An expired container cannot be reactivated.",
+            hint=Hint(
+                mcp="Create a new one with container_create and upload the files again.",
+                rest="Create a new one with POST /v1/containers and upload the files again.",
+            ),
             param="container_id",
         )
         self.container_id = container_id
@@ -157,8 +205,8 @@ class QuotaExceeded(ContainerMCPError):
 
     code = "quota_exceeded"
 
-    def __init__(self, message: str, *, limit_name: str, limit: int, used: int) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, limit_name: str, limit: int, used: int, hint: Hint | None = None) -> None:
+        super().__init__(message, hint=hint)
         self.limit_name = limit_name
         self.limit = limit
         self.used = used

@@ -13,7 +13,7 @@ import secrets
 import threading
 import time
 
-from .errors import InvalidId
+from .errors import Hint, InvalidId
 
 __all__ = ["check_container_id", "check_file_id", "new_container_id", "new_file_id"]
 
@@ -45,7 +45,11 @@ def check_container_id(value: str) -> str:
     if not _CONTAINER_RE.fullmatch(value):
         raise InvalidId(
             f"Invalid container id {value[:80]!r}: container ids look like 'cntr_' followed by 48 "
-            "lowercase hex characters. Copy the id from container_create or container_list.",
+            "lowercase hex characters.",
+            hint=Hint(
+                mcp="Copy the id from container_create or container_list.",
+                rest="Copy the id from the response of POST /v1/containers or GET /v1/containers.",
+            ),
             param="container_id",
         )
     return value
@@ -55,8 +59,11 @@ def check_file_id(value: str) -> str:
     """Return ``value`` if it is a well-formed local file id, else raise ``InvalidId``."""
     if not _FILE_RE.fullmatch(value):
         raise InvalidId(
-            f"Invalid file id {value[:80]!r}: file ids look like 'cfile_' followed by 32 lowercase "
-            "hex characters. Copy the id from file_create or file_list.",
+            f"Invalid file id {value[:80]!r}: file ids look like 'cfile_' followed by 32 lowercase hex characters.",
+            hint=Hint(
+                mcp="Copy the id from file_create or file_list.",
+                rest="Copy the id from the response of POST or GET /v1/containers/{container_id}/files.",
+            ),
             param="file_id",
         )
     return value

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "MEMORY_LIMITS",
+    "UNSUPPORTED_CREATE_FIELDS",
     "Container",
     "ContainerDeleted",
     "ContainerFile",
@@ -30,6 +31,13 @@ __all__ = [
 MemoryLimit = Literal["1g", "4g", "16g", "64g"]
 MEMORY_LIMITS: dict[str, int] = {"1g": 1 << 30, "4g": 4 << 30, "16g": 16 << 30, "64g": 64 << 30}
 """Memory tiers in bytes, as OpenAI names them."""
+
+UNSUPPORTED_CREATE_FIELDS: dict[str, str] = {
+    "skills": "this server cannot attach skills to a container",
+    "network_policy.domain_secrets": "this server cannot inject secrets into a container's outbound requests",
+}
+"""Fields of OpenAI's create-container body that no provider here honours, and why. A request that
+carries one is refused (the REST API answers 400 naming the field) rather than served without it."""
 
 Order = Literal["asc", "desc"]
 ContainerStatus = Literal["running", "expired"]

@@ -35,6 +35,7 @@ from .errors import (
     ContainerNotFound,
     FileNotFound,
     FileTooLarge,
+    Hint,
     InvalidId,
     InvalidRequest,
     NotFound,
@@ -94,9 +95,13 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
 def _check_id(value: str, kind: str) -> str:
     if not isinstance(value, str) or not _ID_RES[kind].fullmatch(value):
         prefix = "cntr_" if kind == "container" else "cfile_"
+        route = "/v1/containers" if kind == "container" else "/v1/containers/{container_id}/files"
         raise InvalidId(
-            f"Invalid {kind} id {str(value)[:80]!r}: {kind} ids look like '{prefix}' followed by hex "
-            f"characters. Copy the id from the {kind}_list or {kind}_create result.",
+            f"Invalid {kind} id {str(value)[:80]!r}: {kind} ids look like '{prefix}' followed by hex characters.",
+            hint=Hint(
+                mcp=f"Copy the id from the {kind}_list or {kind}_create result.",
+                rest=f"Copy the id from the response of GET or POST {route}.",
+            ),
             param=f"{kind}_id",
         )
     return value
@@ -293,8 +298,12 @@ class ContainerService:
                     copies.append((source, file_id))
                 else:
                     raise InvalidRequest(
-                        f"file_ids: {file_id} is not a file in any of your live containers. Pass ids from "
-                        "file_list of one of your containers.",
+                        f"file_ids: {file_id} is not a file in any of your live containers.",
+                        hint=Hint(
+                            mcp="Pass ids from file_list of one of your containers.",
+                            rest="Pass ids listed by GET /v1/containers/{container_id}/files of one of your "
+                            "containers.",
+                        ),
                         param="file_ids",
                     )
             elif self.provider.capabilities.upstream_file_ids:
@@ -334,7 +343,11 @@ class ContainerService:
         source = await self._locate(ordered, file_id)
         if source is None:
             raise NotFound(
-                f"File {file_id} is not in any of your live containers. Pass the id of a file listed by file_list.",
+                f"File {file_id} is not in any of your live containers.",
+                hint=Hint(
+                    mcp="Pass the id of a file listed by file_list.",
+                    rest="Pass the id of a file listed by GET /v1/containers/{container_id}/files.",
+                ),
                 param="file_id",
             )
         approved, approve = self._approver(owner, container_id)

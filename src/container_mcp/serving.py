@@ -122,7 +122,8 @@ async def serve_asgi(
     lifespan: Literal["on", "off"] = "off",
     limits: ConnectionLimits | None = None,
 ) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM; logs ``<label> listening on http://host:port<path>`` at INFO.
+    """Serve ``app`` until SIGINT/SIGTERM; logs ``<label> listening on http://host:port<path>`` once,
+    at WARNING (shown at the default log level), with the bound port (an IPv6 host in brackets).
 
     ``limits`` guard every connection (default: ``ConnectionLimits()``; callers pass the settings').
     """
@@ -138,7 +139,10 @@ async def serve_asgi(
     server = _Server(config)
     with listen(host, port, config.backlog) as sock:
         bound_host, bound_port = sock.getsockname()[:2]
-        log.info("%s listening on http://%s:%d%s", label, bound_host, bound_port, path)
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        # At WARNING, the default level: an operator (and a script waiting for the port) must see
+        # where the server is without raising the log level.
+        log.warning("%s listening on http://%s:%d%s", label, shown, bound_port, path)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, server)
             await server.serve(sockets=[sock])

@@ -3,18 +3,18 @@
 Every field can be set by a ``CONTAINER_MCP_*`` environment variable (a few OpenAI ones also by
 their usual names) or by the matching command-line flag. Only ``cli.py`` builds ``Settings`` from
 the environment; everything else takes the values it needs as arguments, and tests build
-``Settings(...)`` from keyword arguments.
+``Settings.isolated(...)`` from keyword arguments, which reads no environment variable at all.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .netpolicy import DEFAULT_PORTS, EgressRules
 
@@ -390,3 +390,25 @@ class Settings(BaseSettings):
                 if line and not line.startswith("#"):
                     keys.append(line)
         return list(dict.fromkeys(keys))
+
+    @classmethod
+    def isolated(cls, **values: Any) -> Settings:
+        """Settings from ``values`` and the defaults alone: no ``CONTAINER_MCP_*``, ``OPENAI_*`` or
+        other environment variable, dotenv or secrets file is read. For tests and for embedding,
+        where the caller's environment must not change the result."""
+        return _IsolatedSettings(**values)
+
+
+class _IsolatedSettings(Settings):
+    """``Settings`` whose only source is the constructor's keyword arguments."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)

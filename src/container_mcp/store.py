@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from .errors import InvalidRequest, QuotaExceeded, RateLimited
+from .errors import Hint, InvalidRequest, QuotaExceeded, RateLimited
 from .private import secret_key
 from .sqlite import connect, transaction
 
@@ -261,9 +261,14 @@ class SqliteSessionStore:
             used = self._live_count(db, owner, now)
             if used >= limits.max_containers:
                 raise QuotaExceeded(
-                    f"Quota exceeded: this session holds {used} of {limits.max_containers} live containers. "
-                    "Delete one with container_delete (expired containers do not count), or ask the "
-                    "operator to raise CONTAINER_MCP_MAX_CONTAINERS.",
+                    f"Quota exceeded: this session holds {used} of {limits.max_containers} live containers "
+                    "(expired containers do not count).",
+                    hint=Hint(
+                        mcp="Delete one with container_delete, or ask the operator to raise "
+                        "CONTAINER_MCP_MAX_CONTAINERS.",
+                        rest="Delete one with DELETE /v1/containers/{container_id}, or ask the operator to raise "
+                        "CONTAINER_MCP_MAX_CONTAINERS.",
+                    ),
                     limit_name="CONTAINER_MCP_MAX_CONTAINERS",
                     limit=limits.max_containers,
                     used=used,
@@ -347,8 +352,13 @@ class SqliteSessionStore:
                 if files > 0 and row["files"] + files > limits.max_files_per_container:
                     raise QuotaExceeded(
                         f"Quota exceeded: container {container_id} would hold {row['files'] + files} files; "
-                        f"the limit is {limits.max_files_per_container}. Delete files with file_delete, or "
-                        "ask the operator to raise CONTAINER_MCP_MAX_FILES_PER_CONTAINER.",
+                        f"the limit is {limits.max_files_per_container}.",
+                        hint=Hint(
+                            mcp="Delete files with file_delete, or ask the operator to raise "
+                            "CONTAINER_MCP_MAX_FILES_PER_CONTAINER.",
+                            rest=f"Delete files with DELETE /v1/containers/{container_id}/files/{{file_id}}, or ask "
+                            "the operator to raise CONTAINER_MCP_MAX_FILES_PER_CONTAINER.",
+                        ),
                         limit_name="CONTAINER_MCP_MAX_FILES_PER_CONTAINER",
                         limit=limits.max_files_per_container,
                         used=row["files"],

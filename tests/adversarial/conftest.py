@@ -60,7 +60,7 @@ class Env:
 
 @asynccontextmanager
 async def make_env(tmp_path: Path, clock: ManualClock, *, exec_: bool = False, **overrides: Any) -> AsyncIterator[Env]:
-    settings = Settings(data_dir=tmp_path / "data", **overrides)
+    settings = Settings.isolated(data_dir=tmp_path / "data", **overrides)
     limits = (
         ExecLimits(
             max_file_bytes=settings.max_file_bytes,

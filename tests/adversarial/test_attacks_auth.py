@@ -148,7 +148,7 @@ def _assert_not_logged(sid: str, caplog: pytest.LogCaptureFixture) -> None:
 
 @pytest.fixture
 def keyed(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", api_keys=[KEY_A, KEY_B])
+    return Settings.isolated(data_dir=tmp_path / "data", api_keys=[KEY_A, KEY_B])
 
 
 async def _mcp_app(service: ContainerService, settings: Settings, transport: HttpTransport) -> Any:
@@ -312,7 +312,7 @@ async def _open_session(http: httpx2.AsyncClient, url: str, key: str) -> httpx2.
 
 
 async def test_one_key_cannot_hold_every_session(tmp_path: Path, service: ContainerService) -> None:
-    settings = Settings(data_dir=tmp_path / "data", api_keys=[KEY_A, KEY_B], max_sessions_per_owner=2)
+    settings = Settings.isolated(data_dir=tmp_path / "data", api_keys=[KEY_A, KEY_B], max_sessions_per_owner=2)
     clock = ManualClock()
     mcp = create_server(service, settings, verifier=BearerVerifier.from_keys(settings))
     async with _served(http_app(mcp, settings, "streamable-http", "127.0.0.1", clock=clock)) as origin:
@@ -345,7 +345,7 @@ async def test_a_repeated_version_header_does_not_slip_past_the_session_cap(
     tmp_path: Path, service: ContainerService
 ) -> None:
     """The SDK routes by the first MCP-Protocol-Version header; so must the cap."""
-    settings = Settings(data_dir=tmp_path / "data", api_keys=[KEY_A], max_sessions_per_owner=1)
+    settings = Settings.isolated(data_dir=tmp_path / "data", api_keys=[KEY_A], max_sessions_per_owner=1)
     mcp = create_server(service, settings, verifier=BearerVerifier.from_keys(settings))
     async with _served(http_app(mcp, settings, "streamable-http", "127.0.0.1")) as origin:
         url = origin + "/mcp"
@@ -369,7 +369,7 @@ _UNUSABLE = {"empty": "", "spaces around": "  adv-key-0123456789abcdef ", "non-a
 @pytest.mark.parametrize("key", list(_UNUSABLE.values()), ids=list(_UNUSABLE))
 def test_a_key_no_client_can_send_is_refused_at_start(tmp_path: Path, key: str) -> None:
     with pytest.raises(ValidationError) as info:
-        Settings(data_dir=tmp_path, api_keys=[KEY_A, key])
+        Settings.isolated(data_dir=tmp_path, api_keys=[KEY_A, key])
     assert "API key 2" in str(info.value) and "visible ASCII" in str(info.value)
     # Neither key is echoed, not even in part (pydantic prints the input, shortened, unless told not to).
     for secret in (KEY_A, key.strip()):
@@ -380,14 +380,14 @@ def test_a_keys_file_line_no_client_can_send_is_refused_at_start(tmp_path: Path)
     keys = tmp_path / "keys"
     keys.write_text(f"# team\n{KEY_A}\nclé-secrète-0123456789\n")
     with pytest.raises(ValidationError) as info:
-        Settings(data_dir=tmp_path, api_keys_file=keys)
+        Settings.isolated(data_dir=tmp_path, api_keys_file=keys)
     assert f"{keys} line 3" in str(info.value) and "visible ASCII" in str(info.value)
     assert "secrète" not in str(info.value) and KEY_A[-12:] not in str(info.value)
 
 
 async def test_one_key_cannot_hold_every_sse_session(tmp_path: Path, service: ContainerService) -> None:
     """The SDK has no cap on SSE sessions at all: one key could hold as many streams as the server takes."""
-    settings = Settings(data_dir=tmp_path / "data", api_keys=[KEY_A, KEY_B], max_sessions_per_owner=1)
+    settings = Settings.isolated(data_dir=tmp_path / "data", api_keys=[KEY_A, KEY_B], max_sessions_per_owner=1)
     mcp = create_server(service, settings, verifier=BearerVerifier.from_keys(settings))
     async with _served(http_app(mcp, settings, "sse", "127.0.0.1")) as origin:
         url = origin + "/sse"
@@ -405,7 +405,7 @@ async def test_one_key_cannot_hold_every_sse_session(tmp_path: Path, service: Co
 
 async def test_a_session_kept_alive_by_an_open_stream_still_counts(tmp_path: Path, service: ContainerService) -> None:
     """A GET stream in flight keeps the SDK's session alive past its idle timeout; it must keep its place too."""
-    settings = Settings(data_dir=tmp_path / "data", api_keys=[KEY_A], max_sessions_per_owner=1)
+    settings = Settings.isolated(data_dir=tmp_path / "data", api_keys=[KEY_A], max_sessions_per_owner=1)
     clock = ManualClock()
     mcp = create_server(service, settings, verifier=BearerVerifier.from_keys(settings))
     async with _served(http_app(mcp, settings, "streamable-http", "127.0.0.1", clock=clock)) as origin:
@@ -467,7 +467,7 @@ async def test_the_keys_that_allowed_the_start_are_the_keys_enforced(
     logging.getLogger("container_mcp").addHandler(listening)
     keys = tmp_path / "keys"
     keys.write_text(KEY_A + "\n")
-    settings = Settings(data_dir=tmp_path / "data", api_keys_file=keys)
+    settings = Settings.isolated(data_dir=tmp_path / "data", api_keys_file=keys)
     monkeypatch.setattr(api_serve, "open_service", _emptying_open_service(keys))
     monkeypatch.setattr(runtime, "open_service", _emptying_open_service(keys))
     async with anyio.create_task_group() as tg:
@@ -510,7 +510,7 @@ async def test_subjects_of_two_issuers_never_share_an_owner(
     async with _served(issuer.app()) as issuer_origin:
         owners = []
         for iss, sub in ((first, "8443:alice"), (second, "alice")):
-            settings = Settings(
+            settings = Settings.isolated(
                 data_dir=tmp_path / "data",
                 oauth_issuer_url=iss,
                 oauth_resource_url=RESOURCE,

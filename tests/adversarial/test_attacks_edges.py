@@ -35,6 +35,7 @@ from container_mcp.settings import MiB, Settings
 from container_mcp.stdio import BoundedLines
 
 from ..api.live import KEY_A, start_api
+from ..envs import clean_env
 from ..live import serve
 from ..server.bearer import http_client
 from ..server.test_slow_clients import get, guarded, hello, read_all
@@ -318,7 +319,7 @@ def test_no_server_upgrades_to_websocket_past_the_guard() -> None:
 @asynccontextmanager
 async def mcp_process(tmp_path: Path, **env: str) -> AsyncIterator[tuple[str, int]]:
     """``container-mcp --transport streamable-http`` with key ``sk-edge`` and ``env`` (CONTAINER_MCP_*)."""
-    full = {**os.environ, "CONTAINER_MCP_DATA_DIR": str(tmp_path), "CONTAINER_MCP_API_KEYS": "sk-edge", **env}
+    full = clean_env(CONTAINER_MCP_DATA_DIR=str(tmp_path), CONTAINER_MCP_API_KEYS="sk-edge", **env)
     command = [console_script(), "--transport", "streamable-http", "--port", "0", "--log-level", "INFO"]
     proc = await anyio.open_process(command, stderr=subprocess.PIPE, env=full)
     try:
@@ -396,7 +397,7 @@ async def open_session(http: httpx2.AsyncClient, url: str, key: str) -> int:
 async def test_one_key_cannot_take_every_streamable_http_session(tmp_path: Path, service: ContainerService) -> None:
     """Sessions outlive connections (30 min idle) and the SDK holds 10,000 at most, for everyone: one
     key opened them all in ~25 s (2,000 in 4.8 s measured) and every other caller got 503 for 30 min."""
-    settings = Settings(
+    settings = Settings.isolated(
         data_dir=tmp_path / "data", api_keys=["sk-greedy", "sk-other"], http_max_sessions=4, max_sessions_per_owner=2
     )
     mcp = create_server(service, settings, verifier=BearerVerifier.from_keys(settings))

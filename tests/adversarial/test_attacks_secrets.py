@@ -98,7 +98,7 @@ def test_allowed_dirs_are_resolved_when_the_settings_are_made(tmp_path: Path) ->
     # to when the server started (and a relative path as relative to the start directory).
     (tmp_path / "real").mkdir()
     (tmp_path / "via").symlink_to(tmp_path / "real")
-    settings = Settings(data_dir=tmp_path / "data", allow_paths=[tmp_path / "via"])
+    settings = Settings.isolated(data_dir=tmp_path / "data", allow_paths=[tmp_path / "via"])
     assert settings.allow_paths == [tmp_path / "real"]
 
 
@@ -192,7 +192,7 @@ async def test_a_data_dir_named_through_a_symlink_is_tightened_at_start(tmp_path
         os.chmod(path, 0o755)
     os.chmod(secret, 0o644)
     (tmp_path / "data").symlink_to(real)
-    async with open_service(Settings(data_dir=tmp_path / "data")):
+    async with open_service(Settings.isolated(data_dir=tmp_path / "data")):
         pass
     assert loose_entries(real) == []
 
@@ -210,7 +210,7 @@ async def test_a_data_dir_another_user_made_first_is_refused(tmp_path: Path) -> 
         os.chown(path, 65534, 65534)
     os.chmod(squat, 0o777)
     with pytest.raises(ContainerMCPError, match=r"belongs to uid 65534, not to this server's user"):
-        async with open_service(Settings(data_dir=squat)):
+        async with open_service(Settings.isolated(data_dir=squat)):
             pass
     assert not (squat / "sessions-local.sqlite3").exists()
 
@@ -244,7 +244,7 @@ def test_an_allowed_dir_flipping_to_a_symlink_mid_call_never_leaks(tree: Path) -
     share.mkdir()
     (share / "secret.txt").write_bytes(INSIDE)
     (tree / "share.lnk").symlink_to(tree / "outside")
-    allowed = Settings(data_dir=tree / "data", allow_paths=[share]).allow_paths
+    allowed = Settings.isolated(data_dir=tree / "data", allow_paths=[share]).allow_paths
     stop = threading.Event()
 
     def flip() -> None:
@@ -338,7 +338,7 @@ async def test_a_shared_directory_as_data_dir_is_refused_and_left_as_it_was(tmp_
     mode = 0o1777 if kind.startswith("world") else 0o755
     os.chmod(shared, mode)
     with pytest.raises(ContainerMCPError, match="writable by other users|holds entries the server did not make"):
-        async with open_service(Settings(data_dir=shared)):
+        async with open_service(Settings.isolated(data_dir=shared)):
             pass
     assert stat.S_IMODE(shared.stat().st_mode) == mode
     assert stat.S_IMODE(theirs.stat().st_mode) == 0o644

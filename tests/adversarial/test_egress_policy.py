@@ -89,7 +89,7 @@ async def test_only_the_operator_opens_private_destinations(env_factory: EnvFact
 @asynccontextmanager
 async def local_service(tmp_path: Path, sandbox: Sandbox | None, **settings: Any) -> AsyncIterator[ContainerService]:
     """A service over a LocalProvider; ``sandbox`` None means exec is not enabled."""
-    cfg = Settings(data_dir=tmp_path / "data", **settings)
+    cfg = Settings.isolated(data_dir=tmp_path / "data", **settings)
     store = SqliteSessionStore()
     limits = ExecLimits() if sandbox is not None else None
     try:
@@ -111,7 +111,7 @@ async def test_allowlist_is_advertised_only_where_it_is_enforced(tmp_path: Path)
     async with local_service(tmp_path / "broken", broken) as service:
         if not service.capabilities.exec:
             pytest.skip(f"sandbox unavailable: {service.capabilities.exec_unavailable_reason}")
-        async with Client(create_server(service, Settings(data_dir=tmp_path / "broken"))) as client:
+        async with Client(create_server(service, Settings.isolated(data_dir=tmp_path / "broken"))) as client:
             caps = await _capabilities(client)
             assert caps["exec"] is True
             assert caps["network_policies"] == ["disabled"]
@@ -141,7 +141,7 @@ async def test_rest_api_refuses_bad_entries_with_a_400_naming_them(tmp_path: Pat
     async with local_service(tmp_path, Sandbox(SandboxConfig(warm_launchers=0)), api_keys=[KEY_A]) as service:
         if "allowlist" not in service.capabilities.network_policies:
             pytest.skip(f"allowlist unavailable: {service.capabilities.network_unavailable_reason}")
-        settings = Settings(data_dir=tmp_path / "data", api_keys=[KEY_A])
+        settings = Settings.isolated(data_dir=tmp_path / "data", api_keys=[KEY_A])
         async with serve_app(create_app(service, settings)) as origin:
             async with openai.AsyncOpenAI(api_key=KEY_A, base_url=origin + "/v1", max_retries=0) as client:
                 for entry, why in REFUSED:

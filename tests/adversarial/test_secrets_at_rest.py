@@ -34,6 +34,7 @@ from container_mcp.settings import Settings
 from container_mcp.store import KEY_FILE, SqliteSessionStore
 from tests.server.test_transports import console_script
 
+from ..envs import clean_env
 from .conftest import ok
 
 pytestmark = pytest.mark.anyio
@@ -65,6 +66,7 @@ async def http_server(data_dir: Path, *, umask: int) -> AsyncIterator[str]:
     proc = await anyio.open_process(
         ["sh", "-c", f'umask {umask:03o} && exec "$@"', "sh", *argv, "--log-level", "INFO"],
         stderr=subprocess.PIPE,
+        env=clean_env(),
     )
     try:
         assert proc.stderr is not None
@@ -153,7 +155,7 @@ async def test_a_loose_data_dir_is_tightened_at_start_and_logged(
     os.chmod(outside, 0o644)
     (data_dir / "local" / "link").symlink_to(outside)  # never followed: its target is not ours to change
     caplog.set_level(logging.WARNING, logger="container_mcp")
-    async with open_service(Settings(data_dir=data_dir)):
+    async with open_service(Settings.isolated(data_dir=data_dir)):
         pass
     assert loose_entries(data_dir) == []
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600

@@ -71,7 +71,7 @@ async def serve_app(app: Any) -> AsyncIterator[str]:
 async def start_api(data_dir: Path, clock: ManualClock, **overrides: Any) -> AsyncIterator[LiveApi]:
     """A live API over fresh state in ``data_dir``; ``overrides`` are Settings fields."""
     overrides.setdefault("api_keys", [KEY_A, KEY_B])
-    settings = Settings(data_dir=data_dir, **overrides)
+    settings = Settings.isolated(data_dir=data_dir, **overrides)
     store = SqliteSessionStore()
     try:
         async with LocalProvider(data_dir / "local", clock=clock) as provider:

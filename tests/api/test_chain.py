@@ -33,7 +33,7 @@ ALL_BYTES = bytes(range(256))
 
 @pytest.fixture
 async def chain(api: LiveApi, tmp_path: Path) -> AsyncIterator[Client]:
-    settings = Settings(
+    settings = Settings.isolated(
         data_dir=tmp_path / "mcp",
         provider="openai",
         openai_base_url=api.base_url,

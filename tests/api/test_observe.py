@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import signal
 import stat
@@ -36,6 +35,7 @@ from container_mcp.settings import Settings
 from container_mcp.store import SqliteSessionStore
 from tests.server.test_transports import console_script
 
+from ..envs import clean_env
 from .live import KEY_A, KEY_B, serve_app
 
 pytestmark = pytest.mark.anyio
@@ -76,7 +76,7 @@ class Live:
 
 @pytest.fixture
 async def live(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Live]:
-    settings = Settings(data_dir=tmp_path / "data", api_keys=[KEY_A, KEY_B], max_containers=1)
+    settings = Settings.isolated(data_dir=tmp_path / "data", api_keys=[KEY_A, KEY_B], max_containers=1)
     store = SqliteSessionStore()
     audit = io.StringIO()
     try:
@@ -180,7 +180,7 @@ async def test_metrics_need_a_key_and_an_allowed_host(live: Live) -> None:
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONTAINER_MCP_", "OPENAI_"))}
+    env = clean_env()
     return {**env, **extra}
 
 

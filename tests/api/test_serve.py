@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import sys
@@ -18,12 +17,14 @@ from container_mcp.api.serve import serve_api
 from container_mcp.errors import UnsafeConfiguration
 from container_mcp.settings import Settings
 
+from ..envs import clean_env
+
 pytestmark = pytest.mark.anyio
 
 
 async def test_serve_api_refuses_a_public_host_without_keys(tmp_path: Path) -> None:
     with pytest.raises(UnsafeConfiguration, match="refusing to serve on 0.0.0.0 without authentication"):
-        await serve_api(Settings(data_dir=tmp_path, api_keys=[]), "0.0.0.0", 0)
+        await serve_api(Settings.isolated(data_dir=tmp_path, api_keys=[]), "0.0.0.0", 0)
     assert not (tmp_path / "sessions-local.sqlite3").exists()  # refused before opening anything
 
 
@@ -37,11 +38,7 @@ async def _listening_url(stderr: ByteReceiveStream) -> str:
 
 
 async def test_cli_serves_the_api_until_sigterm(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "CONTAINER_MCP_DATA_DIR": str(tmp_path),
-        "CONTAINER_MCP_API_KEYS": "sk-cli-key",
-    }
+    env = clean_env(CONTAINER_MCP_DATA_DIR=str(tmp_path), CONTAINER_MCP_API_KEYS="sk-cli-key")
     command = [sys.executable, "-m", "container_mcp", "api", "--port", "0", "--log-level", "INFO"]
     async with await anyio.open_process(command, env=env) as process:
         assert process.stderr is not None

@@ -23,7 +23,7 @@ API_KEY = "test-key-for-the-chain"
 async def openai_over_api(tmp_path: Path, *, clock: ManualClock | None = None) -> AsyncIterator[OpenAIProvider]:
     """An OpenAIProvider whose backend is a live ``container-mcp api`` on 127.0.0.1 over a local provider."""
     clock = clock or ManualClock()
-    server_settings = Settings(
+    server_settings = Settings.isolated(
         data_dir=tmp_path / "api", api_keys=[API_KEY], max_containers=1000, max_calls_per_minute=100_000
     )
     store = SqliteSessionStore()
@@ -31,7 +31,7 @@ async def openai_over_api(tmp_path: Path, *, clock: ManualClock | None = None) -
         async with LocalProvider(tmp_path / "api" / "local", clock=clock) as local:
             service = ContainerService(local, store, limits_from(server_settings), clock=clock)
             async with serve(create_app(service, server_settings)) as url:
-                client_settings = Settings(
+                client_settings = Settings.isolated(
                     data_dir=tmp_path / "client",
                     provider="openai",
                     openai_api_key=API_KEY,

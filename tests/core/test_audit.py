@@ -99,14 +99,16 @@ def test_a_failed_write_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -
 @pytest.mark.parametrize("value", ["audit.jsonl", "./logs/a.jsonl", "on", ""])
 def test_the_setting_takes_off_stderr_or_an_absolute_path(tmp_path: Path, value: str) -> None:
     with pytest.raises(ValidationError, match="audit must be 'off', 'stderr' or an absolute file path"):
-        Settings(data_dir=tmp_path / "data", audit=value)
+        Settings.isolated(data_dir=tmp_path / "data", audit=value)
 
 
 def test_the_audit_file_may_not_live_in_the_data_dir(tmp_path: Path) -> None:
     """The data dir holds only the server's entries: the next start would refuse it."""
     with pytest.raises(ValidationError, match="inside the data dir"):
-        Settings(data_dir=tmp_path / "data", audit=str(tmp_path / "data" / "audit.jsonl"))
-    assert Settings(data_dir=tmp_path / "data", audit=str(tmp_path / "audit.jsonl")).audit.endswith("audit.jsonl")
+        Settings.isolated(data_dir=tmp_path / "data", audit=str(tmp_path / "data" / "audit.jsonl"))
+    assert Settings.isolated(data_dir=tmp_path / "data", audit=str(tmp_path / "audit.jsonl")).audit.endswith(
+        "audit.jsonl"
+    )
 
 
 def test_principal_labels_never_carry_a_token_or_a_session_id() -> None:

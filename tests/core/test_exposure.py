@@ -3,7 +3,6 @@ checked at start before anything is opened; ``--api-key`` on argv warns; Host/Or
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -19,13 +18,12 @@ from container_mcp.hosts import allowed_hosts, allowed_origins
 from container_mcp.serving import refuse_unauthenticated_exposure
 from container_mcp.settings import Settings
 
+from ..envs import clean_env
+
 pytestmark = pytest.mark.anyio
 
 
-def _clean_env(**extra: str) -> dict[str, str]:
-    """The environment without any container-mcp or OpenAI setting of the machine running the tests."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONTAINER_MCP_", "OPENAI_"))}
-    return {**env, **extra}
+_clean_env = clean_env
 
 
 @pytest.mark.parametrize(
@@ -71,14 +69,14 @@ def test_a_network_host_needs_auth(host: str) -> None:
 
 
 def test_auth_is_enabled_by_keys_from_env_or_file_or_by_oauth(tmp_path: Path) -> None:
-    assert not Settings(data_dir=tmp_path).auth_enabled()
-    assert Settings(data_dir=tmp_path, api_keys="k1,k2").auth_enabled()
+    assert not Settings.isolated(data_dir=tmp_path).auth_enabled()
+    assert Settings.isolated(data_dir=tmp_path, api_keys="k1,k2").auth_enabled()
     keys = tmp_path / "keys"
     keys.write_text("# only comments\n\n")
-    assert not Settings(data_dir=tmp_path, api_keys_file=keys).auth_enabled()
+    assert not Settings.isolated(data_dir=tmp_path, api_keys_file=keys).auth_enabled()
     keys.write_text("# team\nk3\n")
-    assert Settings(data_dir=tmp_path, api_keys_file=keys).auth_enabled()
-    oauth = Settings(
+    assert Settings.isolated(data_dir=tmp_path, api_keys_file=keys).auth_enabled()
+    oauth = Settings.isolated(
         data_dir=tmp_path,
         oauth_issuer_url="https://issuer.example.com",
         oauth_resource_url="https://mcp.example.com/mcp",
@@ -108,7 +106,7 @@ async def test_api_key_on_argv_warns_that_local_users_can_read_it(tmp_path: Path
 
 
 def test_allowed_hosts_are_loopback_the_bound_address_and_the_configured_names(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, allowed_hosts="MCP.example.com, proxy.internal:8443")
+    settings = Settings.isolated(data_dir=tmp_path, allowed_hosts="MCP.example.com, proxy.internal:8443")
     hosts = allowed_hosts(settings, "192.168.1.20")
     for expected in ("127.0.0.1:*", "localhost:*", "[::1]:*", "192.168.1.20:*", "mcp.example.com", "mcp.example.com:*",
                      "proxy.internal:8443"):  # fmt: skip
@@ -121,7 +119,7 @@ def test_allowed_hosts_are_loopback_the_bound_address_and_the_configured_names(t
 
 
 def test_allowed_origins_are_loopback_and_the_configured_ones(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, allowed_origins="https://app.example.com/")
+    settings = Settings.isolated(data_dir=tmp_path, allowed_origins="https://app.example.com/")
     origins = allowed_origins(settings, "0.0.0.0")
     for expected in ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*", "https://app.example.com",
                      "https://app.example.com:*"):  # fmt: skip

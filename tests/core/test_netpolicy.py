@@ -182,15 +182,17 @@ def test_ports() -> None:
 )
 def test_bad_operator_settings_stop_the_server(overrides: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        Settings(**overrides)  # type: ignore[arg-type]
+        Settings.isolated(**overrides)
 
 
 def test_settings_parse_the_environment_forms() -> None:
-    settings = Settings(egress_ports="80, 443,8000-8100", egress_allow_networks="10.0.0.0/8, mirror.corp.example")
+    settings = Settings.isolated(
+        egress_ports="80, 443,8000-8100", egress_allow_networks="10.0.0.0/8, mirror.corp.example"
+    )
     rules = settings.egress_rules()
     assert rules.ports == ((80, 80), (443, 443), (8000, 8100))
     assert rules.networks == (ipaddress.ip_network("10.0.0.0/8"),) and rules.hosts == ("mirror.corp.example",)
-    assert Settings().egress_rules() == EgressRules()
+    assert Settings.isolated().egress_rules() == EgressRules()
 
 
 BAD_ENTRIES = [

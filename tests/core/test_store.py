@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from container_mcp.clock import ManualClock
-from container_mcp.errors import QuotaExceeded, RateLimited
+from container_mcp.errors import QuotaExceeded, RateLimited, render
 from container_mcp.models import ContainerSpec, ListParams
 from container_mcp.providers.local import LocalProvider
 from container_mcp.service import ContainerService
@@ -37,7 +37,7 @@ async def test_fifty_concurrent_creates_yield_exactly_the_limit(tmp_path: Path) 
                 await service.create_container("s1", ContainerSpec(name=f"c{i}"))
                 outcomes.append("ok")
             except QuotaExceeded as exc:
-                assert "5 of 5" in exc.message and "CONTAINER_MCP_MAX_CONTAINERS" in exc.message
+                assert "5 of 5" in exc.message and "CONTAINER_MCP_MAX_CONTAINERS" in render(exc, "mcp")
                 outcomes.append("quota")
 
         async with anyio.create_task_group() as tg:
@@ -71,7 +71,7 @@ def test_bytes_and_files_limits_are_checked_before_applying() -> None:
     store.apply_delta("s", "cntr_a", 2, 50, LIMITS)
     with pytest.raises(QuotaExceeded) as info:
         store.apply_delta("s", "cntr_a", 1, 0, LIMITS)
-    assert "CONTAINER_MCP_MAX_FILES_PER_CONTAINER" in info.value.message
+    assert "CONTAINER_MCP_MAX_FILES_PER_CONTAINER" in render(info.value, "mcp")
     usage = store.usage("s", 0.0)
     assert (usage.containers, usage.files, usage.bytes) == (1, 3, 250)
     store.mark_expired("cntr_a")

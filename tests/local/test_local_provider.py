@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from container_mcp.clock import ManualClock
-from container_mcp.errors import ContainerExpired, InvalidPath
+from container_mcp.errors import ContainerExpired, InvalidPath, render
 from container_mcp.models import ContainerSpec, ExpiresAfter, ListParams
 from container_mcp.providers.local import LocalProvider
 from container_mcp.uploads import BytesUpload
@@ -51,7 +51,7 @@ async def test_expiry_follows_inactivity_with_an_injected_clock(tmp_path: Path) 
         assert list((tmp_path / "containers" / c.id / "files").iterdir()) == []
         with pytest.raises(ContainerExpired) as info:
             await p.get_file(c.id, f.id)
-        assert "expired" in info.value.message and "container_create" in info.value.message
+        assert "expired" in info.value.message and "container_create" in render(info.value, "mcp")
         with pytest.raises(ContainerExpired):
             await p.create_file(c.id, "/mnt/data/b.txt", BytesUpload(b"b"))
         listed = await p.list_containers(ListParams())

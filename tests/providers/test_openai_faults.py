@@ -23,6 +23,7 @@ from container_mcp.errors import (
     ProviderError,
     ProviderRateLimited,
     ProviderUnavailable,
+    render,
 )
 from container_mcp.models import ContainerSpec, ListParams
 from container_mcp.uploads import BytesUpload
@@ -101,7 +102,7 @@ async def test_500_is_retried_with_bounded_backoff(jitter: float, expected: list
     assert len(app.seen) == 3  # max_retries=2
     assert sleep.calls == expected
     assert info.value.status == 500 and info.value.request_id == "req_3"
-    assert str(info.value) == (
+    assert render(info.value, "mcp") == (
         "The backend failed: The server had an error (HTTP 500, request id req_3) after 3 attempts. Try again later."
     )
 
@@ -146,7 +147,7 @@ async def test_409_is_retried_then_reported() -> None:
         with pytest.raises(ProviderError) as info:
             await provider.delete_container(CONTAINER_ID)
     assert len(app.seen) == 3 and info.value.status == 409
-    assert "conflict" in str(info.value)
+    assert "conflict" in render(info.value, "mcp")
 
 
 # --- no duplicate containers or files ---------------------------------------------------------
@@ -161,10 +162,10 @@ async def test_create_is_not_retried_after_5xx(status: int) -> None:
             await provider.create_container(SPEC)
     assert len(app.posts()) == 1 and sleep.calls == []
     assert info.value.status == status
-    assert str(info.value) == (
+    assert render(info.value, "mcp") == (
         "The backend failed while trying to create the container: The server had an error while processing "
-        f"your request. (HTTP {status}, request id req_1). The request may or may not have taken effect: "
-        "list your containers with container_list before trying again."
+        f"your request. (HTTP {status}, request id req_1). The request may or may not have taken effect. "
+        "List your containers with container_list before trying again."
     )
 
 
@@ -198,7 +199,7 @@ async def test_upload_is_not_retried_after_5xx() -> None:
         with pytest.raises(ProviderUnavailable) as info:
             await provider.create_file(CONTAINER_ID, "/mnt/data/a.txt", BytesUpload(b"abc"))
     assert len(app.posts()) == 1
-    assert "may or may not have taken effect: list the container's files with file_list" in str(info.value)
+    assert "may or may not have taken effect. List the container's files with file_list" in render(info.value, "mcp")
 
 
 async def test_upload_retry_after_429_resends_the_whole_host_file(tmp_path: Path) -> None:
@@ -223,7 +224,7 @@ async def test_read_timeout_on_get_is_retried_and_reported() -> None:
             await provider.get_container(CONTAINER_ID)
     assert len(server.seen) == 3
     assert info.value.status is None
-    assert str(info.value) == (
+    assert render(info.value, "mcp") == (
         f"The backend at {server.base_url} did not answer within 0.05 s (3 attempts). Try again later."
     )
 
@@ -233,9 +234,9 @@ async def test_read_timeout_on_create_never_makes_a_second_container() -> None:
         with pytest.raises(ProviderUnavailable) as info:
             await provider.create_container(SPEC)
     assert server.posts() == 1
-    assert str(info.value) == (
+    assert render(info.value, "mcp") == (
         "The connection to the backend failed while trying to create the container (ReadTimeout). The request "
-        "may or may not have taken effect: list your containers with container_list before trying again."
+        "may or may not have taken effect. List your containers with container_list before trying again."
     )
 
 
@@ -251,13 +252,15 @@ async def test_dropped_connection_on_create_is_not_retried() -> None:
         with pytest.raises(ProviderUnavailable, match="may or may not have taken effect") as info:
             await p.create_container(SPEC)
     assert server.posts() == 1
-    assert "RemoteProtocolError" in str(info.value)
+    assert "RemoteProtocolError" in render(info.value, "mcp")
 
 
 async def test_dropped_connection_on_upload_is_not_retried() -> None:
     async with tcp_fault_server(DROP, Reply(200, file_body())) as server, tcp_provider(server.base_url) as p:
-        with pytest.raises(ProviderUnavailable, match="file_list"):
+        with pytest.raises(ProviderUnavailable, match="may or may not have taken effect") as info:
             await p.create_file(CONTAINER_ID, "/mnt/data/a.txt", BytesUpload(b"abc"))
+    assert "file_list" in render(info.value, "mcp")
+    assert f"GET /v1/containers/{CONTAINER_ID}/files" in render(info.value, "rest")
     assert server.posts() == 1
 
 
@@ -268,7 +271,7 @@ async def test_connection_refused_retries_even_a_create_since_nothing_was_sent()
         with pytest.raises(ProviderUnavailable) as info:
             await provider.create_container(SPEC)
     assert len(sleep.calls) == 2  # three attempts
-    message = str(info.value)
+    message = render(info.value, "mcp")
     assert message.startswith(f"Could not connect to the backend at {base_url} (ConnectError")
     assert "after 3 attempts; nothing was sent. Check the network and CONTAINER_MCP_OPENAI_BASE_URL" in message
 
@@ -319,7 +322,7 @@ async def test_auth_error_tells_the_operator_which_setting_to_check() -> None:
         with pytest.raises(ProviderAuthError) as info:
             await provider.list_containers(ListParams())
     assert len(app.seen) == 1
-    assert str(info.value) == (
+    assert render(info.value, "mcp") == (
         "The backend refused the credentials: Incorrect API key provided: ***. (HTTP 401, request id req_1). "
         "Check OPENAI_API_KEY / CONTAINER_MCP_OPENAI_API_KEY; this is an operator setting, and retrying will "
         "not help."
@@ -335,7 +338,7 @@ async def test_rate_limited_after_retries_says_how_long_to_wait() -> None:
     assert sleep.calls == [20.0, 20.0]
     assert info.value.retry_after == 20.0
     assert (info.value.status, info.value.request_id) == (429, "req_3")
-    assert str(info.value) == (
+    assert render(info.value, "mcp") == (
         "The backend is rate limiting requests: Rate limit reached for requests (HTTP 429, request id req_3); "
         "gave up after 3 attempts. Wait 20 s and try again."
     )
@@ -362,7 +365,7 @@ async def test_rate_limited_carries_the_servers_retry_after(
             await provider.create_container(SPEC)
     assert info.value.retry_after == retry_after
     assert (info.value.status, info.value.request_id) == (429, "req_1")
-    assert f"Wait {wait} and try again." in str(info.value)
+    assert f"Wait {wait} and try again." in render(info.value, "mcp")
 
 
 async def test_download_broken_mid_stream_keeps_the_request_id() -> None:
@@ -391,7 +394,10 @@ async def test_expired_container_is_distinct_from_not_found() -> None:
     assert (error.status, error.request_id, error.__cause__) == (400, "req_1", None)
     assert str(error).startswith(f"Container is expired: {CONTAINER_ID} was inactive")
     # The fixed text already says what upstream said, so only the status and request id follow it.
-    assert str(error).endswith("upload the files again. (HTTP 400, request id req_1)")
+    assert str(error).endswith("cannot be reactivated. (HTTP 400, request id req_1)")
+    assert render(error, "mcp").endswith(
+        "(HTTP 400, request id req_1) Create a new one with container_create and upload the files again."
+    )
     assert repr(error) == f"ContainerExpired({str(error)!r})" and error.args == (str(error),)
 
 
@@ -418,11 +424,12 @@ async def test_404_on_a_file_names_the_file_or_the_container() -> None:
     assert file_info.value.file_id == FILE_ID
     assert (file_info.value.status, file_info.value.request_id) == (404, "req_1")
     assert str(file_info.value) == (
-        f"File {FILE_ID} not found on container {CONTAINER_ID}. List the container's files with file_list. "
-        "(HTTP 404, request id req_1)"
+        f"File {FILE_ID} not found on container {CONTAINER_ID}. (HTTP 404, request id req_1)"
     )
     assert (container_info.value.status, container_info.value.request_id) == (404, "req_2")
-    assert str(container_info.value).endswith("or create one with container_create. (HTTP 404, request id req_2)")
+    assert render(container_info.value, "mcp").endswith(
+        "(HTTP 404, request id req_2) List your containers with container_list, or create one with container_create."
+    )
 
 
 async def test_404_on_the_collection_points_at_the_base_url() -> None:
@@ -431,7 +438,7 @@ async def test_404_on_the_collection_points_at_the_base_url() -> None:
         with pytest.raises(ProviderError, match="check CONTAINER_MCP_OPENAI_BASE_URL") as info:
             await provider.list_containers(ListParams())
     assert type(info.value) is ProviderError and info.value.status == 404
-    assert "Not Found" in str(info.value)
+    assert "Not Found" in render(info.value, "mcp")
 
 
 async def test_read_file_raises_on_first_iteration() -> None:

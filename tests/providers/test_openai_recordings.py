@@ -463,7 +463,7 @@ async def test_settings_headers_timeouts_and_base_url() -> None:
         seen.append(request)
         return httpx2.Response(200, json=container_body())
 
-    settings = Settings(
+    settings = Settings.isolated(
         openai_api_key=SecretStr(API_KEY),
         openai_base_url="http://litellm.local:4000/v1/",
         openai_organization="org-1",
@@ -489,7 +489,7 @@ async def test_settings_headers_timeouts_and_base_url() -> None:
 
 
 async def test_owned_client_is_closed() -> None:
-    async with OpenAIProvider.from_settings(Settings(openai_api_key=SecretStr(API_KEY))) as provider:
+    async with OpenAIProvider.from_settings(Settings.isolated(openai_api_key=SecretStr(API_KEY))) as provider:
         client = provider._client
     assert client.is_closed
 

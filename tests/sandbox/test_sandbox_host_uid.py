@@ -71,14 +71,17 @@ async def _peek_as(uid: int, pid: str) -> str:
 
 
 def test_the_operator_sets_the_sandbox_uid(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, sandbox_uid=DEDICATED, sandbox_gid=DEDICATED)
+    settings = Settings.isolated(data_dir=tmp_path, sandbox_uid=DEDICATED, sandbox_gid=DEDICATED)
     provider = create_provider(settings, ManualClock())
     assert isinstance(provider, LocalProvider)
     config = provider._sandbox.config
     assert (config.sandbox_uid, config.sandbox_gid) == (DEDICATED, DEDICATED)
-    assert (Settings(data_dir=tmp_path).sandbox_uid, Settings(data_dir=tmp_path).sandbox_gid) == (65534, 65534)
+    assert (Settings.isolated(data_dir=tmp_path).sandbox_uid, Settings.isolated(data_dir=tmp_path).sandbox_gid) == (
+        65534,
+        65534,
+    )
     with pytest.raises(ValueError, match="sandbox_uid"):
-        Settings(data_dir=tmp_path, sandbox_uid=0)
+        Settings.isolated(data_dir=tmp_path, sandbox_uid=0)
 
 
 @pytest.mark.sandbox

@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.sandbox]
 
 @pytest.fixture
 async def exec_client(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Client]:
-    settings = Settings(data_dir=tmp_path, max_files_per_container=5, max_session_bytes=1 << 20)
+    settings = Settings.isolated(data_dir=tmp_path, max_files_per_container=5, max_session_bytes=1 << 20)
     limits = ExecLimits(max_file_bytes=settings.max_file_bytes, max_output_bytes=settings.exec_max_output_bytes)
     async with LocalProvider(tmp_path / "local", clock=clock, exec_limits=limits) as provider:
         if not provider.capabilities.exec:
@@ -223,7 +223,7 @@ async def test_without_a_usable_sandbox_exec_is_not_offered_and_capabilities_say
 ) -> None:
     from container_mcp.sandbox import Sandbox, SandboxConfig
 
-    settings = Settings(data_dir=tmp_path)
+    settings = Settings.isolated(data_dir=tmp_path)
     broken = Sandbox(SandboxConfig(bwrap="/nonexistent/bwrap"))
     async with LocalProvider(tmp_path / "local", clock=clock, exec_limits=ExecLimits(), sandbox=broken) as provider:
         service = ContainerService(provider, SqliteSessionStore(), limits_from(settings), clock=clock)

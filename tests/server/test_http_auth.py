@@ -48,7 +48,7 @@ def _list_call(id_: int) -> dict[str, Any]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(
+    return Settings.isolated(
         data_dir=tmp_path / "data",
         api_keys=[KEY_A, KEY_B],
         allowed_hosts=["mcp.example.com"],
@@ -203,17 +203,16 @@ async def test_dns_rebinding_is_refused_on_a_server_configured_for_every_interfa
 
 @pytest.mark.parametrize("transport", ["streamable-http", "sse"])
 async def test_the_cli_server_takes_keys_from_the_environment(tmp_path: Path, transport: str) -> None:
-    import os
     import re
     import signal
     import subprocess
 
     import anyio
 
+    from ..envs import clean_env
     from .test_transports import console_script
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINER_MCP_")}
-    env |= {"CONTAINER_MCP_API_KEYS": f"{KEY_A},{KEY_B}", "CONTAINER_MCP_DATA_DIR": str(tmp_path)}
+    env = clean_env(CONTAINER_MCP_API_KEYS=f"{KEY_A},{KEY_B}", CONTAINER_MCP_DATA_DIR=str(tmp_path))
     argv = [console_script(), "--transport", transport, "--port", "0", "--log-level", "DEBUG"]
     proc = await anyio.open_process(argv, env=env, stderr=subprocess.PIPE)
     try:

@@ -35,7 +35,7 @@ BUSY = "busy receiving other inline uploads"
 
 def small_budget_server(service: ContainerService, settings: Settings, capacity: int) -> tuple[MCPServer, InlineBudget]:
     budget = InlineBudget(capacity)
-    tight = Settings(data_dir=settings.data_dir, max_inline_bytes_in_flight=capacity)
+    tight = Settings.isolated(data_dir=settings.data_dir, max_inline_bytes_in_flight=capacity)
     return create_server(service, tight, inline_budget=budget), budget
 
 
@@ -177,9 +177,9 @@ async def test_over_http_a_body_that_waits_too_long_is_refused_unread(
 
 
 def test_the_mcp_body_limit_fits_the_budget() -> None:
-    roomy = Settings(max_file_bytes=100 * MiB, max_inline_bytes_in_flight=384 * MiB)
+    roomy = Settings.isolated(max_file_bytes=100 * MiB, max_inline_bytes_in_flight=384 * MiB)
     assert mcp_body_limit(roomy) == -(-100 * MiB * 4 // 3) + MiB  # a whole file as base64 + envelope
-    tight = Settings(max_file_bytes=100 * MiB, max_inline_bytes_in_flight=64 * MiB)
+    tight = Settings.isolated(max_file_bytes=100 * MiB, max_inline_bytes_in_flight=64 * MiB)
     assert mcp_body_limit(tight) == 64 * MiB  # never a body the budget could not hold
     assert mcp_body_limit(tight) > GATED_BODY_BYTES
 

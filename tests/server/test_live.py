@@ -60,8 +60,8 @@ async def two_sessions(
     tmp_path: Path, clock: ManualClock
 ) -> AsyncIterator[tuple[Settings, Settings, ContainerService]]:
     """Two stdio users (session keys alice and bob) of one service, each with its own server."""
-    a = Settings(data_dir=tmp_path / "data", stdio_session_key="alice")
-    b = Settings(data_dir=tmp_path / "data", stdio_session_key="bob")
+    a = Settings.isolated(data_dir=tmp_path / "data", stdio_session_key="alice")
+    b = Settings.isolated(data_dir=tmp_path / "data", stdio_session_key="bob")
     store = SqliteSessionStore()
     limits = ExecLimits(max_file_bytes=a.max_file_bytes, max_output_bytes=a.exec_max_output_bytes)
     try:
@@ -266,7 +266,7 @@ async def test_a_change_reaches_only_its_owners_listen_bus() -> None:
 
 
 async def test_2026_over_http_a_token_cannot_listen_to_anothers_file(tmp_path: Path, clock: ManualClock) -> None:
-    settings = Settings(data_dir=tmp_path / "data", api_keys=[KEY_A, KEY_B])
+    settings = Settings.isolated(data_dir=tmp_path / "data", api_keys=[KEY_A, KEY_B])
     store = SqliteSessionStore()
     try:
         async with LocalProvider(tmp_path / "local", clock=clock) as provider:

@@ -125,7 +125,7 @@ def _forge(header: dict[str, Any], claims: dict[str, Any], sign: Callable[[bytes
 
 
 def oauth_settings(tmp_path: Path, jwks_url: str, **overrides: Any) -> Settings:
-    return Settings(
+    return Settings.isolated(
         data_dir=tmp_path / "data",
         oauth_issuer_url=ISSUER,
         oauth_resource_url=RESOURCE,
@@ -361,4 +361,4 @@ async def test_the_rest_api_shares_the_verifier(server: OAuthServer) -> None:
 )
 def test_bad_oauth_settings_are_refused(tmp_path: Path, overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
-        Settings(data_dir=tmp_path, **overrides)
+        Settings.isolated(data_dir=tmp_path, **overrides)

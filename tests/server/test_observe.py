@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import signal
 import subprocess
@@ -37,6 +36,7 @@ from container_mcp.settings import Settings
 from container_mcp.store import SqliteSessionStore
 from tests.live import serve
 
+from ..envs import clean_env
 from .bearer import Seen, http_client, sse
 from .test_transports import console_script
 
@@ -74,7 +74,7 @@ class Served:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", api_keys=[KEY, OTHER], max_containers=2)
+    return Settings.isolated(data_dir=tmp_path / "data", api_keys=[KEY, OTHER], max_containers=2)
 
 
 async def _serve(service: ContainerService, settings: Settings, transport: HttpTransport) -> AsyncIterator[Served]:
@@ -178,7 +178,7 @@ async def test_tool_calls_are_audited_and_counted(served: Served, mode: str) -> 
 
 
 async def test_rate_limit_refusals_are_counted(local_provider: LocalProvider, tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data", api_keys=[KEY], max_calls_per_minute=2)
+    settings = Settings.isolated(data_dir=tmp_path / "data", api_keys=[KEY], max_calls_per_minute=2)
     service = ContainerService(local_provider, SqliteSessionStore(), limits_from(settings), clock=ManualClock())
     async for s in _serve(service, settings, "streamable-http"):
         async with http_client(s.url + "/mcp", KEY, "auto") as client:
@@ -238,7 +238,7 @@ async def test_sse_calls_are_audited_with_their_transport(service: ContainerServ
 async def test_without_auth_metrics_are_open_on_loopback_and_callers_are_anonymous(
     service: ContainerService, tmp_path: Path
 ) -> None:
-    settings = Settings(data_dir=tmp_path / "data")
+    settings = Settings.isolated(data_dir=tmp_path / "data")
     async for s in _serve(service, settings, "streamable-http"):
         async with Client(s.url + "/mcp", mode="legacy") as client:
             await ok(client, "container_list")
@@ -268,7 +268,7 @@ async def test_stdio_callers_are_the_stdio_principal(service: ContainerService, 
 
 @pytest.mark.sandbox
 async def test_exec_records_the_exit_code_and_the_seconds_run(tmp_path: Path, clock: ManualClock) -> None:
-    settings = Settings(data_dir=tmp_path / "data", api_keys=[KEY])
+    settings = Settings.isolated(data_dir=tmp_path / "data", api_keys=[KEY])
     limits = ExecLimits(max_file_bytes=settings.max_file_bytes, max_output_bytes=settings.exec_max_output_bytes)
     async with LocalProvider(tmp_path / "local", clock=clock, exec_limits=limits) as provider:
         if not provider.capabilities.exec:
@@ -293,7 +293,7 @@ async def test_exec_records_the_exit_code_and_the_seconds_run(tmp_path: Path, cl
 
 async def test_the_mcp_http_process_audits_to_stderr_and_serves_metrics(tmp_path: Path) -> None:
     """The CLI's own assembly: ``container-mcp --transport streamable-http`` with CONTAINER_MCP_AUDIT=stderr."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONTAINER_MCP_", "OPENAI_"))}
+    env = clean_env()
     env |= {"CONTAINER_MCP_API_KEYS": KEY, "CONTAINER_MCP_AUDIT": "stderr"}
     argv = [console_script(), "--transport", "streamable-http", "--port", "0", "--data-dir", str(tmp_path / "data")]
     proc = await anyio.open_process([*argv, "--log-level", "INFO"], stderr=subprocess.PIPE, env=env)

@@ -9,7 +9,6 @@ on a server without the guard. The in-process tests inject small timeouts instea
 
 from __future__ import annotations
 
-import os
 import re
 import resource
 import subprocess
@@ -29,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 from container_mcp.http_guard import ConnectionLimits, connection_limits, raise_open_files_limit
 from container_mcp.serving import listen, server_config
 
+from ..envs import clean_env
 from .bearer import http_client
 from .test_transports import console_script, structured
 
@@ -217,7 +217,7 @@ _UNDER_LIMIT = (
 
 @asynccontextmanager
 async def server_process(args: list[str], tmp_path: Path, soft: int = SERVER_FILES) -> AsyncIterator[tuple[str, int]]:
-    env = {**os.environ, "CONTAINER_MCP_DATA_DIR": str(tmp_path), "CONTAINER_MCP_API_KEYS": "sk-slow"}
+    env = clean_env(CONTAINER_MCP_DATA_DIR=str(tmp_path), CONTAINER_MCP_API_KEYS="sk-slow")
     command = [sys.executable, "-c", _UNDER_LIMIT, str(soft), str(SERVER_FILES), console_script()]
     proc = await anyio.open_process(
         [*command, *args, "--port", "0", "--log-level", "INFO"], stderr=subprocess.PIPE, env=env

@@ -18,6 +18,7 @@ import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from ..envs import clean_env
 from .test_transports import console_script
 
 pytestmark = pytest.mark.anyio
@@ -45,7 +46,7 @@ async def receive(stdout: BufferedByteReceiveStream) -> dict[str, Any]:
 
 async def test_a_150_mb_stdio_message_is_refused_with_bounded_memory(tmp_path: Path) -> None:
     proc = await anyio.open_process(
-        [console_script(), "--data-dir", str(tmp_path)], stdin=subprocess.PIPE, stderr=subprocess.PIPE
+        [console_script(), "--data-dir", str(tmp_path)], stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env()
     )
     try:
         assert proc.stdout is not None and proc.stdin is not None and proc.stderr is not None

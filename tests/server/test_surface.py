@@ -34,7 +34,7 @@ TOOLS_LIST_LIMIT = 12 * 1024
 @pytest.fixture
 async def full_client(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Client]:
     """Every tool of the product, container_exec included."""
-    settings = Settings(data_dir=tmp_path / "data")
+    settings = Settings.isolated(data_dir=tmp_path / "data")
     limits = ExecLimits(max_file_bytes=settings.max_file_bytes, max_output_bytes=settings.exec_max_output_bytes)
     async with LocalProvider(tmp_path / "local", clock=clock, exec_limits=limits) as provider:
         if not provider.capabilities.exec:
@@ -177,7 +177,7 @@ async def test_resource_errors_are_the_callers_when_they_are(client: Client) -> 
 
 
 async def test_a_rate_limited_resource_read_says_when_to_retry(tmp_path: Path, clock: ManualClock) -> None:
-    settings = Settings(data_dir=tmp_path / "data", max_calls_per_minute=1)
+    settings = Settings.isolated(data_dir=tmp_path / "data", max_calls_per_minute=1)
     async with LocalProvider(tmp_path / "local", clock=clock) as provider:
         store = SqliteSessionStore()
         try:

@@ -157,7 +157,7 @@ async def test_quota_error_names_the_limit(tmp_path: Path, clock: ManualClock, l
     from container_mcp.runtime import limits_from
     from container_mcp.store import SqliteSessionStore
 
-    settings = Settings(data_dir=tmp_path, max_containers=2, max_file_bytes=10)
+    settings = Settings.isolated(data_dir=tmp_path, max_containers=2, max_file_bytes=10)
     service = ContainerService(local_provider, SqliteSessionStore(), limits_from(settings), clock=clock)
     async with Client(create_server(service, settings)) as client:
         cid = (await call(client, "container_create", name="1"))["id"]
@@ -198,7 +198,7 @@ async def test_file_ids_copy_from_own_containers(client: Client) -> None:
 
 
 async def test_resources_list_pages_the_sessions_files(tmp_path: Path, service: ContainerService) -> None:
-    settings = Settings(data_dir=tmp_path, resource_page_size=3)
+    settings = Settings.isolated(data_dir=tmp_path, resource_page_size=3)
     async with Client(create_server(service, settings)) as client:
         a = (await call(client, "container_create", name="a"))["id"]
         b = (await call(client, "container_create", name="b"))["id"]
@@ -245,7 +245,7 @@ async def test_source_path_only_under_allowed_roots(tmp_path: Path, service: Con
     (allowed / "data.csv").write_bytes(b"x,y\n")
     (tmp_path / "secret.txt").write_text("nope")
     (allowed / "link.txt").symlink_to(tmp_path / "secret.txt")
-    settings = Settings(data_dir=tmp_path / "d", allow_paths=[allowed])
+    settings = Settings.isolated(data_dir=tmp_path / "d", allow_paths=[allowed])
     server: MCPServer = create_server(service, settings)
     async with Client(server) as client:
         cid = (await call(client, "container_create", name="host"))["id"]
@@ -272,7 +272,7 @@ async def test_concurrent_creates_through_the_tool_respect_the_quota(
     from container_mcp.runtime import limits_from
     from container_mcp.store import SqliteSessionStore
 
-    settings = Settings(data_dir=tmp_path, max_containers=5)
+    settings = Settings.isolated(data_dir=tmp_path, max_containers=5)
     service = ContainerService(local_provider, SqliteSessionStore(), limits_from(settings), clock=clock)
     async with Client(create_server(service, settings)) as client:
         results: list[bool] = []
@@ -291,7 +291,9 @@ async def test_source_path_never_reads_the_servers_own_data(tmp_path: Path, serv
     data_dir = tmp_path / "d"
     (data_dir / "local").mkdir(parents=True)
     (data_dir / "local" / "registry-copy").write_text("other sessions' state")
-    settings = Settings(data_dir=data_dir, allow_paths=[tmp_path])  # an allowed root that contains the data dir
+    settings = Settings.isolated(
+        data_dir=data_dir, allow_paths=[tmp_path]
+    )  # an allowed root that contains the data dir
     async with Client(create_server(service, settings)) as client:
         cid = (await call(client, "container_create", name="host"))["id"]
         message = await error(

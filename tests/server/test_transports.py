@@ -16,6 +16,8 @@ from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
 from tests.live import serve
 
+from ..envs import clean_env
+
 pytestmark = pytest.mark.anyio
 
 
@@ -96,6 +98,7 @@ async def test_http_server_process_serves_and_stops_cleanly_on_sigterm(
     proc = await anyio.open_process(
         [console_script(), "--transport", transport, "--port", "0", "--data-dir", str(tmp_path), "--log-level", "INFO"],
         stderr=subprocess.PIPE,
+        env=clean_env(),
     )
     try:
         assert proc.stderr is not None

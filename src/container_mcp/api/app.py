@@ -23,8 +23,9 @@ routes). Middleware, outermost first: ``RequestHeaders`` (x-request-id on everyt
 ``AuditRequests`` (an audit record per request, and the metrics; ``observe.py``),
 ``HostOriginCheck`` (421/403 for a foreign Host or Origin: DNS rebinding, cross-site requests;
 see ``origin.py``), ``BearerAuth`` (owner per API key, 401 otherwise). JSON bodies are
-taken only with a JSON content type (415 otherwise). Each route is a small function of
-(service, request, owner); ``_endpoint`` turns the error tree into responses through
+taken only with a JSON content type (415 otherwise). A query parameter a route does not take
+(``QUERY``) is refused with 400 naming it, as are unknown body fields (``bodies.py``). Each route
+is a small function of (service, request, owner); ``_endpoint`` turns the error tree into responses through
 ``errors.error_response``, the one mapping. Headers the SDKs add (``x-stainless-*``,
 ``OpenAI-Organization``, ``OpenAI-Project``) and a ``Content-Type`` on bodiless requests are
 ignored.
@@ -51,7 +52,15 @@ from ..service import ContainerService
 from ..settings import Settings
 from . import files
 from .auth import BearerAuth
-from .bodies import container_spec, list_params, read_json, require_json
+from .bodies import (
+    CONTAINER_LIST_QUERY,
+    FILE_LIST_QUERY,
+    check_query,
+    container_spec,
+    list_params,
+    read_json,
+    require_json,
+)
 from .errors import SERVER, api_error_response, error_response
 from .middleware import RequestHeaders
 from .observe import METRICS_PATH, AuditRequests
@@ -125,6 +134,10 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
 """(method, path under /v1, handler, OpenAI operationId); ``openapi.py`` describes the same list."""
 
 
+QUERY: dict[Handler, tuple[str, ...]] = {list_containers: CONTAINER_LIST_QUERY, list_files: FILE_LIST_QUERY}
+"""The query parameters each route takes (none where unlisted); any other is refused with 400."""
+
+
 def _request_id(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", "-"))
 
@@ -134,6 +147,7 @@ def _endpoint(service: ContainerService, handlers: dict[str, Handler]) -> Callab
         owner = str(request.scope["state"]["owner"])
         handler = handlers["GET" if request.method == "HEAD" else request.method]
         try:
+            check_query(request.query_params, QUERY.get(handler, ()))
             return await handler(service, request, owner)
         except ContainerMCPError as exc:
             audit.note_error(exc)

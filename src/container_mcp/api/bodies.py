@@ -1,8 +1,12 @@
 """Request bodies and query strings -> the models the ContainerService takes.
 
 Validation failures become ``InvalidRequest`` with ``param`` naming the field in OpenAI's style
-(``expires_after.minutes``, ``file_ids[0]``). Unknown fields are ignored, as OpenAI's SDKs may send
-newer ones; ``null`` for an optional field means "not given".
+(``expires_after.minutes``, ``file_ids[0]``); ``null`` for an optional field means "not given".
+
+The API fails closed: a field it cannot honour is refused, never dropped. OpenAI fields no provider
+here supports (``UNSUPPORTED_CREATE_FIELDS``: ``skills``, ``network_policy.domain_secrets``) and
+any unknown body field or query parameter are a 400 naming the field, before anything is created
+(OpenAI itself answers "Unrecognized request argument supplied" to an unknown body field).
 """
 
 from __future__ import annotations
@@ -14,9 +18,20 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import InvalidRequest
-from ..models import ContainerSpec, ListParams
+from ..models import UNSUPPORTED_CREATE_FIELDS, ContainerSpec, ListParams
 
-__all__ = ["MAX_JSON_BYTES", "UNSUPPORTED_MEDIA_TYPE", "container_spec", "list_params", "read_json", "require_json"]
+__all__ = [
+    "CONTAINER_LIST_QUERY",
+    "FILE_LIST_QUERY",
+    "MAX_JSON_BYTES",
+    "UNSUPPORTED_MEDIA_TYPE",
+    "check_fields",
+    "check_query",
+    "container_spec",
+    "list_params",
+    "read_json",
+    "require_json",
+]
 
 MAX_JSON_BYTES = 16 << 20
 """Largest JSON request body read (OpenAI's create body may carry sizeable network secrets)."""
@@ -27,7 +42,65 @@ _NOT_JSON = (
 UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
 """``InvalidRequest.code`` of a body that is not declared JSON (answered 415)."""
 
+CONTAINER_LIST_QUERY = ("limit", "order", "after", "name")
+FILE_LIST_QUERY = ("limit", "order", "after")
+
 _OPTIONAL = ("expires_after", "memory_limit", "network_policy", "file_ids")
+_CREATE_FIELDS: dict[str, tuple[str, ...]] = {
+    "": ("name", *_OPTIONAL),
+    "expires_after": ("anchor", "minutes"),
+    "network_policy": ("type", "allowed_domains"),
+}
+"""The create body's accepted keys, at the top level and inside its objects."""
+
+
+def _listed(names: tuple[str, ...]) -> str:
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+
+
+def check_fields(body: Mapping[str, Any], accepted: Mapping[str, tuple[str, ...]]) -> None:
+    """Refuse a key of ``body`` (or of one of its objects named in ``accepted``) not accepted there.
+
+    ``accepted`` maps an object's dotted path ("" for the body itself) to its keys. An OpenAI field
+    this server does not honour names why; any other key is unrecognized. Raises ``InvalidRequest``
+    with ``param`` the dotted path of the first such key; nothing has been done yet.
+    """
+    for path, keys in accepted.items():
+        obj = body.get(path) if path else body
+        if not isinstance(obj, Mapping):
+            continue  # absent or mistyped: validation names it
+        for key in obj:
+            if key in keys:
+                continue
+            param = f"{path}.{key}" if path else str(key)
+            why = UNSUPPORTED_CREATE_FIELDS.get(param)
+            if why is not None:
+                raise InvalidRequest(
+                    f"'{param}' is not supported: {why}, so the request was refused and nothing was created. "
+                    f"Send it without '{param}' (GET /openapi.json lists the fields this server accepts).",
+                    param=param,
+                    code="unsupported_parameter",
+                )
+            shown = str(key)[:80]
+            where = f" in '{path}'" if path else ""
+            raise InvalidRequest(
+                f"Unrecognized request argument supplied: '{shown}'{where}. Nothing was created; the accepted "
+                f"fields{where} are {_listed(keys)}.",
+                param=param[:120],
+                code="unknown_parameter",
+            )
+
+
+def check_query(query: Mapping[str, str], accepted: tuple[str, ...]) -> None:
+    """Refuse a query parameter not in ``accepted`` (none, for routes that take none)."""
+    for key in query:
+        if key not in accepted:
+            takes = f"takes only {_listed(accepted)}" if accepted else "takes no query parameters"
+            raise InvalidRequest(
+                f"Unrecognized query parameter: '{key[:80]}'. This endpoint {takes}.",
+                param=key[:120],
+                code="unknown_parameter",
+            )
 
 
 def require_json(content_type: str | None) -> None:
@@ -93,7 +166,8 @@ def _invalid(exc: ValidationError, prefix: tuple[str, ...] = ()) -> InvalidReque
 
 def container_spec(body: Mapping[str, Any]) -> ContainerSpec:
     """The create-container body (name required; expires_after, memory_limit, network_policy,
-    file_ids optional)."""
+    file_ids optional; any other field refused, see ``check_fields``)."""
+    check_fields(body, _CREATE_FIELDS)
     fields = {k: v for k, v in body.items() if k in ("name", *_OPTIONAL) and not (k in _OPTIONAL and v is None)}
     try:
         return ContainerSpec.model_validate(fields)
@@ -103,7 +177,7 @@ def container_spec(body: Mapping[str, Any]) -> ContainerSpec:
 
 def list_params(query: Mapping[str, str], *, with_name: bool) -> ListParams:
     """``limit`` (1-100), ``order`` (asc|desc), ``after``, and ``name`` on container lists."""
-    keys = ("limit", "order", "after", "name") if with_name else ("limit", "order", "after")
+    keys = CONTAINER_LIST_QUERY if with_name else FILE_LIST_QUERY
     fields = {k: query[k] for k in keys if query.get(k)}
     try:
         return ListParams.model_validate(fields)

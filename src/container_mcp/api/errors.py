@@ -1,6 +1,8 @@
 """The single outbound mapping of the REST API: ContainerMCPError -> OpenAI's error envelope.
 
-Every error answers ``{"error": {"message", "type", "param", "code"}}`` with the status below.
+Every error answers ``{"error": {"message", "type", "param", "code"}}`` with the status below; the
+message is the error's REST rendering (``render(exc, "rest")``: its facts, then its hint in routes
+and fields), except where OpenAI's own wording is kept (not found, expired).
 The status is chosen for what the official SDK does with it: it retries 408, 409, 429 and >= 500
 (``x-should-retry: false`` stops that), so only a limit that clears by waiting is a 429.
 
@@ -58,6 +60,7 @@ from ..errors import (
     SandboxUnavailable,
     UnsafeConfiguration,
     Unsupported,
+    render,
 )
 
 __all__ = [
@@ -141,7 +144,7 @@ def _message(exc: ContainerMCPError) -> str:
             "were discarded; an expired container cannot be reactivated. Create a new container "
             "(POST /v1/containers) and upload the files again."
         )
-    return exc.message
+    return render(exc, "rest")
 
 
 def api_error_response(

@@ -5,7 +5,8 @@
   part's bytes stream from the socket into the container (see ``multipart.py``); a body that
   cannot fit the per-file byte limit is refused from its Content-Length before any byte is read,
   and a refused upload stores nothing. When a body holds both ``file`` and ``file_id``, the
-  uploaded file wins.
+  uploaded file wins. Any other part before ``file`` is refused (400 naming it); parts after the
+  file are not read.
 * **Copy** (``file_id``, JSON or a multipart field as old SDKs send it): a ``cfile_`` id of a file
   in one of the caller's running containers is copied, keeping its path, by
   ``ContainerService.copy_file``, so ownership, quotas and the rate limit apply as to any upload.
@@ -28,7 +29,7 @@ from ..models import ContainerFile
 from ..paths import MOUNT
 from ..service import ContainerService
 from ..uploads import StreamUpload
-from .bodies import read_json, require_json
+from .bodies import check_fields, read_json, require_json
 from .multipart import MultipartReader, drain
 from .wire import content_disposition, content_type
 
@@ -56,6 +57,7 @@ async def create_file(service: ContainerService, owner: str, container_id: str, 
         return await _create_multipart(service, owner, container_id, request, ctype)
     require_json(ctype)
     body = await read_json(request.stream())
+    check_fields(body, {"": ("file_id",)})
     file_id = body.get("file_id")
     if file_id is None:
         raise InvalidRequest(
@@ -85,6 +87,9 @@ async def _create_multipart(
                 return created
             if part.name == "file_id":
                 file_id = (await reader.read()).decode("utf-8", "replace").strip()
+            else:
+                # Fail closed, as for JSON bodies. Clients (the SDK too) send fields before the file.
+                check_fields({part.name: None}, {"": ("file", "file_id")})
         if not file_id:
             raise InvalidRequest("Missing required parameter: 'file' (or 'file_id').", param="file")
         return await copy_file(service, owner, file_id, container_id)

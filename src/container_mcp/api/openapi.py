@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
+from ..models import UNSUPPORTED_CREATE_FIELDS
 
 __all__ = ["openapi_document"]
 
@@ -26,7 +27,11 @@ def _json(name: str) -> dict[str, Any]:
 _ERRORS = {
     str(status): {"description": text, **_json("ErrorResponse")}
     for status, text in [
-        (400, "Invalid request, or the container is expired."),
+        (
+            400,
+            "Invalid request (an unknown or unsupported field or query parameter, named in param), or the "
+            "container is expired.",
+        ),
         (401, "Missing or wrong API key."),
         (403, "A per-key quota (live containers, files per container) is used up."),
         (404, "No such container or file for this key."),
@@ -63,6 +68,7 @@ def _op(operation_id: str, summary: str, ok: dict[str, Any], **extra: Any) -> di
 _SCHEMAS: dict[str, Any] = {
     "ExpiresAfter": {
         "type": "object",
+        "additionalProperties": False,
         "required": ["anchor", "minutes"],
         "properties": {
             "anchor": {"type": "string", "enum": ["last_active_at"]},
@@ -71,6 +77,8 @@ _SCHEMAS: dict[str, Any] = {
     },
     "NetworkPolicy": {
         "type": "object",
+        "additionalProperties": False,
+        "description": "OpenAI's domain_secrets is not supported: a request carrying it is refused (400).",
         "required": ["type"],
         "properties": {
             "type": {"type": "string", "enum": ["disabled", "allowlist"]},
@@ -115,6 +123,11 @@ _SCHEMAS: dict[str, Any] = {
     },
     "CreateContainerBody": {
         "type": "object",
+        "additionalProperties": False,
+        "description": "Fails closed: any other field is refused with 400 naming it, including OpenAI's "
+        + " and ".join(UNSUPPORTED_CREATE_FIELDS)
+        + ", which this server cannot honour. Nothing is created then.",
+        "x-unsupported-fields": list(UNSUPPORTED_CREATE_FIELDS),
         "required": ["name"],
         "properties": {
             "name": {"type": "string", "minLength": 1, "maxLength": 256},
@@ -130,6 +143,7 @@ _SCHEMAS: dict[str, Any] = {
     },
     "CreateContainerFileBody": {
         "type": "object",
+        "additionalProperties": False,
         "properties": {
             "file": {
                 "type": "string",

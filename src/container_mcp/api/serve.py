@@ -23,7 +23,8 @@ async def serve_api(settings: Settings, host: str, port: int) -> None:
 
     Refuses to start (``UnsafeConfiguration``, before opening anything) without API keys or OAuth
     unless ``host`` is a loopback address. With ``port`` 0 the OS picks one; the ``listening on``
-    log line (INFO) names it. Requests are audited as ``settings.audit`` says (``audit.py``).
+    log line (WARNING, shown by default) names it. Requests are audited as ``settings.audit`` says
+    (``audit.py``).
     """
     # One read of the keys decides both whether this host may be served and which tokens pass: a keys file
     # emptied while the service opens must not leave a public server without any.

@@ -56,6 +56,7 @@ from ..errors import (
     ContainerMCPError,
     ContainerNotFound,
     FileNotFound,
+    Hint,
     InvalidRequest,
     NotFound,
     ProviderAuthError,
@@ -120,7 +121,8 @@ class Call:
     container_id: str | None = None
     file_id: str | None = None
     action: str = ""
-    check: str = ""
+    check: Hint | None = None
+    """For a call that may have taken effect: how the caller finds out, per surface."""
 
 
 CREATE_CONTAINER = Call(
@@ -128,7 +130,10 @@ CREATE_CONTAINER = Call(
     "/containers",
     idempotent=False,
     action="create the container",
-    check="list your containers with container_list",
+    check=Hint(
+        mcp="List your containers with container_list before trying again.",
+        rest="List your containers with GET /v1/containers before trying again.",
+    ),
 )
 LIST_CONTAINERS = Call("GET", "/containers")
 
@@ -149,7 +154,10 @@ def upload_call(container_id: str, filename: str) -> Call:
         idempotent=False,
         container_id=container_id,
         action=f"upload {filename}",
-        check="list the container's files with file_list",
+        check=Hint(
+            mcp="List the container's files with file_list before trying again.",
+            rest=f"List the container's files with GET /v1/containers/{container_id}/files before trying again.",
+        ),
     )
 
 
@@ -377,6 +385,7 @@ class ErrorMap:
         where = f"HTTP {status}" + (f", request id {request_id}" if request_id else "")
         fields: dict[str, Any] = {"status": status, "request_id": request_id, "param": param}
         cls = error_class(status)
+        hint: Hint | None = None
         if call.container_id is not None and 400 <= status < 500 and status not in (401, 403, 408, 429):
             lowered = message.lower()
             if "expired" in lowered or upstream.code == "container_expired":
@@ -406,8 +415,9 @@ class ErrorMap:
         elif cls is ProviderUnavailable and not call.idempotent and status != 408:
             text = (
                 f"The backend failed while trying to {call.action}: {message} ({where}). The request may "
-                f"or may not have taken effect: {call.check} before trying again."
+                "or may not have taken effect."
             )
+            hint = call.check
         elif cls is ProviderUnavailable:
             text = f"The backend failed: {message} ({where}) after {_plural(attempts)}. Try again later."
         elif cls is NotFound:  # 404 on /containers itself
@@ -422,7 +432,7 @@ class ErrorMap:
         else:
             text = f"The backend answered unexpectedly: {message} ({where})."
         error_cls = cls if issubclass(cls, ProviderError) else ProviderError
-        return error_cls(text, **fields)
+        return error_cls(text, hint=hint, **fields)
 
     def for_body(self, response: httpx2.Response, call: Call, exc: Exception) -> ProviderError:
         """The error for a 2xx ``response`` whose body did not parse (``exc``)."""
@@ -451,6 +461,7 @@ class ErrorMap:
         """The error for a request that got no HTTP answer (``status`` None)."""
         kind = type(exc).__name__
         detail = f"{kind}: {exc}" if str(exc) else kind
+        hint: Hint | None = None
         if nothing_sent:
             text = (
                 f"Could not connect to the backend at {self.base_display} ({detail}) after "
@@ -460,8 +471,9 @@ class ErrorMap:
         elif not call.idempotent:
             text = (
                 f"The connection to the backend failed while trying to {call.action} ({detail}). The "
-                f"request may or may not have taken effect: {call.check} before trying again."
+                "request may or may not have taken effect."
             )
+            hint = call.check
         elif isinstance(exc, httpx2.ReadTimeout):
             text = (
                 f"The backend at {self.base_display} did not answer within {self.read_timeout_s:g} s "
@@ -469,4 +481,4 @@ class ErrorMap:
             )
         else:
             text = f"The connection to the backend failed ({detail}) after {_plural(attempts)}. Try again later."
-        return ProviderUnavailable(self.scrub(text))
+        return ProviderUnavailable(self.scrub(text), hint=hint)

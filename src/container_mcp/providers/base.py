@@ -15,6 +15,7 @@ from typing import Literal, Protocol, Self
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..models import (
+    UNSUPPORTED_CREATE_FIELDS,
     Container,
     ContainerDeleted,
     ContainerFile,
@@ -63,6 +64,11 @@ class Capabilities(BaseModel):
     )
     upstream_file_ids: bool = Field(
         False, description="Whether file_ids may name backend-level files (OpenAI 'file-...' ids)."
+    )
+    unsupported_create_fields: list[str] = Field(
+        default_factory=lambda: list(UNSUPPORTED_CREATE_FIELDS),
+        description="OpenAI create-container fields not honoured here; a request carrying one is refused "
+        "(never served without it). Any field not in OpenAI's create body is refused too.",
     )
 
 

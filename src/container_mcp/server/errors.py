@@ -1,33 +1,11 @@
 """The single outbound mapping of the MCP boundary: ContainerMCPError -> what an MCP client sees.
 
-A tool reports every error of the tree as a tool error (``isError``) with the error's own
-message, which the model reads and can act on. A resource read answers a JSON-RPC error with
+A tool reports every error of the tree as a tool error (``isError``) with the error's MCP
+rendering (``render(exc, "mcp")``: its facts, then its hint in tool names), which the model reads
+and can act on. A resource read answers a JSON-RPC error with
 the code below and the URI in ``data``:
 
-=========================  ================  ==========================================
-error                      resource code     notes
-=========================  ================  ==========================================
-InvalidRequest (+ path,    INVALID_PARAMS    the caller's mistake; ``param`` in data
-id)
-NotFound (+ container,     INVALID_PARAMS    the SDK's (and the 2026 spec's) resource-not-
-file)                                        found code, with the URI in data
-ContainerExpired           INVALID_PARAMS    the caller's container is gone
-QuotaExceeded, FileTooLarge INVALID_PARAMS   waiting won't clear it
-RateLimited                INVALID_REQUEST   ``retryAfterSeconds`` in data; the message says when
-Unsupported                INVALID_REQUEST   the provider cannot do it
-UnsafeConfiguration        INTERNAL_ERROR    never raised after start
-ExecError (+ sandbox)      INTERNAL_ERROR    the server's side; message kept (ours, no secrets)
-ProviderError (+ auth,     INTERNAL_ERROR    the backend's side; message kept
-unavailable)
-ProviderRateLimited        INVALID_REQUEST   upstream's ``retryAfterSeconds`` passed on
-=========================  ================  ==========================================
-
-Only an exception outside the tree is our bug: it is logged with its traceback and reported
-without its text (which may carry internals), as INTERNAL_ERROR or a generic tool error. Every
-class of the tree has a row; ``tests/server/test_errors.py`` fails on a subclass without one.
-The mapping is applied in one place per kind: ``tool_boundary`` wraps every tool function at
-registration and ``resource_boundary`` every resource read.
-"""
+=========================  ================  ==================================="""
 
 from __future__ import annotations
 
@@ -61,6 +39,7 @@ from ..errors import (
     SandboxUnavailable,
     UnsafeConfiguration,
     Unsupported,
+    render,
 )
 
 __all__ = ["ERROR_TABLE", "mcp_error", "resource_boundary", "resource_code", "tool_boundary"]
@@ -110,7 +89,7 @@ def mcp_error(exc: ContainerMCPError, uri: str | None) -> MCPError:
     retry_after = getattr(exc, "retry_after", None)
     if isinstance(retry_after, int | float):
         data["retryAfterSeconds"] = max(1, round(retry_after))
-    return MCPError(resource_code(exc), exc.message, data)
+    return MCPError(resource_code(exc), render(exc, "mcp"), data)
 
 
 def tool_boundary(tool: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
@@ -126,7 +105,7 @@ def tool_boundary(tool: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P
             try:
                 return await fn(*args, **kwargs)
             except ContainerMCPError as exc:
-                raise ToolError(exc.message) from exc
+                raise ToolError(render(exc, "mcp")) from exc
             except (ToolError, MCPError):
                 raise
             except Exception as exc:
