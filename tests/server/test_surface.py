@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,56 @@ async def test_every_tool_converts_under_the_agents_sdks_strict_rules(full_clien
     for tool in (await full_client.list_tools()).tools:
         converted = MCPUtil.to_function_tool(tool, server, convert_schemas_to_strict=True)
         assert converted.strict_json_schema is True, tool.name
+
+
+def test_the_readme_raises_the_agents_sdks_client_timeout_above_the_exec_default() -> None:
+    # Found with the real Agents SDK: its MCP servers time a call out after 5 s by default, so any
+    # container_exec longer than that failed although our own default timeout is 45 s.
+    sdk_default = inspect.signature(MCPServerStdio.__init__).parameters["client_session_timeout_seconds"].default
+    exec_default = Settings.isolated(data_dir=Path("/nonexistent")).exec_default_timeout_s
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    recommended = re.search(r"client_session_timeout_seconds=(\d+)", readme)
+    if sdk_default is not None and sdk_default < exec_default:
+        assert recommended is not None, "README must tell Agents SDK users to raise client_session_timeout_seconds"
+        assert float(recommended.group(1)) > exec_default
+
+
+async def test_calls_shaped_like_a_strict_mode_model_makes_them_succeed(full_client: Client) -> None:
+    # Under the Agents SDK's strict mode every property is required and the optional ones are
+    # sent as null (a nested network_policy included), never left out.
+    async def call(name: str, args: dict[str, Any]) -> dict[str, Any]:
+        result = await full_client.call_tool(name, args)
+        assert result.is_error is False, (name, result.content)
+        assert result.structured_content is not None
+        return result.structured_content
+
+    policy = {"type": "disabled", "allowed_domains": None}
+    created = await call(
+        "container_create",
+        {"name": "s", "expires_after_minutes": 20, "memory_limit": "1g", "network_policy": policy, "file_ids": None},
+    )
+    cid = created["id"]
+    assert created["network_policy"] == {"type": "disabled"}
+    file = await call(
+        "file_create", {"container_id": cid, "path": "a.txt", "text": "hi", "base64": None, "source_path": None}
+    )
+    read = await call("file_read", {"container_id": cid, "file_id": file["id"], "offset": 0, "max_bytes": 65536})
+    assert read["content"] == "hi"
+    listed_page = await call("container_list", {"limit": 20, "order": "desc", "after": None, "name": None})
+    assert [c["id"] for c in listed_page["data"]] == [cid]
+    assert (await call("file_list", {"container_id": cid, "limit": 20, "order": "asc", "after": None}))["data"]
+    ran = await call(
+        "container_exec",
+        {
+            "container_id": cid,
+            "command": "cat a.txt",
+            "timeout_s": 45,
+            "stdin": None,
+            "env": None,
+            "workdir": "/mnt/data",
+        },
+    )
+    assert ran["stdout"] == "hi"
 
 
 async def test_an_unknown_argument_is_refused_naming_the_accepted_ones(client: Client) -> None:
