@@ -86,25 +86,19 @@ async def test_recovery_drops_what_a_crash_left_half_done(tmp_path: Path) -> Non
     (root / "files" / "lost.txt").unlink()  # row without bytes
     (root / "files" / "changed.txt").write_bytes(b"newer content")  # crash between rename and row update
     (tmp_path / "containers" / ("cntr_" + "f" * 48)).mkdir()  # dir of a container never recorded
-    fresh = root / "files" / "fresh.txt"
-    fresh.write_bytes(b"another live process may be mid-upload")  # young: recovery must leave it
-    old = time.time() - 3600  # the rest are leftovers of a crash an hour ago
-    for leftover in [
-        root / "tmp" / "upload-deadbeef",
-        root / "files" / "orphan.txt",
-        tmp_path / "containers" / ("cntr_" + "f" * 48),
-    ]:
-        os.utime(leftover, (old, old))
+    old = time.time() - 3600
+    os.utime(tmp_path / "containers" / ("cntr_" + "f" * 48), (old, old))
     async with LocalProvider(tmp_path, clock=clock) as p:
         files = {f.path: f for f in (await p.list_files(c.id, ListParams())).data}
-        assert set(files) == {"/mnt/data/kept.txt", "/mnt/data/changed.txt"}  # fresh.txt: not adopted either
+        # A file on disk without a row is never left invisible-but-present: it is adopted (its
+        # upload was complete, fsynced and charged; only the row was lost).
+        assert set(files) == {"/mnt/data/kept.txt", "/mnt/data/changed.txt", "/mnt/data/orphan.txt"}
         assert await read_all(p, c.id, kept.id) == b"kept"
+        assert await read_all(p, c.id, files["/mnt/data/orphan.txt"].id) == b"renamed, never recorded"
         assert files["/mnt/data/changed.txt"].bytes == len(b"newer content")
         assert files["/mnt/data/changed.txt"].id == changed.id
         del lost
     assert list((root / "tmp").iterdir()) == []
-    assert not (root / "files" / "orphan.txt").exists()
-    assert fresh.exists()
     assert not (tmp_path / "containers" / ("cntr_" + "f" * 48)).exists()
 
 
