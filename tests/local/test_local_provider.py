@@ -162,3 +162,21 @@ async def test_background_reaper_expires_within_its_interval(tmp_path: Path) -> 
     assert intervals[0] == 60.0  # capped: never slower than a minute
     send.close()
     receive.close()
+
+
+async def test_the_reaper_repairs_a_container_a_dead_process_left_marked(tmp_path: Path) -> None:
+    """A lock file that still names its holder is what kill -9 mid-write leaves: the periodic
+    repair adopts the file that holder installed but never recorded, and reports real usage."""
+    clock = ManualClock()
+    reported: dict[str, tuple[int, int]] = {}
+    async with LocalProvider(tmp_path, clock=clock) as p:
+        p.attach_usage_sink(lambda cid, files, bytes_: reported.__setitem__(cid, (files, bytes_)))
+        c = await p.create_container(ContainerSpec(name="marked"))
+        await p.create_file(c.id, "/mnt/data/a.txt", BytesUpload(b"aa"))
+        (tmp_path / "containers" / c.id / "files" / "b.txt").write_bytes(b"bbb")  # installed, no row
+        (tmp_path / "locks" / f"{c.id}.lock").write_text("999999")  # its holder died holding the lock
+        assert await p.repair_abandoned() == [c.id]
+        assert reported[c.id] == (2, 5)
+        listed = {f.path for f in (await p.list_files(c.id, ListParams())).data}
+        assert listed == {"/mnt/data/a.txt", "/mnt/data/b.txt"}
+        assert await p.repair_abandoned() == []  # the marker is cleared once repaired

@@ -237,3 +237,35 @@ async def test_kill_9_during_a_large_commit_lands_all_of_it_or_none(tmp_path: Pa
             assert seen.disk_paths == seeds, f"trial {trial}: a partial commit: {len(seen.disk_paths)} files"
             outcomes.append("none")
     assert outcomes == ["all", "none", "all"]
+
+
+async def test_a_live_process_repairs_what_a_killed_peer_left_before_using_the_container(tmp_path: Path) -> None:
+    """B dies mid-commit; A (alive all along, never restarted) finds the crash marker on its next
+    write to that container and repairs it first: the commit lands whole, counters exact."""
+    params = stdio_params(tmp_path)
+    files_dir: Path | None = None
+    async with Client(params) as a:
+        (a_pid,) = _server_pids(tmp_path)
+        cid = (await structured(a, "container_create", name="peer"))["id"]
+        await structured(a, "file_create", container_id=cid, path="seed0.txt", text="seed")
+        files_dir = tmp_path / "local" / "containers" / cid / "files"
+        try:
+            async with Client(params) as b:
+                (b_pid,) = set(_server_pids(tmp_path)) - {a_pid}
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_exec_until_killed, b, cid)
+                    with anyio.fail_after(30):
+                        # Another process's progress shows only on disk: there is no event to await.
+                        while not (files_dir / "out").exists():  # noqa: ASYNC110
+                            await anyio.sleep(0.0005)
+                    os.kill(b_pid, signal.SIGKILL)
+                    tg.cancel_scope.cancel()
+        except Exception:
+            pass
+        await structured(a, "file_create", container_id=cid, path="after.txt", text="after")
+        usage = await structured(a, "session_usage")
+        ls = await structured(a, "container_exec", container_id=cid, command="find . -type f | wc -l")
+        seen = stored(tmp_path, cid)
+    assert seen.counted == seen.listed == seen.on_disk
+    assert seen.disk_paths == {"after.txt"} | {f"out/f{i}.txt" for i in range(1, COMMIT_FILES + 1)}
+    assert usage["files"] == seen.on_disk[0] == int(ls["stdout"].strip())
