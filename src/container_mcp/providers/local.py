@@ -221,7 +221,7 @@ class LocalProvider:
                     if row is None or row.status != "running" or row.expires_at >= self._clock():
                         continue  # deleted, or used by another process since we looked
                     await self._expire(container_id)
-            except LockBusy:
+            except (LockBusy, ContainerNotFound):  # in use, or deleted since we looked
                 continue
             expired.append(container_id)
         return expired
@@ -244,10 +244,14 @@ class LocalProvider:
         self._usage_sink = sink
 
     async def recount(self) -> None:
-        """Tell the usage sink every running container's real usage, each read under its lock."""
+        """Tell the usage sink every running container's real usage, each read under its lock.
+
+        A container another process holds is skipped: its holder keeps the counters exact, and
+        repairs it first if a crash came before (a start never waits out another's long command).
+        """
         for container_id in self.registry.all_ids():
-            with contextlib.suppress(ContainerNotFound):  # deleted meanwhile
-                async with self._hold(container_id):
+            with contextlib.suppress(ContainerNotFound, LockBusy):
+                async with self._hold(container_id, wait=False):
                     row = self.registry.container(container_id)
                     if row is not None and row.status == "running":
                         self._report_usage(container_id)
@@ -262,8 +266,9 @@ class LocalProvider:
                 if await anyio.to_thread.run_sync(_older_than_grace, entry):
                     await anyio.to_thread.run_sync(ContainerDir(entry).destroy)
                 continue
-            with contextlib.suppress(ContainerNotFound):  # deleted meanwhile by another process
-                async with self._hold(entry.name):
+            # Deleted meanwhile, or held by a live process (which repaired it on taking it, if need be).
+            with contextlib.suppress(ContainerNotFound, LockBusy):
+                async with self._hold(entry.name, wait=False):
                     await self._repair(entry.name)
 
     async def _repair(self, container_id: str) -> None:
