@@ -13,7 +13,8 @@
   row is adopted (a complete upload or command output whose row a crash lost: it was charged
   before it was installed); a row without a file goes; a row whose file changed is refreshed.
   The container's real file count and bytes then go to the usage sink (the session store's
-  counters), so counters equal what is stored.
+  counters), so counters equal what is stored. With a sink attached, the reaper also recounts
+  every running container no one holds, each pass, from the registry (cheap: one aggregate query).
 * Expiry: a container expires ``expires_after.minutes`` after ``last_active_at``. It is checked
   on every access (exact, whatever the reaper's pace) and by a background reaper every
   ``reaper_interval_s``; an expired container keeps its metadata, loses its files, and file
@@ -204,6 +205,8 @@ class LocalProvider:
             try:
                 await self.sweep()
                 await self.repair_abandoned()
+                if self._usage_sink is not None:
+                    await self.recount()  # converges whatever drift an interleaving left
             except Exception:  # the reaper must outlive one bad sweep
                 log.exception("expiry sweep failed")
 
@@ -321,8 +324,7 @@ class LocalProvider:
 
     def _report_usage(self, container_id: str) -> None:
         if self._usage_sink is not None:
-            rows = self.registry.files_of(container_id).values()
-            self._usage_sink(container_id, len(rows), sum(r.bytes for r in rows))
+            self._usage_sink(container_id, *self.registry.usage_of(container_id))
 
     # --- helpers ---------------------------------------------------------------------------
 
