@@ -14,6 +14,8 @@ import re
 import signal
 import sqlite3
 import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,26 +49,17 @@ class ApiProcess:
         self.process.send_signal(signal.SIGKILL)
 
 
-async def start_api(tg: anyio.abc.TaskGroup, data_dir: Path, *flags: str) -> ApiProcess:
-    """Start ``container-mcp api`` on ``data_dir`` (key ``KEY``); its stderr is drained by ``tg``."""
+@asynccontextmanager
+async def api_server(data_dir: Path, *flags: str) -> AsyncIterator[ApiProcess]:
+    """``container-mcp api`` on ``data_dir`` (key ``KEY``) for the block; stopped (SIGTERM, then
+    SIGKILL) when it ends, whatever happened, unless the test already killed it."""
     keys = data_dir.parent / f"{data_dir.name}.keys"
     if not keys.exists():
         keys.write_text(KEY + "\n")
         keys.chmod(0o600)
+    argv = [console_script(), "api", "--data-dir", str(data_dir), "--port", "0", "--log-level", "INFO"]
     process = await anyio.open_process(
-        [
-            console_script(),
-            "api",
-            "--data-dir",
-            str(data_dir),
-            "--port",
-            "0",
-            "--log-level",
-            "INFO",
-            "--api-keys-file",
-            str(keys),
-            *flags,
-        ],
+        [*argv, "--api-keys-file", str(keys), *flags],
         env=server_env(),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -88,20 +81,24 @@ async def start_api(tg: anyio.abc.TaskGroup, data_dir: Path, *flags: str) -> Api
                 if match:
                     port.append(int(match.group(1)))
                     found.set()
-        found.set()  # exited: the caller's check below fails with the log
+        found.set()  # exited: the check below fails with the log
 
-    tg.start_soon(drain)
-    with anyio.fail_after(30):
-        await found.wait()
-    assert port, b"".join(log).decode(errors="replace")
-    return ApiProcess(process, f"http://127.0.0.1:{port[0]}", log)
-
-
-async def stop(process: anyio.abc.Process) -> None:
-    if process.returncode is None:
-        process.send_signal(signal.SIGTERM)
-    with anyio.fail_after(30):
-        await process.wait()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(drain)  # ends at EOF, once the process is gone (the finally below sees to it)
+        try:
+            with anyio.fail_after(30):
+                await found.wait()
+            assert port, b"".join(log).decode(errors="replace")
+            yield ApiProcess(process, f"http://127.0.0.1:{port[0]}", log)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if process.returncode is None:
+                    process.send_signal(signal.SIGTERM)
+                    with anyio.move_on_after(20):
+                        await process.wait()
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
 
 
 @dataclass(frozen=True)
