@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from pathlib import Path
@@ -180,3 +181,23 @@ async def test_the_reaper_repairs_a_container_a_dead_process_left_marked(tmp_pat
         listed = {f.path for f in (await p.list_files(c.id, ListParams())).data}
         assert listed == {"/mnt/data/a.txt", "/mnt/data/b.txt"}
         assert await p.repair_abandoned() == []  # the marker is cleared once repaired
+
+
+async def test_expiry_on_access_leaves_a_container_another_process_holds(tmp_path: Path) -> None:
+    """Another process mid-write holds the container's lock (a flock on its lock file): an access
+    here past the expiry time must not clear the files under it; once released, it expires."""
+    clock = ManualClock()
+    async with LocalProvider(tmp_path, clock=clock) as p:
+        c = await p.create_container(ContainerSpec(name="busy", expires_after=ExpiresAfter(minutes=1)))
+        await p.create_file(c.id, "/mnt/data/a.txt", BytesUpload(b"a"))
+        clock.advance(61)
+        fd = os.open(tmp_path / "locks" / f"{c.id}.lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # another open file description: as another process would
+            assert (await p.get_container(c.id, touch=False)).status == "running"
+            assert await p.sweep() == []
+            assert (tmp_path / "containers" / c.id / "files" / "a.txt").exists()
+        finally:
+            os.close(fd)
+        assert (await p.get_container(c.id, touch=False)).status == "expired"
+        assert not (tmp_path / "containers" / c.id / "files" / "a.txt").exists()

@@ -351,24 +351,41 @@ class LocalProvider:
         await anyio.to_thread.run_sync(self._dir(container_id).clear_files)
         log.info("container %s expired", container_id)
 
-    async def _row(self, container_id: str, *, touch: bool) -> ContainerRow:
+    async def _expire_due(self, container_id: str, *, locked: bool) -> ContainerRow | None:
+        """Expire the container if its time is up; returns its row (None once deleted).
+
+        ``locked``: the caller holds its lock. Otherwise the lock is taken for the expiry, without
+        waiting: a container another task or process holds is in use, so not idle, and stays.
+        """
+        if locked:
+            await self._expire(container_id)
+        else:
+            with contextlib.suppress(LockBusy, ContainerNotFound):
+                async with self._hold(container_id, wait=False):
+                    row = self.registry.container(container_id)
+                    if row is not None and row.status == "running" and row.expires_at < self._clock():
+                        await self._expire(container_id)
+        return self.registry.container(container_id)
+
+    async def _row(self, container_id: str, *, touch: bool, locked: bool = False) -> ContainerRow:
         check_container_id(container_id)
         row = self.registry.container(container_id)
         if row is None:
             raise ContainerNotFound(container_id)
         now = self._clock()
         if row.status == "running" and row.expires_at < now:
-            await self._expire(container_id)
-            row = self.registry.container(container_id)
-            assert row is not None
+            fresh = await self._expire_due(container_id, locked=locked)
+            if fresh is None:
+                raise ContainerNotFound(container_id)
+            row = fresh
         if touch and row.status == "running":
             self.registry.touch(container_id, now)
             row = self.registry.container(container_id)
             assert row is not None
         return row
 
-    async def _running(self, container_id: str) -> ContainerRow:
-        row = await self._row(container_id, touch=True)
+    async def _running(self, container_id: str, *, locked: bool = False) -> ContainerRow:
+        row = await self._row(container_id, touch=True, locked=locked)
         if row.status != "running":
             raise ContainerExpired(container_id)
         return row
@@ -415,9 +432,9 @@ class LocalProvider:
         data: list[Container] = []
         for row in rows:
             if row.status == "running" and row.expires_at < now:
-                await self._expire(row.id)
-                fresh = self.registry.container(row.id)
-                assert fresh is not None
+                fresh = await self._expire_due(row.id, locked=False)
+                if fresh is None:
+                    continue  # deleted meanwhile by another process
                 row = fresh
             data.append(row.model())
         return Page[Container].of(data, has_more)
@@ -445,7 +462,7 @@ class LocalProvider:
     ) -> ContainerFile:
         rel = relative_path(path)
         async with self._hold(container_id):
-            await self._running(container_id)
+            await self._running(container_id, locked=True)
             d = self._dir(container_id)
             await anyio.to_thread.run_sync(d.existing_size, rel)  # rejects symlinked parents early
             fd, temp = await anyio.to_thread.run_sync(d.new_temp)
@@ -516,8 +533,8 @@ class LocalProvider:
             # The row outlived its bytes (changed behind our back): it is gone for the caller too.
             raise FileNotFound(container_id, row.id) from None
 
-    async def _file_row(self, container_id: str, file_id: str) -> FileRow:
-        await self._running(container_id)
+    async def _file_row(self, container_id: str, file_id: str, *, locked: bool = False) -> FileRow:
+        await self._running(container_id, locked=locked)
         check_file_id(file_id)
         row = self.registry.file(container_id, file_id)
         if row is None:
@@ -544,7 +561,7 @@ class LocalProvider:
         self, container_id: str, file_id: str, *, approve: ApproveChanges | None = None
     ) -> FileDeleted:
         async with self._hold(container_id):
-            row = await self._file_row(container_id, file_id)
+            row = await self._file_row(container_id, file_id, locked=True)
             if approve is not None:
                 await approve(FileChanges(deleted=[f"{MOUNT}/{row.path}"], files_delta=-1, bytes_delta=-row.bytes))
             self.registry.delete_file(container_id, file_id)
@@ -583,7 +600,7 @@ class LocalProvider:
         if self._probe is None or self._exec_limits is None or not self._capabilities.exec:
             raise Unsupported(f"The local provider cannot run commands: {self._capabilities.exec_unavailable_reason}.")
         async with self._hold(container_id):
-            row = await self._running(container_id)
+            row = await self._running(container_id, locked=True)
             # A command is activity for as long as it runs: no expiry may strike mid-run.
             self.registry.hold(container_id, self._clock() + row.expiry_minutes * 60 + request.timeout_s + 60)
             result = await run_exec(
