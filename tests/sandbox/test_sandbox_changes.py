@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import anyio
 import pytest
 
 from container_mcp.errors import ExecError, InvalidRequest
-from container_mcp.sandbox import FileChange, Sandbox, SandboxJob, SkippedEntry, changes, recover_stage
+from container_mcp.sandbox import FileChange, Sandbox, SandboxJob, SkippedEntry, changes, recover_stage, sweep_stages
 from container_mcp.sandbox.changes import Stage
 
 from .conftest import listing, snapshot
@@ -238,3 +239,20 @@ def test_a_stage_without_a_journal_is_rolled_back(tmp_path: Path) -> None:
     assert recover_stage(stage.root, data_dir) is False
     assert snapshot(data_dir) == before
     assert not stage.root.exists()
+
+
+def test_sweeping_a_dead_servers_stage_finishes_its_journaled_commit(tmp_path: Path) -> None:
+    data_dir, stage = _staged(tmp_path)
+    _, plan = stage.scan()
+    changes._write_journal(stage.root, plan)
+    dead = stage.root.with_name(f"{changes.STAGE_PREFIX}{_dead_pid()}-x")
+    stage.root.rename(dead)
+    assert sweep_stages(tmp_path) == 1
+    assert _files(data_dir) == AFTER_COMMIT
+    assert not dead.exists()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

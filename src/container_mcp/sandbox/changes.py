@@ -486,8 +486,10 @@ def sweep_stages(stage_root: Path) -> int:
     """Remove stages left in ``stage_root`` by a server process that is gone (a crash).
 
     Stages are named ``.sandbox-run-<server pid>-<random>``; those of live processes are left
-    alone. Call it at startup for each stage root (e.g. each container directory). Returns how
-    many were removed. Blocking.
+    alone. A stage whose commit had begun (it has a journal) is rolled forward into the directory
+    its ``lower`` link names first (``recover_stage``), so no commit is left half-applied. Call it
+    at startup for each stage root (e.g. each container directory), holding nothing that could
+    change those directories meanwhile. Returns how many were removed. Blocking.
     """
     removed = 0
     try:
@@ -498,7 +500,10 @@ def sweep_stages(stage_root: Path) -> int:
         pid = entry.name.removeprefix(STAGE_PREFIX).split("-", 1)[0]
         if entry.name.startswith(STAGE_PREFIX) and pid.isdigit() and not pid_alive(int(pid)):
             try:
-                remove_tree(entry)
+                if (entry / JOURNAL).exists():
+                    recover_stage(entry, Path(os.readlink(entry / "lower")))
+                else:
+                    remove_tree(entry)
             except OSError:
                 continue
             removed += 1
