@@ -157,6 +157,21 @@ MAKE_MANY = (
 )
 
 
+def _processes_running(command: str) -> list[int]:
+    """Live (not zombie) processes whose command line holds ``command``."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes()
+                state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+            except (OSError, IndexError):
+                continue
+            if command.encode() in argv and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
 def _server_pids(data_dir: Path) -> list[int]:
     """Pids of the server processes started on ``data_dir`` (found by their command line)."""
     found: list[int] = []
@@ -216,6 +231,9 @@ async def test_kill_9_during_a_large_commit_lands_all_of_it_or_none(tmp_path: Pa
         except Exception:
             pass
         async with Client(params) as client:  # a new server: recovery rolls the commit forward or back
+            # ... and kills what is left of the dead server's command (bubblewrap's PID 1 can
+            # outlive it, its overlay still mounted over the container).
+            assert _processes_running(MAKE_MANY) == [], f"trial {trial}: an orphaned sandbox survived"
             usage = await structured(client, "session_usage")
             listed = await structured(client, "file_list", container_id=cid, limit=1)
             ls = await structured(client, "container_exec", container_id=cid, command="find . -type f | wc -l")
