@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from pathlib import Path
@@ -86,25 +87,19 @@ async def test_recovery_drops_what_a_crash_left_half_done(tmp_path: Path) -> Non
     (root / "files" / "lost.txt").unlink()  # row without bytes
     (root / "files" / "changed.txt").write_bytes(b"newer content")  # crash between rename and row update
     (tmp_path / "containers" / ("cntr_" + "f" * 48)).mkdir()  # dir of a container never recorded
-    fresh = root / "files" / "fresh.txt"
-    fresh.write_bytes(b"another live process may be mid-upload")  # young: recovery must leave it
-    old = time.time() - 3600  # the rest are leftovers of a crash an hour ago
-    for leftover in [
-        root / "tmp" / "upload-deadbeef",
-        root / "files" / "orphan.txt",
-        tmp_path / "containers" / ("cntr_" + "f" * 48),
-    ]:
-        os.utime(leftover, (old, old))
+    old = time.time() - 3600
+    os.utime(tmp_path / "containers" / ("cntr_" + "f" * 48), (old, old))
     async with LocalProvider(tmp_path, clock=clock) as p:
         files = {f.path: f for f in (await p.list_files(c.id, ListParams())).data}
-        assert set(files) == {"/mnt/data/kept.txt", "/mnt/data/changed.txt"}  # fresh.txt: not adopted either
+        # A file on disk without a row is never left invisible-but-present: it is adopted (its
+        # upload was complete, fsynced and charged; only the row was lost).
+        assert set(files) == {"/mnt/data/kept.txt", "/mnt/data/changed.txt", "/mnt/data/orphan.txt"}
         assert await read_all(p, c.id, kept.id) == b"kept"
+        assert await read_all(p, c.id, files["/mnt/data/orphan.txt"].id) == b"renamed, never recorded"
         assert files["/mnt/data/changed.txt"].bytes == len(b"newer content")
         assert files["/mnt/data/changed.txt"].id == changed.id
         del lost
     assert list((root / "tmp").iterdir()) == []
-    assert not (root / "files" / "orphan.txt").exists()
-    assert fresh.exists()
     assert not (tmp_path / "containers" / ("cntr_" + "f" * 48)).exists()
 
 
@@ -168,3 +163,41 @@ async def test_background_reaper_expires_within_its_interval(tmp_path: Path) -> 
     assert intervals[0] == 60.0  # capped: never slower than a minute
     send.close()
     receive.close()
+
+
+async def test_the_reaper_repairs_a_container_a_dead_process_left_marked(tmp_path: Path) -> None:
+    """A lock file that still names its holder is what kill -9 mid-write leaves: the periodic
+    repair adopts the file that holder installed but never recorded, and reports real usage."""
+    clock = ManualClock()
+    reported: dict[str, tuple[int, int]] = {}
+    async with LocalProvider(tmp_path, clock=clock) as p:
+        p.attach_usage_sink(lambda cid, files, bytes_: reported.__setitem__(cid, (files, bytes_)))
+        c = await p.create_container(ContainerSpec(name="marked"))
+        await p.create_file(c.id, "/mnt/data/a.txt", BytesUpload(b"aa"))
+        (tmp_path / "containers" / c.id / "files" / "b.txt").write_bytes(b"bbb")  # installed, no row
+        (tmp_path / "locks" / f"{c.id}.lock").write_text("999999")  # its holder died holding the lock
+        assert await p.repair_abandoned() == [c.id]
+        assert reported[c.id] == (2, 5)
+        listed = {f.path for f in (await p.list_files(c.id, ListParams())).data}
+        assert listed == {"/mnt/data/a.txt", "/mnt/data/b.txt"}
+        assert await p.repair_abandoned() == []  # the marker is cleared once repaired
+
+
+async def test_expiry_on_access_leaves_a_container_another_process_holds(tmp_path: Path) -> None:
+    """Another process mid-write holds the container's lock (a flock on its lock file): an access
+    here past the expiry time must not clear the files under it; once released, it expires."""
+    clock = ManualClock()
+    async with LocalProvider(tmp_path, clock=clock) as p:
+        c = await p.create_container(ContainerSpec(name="busy", expires_after=ExpiresAfter(minutes=1)))
+        await p.create_file(c.id, "/mnt/data/a.txt", BytesUpload(b"a"))
+        clock.advance(61)
+        fd = os.open(tmp_path / "locks" / f"{c.id}.lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # another open file description: as another process would
+            assert (await p.get_container(c.id, touch=False)).status == "running"
+            assert await p.sweep() == []
+            assert (tmp_path / "containers" / c.id / "files" / "a.txt").exists()
+        finally:
+            os.close(fd)
+        assert (await p.get_container(c.id, touch=False)).status == "expired"
+        assert not (tmp_path / "containers" / c.id / "files" / "a.txt").exists()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import stat
+import subprocess
 from pathlib import Path
 
 import anyio
 import pytest
 
 from container_mcp.errors import ExecError, InvalidRequest
-from container_mcp.sandbox import FileChange, Sandbox, SandboxJob, SkippedEntry
+from container_mcp.sandbox import FileChange, Sandbox, SandboxJob, SkippedEntry, changes, recover_stage, sweep_stages
+from container_mcp.sandbox.changes import Stage
 
 from .conftest import listing, snapshot
 from .helpers import py, sh
@@ -180,3 +183,76 @@ async def test_stage_must_share_the_filesystem(sandbox: Sandbox, data_dir: Path)
         pytest.skip("no second filesystem to test with")
     with pytest.raises(ExecError, match="same filesystem"):
         await sandbox.run(SandboxJob(data_dir=data_dir, argv=["true"], stage_root=other))
+
+
+def _staged(tmp_path: Path) -> tuple[Path, Stage]:
+    """A container directory and a stage whose upper layer holds what a run wrote (as overlayfs
+    leaves it: new files, a whiteout for a deletion, a directory where a file was)."""
+    data_dir = tmp_path / "files"
+    data_dir.mkdir()
+    (data_dir / "gone.txt").write_text("deleted by the run\n")
+    (data_dir / "x").write_text("a file the run replaced by a directory\n")
+    stage = Stage.create(data_dir, tmp_path, owner=None)
+    (stage.upper / "out").mkdir()
+    for i in range(50):
+        (stage.upper / "out" / f"f{i}.txt").write_text(f"file {i}\n")
+    os.mknod(stage.upper / "gone.txt", stat.S_IFCHR | 0o600, os.makedev(0, 0))
+    (stage.upper / "x").mkdir()
+    (stage.upper / "x" / "y.txt").write_text("inside\n")
+    return data_dir, stage
+
+
+def _files(root: Path) -> set[str]:
+    return {path for path, (kind, _, _) in snapshot(root).items() if kind == "file"}
+
+
+AFTER_COMMIT = {"x/y.txt", *(f"out/f{i}.txt" for i in range(50))}
+
+
+def test_a_commit_cut_short_mid_install_is_rolled_forward(tmp_path: Path) -> None:
+    data_dir, stage = _staged(tmp_path)
+    _, plan = stage.scan()
+    # What a kill -9 halfway through the renames leaves: the journal, the removals, half the files.
+    changes._write_journal(stage.root, plan)
+    half = changes._Plan(plan.removes, plan.mkdirs, plan.installs[: len(plan.installs) // 2])
+    changes._carry_out(data_dir, stage.root, half, removed=False)
+    assert _files(data_dir) != AFTER_COMMIT
+    assert recover_stage(stage.root, data_dir) is True
+    assert _files(data_dir) == AFTER_COMMIT
+    assert not stage.root.exists()
+
+
+def test_rolling_forward_twice_never_repeats_the_removals(tmp_path: Path) -> None:
+    """A crash after the whole plan was applied (before the stage went): rolling forward again
+    must not remove 'x' — it is now the run's directory, holding the run's file."""
+    data_dir, stage = _staged(tmp_path)
+    _, plan = stage.scan()
+    stage.apply(plan)
+    assert recover_stage(stage.root, data_dir) is True
+    assert (data_dir / "x" / "y.txt").read_text() == "inside\n"
+    assert _files(data_dir) == AFTER_COMMIT
+
+
+def test_a_stage_without_a_journal_is_rolled_back(tmp_path: Path) -> None:
+    data_dir, stage = _staged(tmp_path)
+    before = snapshot(data_dir)
+    assert recover_stage(stage.root, data_dir) is False
+    assert snapshot(data_dir) == before
+    assert not stage.root.exists()
+
+
+def test_sweeping_a_dead_servers_stage_finishes_its_journaled_commit(tmp_path: Path) -> None:
+    data_dir, stage = _staged(tmp_path)
+    _, plan = stage.scan()
+    changes._write_journal(stage.root, plan)
+    dead = stage.root.with_name(f"{changes.STAGE_PREFIX}{_dead_pid()}-x")
+    stage.root.rename(dead)
+    assert sweep_stages(tmp_path) == 1
+    assert _files(data_dir) == AFTER_COMMIT
+    assert not dead.exists()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

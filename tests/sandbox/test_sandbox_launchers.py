@@ -95,3 +95,28 @@ def _dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+async def test_the_sweep_kills_a_dead_servers_orphaned_command(sandbox_config: SandboxConfig) -> None:
+    """A command left running in the run group of a server that died (kill -9) is killed and its
+    group removed when the next server starts its sandbox: nobody would ever read or commit it."""
+    box = Sandbox(sandbox_config)
+    probe = await box.probe()
+    parent = box._cgroups.memory_parent or box._cgroups.pids_parent
+    if not probe.available or parent is None:
+        pytest.skip("no run cgroups here")
+    group = parent / f"run-{_dead_pid()}-orphan"
+    group.mkdir()
+    orphan = await anyio.open_process(["sleep", "60"])
+    try:
+        (group / "cgroup.procs").write_text(str(orphan.pid))
+        await Sandbox(sandbox_config).probe()  # a new server's start
+        with anyio.fail_after(5):
+            assert await orphan.wait() == -9
+        assert not group.exists()
+    finally:
+        if orphan.returncode is None:
+            orphan.kill()
+            await orphan.wait()
+        if group.exists():
+            group.rmdir()

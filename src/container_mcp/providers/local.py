@@ -3,9 +3,18 @@
 * Registry: SQLite (WAL, synchronous=FULL) at ``<data_dir>/registry.sqlite3``.
 * Files: ``<data_dir>/containers/<id>/files/`` stands for ``/mnt/data``; uploads are written to
   ``.../tmp/``, fsynced and renamed into place, and only then recorded, so a crash never leaves
-  a half-written file visible or a registry row without its bytes. ``recover()`` (run on
-  start) drops what a crash left half-done: temp files, files without a row, rows without a
-  file, and refreshes rows whose file changed.
+  a half-written file visible or a registry row without its bytes.
+* Every write to a container (upload, delete, a command's whole staged run and commit) holds
+  its lock (``local_lock``): exclusive across every server process on this data dir.
+* Repair: a container whose previous lock holder died (the lock file's crash marker), every
+  container at start, and (by the reaper) any container a dead process left marked, is brought
+  back to one consistent state under its lock: a commit a crash cut short is rolled forward
+  from its journal or back (``sandbox.recover_stage``); temp files go; a file on disk without a
+  row is adopted (a complete upload or command output whose row a crash lost: it was charged
+  before it was installed); a row without a file goes; a row whose file changed is refreshed.
+  The container's real file count and bytes then go to the usage sink (the session store's
+  counters), so counters equal what is stored. With a sink attached, the reaper also recounts
+  every running container no one holds, each pass, from the registry (cheap: one aggregate query).
 * Expiry: a container expires ``expires_after.minutes`` after ``last_active_at``. It is checked
   on every access (exact, whatever the reaper's pace) and by a background reaper every
   ``reaper_interval_s``; an expired container keeps its metadata, loses its files, and file
@@ -14,13 +23,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import mimetypes
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -50,16 +60,20 @@ from ..models import (
 )
 from ..paths import MOUNT, relative_path
 from ..private import private_dir
-from ..sandbox import Sandbox, SandboxProbe, sweep_stages
+from ..sandbox import STAGE_PREFIX, Sandbox, SandboxProbe, recover_stage
 from ..uploads import CHUNK_SIZE, Upload
 from .base import ApproveChanges, Capabilities, ExecRequest, ExecResult, FileChanges, ProgressCallback
 from .local_exec import ExecLimits, run_exec
 from .local_fs import ContainerDir
+from .local_lock import ContainerLocks, LockBusy
 from .local_registry import ContainerRow, FileRow, Registry, policy_json
 
 __all__ = ["LocalProvider"]
 
 log = logging.getLogger(__name__)
+
+UsageSink = Callable[[str, int, int], None]
+"""Told a container's real (files, bytes) after a repair or recount: ``SessionStore.set_usage``."""
 
 
 def guess_mime(rel: str) -> str:
@@ -112,7 +126,8 @@ class LocalProvider:
         # runs: no other process of that uid may walk in from outside.
         private_dir(self._containers_root)
         self.registry = Registry(data_dir / "registry.sqlite3")
-        self._locks: dict[str, anyio.Lock] = {}
+        self._locks = ContainerLocks(data_dir / "locks", sleep=sleep)
+        self._usage_sink: UsageSink | None = None
         self._stack: AsyncExitStack | None = None
         self.on_expired: Callable[[str], Awaitable[None]] | None = None
         """Told the id of each container this provider expires (``changes.ExpiryReporting``)."""
@@ -191,6 +206,9 @@ class LocalProvider:
             await self._sleep(self._reaper_interval_s)
             try:
                 await self.sweep()
+                await self.repair_abandoned()
+                if self._usage_sink is not None:
+                    await self.recount()  # converges whatever drift an interleaving left
             except Exception:  # the reaper must outlive one bad sweep
                 log.exception("expiry sweep failed")
 
@@ -202,11 +220,46 @@ class LocalProvider:
         """
         expired: list[str] = []
         for container_id in self.registry.due(self._clock(), limit=100_000):
-            if self._lock(container_id).locked():
+            try:
+                async with self._hold(container_id, wait=False):
+                    row = self.registry.container(container_id)
+                    if row is None or row.status != "running" or row.expires_at >= self._clock():
+                        continue  # deleted, or used by another process since we looked
+                    await self._expire(container_id)
+            except (LockBusy, ContainerNotFound):  # in use, or deleted since we looked
                 continue
-            await self._expire(container_id)
             expired.append(container_id)
         return expired
+
+    async def repair_abandoned(self) -> list[str]:
+        """Repair every container a dead process left marked and no one holds; returns their ids."""
+        repaired: list[str] = []
+        for container_id in await anyio.to_thread.run_sync(self._locks.abandoned):
+            try:
+                async with self._locks.hold(container_id, wait=False) as crashed:
+                    if crashed:
+                        await self._repair(container_id)
+                        repaired.append(container_id)
+            except LockBusy:
+                continue
+        return repaired
+
+    def attach_usage_sink(self, sink: UsageSink) -> None:
+        """From now on, tell ``sink`` each repaired container's real usage (see the module docstring)."""
+        self._usage_sink = sink
+
+    async def recount(self) -> None:
+        """Tell the usage sink every running container's real usage, each read under its lock.
+
+        A container another process holds is skipped: its holder keeps the counters exact, and
+        repairs it first if a crash came before (a start never waits out another's long command).
+        """
+        for container_id in self.registry.all_ids():
+            with contextlib.suppress(ContainerNotFound, LockBusy):
+                async with self._hold(container_id, wait=False):
+                    row = self.registry.container(container_id)
+                    if row is not None and row.status == "running":
+                        self._report_usage(container_id)
 
     async def recover(self) -> None:
         """Make disk and registry agree after a crash (see the module docstring)."""
@@ -218,42 +271,82 @@ class LocalProvider:
                 if await anyio.to_thread.run_sync(_older_than_grace, entry):
                     await anyio.to_thread.run_sync(ContainerDir(entry).destroy)
                 continue
-            await anyio.to_thread.run_sync(sweep_stages, entry)  # overlay stages of runs a crash cut short
-            row = self.registry.container(entry.name)
-            if row is not None and row.status == "expired":
-                await anyio.to_thread.run_sync(ContainerDir(entry).clear_files)
-            else:
-                await self._resync(entry.name)
+            # Deleted meanwhile, or held by a live process (which repaired it on taking it, if need be).
+            with contextlib.suppress(ContainerNotFound, LockBusy):
+                async with self._hold(entry.name, wait=False):
+                    await self._repair(entry.name)
 
-    async def _resync(self, container_id: str) -> None:
+    async def _repair(self, container_id: str) -> None:
+        """Make one container's disk and registry agree (see the module docstring). Hold its lock."""
         d = self._dir(container_id)
-        await anyio.to_thread.run_sync(d.clear_temps, RECOVERY_GRACE_S)
+        container = self.registry.container(container_id)
+        if container is None or not await anyio.to_thread.run_sync(d.root.is_dir):
+            return
+        if container.status == "expired":  # an expiry a crash cut short: its files go
+            await anyio.to_thread.run_sync(d.clear_files)
+            return
+        # Under the lock no stage or temp file is in use: whatever is there, a crash left.
+        rolled = await anyio.to_thread.run_sync(_recover_stages, d)
+        await anyio.to_thread.run_sync(d.clear_temps, 0.0)
         on_disk = await anyio.to_thread.run_sync(d.scan)
         rows = self.registry.files_of(container_id)
         stale = [rel for rel in rows if rel not in on_disk]
-        for rel in on_disk.keys() - rows.keys():
-            # Young orphans may be another live process's upload between rename and row insert.
-            if await anyio.to_thread.run_sync(_older_than_grace, d.files / rel):
-                await anyio.to_thread.run_sync(d.remove, rel)
-        refreshed: list[FileRow] = []
+        now = self._clock()
+        put: list[FileRow] = []
         for rel, st in on_disk.items():
             row = rows.get(rel)
-            if row is not None and (row.bytes != st.size or row.mtime_ns != st.mtime_ns):
+            if row is None:
                 sha = await anyio.to_thread.run_sync(d.sha256, rel)
-                refreshed.append(FileRow(**{**row.__dict__, "bytes": st.size, "mtime_ns": st.mtime_ns, "sha256": sha}))
-        if stale or refreshed:
-            self.registry.apply(container_id, refreshed, stale)
+                put.append(
+                    FileRow(
+                        id=new_file_id(now),
+                        container_id=container_id,
+                        path=rel,
+                        created_at=int(now),
+                        bytes=st.size,
+                        source="assistant" if rolled else "user",
+                        mime_type=guess_mime(rel),
+                        sha256=sha,
+                        mtime_ns=st.mtime_ns,
+                    )
+                )
+            elif row.bytes != st.size or row.mtime_ns != st.mtime_ns:
+                sha = await anyio.to_thread.run_sync(d.sha256, rel)
+                put.append(FileRow(**{**row.__dict__, "bytes": st.size, "mtime_ns": st.mtime_ns, "sha256": sha}))
+        if stale or put:
+            self.registry.apply(container_id, put, stale)
+            log.info(
+                "container %s repaired: %d rows added or refreshed, %d dropped%s",
+                container_id,
+                len(put),
+                len(stale),
+                ", a cut-short commit rolled forward" if rolled else "",
+            )
+        self._report_usage(container_id)
+
+    def _report_usage(self, container_id: str) -> None:
+        if self._usage_sink is not None:
+            self._usage_sink(container_id, *self.registry.usage_of(container_id))
 
     # --- helpers ---------------------------------------------------------------------------
 
     def _dir(self, container_id: str) -> ContainerDir:
         return ContainerDir(self._containers_root / container_id)
 
-    def _lock(self, container_id: str) -> anyio.Lock:
-        lock = self._locks.get(container_id)
-        if lock is None:
-            lock = self._locks[container_id] = anyio.Lock()
-        return lock
+    @asynccontextmanager
+    async def _hold(self, container_id: str, *, wait: bool = True) -> AsyncIterator[None]:
+        """Hold the container across processes; first repair it if the previous holder crashed.
+
+        Raises ``ContainerNotFound`` for an id that names no container (no lock file is made for it).
+        """
+        check_container_id(container_id)
+        if self.registry.container(container_id) is None:
+            raise ContainerNotFound(container_id)
+        async with self._locks.hold(container_id, wait=wait) as crashed:
+            if crashed:
+                with anyio.CancelScope(shield=True):
+                    await self._repair(container_id)
+            yield
 
     async def _expire(self, container_id: str) -> None:
         self.registry.expire(container_id)
@@ -262,24 +355,41 @@ class LocalProvider:
         if self.on_expired is not None:
             await self.on_expired(container_id)
 
-    async def _row(self, container_id: str, *, touch: bool) -> ContainerRow:
+    async def _expire_due(self, container_id: str, *, locked: bool) -> ContainerRow | None:
+        """Expire the container if its time is up; returns its row (None once deleted).
+
+        ``locked``: the caller holds its lock. Otherwise the lock is taken for the expiry, without
+        waiting: a container another task or process holds is in use, so not idle, and stays.
+        """
+        if locked:
+            await self._expire(container_id)
+        else:
+            with contextlib.suppress(LockBusy, ContainerNotFound):
+                async with self._hold(container_id, wait=False):
+                    row = self.registry.container(container_id)
+                    if row is not None and row.status == "running" and row.expires_at < self._clock():
+                        await self._expire(container_id)
+        return self.registry.container(container_id)
+
+    async def _row(self, container_id: str, *, touch: bool, locked: bool = False) -> ContainerRow:
         check_container_id(container_id)
         row = self.registry.container(container_id)
         if row is None:
             raise ContainerNotFound(container_id)
         now = self._clock()
         if row.status == "running" and row.expires_at < now:
-            await self._expire(container_id)
-            row = self.registry.container(container_id)
-            assert row is not None
+            fresh = await self._expire_due(container_id, locked=locked)
+            if fresh is None:
+                raise ContainerNotFound(container_id)
+            row = fresh
         if touch and row.status == "running":
             self.registry.touch(container_id, now)
             row = self.registry.container(container_id)
             assert row is not None
         return row
 
-    async def _running(self, container_id: str) -> ContainerRow:
-        row = await self._row(container_id, touch=True)
+    async def _running(self, container_id: str, *, locked: bool = False) -> ContainerRow:
+        row = await self._row(container_id, touch=True, locked=locked)
         if row.status != "running":
             raise ContainerExpired(container_id)
         return row
@@ -326,20 +436,20 @@ class LocalProvider:
         data: list[Container] = []
         for row in rows:
             if row.status == "running" and row.expires_at < now:
-                await self._expire(row.id)
-                fresh = self.registry.container(row.id)
-                assert fresh is not None
+                fresh = await self._expire_due(row.id, locked=False)
+                if fresh is None:
+                    continue  # deleted meanwhile by another process
                 row = fresh
             data.append(row.model())
         return Page[Container].of(data, has_more)
 
     async def delete_container(self, container_id: str) -> ContainerDeleted:
         check_container_id(container_id)
-        async with self._lock(container_id):
+        async with self._hold(container_id):
             if not self.registry.delete_container(container_id):
                 raise ContainerNotFound(container_id)
             await anyio.to_thread.run_sync(self._dir(container_id).destroy)
-        self._locks.pop(container_id, None)
+            self._locks.remove(container_id)
         return ContainerDeleted(id=container_id)
 
     # --- files -----------------------------------------------------------------------------
@@ -355,8 +465,8 @@ class LocalProvider:
         source: str = "user",
     ) -> ContainerFile:
         rel = relative_path(path)
-        async with self._lock(container_id):
-            await self._running(container_id)
+        async with self._hold(container_id):
+            await self._running(container_id, locked=True)
             d = self._dir(container_id)
             await anyio.to_thread.run_sync(d.existing_size, rel)  # rejects symlinked parents early
             fd, temp = await anyio.to_thread.run_sync(d.new_temp)
@@ -427,8 +537,8 @@ class LocalProvider:
             # The row outlived its bytes (changed behind our back): it is gone for the caller too.
             raise FileNotFound(container_id, row.id) from None
 
-    async def _file_row(self, container_id: str, file_id: str) -> FileRow:
-        await self._running(container_id)
+    async def _file_row(self, container_id: str, file_id: str, *, locked: bool = False) -> FileRow:
+        await self._running(container_id, locked=locked)
         check_file_id(file_id)
         row = self.registry.file(container_id, file_id)
         if row is None:
@@ -454,8 +564,8 @@ class LocalProvider:
     async def delete_file(
         self, container_id: str, file_id: str, *, approve: ApproveChanges | None = None
     ) -> FileDeleted:
-        async with self._lock(container_id):
-            row = await self._file_row(container_id, file_id)
+        async with self._hold(container_id):
+            row = await self._file_row(container_id, file_id, locked=True)
             if approve is not None:
                 await approve(FileChanges(deleted=[f"{MOUNT}/{row.path}"], files_delta=-1, bytes_delta=-row.bytes))
             self.registry.delete_file(container_id, file_id)
@@ -493,8 +603,8 @@ class LocalProvider:
         so uploads and other commands on the same container wait for it."""
         if self._probe is None or self._exec_limits is None or not self._capabilities.exec:
             raise Unsupported(f"The local provider cannot run commands: {self._capabilities.exec_unavailable_reason}.")
-        async with self._lock(container_id):
-            row = await self._running(container_id)
+        async with self._hold(container_id):
+            row = await self._running(container_id, locked=True)
             # A command is activity for as long as it runs: no expiry may strike mid-run.
             self.registry.hold(container_id, self._clock() + row.expiry_minutes * 60 + request.timeout_s + 60)
             result = await run_exec(
@@ -516,6 +626,18 @@ class LocalProvider:
 
 RECOVERY_GRACE_S = 600.0
 """Recovery leaves alone leftovers younger than this: they may be another live process's work."""
+
+
+def _recover_stages(d: ContainerDir) -> bool:
+    """Roll forward or back every stage in ``d`` (a crash's; the caller holds the lock).
+
+    Returns whether a commit was rolled forward.
+    """
+    rolled = False
+    for entry in list(d.root.iterdir()):
+        if entry.name.startswith(STAGE_PREFIX):
+            rolled = recover_stage(entry, d.files) or rolled
+    return rolled
 
 
 def _older_than_grace(path: Path) -> bool:

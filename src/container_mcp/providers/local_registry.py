@@ -206,6 +206,13 @@ class Registry:
         rows = self._db.execute("SELECT * FROM files WHERE container_id = ?", (container_id,)).fetchall()
         return {r["path"]: FileRow(**dict(r)) for r in rows}
 
+    def usage_of(self, container_id: str) -> tuple[int, int]:
+        """(files, bytes) the container's rows record."""
+        row = self._db.execute(
+            "SELECT count(*), coalesce(sum(bytes), 0) FROM files WHERE container_id = ?", (container_id,)
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
     def put_file(self, row: FileRow) -> None:
         """Insert ``row``, replacing whatever row held the same path."""
         with self.tx() as db:

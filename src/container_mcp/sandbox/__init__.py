@@ -94,7 +94,7 @@ kernel >= 5.11 when not root. Nothing else; no socat.
 
 from __future__ import annotations
 
-from .changes import ChangeSet, FileChange, SkippedEntry, sweep_stages
+from .changes import STAGE_PREFIX, ChangeSet, FileChange, SkippedEntry, recover_stage, sweep_stages
 from .config import SandboxConfig, SandboxProbe
 from .egress import Allowlist, EgressProxy, static_resolver
 from .job import SandboxJob, SandboxProgress, SandboxRun
@@ -117,5 +117,7 @@ __all__ = [
     "probe_sandbox",
     "run_sandboxed",
     "static_resolver",
+    "STAGE_PREFIX",
+    "recover_stage",
     "sweep_stages",
 ]

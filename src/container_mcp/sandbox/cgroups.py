@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -205,23 +206,32 @@ class CgroupHost:
             raise
         return RunCgroup(memory_dir, pids_dir, self.memory if memory_dir else None, dirs)
 
-    def sweep(self) -> int:
-        """Remove empty run groups whose server process is gone (a crash); returns how many went.
+    def sweep(self, *, settle_s: float = 1.0) -> int:
+        """Remove the run groups of server processes that are gone (a crash); returns how many went.
 
         Run groups are named ``run-<server pid>-<random>``, so groups of other live servers
-        sharing the parent are left alone.
+        sharing the parent are left alone. Processes still in a dead server's group are an
+        orphaned command nobody will ever read or commit (bubblewrap's PID 1 can outlive a
+        ``kill -9`` of the server, its overlay still mounted over the container): they are
+        killed, and their group removed once they have exited (waiting up to ``settle_s``).
         """
-        removed = 0
+        orphans: list[RunCgroup] = []
         for parent in {p for p in (self.memory_parent, self.pids_parent) if p is not None}:
             with contextlib.suppress(OSError):
                 for child in parent.iterdir():
                     parts = child.name.split("-")
                     if len(parts) != 3 or parts[0] != "run" or not parts[1].isdigit() or pid_alive(int(parts[1])):
                         continue
-                    with contextlib.suppress(OSError):
-                        child.rmdir()
-                        removed += 1
-        return removed
+                    group = RunCgroup(None, None, None, [child])
+                    group.kill_all()
+                    orphans.append(group)
+        found = len(orphans)
+        deadline = time.monotonic() + settle_s
+        while True:
+            orphans = [g for g in orphans if not g.remove()]
+            if not orphans or time.monotonic() > deadline:
+                return found - len(orphans)
+            time.sleep(0.01)  # blocking by contract (run in a thread): the killed processes exit
 
 
 def pid_alive(pid: int) -> bool:

@@ -23,7 +23,9 @@ mode the command chose); overlay xattrs are stripped.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import json
 import os
 import stat
 import tempfile
@@ -36,7 +38,16 @@ from ..paths import normalize_path
 from .cgroups import pid_alive
 from .tree import DIR_FLAGS, DirFds, Remover, adopt_tree, remove_tree, strip_overlay_xattrs, tree_usage
 
-__all__ = ["STAGE_PREFIX", "ChangeSet", "FileChange", "SkippedEntry", "Stage", "sweep_stages"]
+__all__ = [
+    "JOURNAL",
+    "STAGE_PREFIX",
+    "ChangeSet",
+    "FileChange",
+    "SkippedEntry",
+    "Stage",
+    "recover_stage",
+    "sweep_stages",
+]
 
 STAGE_PREFIX = ".sandbox-run-"
 
@@ -336,38 +347,15 @@ class Stage:
         return scanner.result(), scanner.plan
 
     def apply(self, plan: _Plan) -> None:
-        """Apply ``plan`` to the container directory (removals, new directories, then renames)."""
-        fds = DirFds(self.data_dir)
-        park_fd = os.open(self.root, DIR_FLAGS)
-        try:
-            remover = Remover(park_fd, "removed")
-            for rel in plan.removes:
-                try:
-                    parent, name = fds.parent(rel)
-                except FileNotFoundError:
-                    continue
-                remover.remove_at(parent, name)
-            fds.forget()
-            for d in plan.mkdirs:
-                parent, name = fds.parent(d.rel)
-                try:
-                    os.mkdir(name, 0o700, dir_fd=parent)
-                except FileExistsError:
-                    if not stat.S_ISDIR(os.lstat(name, dir_fd=parent).st_mode):
-                        raise
-                fd = fds.dir(d.rel)
-                os.fchmod(fd, d.mode)
-                if os.geteuid() == 0:
-                    os.fchown(fd, d.uid, d.gid)
-            for rel, mode in plan.installs:
-                src = self.upper / rel
-                os.chmod(src, mode)
-                strip_overlay_xattrs(src)
-                parent, name = fds.parent(rel)
-                os.rename(src, name, dst_dir_fd=parent)
-        finally:
-            fds.close()
-            os.close(park_fd)
+        """Apply ``plan`` to the container directory, all of it or (after a crash) none of it.
+
+        The plan is first written to the stage's journal and made durable together with the
+        staged files; only then does the container directory change (removals, new directories,
+        then renames). A crash from then on is rolled forward by ``recover_stage``; a crash
+        before leaves the container as it was.
+        """
+        _write_journal(self.root, plan)
+        _carry_out(self.data_dir, self.root, plan, removed=False)
 
     def destroy(self) -> None:
         """Remove the stage (idempotent)."""
@@ -375,12 +363,133 @@ class Stage:
             remove_tree(self.root)
 
 
+JOURNAL = "journal.json"
+"""The plan of a commit that has begun, in its stage (written whole: temp file, fsync, rename)."""
+
+_REMOVED = "journal.removed"
+"""Marks that a commit's removals are done: rolling forward must not repeat them (an install may
+since have put a new file where one was removed)."""
+
+
+def _fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:
+    fd = os.open(path, flags | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _syncfs(path: Path) -> None:
+    """Flush the filesystem holding ``path`` (the staged files: one call, not one fsync per file)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def _write_journal(root: Path, plan: _Plan) -> None:
+    body = json.dumps(
+        {
+            "removes": plan.removes,
+            "mkdirs": [[d.rel, d.mode, d.uid, d.gid] for d in plan.mkdirs],
+            "installs": [[rel, mode] for rel, mode in plan.installs],
+        }
+    ).encode()
+    _syncfs(root)
+    temp = root / (JOURNAL + ".tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(body)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(temp, root / JOURNAL)
+    _fsync_path(root)
+
+
+def _read_journal(root: Path) -> _Plan | None:
+    try:
+        raw = json.loads((root / JOURNAL).read_bytes())
+    except FileNotFoundError:
+        return None
+    return _Plan(
+        removes=[str(r) for r in raw["removes"]],
+        mkdirs=[_Mkdir(str(r), int(m), int(u), int(g)) for r, m, u, g in raw["mkdirs"]],
+        installs=[(str(r), int(m)) for r, m in raw["installs"]],
+    )
+
+
+def _carry_out(data_dir: Path, root: Path, plan: _Plan, *, removed: bool) -> None:
+    """Apply ``plan``; every step may be repeated (rolling forward after a crash)."""
+    upper = root / "upper"
+    fds = DirFds(data_dir)
+    park_fd = os.open(root, DIR_FLAGS)
+    try:
+        if not removed:
+            remover = Remover(park_fd, "removed")
+            for rel in plan.removes:
+                try:
+                    parent, name = fds.parent(rel)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                remover.remove_at(parent, name)
+            fds.forget()
+            fd = os.open(root / _REMOVED, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.close(fd)
+            _fsync_path(root)
+        for d in plan.mkdirs:
+            parent, name = fds.parent(d.rel)
+            try:
+                os.mkdir(name, 0o700, dir_fd=parent)
+            except FileExistsError:
+                if not stat.S_ISDIR(os.lstat(name, dir_fd=parent).st_mode):
+                    raise
+            fd = fds.dir(d.rel)
+            os.fchmod(fd, d.mode)
+            if os.geteuid() == 0:
+                os.fchown(fd, d.uid, d.gid)
+        for rel, mode in plan.installs:
+            src = upper / rel
+            if _lstat(src) is None:
+                continue  # renamed into place before a crash
+            os.chmod(src, mode)
+            strip_overlay_xattrs(src)
+            parent, name = fds.parent(rel)
+            os.rename(src, name, dst_dir_fd=parent)
+        for rel in {rel.rpartition("/")[0] for rel, _ in plan.installs}:
+            os.fsync(fds.dir(rel))
+    finally:
+        fds.close()
+        os.close(park_fd)
+
+
+def recover_stage(stage: Path, data_dir: Path) -> bool:
+    """Finish or undo the commit a crash cut short in ``stage``, then remove the stage. Blocking.
+
+    A stage with a journal had begun committing: its plan is carried out to the end (rolled
+    forward), and True is returned. A stage without one never touched ``data_dir``: it is only
+    removed (rolled back), and False is returned. The caller must hold the container's lock.
+    """
+    plan = _read_journal(stage)
+    if plan is not None:
+        _carry_out(data_dir, stage, plan, removed=(stage / _REMOVED).exists())
+    remove_tree(stage)
+    return plan is not None
+
+
 def sweep_stages(stage_root: Path) -> int:
     """Remove stages left in ``stage_root`` by a server process that is gone (a crash).
 
     Stages are named ``.sandbox-run-<server pid>-<random>``; those of live processes are left
-    alone. Call it at startup for each stage root (e.g. each container directory). Returns how
-    many were removed. Blocking.
+    alone. A stage whose commit had begun (it has a journal) is rolled forward into the directory
+    its ``lower`` link names first (``recover_stage``), so no commit is left half-applied. Call it
+    at startup for each stage root (e.g. each container directory), holding nothing that could
+    change those directories meanwhile. Returns how many were removed. Blocking.
     """
     removed = 0
     try:
@@ -391,7 +500,10 @@ def sweep_stages(stage_root: Path) -> int:
         pid = entry.name.removeprefix(STAGE_PREFIX).split("-", 1)[0]
         if entry.name.startswith(STAGE_PREFIX) and pid.isdigit() and not pid_alive(int(pid)):
             try:
-                remove_tree(entry)
+                if (entry / JOURNAL).exists():
+                    recover_stage(entry, Path(os.readlink(entry / "lower")))
+                else:
+                    remove_tree(entry)
             except OSError:
                 continue
             removed += 1
