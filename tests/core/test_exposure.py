@@ -4,14 +4,11 @@ checked at start before anything is opened; ``--api-key`` on argv warns; Host/Or
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import anyio
 import pytest
-from anyio.streams.text import TextReceiveStream
 
 from container_mcp.errors import UnsafeConfiguration
 from container_mcp.hosts import OriginPolicy
@@ -19,6 +16,7 @@ from container_mcp.serving import refuse_unauthenticated_exposure
 from container_mcp.settings import Settings
 
 from ..envs import clean_env
+from ..processes import started
 
 pytestmark = pytest.mark.anyio
 
@@ -88,19 +86,8 @@ def test_auth_is_enabled_by_keys_from_env_or_file_or_by_oauth(tmp_path: Path) ->
 async def test_api_key_on_argv_warns_that_local_users_can_read_it(tmp_path: Path) -> None:
     secret = "sk-argv-visible-424242"
     command = [sys.executable, "-m", "container_mcp", "api", "--api-key", secret, "--port", "0", "--log-level", "INFO"]
-    async with await anyio.open_process(command, env=_clean_env(CONTAINER_MCP_DATA_DIR=str(tmp_path))) as process:
-        assert process.stderr is not None
-        seen = ""
-        try:
-            with anyio.fail_after(20):
-                async for text in TextReceiveStream(process.stderr):
-                    seen += text
-                    if "listening on" in seen:
-                        break
-        finally:
-            process.send_signal(signal.SIGTERM)
-            with anyio.fail_after(20):
-                await process.wait()
+    async with started(command, _clean_env(CONTAINER_MCP_DATA_DIR=str(tmp_path))) as server:
+        seen = (await server.stop()).decode()
     assert "/proc/<pid>/cmdline" in seen and "CONTAINER_MCP_API_KEYS" in seen
     assert secret not in seen
 
