@@ -34,3 +34,16 @@ async def test_cli_serves_the_api_until_sigterm(tmp_path: Path) -> None:
         rest = (await server.stop()).decode()  # a clean exit: the provider and the store were closed
     assert "container-mcp api stopped" in rest
     assert (tmp_path / "sessions-local.sqlite3").exists()
+
+
+def test_the_api_starts_without_the_mcp_sdk_or_pyjwt() -> None:
+    """Importing ``mcp`` alone took ~0.4 s of the api's start (through the token verifier); PyJWT is
+    OAuth mode's only."""
+    import subprocess
+
+    code = (
+        "import sys, container_mcp.cli, container_mcp.api.serve, container_mcp.api.app; "
+        "print(sorted(m for m in ('mcp', 'jwt') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
