@@ -36,16 +36,18 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
-from mcp.server.auth.provider import TokenVerifier
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import InvalidRequest, RateLimited
 from .settings import MiB, Settings
 from .uploads import CHUNK_SIZE, HostFileUpload
+
+if TYPE_CHECKING:
+    from .auth import BearerVerifier
 
 __all__ = [
     "GATED_BODY_BYTES",
@@ -153,7 +155,7 @@ class InlineBodyGate:
     module docstring)."""
 
     def __init__(
-        self, app: ASGIApp, budget: InlineBudget, wait_s: float = 30.0, verifier: TokenVerifier | None = None
+        self, app: ASGIApp, budget: InlineBudget, wait_s: float = 30.0, verifier: BearerVerifier | None = None
     ) -> None:
         self.app = app
         self.budget = budget

@@ -21,7 +21,7 @@ import ipaddress
 import logging
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
 import anyio
@@ -93,11 +93,10 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _stop_on_signal(server: uvicorn.Server) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            server.force_exit = server.should_exit
-            server.should_exit = True
+async def _stop_on_signal(server: uvicorn.Server, signals: AsyncIterator[int]) -> None:
+    async for _ in signals:
+        server.force_exit = server.should_exit
+        server.should_exit = True
 
 
 def server_config(app: Any, host: str, port: int, limits: ConnectionLimits, **kwargs: Any) -> uvicorn.Config:
@@ -137,14 +136,19 @@ async def serve_asgi(
         timeout_graceful_shutdown=10,
     )
     server = _Server(config)
-    with listen(host, port, config.backlog) as sock:
+    # Signals are caught before the line is logged: a SIGTERM from a script that waited for it stops
+    # the server cleanly instead of killing it.
+    with (
+        listen(host, port, config.backlog) as sock,
+        anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+    ):
         bound_host, bound_port = sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         # At WARNING, the default level: an operator (and a script waiting for the port) must see
         # where the server is without raising the log level.
         log.warning("%s listening on http://%s:%d%s", label, shown, bound_port, path)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_stop_on_signal, server)
+            tg.start_soon(_stop_on_signal, server, signals)
             await server.serve(sockets=[sock])
             tg.cancel_scope.cancel()
     log.info("%s stopped", label)

@@ -220,11 +220,13 @@ class Settings(BaseSettings):
         "held at once across the process; beyond it a call waits briefly, then is refused with a retry hint.",
     )
 
-    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @field_validator("allowed_hosts")
     @classmethod
-    def _split_names(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [n for n in (s.strip() for s in value.split(",")) if n]
+    def _host_entries(cls, value: list[str]) -> list[str]:
+        # Refused here, not where a server starts, so every entry point refuses the same entries alike.
+        from .hosts import OriginPolicy
+
+        OriginPolicy("127.0.0.1", value)
         return value
 
     # --- OAuth 2.1 resource-server mode (all HTTP entry points) ----------------------------
@@ -255,16 +257,17 @@ class Settings(BaseSettings):
         300.0, gt=0, description="Seconds the issuer's keys are cached; an unknown key id refetches sooner."
     )
 
-    @field_validator("allow_paths", mode="before")
+    @field_validator(
+        "allow_paths",
+        "allowed_hosts",
+        "allowed_origins",
+        "api_keys",
+        "oauth_required_scopes",
+        "oauth_algorithms",
+        mode="before",
+    )
     @classmethod
-    def _split_paths(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [p for p in (s.strip() for s in value.split(",")) if p]
-        return value
-
-    @field_validator("allowed_hosts", "allowed_origins", "oauth_required_scopes", "oauth_algorithms", mode="before")
-    @classmethod
-    def _split_words(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [w for w in (s.strip() for s in value.split(",")) if w]
         return value
@@ -373,13 +376,6 @@ class Settings(BaseSettings):
         # Resolved once, at start: an allowed directory is the one it named then. A directory
         # swapped for a symlink later (by another local user who owns it) is not followed.
         return [Path(os.path.realpath(p)) for p in value]
-
-    @field_validator("api_keys", mode="before")
-    @classmethod
-    def _split_keys(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [k for k in (s.strip() for s in value.split(",")) if k]
-        return value
 
     def all_api_keys(self) -> list[str]:
         """Keys from ``api_keys`` and ``api_keys_file``, deduplicated, order kept."""

@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import re
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import anyio
 import httpx2
 import pytest
-from anyio.abc import ByteReceiveStream, SocketStream
+from anyio.abc import SocketStream
 from mcp import Client, MCPError
 from mcp.shared.message import SessionMessage
 from mcp_types import INVALID_PARAMS
@@ -37,9 +35,10 @@ from container_mcp.stdio import BoundedLines
 from ..api.live import KEY_A, start_api
 from ..envs import clean_env
 from ..live import serve
+from ..processes import console_script, started
 from ..server.bearer import http_client
 from ..server.test_slow_clients import get, guarded, hello, read_all
-from ..server.test_transports import console_script, structured
+from ..server.test_transports import structured
 
 pytestmark = pytest.mark.anyio
 
@@ -321,25 +320,8 @@ async def mcp_process(tmp_path: Path, **env: str) -> AsyncIterator[tuple[str, in
     """``container-mcp --transport streamable-http`` with key ``sk-edge`` and ``env`` (CONTAINER_MCP_*)."""
     full = clean_env(CONTAINER_MCP_DATA_DIR=str(tmp_path), CONTAINER_MCP_API_KEYS="sk-edge", **env)
     command = [console_script(), "--transport", "streamable-http", "--port", "0", "--log-level", "INFO"]
-    proc = await anyio.open_process(command, stderr=subprocess.PIPE, env=full)
-    try:
-        assert proc.stderr is not None
-        seen = b""
-        with anyio.fail_after(20):
-            while not (match := re.search(rb"listening on http://127\.0\.0\.1:(\d+)", seen)):
-                seen += await proc.stderr.receive()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(drain, proc.stderr)
-            yield "127.0.0.1", int(match[1])
-            tg.cancel_scope.cancel()
-    finally:
-        proc.kill()
-        await proc.wait()
-
-
-async def drain(stream: ByteReceiveStream) -> None:
-    async for _ in stream:
-        pass
+    async with started(command, full) as server:
+        yield "127.0.0.1", server.port
 
 
 async def test_unauthenticated_requests_cannot_queue_at_the_inline_gate_and_fill_the_cap(tmp_path: Path) -> None:

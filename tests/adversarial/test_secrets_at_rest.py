@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import signal
 import sqlite3
 import stat
-import subprocess
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import anyio
-import anyio.abc
 import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
@@ -32,7 +27,7 @@ from container_mcp.private import secret_key, secure_data_dir
 from container_mcp.runtime import open_service
 from container_mcp.settings import Settings
 from container_mcp.store import KEY_FILE, SqliteSessionStore
-from tests.server.test_transports import console_script
+from tests.processes import console_script, started
 
 from ..envs import clean_env
 from .conftest import ok
@@ -63,33 +58,10 @@ def files_containing(root: Path, needle: bytes) -> list[str]:
 async def http_server(data_dir: Path, *, umask: int) -> AsyncIterator[str]:
     """``container-mcp --transport streamable-http`` on 127.0.0.1:0 under ``umask``; yields its URL."""
     argv = [console_script(), "--transport", "streamable-http", "--port", "0", "--data-dir", str(data_dir)]
-    proc = await anyio.open_process(
-        ["sh", "-c", f'umask {umask:03o} && exec "$@"', "sh", *argv, "--log-level", "INFO"],
-        stderr=subprocess.PIPE,
-        env=clean_env(),
-    )
-    try:
-        assert proc.stderr is not None
-        seen = b""
-        with anyio.fail_after(30):
-            while not (match := re.search(rb"listening on (http://127\.0\.0\.1:\d+)", seen)):
-                seen += await proc.stderr.receive()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_drain, proc.stderr)  # access logs must not fill the pipe and stall the server
-            yield match[1].decode() + "/mcp"
-            proc.send_signal(signal.SIGTERM)
-            with anyio.fail_after(30):
-                assert await proc.wait() == 0
-            tg.cancel_scope.cancel()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
-async def _drain(stream: anyio.abc.ByteReceiveStream) -> None:
-    async for _ in stream:
-        pass
+    umasked = ["sh", "-c", f'umask {umask:03o} && exec "$@"', "sh", *argv, "--log-level", "INFO"]
+    async with started(umasked, clean_env()) as server:
+        yield server.url
+        await server.stop()
 
 
 @asynccontextmanager

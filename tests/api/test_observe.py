@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import io
 import json
-import re
-import signal
 import stat
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx2
 import pytest
 from openai import AsyncOpenAI, AuthenticationError, NotFoundError, PermissionDeniedError
@@ -33,7 +29,7 @@ from container_mcp.runtime import limits_from
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
 from container_mcp.store import SqliteSessionStore
-from tests.server.test_transports import console_script
+from tests.processes import console_script, started
 
 from ..envs import clean_env
 from .live import KEY_A, KEY_B, serve_app
@@ -187,31 +183,16 @@ def _clean_env(**extra: str) -> dict[str, str]:
 async def test_the_api_process_writes_its_audit_file_private(tmp_path: Path) -> None:
     audit_file = tmp_path / "logs" / "audit.jsonl"
     audit_file.parent.mkdir()
-    proc = await anyio.open_process(
-        [console_script(), "api", "--port", "0", "--data-dir", str(tmp_path / "data"), "--log-level", "INFO"],
-        stderr=subprocess.PIPE,
-        env=_clean_env(CONTAINER_MCP_API_KEYS=KEY_A, CONTAINER_MCP_AUDIT=str(audit_file)),
-    )
-    try:
-        assert proc.stderr is not None
-        seen = b""
-        with anyio.fail_after(20):
-            while not (match := re.search(rb"listening on (http://127\.0\.0\.1:\d+)", seen)):
-                seen += await proc.stderr.receive()
-        origin = match[1].decode().removesuffix("/v1")
+    argv = [console_script(), "api", "--port", "0", "--data-dir", str(tmp_path / "data"), "--log-level", "INFO"]
+    async with started(argv, _clean_env(CONTAINER_MCP_API_KEYS=KEY_A, CONTAINER_MCP_AUDIT=str(audit_file))) as server:
+        origin = server.origin
         async with AsyncOpenAI(api_key=KEY_A, base_url=origin + "/v1", max_retries=0) as client:
             cid = (await client.containers.create(name="from-the-process")).id
         async with httpx2.AsyncClient() as http:
             assert (await http.get(origin + "/metrics")).status_code == 401
             scraped = await http.get(origin + "/metrics", headers={"authorization": f"Bearer {KEY_A}"})
         assert value(samples(scraped.text), "container_mcp_live_containers") == 1
-        proc.send_signal(signal.SIGTERM)
-        with anyio.fail_after(20):
-            assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await server.stop()
     assert stat.S_IMODE(audit_file.stat().st_mode) == 0o600
     (record,) = [json.loads(line) for line in audit_file.read_text().splitlines()]
     assert (record["operation"], record["container_id"], record["outcome"]) == ("POST /v1/containers", cid, "ok")

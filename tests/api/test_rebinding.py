@@ -15,8 +15,8 @@ from typing import Any
 import httpx2
 import pytest
 
-from container_mcp.api.origin import OriginPolicy
 from container_mcp.clock import ManualClock
+from container_mcp.hosts import OriginPolicy
 from container_mcp.models import ListParams
 
 from .live import KEY_A, LiveApi, start_api

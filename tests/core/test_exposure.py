@@ -4,21 +4,19 @@ checked at start before anything is opened; ``--api-key`` on argv warns; Host/Or
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import anyio
 import pytest
-from anyio.streams.text import TextReceiveStream
 
 from container_mcp.errors import UnsafeConfiguration
-from container_mcp.hosts import allowed_hosts, allowed_origins
+from container_mcp.hosts import OriginPolicy
 from container_mcp.serving import refuse_unauthenticated_exposure
 from container_mcp.settings import Settings
 
 from ..envs import clean_env
+from ..processes import started
 
 pytestmark = pytest.mark.anyio
 
@@ -88,40 +86,42 @@ def test_auth_is_enabled_by_keys_from_env_or_file_or_by_oauth(tmp_path: Path) ->
 async def test_api_key_on_argv_warns_that_local_users_can_read_it(tmp_path: Path) -> None:
     secret = "sk-argv-visible-424242"
     command = [sys.executable, "-m", "container_mcp", "api", "--api-key", secret, "--port", "0", "--log-level", "INFO"]
-    async with await anyio.open_process(command, env=_clean_env(CONTAINER_MCP_DATA_DIR=str(tmp_path))) as process:
-        assert process.stderr is not None
-        seen = ""
-        try:
-            with anyio.fail_after(20):
-                async for text in TextReceiveStream(process.stderr):
-                    seen += text
-                    if "listening on" in seen:
-                        break
-        finally:
-            process.send_signal(signal.SIGTERM)
-            with anyio.fail_after(20):
-                await process.wait()
+    async with started(command, _clean_env(CONTAINER_MCP_DATA_DIR=str(tmp_path))) as server:
+        seen = (await server.stop()).decode()
     assert "/proc/<pid>/cmdline" in seen and "CONTAINER_MCP_API_KEYS" in seen
     assert secret not in seen
 
 
+def _sdk_hosts(settings: Settings, bound: str) -> list[str]:
+    return OriginPolicy.from_settings(settings, bound).sdk_hosts()
+
+
 def test_allowed_hosts_are_loopback_the_bound_address_and_the_configured_names(tmp_path: Path) -> None:
     settings = Settings.isolated(data_dir=tmp_path, allowed_hosts="MCP.example.com, proxy.internal:8443")
-    hosts = allowed_hosts(settings, "192.168.1.20")
+    hosts = _sdk_hosts(settings, "192.168.1.20")
     for expected in ("127.0.0.1:*", "localhost:*", "[::1]:*", "192.168.1.20:*", "mcp.example.com", "mcp.example.com:*",
                      "proxy.internal:8443"):  # fmt: skip
         assert expected in hosts
     assert "proxy.internal:8443:*" not in hosts
     # a wildcard bind adds no Host value: no client names 0.0.0.0 or ::
-    assert not any(h.startswith(("0.0.0.0", "[::]")) for h in allowed_hosts(settings, "0.0.0.0"))
-    assert not any(h.startswith("[::]") for h in allowed_hosts(settings, "::"))
-    assert "[::1]:*" in allowed_hosts(settings, "::1")
+    assert not any(h.startswith(("0.0.0.0", "[::]")) for h in _sdk_hosts(settings, "0.0.0.0"))
+    assert not any(h.startswith("[::]") for h in _sdk_hosts(settings, "::"))
+    assert "[::1]:*" in _sdk_hosts(settings, "::1")
 
 
 def test_allowed_origins_are_loopback_and_the_configured_ones(tmp_path: Path) -> None:
-    settings = Settings.isolated(data_dir=tmp_path, allowed_origins="https://app.example.com/")
-    origins = allowed_origins(settings, "0.0.0.0")
+    settings = Settings.isolated(
+        data_dir=tmp_path, allowed_hosts="proxy.internal:8443", allowed_origins="https://app.example.com/"
+    )
+    origins = OriginPolicy.from_settings(settings, "0.0.0.0").sdk_origins()
     for expected in ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*", "https://app.example.com",
-                     "https://app.example.com:*"):  # fmt: skip
+                     "https://proxy.internal:8443"):  # fmt: skip
         assert expected in origins
+    # a configured origin without a port is that origin only, as on the REST API
+    assert "https://app.example.com:*" not in origins
     assert not any("0.0.0.0" in o for o in origins)
+
+
+def test_a_malformed_allowed_host_is_refused_by_the_settings(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="CONTAINER_MCP_ALLOWED_HOSTS entry 'a:b'"):
+        Settings.isolated(data_dir=tmp_path, allowed_hosts="a:b")

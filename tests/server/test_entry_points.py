@@ -3,46 +3,20 @@ HTTP entry point says where it listens at the default log level."""
 
 from __future__ import annotations
 
-import re
-import signal
 import subprocess
 from pathlib import Path
 
 import anyio
 import pytest
-from anyio.abc import Process
 from mcp import Client
 from mcp.client.sse import sse_client
 from openai import AsyncOpenAI
 
 from ..envs import clean_env
-from .test_transports import console_script, structured
+from ..processes import LISTENING, console_script, started
+from .test_transports import structured
 
 pytestmark = pytest.mark.anyio
-
-LISTENING = re.compile(rb"listening on (http://127\.0\.0\.1:(\d+)(/\S*))")
-
-
-async def _listening(proc: Process) -> tuple[str, bytes]:
-    """The URL of the one ``listening on`` line, and the stderr read up to it."""
-    assert proc.stderr is not None
-    seen = b""
-    with anyio.fail_after(30):
-        while not (match := LISTENING.search(seen)):
-            chunk = await proc.stderr.receive()
-            seen += chunk
-    return match[1].decode(), seen
-
-
-async def _stop(proc: Process) -> bytes:
-    assert proc.stderr is not None
-    proc.send_signal(signal.SIGTERM)
-    rest = b""
-    with anyio.fail_after(20):
-        async for chunk in proc.stderr:
-            rest += chunk
-        assert await proc.wait() == 0
-    return rest
 
 
 @pytest.mark.parametrize(
@@ -60,22 +34,17 @@ async def test_http_entry_points_say_where_they_listen_and_honour_options_before
     data, home = tmp_path / "data", tmp_path / "home"
     home.mkdir()
     command = [console_script(), *(a.format(data=data) for a in argv)]  # no --log-level: the default
-    proc = await anyio.open_process(command, stderr=subprocess.PIPE, env=clean_env(HOME=str(home)))
-    try:
-        url, seen = await _listening(proc)
-        assert url.endswith(path) and not url.endswith(":0" + path)
+    async with started(command, clean_env(HOME=str(home))) as server:
+        url = server.url
+        assert server.path == path and server.port != 0
         if path == "/v1":
             async with AsyncOpenAI(base_url=url, api_key="unused-on-loopback", max_retries=0) as sdk:
                 assert (await sdk.containers.create(name="cli")).status == "running"
         else:
             async with Client(sse_client(url)) if path == "/sse" else Client(url, mode="legacy") as client:
                 assert (await structured(client, "container_create", name="cli"))["status"] == "running"
-        rest = await _stop(proc)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert len(LISTENING.findall(seen + rest)) == 1
+        err = await server.stop()
+    assert len(LISTENING.findall(err)) == 1
     # --data-dir, written before the subcommand, took effect: the state is there, not in $HOME.
     assert list(data.glob("sessions-*.sqlite3")) and (data / "local").is_dir()
     assert not any(home.rglob("*container-mcp*"))
@@ -90,3 +59,12 @@ async def test_an_mcp_option_given_to_api_stops_the_start(tmp_path: Path) -> Non
         assert await proc.wait() == 2
     assert b"--transport applies to the MCP server (serve), not to api" in err
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("argv", [["api"], ["--transport", "streamable-http"]], ids=["api", "streamable-http"])
+async def test_a_sigterm_right_after_the_listening_line_is_a_clean_stop(tmp_path: Path, argv: list[str]) -> None:
+    """The line was logged before the signal handler was installed: a script that stopped the server as
+    soon as it saw the line killed it (exit -15, nothing closed)."""
+    command = [console_script(), *argv, "--port", "0", "--data-dir", str(tmp_path / "data")]
+    async with started(command, clean_env(HOME=str(tmp_path))) as server:
+        await server.stop()  # asserts exit status 0

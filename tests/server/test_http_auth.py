@@ -203,25 +203,13 @@ async def test_dns_rebinding_is_refused_on_a_server_configured_for_every_interfa
 
 @pytest.mark.parametrize("transport", ["streamable-http", "sse"])
 async def test_the_cli_server_takes_keys_from_the_environment(tmp_path: Path, transport: str) -> None:
-    import re
-    import signal
-    import subprocess
-
-    import anyio
-
     from ..envs import clean_env
-    from .test_transports import console_script
+    from ..processes import console_script, started
 
     env = clean_env(CONTAINER_MCP_API_KEYS=f"{KEY_A},{KEY_B}", CONTAINER_MCP_DATA_DIR=str(tmp_path))
     argv = [console_script(), "--transport", transport, "--port", "0", "--log-level", "DEBUG"]
-    proc = await anyio.open_process(argv, env=env, stderr=subprocess.PIPE)
-    try:
-        assert proc.stderr is not None
-        seen = b""
-        with anyio.fail_after(20):
-            while not (match := re.search(rb"listening on (http://127\.0\.0\.1:\d+)", seen)):
-                seen += await proc.stderr.receive()
-        origin = match[1].decode()
+    async with started(argv, env) as server:
+        origin = server.origin
         if transport == "sse":
             async with sse(origin + "/sse", KEY_A) as a:
                 await structured(a, "container_create", name="over-sse")
@@ -234,15 +222,7 @@ async def test_the_cli_server_takes_keys_from_the_environment(tmp_path: Path, tr
             else:
                 refused = await http.post(origin + "/mcp", json=_INITIALIZE, headers=_ACCEPT)
         assert refused.status_code == 401
-        proc.send_signal(signal.SIGTERM)
-        with anyio.fail_after(20):
-            assert await proc.wait() == 0
-        seen += b"".join([chunk async for chunk in proc.stderr])
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    log = seen.decode()
+        log = (await server.stop()).decode()
     assert "no API keys configured" not in log
     assert KEY_A not in log and KEY_B not in log
 

@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import io
 import json
-import re
-import signal
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx2
 import pytest
 from mcp import Client, MCPError
@@ -37,8 +33,8 @@ from container_mcp.store import SqliteSessionStore
 from tests.live import serve
 
 from ..envs import clean_env
+from ..processes import console_script, started
 from .bearer import Seen, http_client, sse
-from .test_transports import console_script
 
 pytestmark = pytest.mark.anyio
 
@@ -296,28 +292,13 @@ async def test_the_mcp_http_process_audits_to_stderr_and_serves_metrics(tmp_path
     env = clean_env()
     env |= {"CONTAINER_MCP_API_KEYS": KEY, "CONTAINER_MCP_AUDIT": "stderr"}
     argv = [console_script(), "--transport", "streamable-http", "--port", "0", "--data-dir", str(tmp_path / "data")]
-    proc = await anyio.open_process([*argv, "--log-level", "INFO"], stderr=subprocess.PIPE, env=env)
-    err = b""
-    try:
-        assert proc.stderr is not None
-        with anyio.fail_after(20):
-            while not (match := re.search(rb"listening on (http://127\.0\.0\.1:\d+)", err)):
-                err += await proc.stderr.receive()
-        origin = match[1].decode()
-        async with http_client(origin + "/mcp", KEY, "legacy") as client:
+    async with started([*argv, "--log-level", "INFO"], env) as server:
+        async with http_client(server.url, KEY, "legacy") as client:
             created = await ok(client, "container_create", name="from-the-process")
-        assert (await scrape(origin, None)).status_code == 401
-        scraped = samples((await scrape(origin)).text)
+        assert (await scrape(server.origin, None)).status_code == 401
+        scraped = samples((await scrape(server.origin)).text)
         assert value(scraped, "container_mcp_live_containers") == 1
-        proc.send_signal(signal.SIGTERM)
-        with anyio.fail_after(20):
-            async for chunk in proc.stderr:
-                err += chunk
-            assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        err = await server.stop()
     lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
     assert [(r["operation"], r["container_id"], r["outcome"]) for r in lines] == [
         ("container_create", created["id"], "ok")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import resource
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,7 +20,7 @@ from typing import Any
 import anyio
 import pytest
 import uvicorn
-from anyio.abc import ByteReceiveStream, SocketStream
+from anyio.abc import SocketStream
 from openai import AsyncOpenAI
 from starlette.types import Receive, Scope, Send
 
@@ -29,8 +28,9 @@ from container_mcp.http_guard import ConnectionLimits, connection_limits, raise_
 from container_mcp.serving import listen, server_config
 
 from ..envs import clean_env
+from ..processes import console_script, started
 from .bearer import http_client
-from .test_transports import console_script, structured
+from .test_transports import structured
 
 pytestmark = pytest.mark.anyio
 
@@ -219,30 +219,11 @@ _UNDER_LIMIT = (
 async def server_process(args: list[str], tmp_path: Path, soft: int = SERVER_FILES) -> AsyncIterator[tuple[str, int]]:
     env = clean_env(CONTAINER_MCP_DATA_DIR=str(tmp_path), CONTAINER_MCP_API_KEYS="sk-slow")
     command = [sys.executable, "-c", _UNDER_LIMIT, str(soft), str(SERVER_FILES), console_script()]
-    proc = await anyio.open_process(
-        [*command, *args, "--port", "0", "--log-level", "INFO"], stderr=subprocess.PIPE, env=env
-    )
-    try:
-        assert proc.stderr is not None
-        seen = b""
-        with anyio.fail_after(20):
-            while not (match := re.search(rb"listening on http://127\.0\.0\.1:(\d+)", seen)):
-                seen += await proc.stderr.receive()
-        limits = await anyio.Path(f"/proc/{proc.pid}/limits").read_text()
+    async with started([*command, *args, "--port", "0", "--log-level", "INFO"], env) as server:
+        limits = await anyio.Path(f"/proc/{server.process.pid}/limits").read_text()
         files = re.search(r"Max open files\s+(\d+)\s+(\d+)", limits)
         assert files is not None and files[1] == files[2] == str(SERVER_FILES)  # soft raised to hard
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_drain, proc.stderr)  # a full stderr pipe would stall the server's logging
-            yield "127.0.0.1", int(match[1])
-            tg.cancel_scope.cancel()
-    finally:
-        proc.kill()
-        await proc.wait()
-
-
-async def _drain(stream: ByteReceiveStream) -> None:
-    async for _ in stream:
-        pass
+        yield "127.0.0.1", server.port
 
 
 async def half_sent(host: str, port: int, n: int) -> list[SocketStream]:

@@ -19,7 +19,7 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from ..envs import clean_env
-from .test_transports import console_script
+from ..processes import console_script
 
 pytestmark = pytest.mark.anyio
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from container_mcp.settings import Settings
 from tests.live import serve
 
 from ..envs import clean_env
+from ..processes import console_script, started
 
 pytestmark = pytest.mark.anyio
 
@@ -62,13 +61,6 @@ async def test_sse_sessions_are_isolated(service: ContainerService, settings: Se
             await assert_isolated(a, b)
 
 
-def console_script() -> str:
-    script = Path(sys.executable).with_name("container-mcp")
-    found = str(script) if script.exists() else shutil.which("container-mcp")
-    assert found, "the console script is not installed: pip install -e ."
-    return found
-
-
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_stdio_subprocess_and_restart_durability(tmp_path: Path, mode: str) -> None:
     params = StdioServerParameters(command=console_script(), args=["--data-dir", str(tmp_path)])
@@ -89,35 +81,14 @@ async def test_stdio_subprocess_and_restart_durability(tmp_path: Path, mode: str
 async def test_http_server_process_serves_and_stops_cleanly_on_sigterm(
     tmp_path: Path, transport: str, path: str
 ) -> None:
-    import re
-    import signal
-    import subprocess
-
-    import anyio
-
-    proc = await anyio.open_process(
-        [console_script(), "--transport", transport, "--port", "0", "--data-dir", str(tmp_path), "--log-level", "INFO"],
-        stderr=subprocess.PIPE,
-        env=clean_env(),
-    )
-    try:
-        assert proc.stderr is not None
-        seen = b""
-        with anyio.fail_after(20):
-            while not (match := re.search(rb"listening on (http://127\.0\.0\.1:\d+)", seen)):
-                seen += await proc.stderr.receive()
-        url = match[1].decode() + path
-        client = Client(sse_client(url)) if transport == "sse" else Client(url, mode="legacy")
+    argv = [console_script(), "--transport", transport, "--port", "0", "--data-dir", str(tmp_path)]
+    async with started([*argv, "--log-level", "INFO"], clean_env()) as server:
+        assert server.path == path
+        client = Client(sse_client(server.url)) if transport == "sse" else Client(server.url, mode="legacy")
         async with client:
             created = await structured(client, "container_create", name="over-http")
             assert created["status"] == "running"
-        proc.send_signal(signal.SIGTERM)
-        with anyio.fail_after(20):
-            assert await proc.wait() == 0  # a graceful stop, not death by the signal
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await server.stop()
 
 
 async def test_remote_client_roots_do_not_open_the_servers_files(

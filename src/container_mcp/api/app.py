@@ -47,6 +47,7 @@ from .. import audit
 from ..audit import AuditLog
 from ..auth import BearerVerifier
 from ..errors import ContainerMCPError
+from ..hosts import OriginPolicy
 from ..observer import Observer
 from ..service import ContainerService
 from ..settings import Settings
@@ -65,7 +66,7 @@ from .errors import SERVER, api_error_response, error_response
 from .middleware import RequestHeaders
 from .observe import METRICS_PATH, AuditRequests
 from .openapi import openapi_document
-from .origin import HostOriginCheck, OriginPolicy
+from .origin import HostOriginCheck
 from .wire import container_json, deleted_json, file_json, json_response, page_json
 
 __all__ = ["create_app"]
@@ -203,12 +204,10 @@ def create_app(
     address, an allowed ``Host`` beside the loopback names and ``settings.allowed_hosts``. Every
     request is written to ``audit_log`` (the process's one; default: none) and counted in this app's
     own metrics, served at ``/metrics``.
-
-    Raises ``ValueError`` for a malformed ``settings.allowed_hosts`` entry.
     """
     if verifier is None:
         verifier = BearerVerifier.from_keys(settings)
-    policy = OriginPolicy(host, settings.allowed_hosts, settings.allowed_origins)
+    policy = OriginPolicy.from_settings(settings, host)
     if not verifier.enabled:
         log.warning(
             "no API keys configured: every request is accepted as one anonymous owner. Set "

@@ -1,122 +1,21 @@
-"""DNS-rebinding and cross-site request defence: ``Host`` and ``Origin`` checked against allowlists.
+"""ASGI middleware for the REST API: ``Host`` and ``Origin`` checked against the server's ``OriginPolicy``.
 
-A web page can make a browser send requests to ``127.0.0.1`` (a rebound DNS name, or a plain
-cross-site POST); the browser then names the page's site in ``Host`` (rebinding) or ``Origin``
-(cross-site). So:
-
-* ``Host`` must name this server: ``localhost``, ``127.0.0.1``, ``[::1]``, the bound address, or a
-  name in ``CONTAINER_MCP_ALLOWED_HOSTS``. A name without a port matches any port; ``name:port``
-  only that port (``name:*``, the SDK's spelling, also means any port). Otherwise: 421.
-* ``Origin``, when present, must be one in ``CONTAINER_MCP_ALLOWED_ORIGINS`` (exact, or
-  ``scheme://name:*`` for any port), or name an allowed host (a page this server's own names
-  serve). ``Origin: null`` (sandboxed frames, files) is refused. Otherwise: 403.
-
-Both answer in OpenAI's error envelope. Non-browser clients (SDKs, curl) send the ``Host`` they
-connected to and no ``Origin``, so they pass untouched.
+The policy, and why it stops DNS rebinding and cross-site requests, is ``hosts.py``. This module
+answers a refusal in OpenAI's error envelope: 421 for a foreign ``Host``, 403 for a foreign ``Origin``.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-from collections.abc import Iterable
-from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..hosts import OriginPolicy
 from .errors import api_error_response
 
-__all__ = ["HostOriginCheck", "OriginPolicy"]
+__all__ = ["HostOriginCheck"]
 
 log = logging.getLogger("container_mcp.api")
-
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
-
-
-def _split_host(value: str) -> tuple[str, str | None] | None:
-    """``name[:port]`` -> (lower-case name, port or None); IPv6 stays bracketed. None if malformed."""
-    value = value.strip().lower()
-    if value.startswith("["):
-        end = value.find("]")
-        if end < 0:
-            return None
-        name, rest = value[: end + 1], value[end + 1 :]
-        if rest and not rest.startswith(":"):
-            return None
-        port = rest[1:] if rest else None
-    else:
-        name, sep, port_text = value.partition(":")
-        port = port_text if sep else None
-    if not name or (port is not None and port != "*" and not port.isdigit()):
-        return None
-    return name, port
-
-
-def _host_name(address: str) -> str | None:
-    """The ``Host`` spelling of a bound address, or None for an unspecified one (0.0.0.0, ::)."""
-    bare = address.strip("[]").lower()
-    try:
-        ip = ipaddress.ip_address(bare)
-    except ValueError:
-        return bare or None
-    if ip.is_unspecified:
-        return None
-    return f"[{ip.compressed}]" if ip.version == 6 else ip.compressed
-
-
-class OriginPolicy:
-    """The allowed hosts and origins of one server."""
-
-    def __init__(self, bound_host: str, hosts: Iterable[str] = (), origins: Iterable[str] = ()) -> None:
-        self._any_port: set[str] = set(LOOPBACK_NAMES)
-        bound = _host_name(bound_host)
-        if bound is not None:
-            self._any_port.add(bound)
-        self._exact: set[tuple[str, str]] = set()
-        for entry in hosts:
-            split = _split_host(entry)
-            if split is None:
-                raise ValueError(f"CONTAINER_MCP_ALLOWED_HOSTS entry {entry!r} is not a host name or name:port")
-            name, port = split
-            if port is None or port == "*":
-                self._any_port.add(name)
-            else:
-                self._exact.add((name, port))
-        self._origins: set[str] = set()
-        self._origin_any_port: set[str] = set()
-        for entry in origins:
-            origin = entry.strip().lower().rstrip("/")
-            if origin.endswith(":*"):
-                self._origin_any_port.add(origin[:-2])
-            else:
-                self._origins.add(origin)
-
-    @property
-    def host_names(self) -> list[str]:
-        """The allowed hosts, for messages."""
-        return sorted(self._any_port) + sorted(f"{n}:{p}" for n, p in self._exact)
-
-    def host_allowed(self, host: str) -> bool:
-        split = _split_host(host)
-        if split is None or split[1] == "*":
-            return False
-        name, port = split
-        return name in self._any_port or (port is not None and (name, port) in self._exact)
-
-    def origin_allowed(self, origin: str) -> bool:
-        origin = origin.strip().lower().rstrip("/")
-        if origin in self._origins:
-            return True
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
-            return False
-        try:
-            port = parts.port
-        except ValueError:  # a port out of range or not a number
-            return False
-        if port is not None and f"{parts.scheme}://{parts.hostname}" in self._origin_any_port:
-            return True
-        return self.host_allowed(parts.netloc)
 
 
 class HostOriginCheck:

@@ -11,7 +11,6 @@ from ..runtime import open_service
 from ..serving import refuse_unauthenticated_exposure, serve_asgi
 from ..settings import Settings
 from .app import create_app
-from .origin import OriginPolicy
 
 __all__ = ["serve_api"]
 
@@ -30,10 +29,6 @@ async def serve_api(settings: Settings, host: str, port: int) -> None:
     # emptied while the service opens must not leave a public server without any.
     async with open_verifier(settings) as verifier:
         refuse_unauthenticated_exposure(host, authenticated=verifier.enabled, command="container-mcp api")
-        try:
-            OriginPolicy(host, settings.allowed_hosts, settings.allowed_origins)
-        except ValueError as exc:
-            raise SystemExit(f"container-mcp api: {exc}") from None
         async with open_audit_log(settings.audit) as audit_log, open_service(settings) as service:
             await serve_asgi(
                 create_app(service, settings, verifier=verifier, host=host, audit_log=audit_log),

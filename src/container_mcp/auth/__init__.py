@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
+from .access import Access
 from .keys import ApiKeys, owner_for_key
 from .verifier import BearerVerifier, open_verifier
 
-__all__ = ["ApiKeys", "BearerVerifier", "open_verifier", "owner_for_key"]
+__all__ = ["Access", "ApiKeys", "BearerVerifier", "open_verifier", "owner_for_key"]

@@ -38,10 +38,10 @@ from urllib.parse import quote, urlsplit
 import anyio
 import httpx2
 import jwt
-from mcp.server.auth.provider import AccessToken
 
 from ..clock import Clock
 from ..serving import is_loopback
+from .access import Access
 
 __all__ = ["FETCH_DEADLINE_S", "REFETCH_INTERVAL_S", "Jwks", "JwtVerifier", "check_jwks_url", "oauth_owner"]
 
@@ -198,14 +198,14 @@ class JwtVerifier:
         self._algorithms = frozenset(algorithms)
         self._leeway_s = leeway_s
         self._clock = clock
-        self._verified: dict[bytes, tuple[AccessToken, str | None, dict[str, Any], float]] = {}
+        self._verified: dict[bytes, tuple[Access, str | None, dict[str, Any], float]] = {}
 
     def owner(self, subject: str) -> str:
         """The owner key of the token subject ``subject``: one per person or agent of this issuer."""
         return oauth_owner(self.issuer, subject)
 
-    async def verify(self, token: str) -> AccessToken | None:
-        """The token's ``AccessToken`` (``client_id`` is its owner key), or None when it is refused.
+    async def verify(self, token: str) -> Access | None:
+        """The token's ``Access`` (``client_id`` is its owner key), or None when it is refused.
 
         A token verified before is answered from memory while its ``exp`` holds and the key that
         signed it is still the issuer's current one (a refetched JWKS invalidates it), which saves
@@ -228,16 +228,14 @@ class JwtVerifier:
         self._verified[digest] = (access, kid, jwk, claims["exp"])
         return access
 
-    def _access_token(self, token: str, claims: dict[str, Any]) -> AccessToken:
+    def _access_token(self, token: str, claims: dict[str, Any]) -> Access:
         client = claims.get("client_id", claims.get("azp"))
-        return AccessToken(
+        return Access(
             token=token,
             client_id=self.owner(claims["sub"]),
             subject=claims["sub"],
             scopes=_scopes(claims),
             resource=self.audience,
-            # exp is enforced above with the leeway; the SDK's own check would ignore the leeway.
-            expires_at=None,
             claims={"iss": self.issuer, "client_id": client if isinstance(client, str) else None},
         )
 

@@ -9,6 +9,7 @@ from ..inline import InlineBudget
 from ..observer import Observer
 from ..service import ContainerService
 from ..settings import Settings
+from .bearer import SdkTokenVerifier, auth_settings
 from .live import Live, install_live
 from .observe import AuditMiddleware, ObservedServer
 from .resources import register_resources
@@ -40,7 +41,7 @@ def create_server(
 
     With an enabled ``verifier`` its HTTP apps accept only callers with a token it accepts (401
     otherwise), and each caller's session key is its token's owner (``session.py``); ``base_url``
-    is this server's own URL (see ``BearerVerifier.auth_settings``). Auth never applies on stdio.
+    is this server's own URL (see ``bearer.auth_settings``). Auth never applies on stdio.
     ``inline_budget`` is the process's budget of inline content in flight; pass the one the HTTP
     transport's ``InlineBodyGate`` uses (default: a new one of ``settings.max_inline_bytes_in_flight``).
     Every tool call and resource read is written to ``audit_log`` (the process's one, from
@@ -54,8 +55,8 @@ def create_server(
         version=__version__,
         instructions=INSTRUCTIONS.format(exec=exec_step),
         log_level=settings.log_level,
-        token_verifier=verifier if enabled else None,
-        auth=verifier.auth_settings(base_url) if verifier is not None and enabled else None,
+        token_verifier=SdkTokenVerifier(verifier) if verifier is not None and enabled else None,
+        auth=auth_settings(verifier, base_url) if verifier is not None and enabled else None,
     )
     mcp.observer = Observer(audit_log or AuditLog(None), service.store)
     mcp.middleware.append(AuditMiddleware(mcp, settings.stdio_session_key))

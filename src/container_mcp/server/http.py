@@ -3,7 +3,7 @@
 Every app built here serves the server's metrics at ``/metrics`` (``observe.metrics_route``), and
 keeps the SDK's DNS-rebinding protection on, whatever the interface: the SDK turns it off by itself
 for any host but the loopback ones (``mcp-sdk-2.md`` §3.3), so it is always passed explicitly,
-with the lists of ``hosts.py``. Authentication is the ``MCPServer``'s
+with the server's ``hosts.OriginPolicy`` in the SDK's list form. Authentication is the ``MCPServer``'s
 (``create_server(..., verifier=...)``). Building an app also installs the session-id log redaction
 (``redact.py``): these transports are where session ids exist.
 """
@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from .. import redact
 from ..clock import Clock, system_clock
-from ..hosts import allowed_hosts, allowed_origins
+from ..hosts import OriginPolicy
 from ..inline import mcp_body_limit
 from ..settings import Settings
 from .observe import ObservedServer, metrics_route
@@ -40,11 +40,10 @@ def _route(app: Starlette, path: str) -> Route:
 
 
 def transport_security(settings: Settings, host: str) -> TransportSecuritySettings:
-    """DNS-rebinding protection for a server bound to ``host``: on, with the allowlists of ``hosts.py``."""
+    """DNS-rebinding protection for a server bound to ``host``: on, with the policy of ``hosts.py``."""
+    policy = OriginPolicy.from_settings(settings, host)
     return TransportSecuritySettings(
-        enable_dns_rebinding_protection=True,
-        allowed_hosts=allowed_hosts(settings, host),
-        allowed_origins=allowed_origins(settings, host),
+        enable_dns_rebinding_protection=True, allowed_hosts=policy.sdk_hosts(), allowed_origins=policy.sdk_origins()
     )
 
 

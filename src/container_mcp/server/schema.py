@@ -8,9 +8,11 @@ what was published, before the SDK's own validation runs:
   argument is refused with the list of accepted ones instead of being dropped; ``$ref`` is
   inlined (each definition is used once) and pydantic's generated ``title`` is dropped. The
   result converts under the OpenAI Agents SDK's strict rules and is valid JSON Schema 2020-12.
-* **Output schemas** keep only the top level: each field's JSON type(s) and the required ones.
-  That is what a client needs to accept ``structuredContent`` and what tells a model which
-  fields a result has; the full pydantic schemas were 63% of ``tools/list`` (the Container
+* **Output schemas** keep only the top level: each field's JSON type(s), ``null`` among them
+  where a result may lack a value. That is what a client needs to accept ``structuredContent``
+  and what tells a model which fields a result has. ``required`` is left out (~720 bytes): it
+  named the fields without a pydantic default, not those a result carries (every result has
+  every field), so it told a model nothing. The full pydantic schemas were 63% of ``tools/list`` (the Container
   definition repeated per tool, ~7,000 tokens in every conversation), while a model reads the
   returned values, which carry their own meaning (OpenAI's field names, ids with prefixes, a
   ``hint`` where a next step is needed). What a field means is said where it is used: in the
@@ -120,7 +122,7 @@ def _types(node: dict[str, Any]) -> list[str]:
 
 
 def compact_output(schema: dict[str, Any]) -> dict[str, Any]:
-    """The top level of ``schema``: each field's JSON type(s) and which fields are required.
+    """The top level of ``schema``: each field's JSON type(s).
 
     Enough for a client to validate ``structuredContent`` and for a model to see the result's
     fields; nested shapes, enums, bounds and descriptions stay out (see the module docstring).
@@ -130,10 +132,7 @@ def compact_output(schema: dict[str, Any]) -> dict[str, Any]:
     for name, sub in flat.get("properties", {}).items():
         kinds = _types(sub)
         properties[name] = {"type": kinds[0] if len(kinds) == 1 else kinds}
-    out: dict[str, Any] = {"type": "object", "properties": properties}
-    if flat.get("required"):
-        out["required"] = flat["required"]
-    return out
+    return {"type": "object", "properties": properties}
 
 
 def _where(error: ValidationError) -> str:

@@ -55,11 +55,10 @@ class SessionCap:
         self._opening: dict[str, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        user = scope.get("user")
-        if scope["type"] != "http" or not isinstance(user, AuthenticatedUser):
+        owner = _owner(scope)
+        if owner is None:
             await self.app(scope, receive, send)
             return
-        owner = user.access_token.client_id
         version = _first(scope, _VERSION_HEADER)
         if version is not None and version.decode("latin-1") not in HANDSHAKE_PROTOCOL_VERSIONS:
             await self.app(scope, receive, send)  # 2026-07-28: no session
@@ -138,11 +137,10 @@ class SseSessionCap:
         self._streams: dict[str, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        user = scope.get("user")
-        if scope["type"] != "http" or not isinstance(user, AuthenticatedUser):
+        owner = _owner(scope)
+        if owner is None:
             await self.app(scope, receive, send)
             return
-        owner = user.access_token.client_id
         if self._streams.get(owner, 0) >= self.limit:
             await _refuse(self.limit, None, send)
             return
@@ -153,6 +151,14 @@ class SseSessionCap:
             self._streams[owner] -= 1
             if not self._streams[owner]:
                 del self._streams[owner]
+
+
+def _owner(scope: Scope) -> str | None:
+    """The token owner of an authenticated HTTP request; None for anything the cap does not count."""
+    user = scope.get("user")
+    if scope["type"] != "http" or not isinstance(user, AuthenticatedUser):
+        return None
+    return user.access_token.client_id
 
 
 def _first(scope: Scope, name: bytes) -> bytes | None:

@@ -48,19 +48,15 @@ from .session import session_key
 
 __all__ = ["FileChunk", "register_tools"]
 
-ContainerId = Annotated[str, Field(description="Container id ('cntr_...').")]
-FileId = Annotated[str, Field(description="File id ('cfile_...').")]
-Limit = Annotated[int, Field(ge=1, le=100, description="Page size, 1-100.")]
-OrderArg = Annotated[Order, Field(description="By created_at: 'desc' (newest first) or 'asc'.")]
-After = Annotated[str | None, Field(description="The previous page's last_id; omit for the first.")]
-
-TimeoutArg = Annotated[
-    float,
-    Field(
-        gt=0,
-        description="Seconds before it is killed with all its processes (server maximum: 600 by default).",
-    ),
-]
+# Every parameter is described (tests/server/test_tools.py), briefly: tools/list is sent in every
+# conversation (tests/server/test_surface.py holds it under 12 KiB).
+ContainerId = Annotated[str, Field(description="cntr_...")]
+FileId = Annotated[str, Field(description="cfile_...")]
+Limit = Annotated[int, Field(ge=1, le=100, description="Page size.")]
+OrderArg = Annotated[Order, Field(description="By created_at; desc: newest first.")]
+After = Annotated[str | None, Field(description="Previous page's last_id.")]
+# The server's maximum is its operator's (exec_max_timeout_s): over it, the call is refused naming it.
+TimeoutArg = Annotated[float, Field(gt=0, description="Seconds until it and all its processes are killed.")]
 
 ToolFn = TypeVar("ToolFn", bound=Callable[..., Awaitable[Any]])
 
@@ -211,19 +207,17 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
     async def container_create(
         ctx: Context,
         name: Annotated[str, Field(min_length=1, max_length=256, description="Container name.")],
-        expires_after_minutes: Annotated[
-            int, Field(ge=1, le=1440, description="Minutes without use before it expires.")
-        ] = 20,
+        expires_after_minutes: Annotated[int, Field(ge=1, le=1440, description="Idle minutes before it expires.")] = 20,
         memory_limit: Annotated[MemoryLimit, Field(description="Memory for commands.")] = "1g",
         network_policy: Annotated[
             NetworkPolicyArg | None,
             Field(
-                description="Commands' outbound network: {'type': 'disabled'} (default) or {'type': 'allowlist', "
-                "'allowed_domains': ['pypi.org', '*.pythonhosted.org']} (host names or public IPs, no URL or port)."
+                description="Commands' outbound network (default: none), e.g. {'type': 'allowlist', "
+                "'allowed_domains': ['pypi.org', '*.pythonhosted.org']}: host names or public IPs, no URL or port."
             ),
         ] = None,
         file_ids: Annotated[
-            list[str] | None, Field(description="Files to copy in: 'cfile_...' ids from your other containers.")
+            list[str] | None, Field(description="cfile_... ids from your other containers, copied in.")
         ] = None,
     ) -> Container:
         """Create an empty container with its own /mnt/data. It expires after expires_after_minutes
@@ -243,7 +237,7 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
         limit: Limit = 20,
         order: OrderArg = "desc",
         after: After = None,
-        name: Annotated[str | None, Field(description="Only containers with exactly this name.")] = None,
+        name: Annotated[str | None, Field(description="Exact name to match.")] = None,
     ) -> ContainerList:
         """List this session's containers, expired ones too. Paged: while has_more, pass last_id as after."""
         page = await service.list_containers(
@@ -253,7 +247,7 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
 
     @tool(title="Retrieve container", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def container_retrieve(ctx: Context, container_id: ContainerId) -> Container:
-        """Get one container: status ('running' or 'expired'), limits, expires_at (Unix seconds)."""
+        """Get one container: status ('running' or 'expired'), expires_at (Unix seconds)."""
         return await service.get_container(deps.owner(ctx), container_id)
 
     @tool(
@@ -275,9 +269,9 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
     async def file_create(
         ctx: Context,
         container_id: ContainerId,
-        path: Annotated[str, Field(description="Where to put the file: 'data/in.csv' or '/mnt/data/data/in.csv'.")],
-        text: Annotated[str | None, Field(description="The content as UTF-8 text.")] = None,
-        base64: Annotated[str | None, Field(description="The content as base64 (for binary files).")] = None,
+        path: Annotated[str, Field(description="Under /mnt/data: 'data/in.csv' or '/mnt/data/data/in.csv'.")],
+        text: Annotated[str | None, Field(description="UTF-8 content.")] = None,
+        base64: Annotated[str | None, Field(description="Base64 content (binary files).")] = None,
         source_path: Annotated[
             str | None,
             Field(
@@ -310,7 +304,7 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
         order: OrderArg = "desc",
         after: After = None,
     ) -> FileList:
-        """List a container's files, newest first. Paged like container_list."""
+        """List a container's files. Paged like container_list."""
         page = await service.list_files(
             deps.owner(ctx), container_id, ListParams(limit=limit, order=order, after=after)
         )
@@ -318,7 +312,7 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
 
     @tool(title="Retrieve file", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def file_retrieve(ctx: Context, container_id: ContainerId, file_id: FileId) -> ContainerFile:
-        """Get one file's metadata: path, bytes, MIME type, SHA-256."""
+        """Get one file's metadata."""
         return await service.get_file(deps.owner(ctx), container_id, file_id)
 
     @tool(
@@ -338,7 +332,7 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
         file_id: FileId,
         offset: Annotated[int, Field(ge=0, description="Byte offset to start at.")] = 0,
         max_bytes: Annotated[
-            int, Field(ge=1, le=1 << 20, description="Most bytes to return (at most 1 MiB).")
+            int, Field(ge=1, le=1 << 20, description="Bytes to return.")
         ] = deps.settings.read_chunk_bytes,
     ) -> FileChunk:
         """Read part of a file: text as text, binary as base64. Continue from next_offset until eof, or
@@ -381,7 +375,7 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
 
     @tool(title="Session usage", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def session_usage(ctx: Context) -> SessionUsage:
-        """This session's usage of every quota: containers, stored bytes, calls per minute."""
+        """This session's usage of every quota."""
         return await service.usage(deps.owner(ctx))
 
     if service.capabilities.exec:
@@ -407,15 +401,15 @@ def _register_exec(mcp: MCPServer, deps: ToolDeps) -> None:
             Field(description="An argv list (['python3', 'a.py']) or a shell string (run with sh -c)."),
         ],
         timeout_s: TimeoutArg = settings.exec_default_timeout_s,
-        stdin: Annotated[str | None, Field(description="Text fed to the command's standard input.")] = None,
+        stdin: Annotated[str | None, Field(description="Standard input text.")] = None,
         env: Annotated[
             list[EnvVar] | None,
-            Field(max_length=256, description="Extra environment variables: [{'name': 'K', 'value': 'v'}]."),
+            Field(max_length=256, description="Extra environment variables."),
         ] = None,
         workdir: Annotated[str, Field(description="Working directory, under /mnt/data.")] = MOUNT,
     ) -> ExecResult:
-        """Run a command in the container's sandbox (files at /mnt/data; no network unless the container's
-        network_policy allows domains). Returns exit code, capped stdout/stderr and the files it changed."""
+        """Run a command in the container's sandbox (files at /mnt/data; no network unless its
+        network_policy allows domains). stdout/stderr are capped; files it changed are listed."""
         if timeout_s > settings.exec_max_timeout_s:
             raise InvalidRequest(
                 f"timeout_s {timeout_s:g} is over the server's maximum of {settings.exec_max_timeout_s:g} s. "
