@@ -145,7 +145,7 @@ async def test_kill_9_during_concurrent_uploads_leaves_counters_equal_to_what_is
                 async with anyio.create_task_group() as uploads:
                     for name, size in zip(names, sizes, strict=True):
                         uploads.start_soon(_upload, http, cid, name, size)
-            server.kill9()
+            server.process.send_signal(signal.SIGKILL)
             await server.process.wait()
             assert server.process.returncode == -signal.SIGKILL
 
