@@ -54,7 +54,8 @@ from container_mcp.store import SqliteSessionStore
 
 async def main() -> None:
     d = Path(tempfile.mkdtemp())
-    s = Settings.isolated(data_dir=d / "data")
+    # The old tree has no Settings.isolated; this child runs with a clean environment (see tools_list).
+    s = Settings(data_dir=d / "data")
     limits = ExecLimits(max_file_bytes=s.max_file_bytes, max_output_bytes=s.exec_max_output_bytes)
     async with LocalProvider(d / "local", clock=ManualClock(), exec_limits=limits) as p:
         store = SqliteSessionStore()
