@@ -220,7 +220,9 @@ async def _serve_mcp(settings: Settings, transport: str, host: str, port: int) -
     if transport == "stdio":
         async with open_audit_log(settings.audit) as audit_log, open_service(settings) as service:
             log.info("container-mcp %s: provider=%s transport=stdio", __version__, settings.provider)
-            await run_stdio(create_server(service, settings, audit_log=audit_log), body_limit)
+            # A command already running when stdin closes may finish (and be answered) within its timeout.
+            drain_s = settings.exec_max_timeout_s + 15
+            await run_stdio(create_server(service, settings, audit_log=audit_log), body_limit, drain_s)
         return
     kind: HttpTransport = "sse" if transport == "sse" else "streamable-http"
     # One read of the keys decides both the refusal and which tokens pass (see serve_api).

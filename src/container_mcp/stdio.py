@@ -10,7 +10,10 @@ large content instead. The server keeps serving the next line.
 
 ``run_stdio`` runs an ``MCPServer`` over it the way ``MCPServer.run_stdio_async`` does (that
 method takes no stdin argument). Like the SDK, it points fd 0 at the null device while serving, so
-child processes never read the protocol stream.
+child processes never read the protocol stream. When stdin ends, requests already read are
+answered before the server stops (``_Inflight``, bounded by ``drain_s``): the SDK's serving loop
+cancels handlers still running at the end of its read stream, so a client that writes its requests
+and closes stdin (``printf ... | container-mcp``) would otherwise get no answer to the last ones.
 """
 
 from __future__ import annotations
@@ -152,12 +155,105 @@ def _claim_stdin() -> Iterator[int]:
         os.dup2(private, 0)
 
 
-async def run_stdio(mcp: MCPServer, limit: int) -> None:
-    """Serve ``mcp`` over stdin/stdout until stdin closes; messages over ``limit`` bytes are refused."""
+class _Inflight:
+    """Ids of the requests read and not yet answered (or cancelled by the client)."""
+
+    def __init__(self) -> None:
+        self.ids: set[types.RequestId] = set()
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    def read(self, item: SessionMessage | Exception) -> None:
+        if not isinstance(item, SessionMessage):
+            return
+        message = item.message
+        if isinstance(message, types.JSONRPCRequest):
+            self.ids.add(message.id)
+            if self._idle.is_set():
+                self._idle = anyio.Event()
+        elif isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled":
+            # A cancelled request gets no answer: nothing to wait for.
+            self._done((message.params or {}).get("requestId"))
+
+    def written(self, item: SessionMessage) -> None:
+        if isinstance(item.message, types.JSONRPCResponse | types.JSONRPCError):
+            self._done(item.message.id)
+
+    def _done(self, request_id: object) -> None:
+        self.ids.discard(request_id)
+        if not self.ids:
+            self._idle.set()
+
+    async def drained(self, timeout_s: float) -> None:
+        with anyio.move_on_after(timeout_s):
+            await self._idle.wait()
+        if self.ids:
+            log.warning(
+                "stdin closed; %d request(s) still unanswered after %.0f s are dropped", len(self.ids), timeout_s
+            )
+
+
+class _Reads:
+    """The server's read stream: notes each request, and at its end waits for their answers."""
+
+    def __init__(self, stream: Any, inflight: _Inflight, drain_s: float) -> None:
+        self._stream = stream
+        self._inflight = inflight
+        self._drain_s = drain_s
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)  # last_context, aclose, ...
+
+    def __aiter__(self) -> _Reads:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def receive(self) -> SessionMessage | Exception:
+        try:
+            item: SessionMessage | Exception = await self._stream.receive()
+        except anyio.EndOfStream:
+            await self._inflight.drained(self._drain_s)
+            raise
+        self._inflight.read(item)
+        return item
+
+
+class _Writes:
+    """The server's write stream: notes each answer."""
+
+    def __init__(self, stream: Any, inflight: _Inflight) -> None:
+        self._stream = stream
+        self._inflight = inflight
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    async def __aenter__(self) -> _Writes:
+        await self._stream.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stream.__aexit__(*exc)
+
+    async def send(self, item: SessionMessage) -> None:
+        await self._stream.send(item)
+        self._inflight.written(item)
+
+
+async def run_stdio(mcp: MCPServer, limit: int, drain_s: float = 600.0) -> None:
+    """Serve ``mcp`` over stdin/stdout until stdin closes and the requests read are answered (at
+    most ``drain_s`` more); messages over ``limit`` bytes are refused."""
     with _claim_stdin() as fd:
         lines = BoundedLines(fd, limit)
         async with stdio_server(stdin=cast(Any, lines)) as (read_stream, write_stream):
             lines.reply = write_stream.send
+            inflight = _Inflight()
+            reads, writes = _Reads(read_stream, inflight, drain_s), _Writes(write_stream, inflight)
             # MCPServer.run_stdio_async builds its own stdin; its low-level server is the public run loop.
             server = mcp._lowlevel_server
-            await server.run(read_stream, write_stream, server.create_initialization_options())
+            await server.run(cast(Any, reads), cast(Any, writes), server.create_initialization_options())

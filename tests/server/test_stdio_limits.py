@@ -118,3 +118,33 @@ def test_the_request_id_is_read_only_from_the_head_of_the_message(head: bytes, e
     from container_mcp.stdio import request_id
 
     assert request_id(head) == expected
+
+
+async def test_requests_written_before_stdin_closes_are_all_answered(tmp_path: Path) -> None:
+    """A client that writes its requests and closes stdin at once (``printf ... | container-mcp``) gets
+    every answer: the SDK's loop cancelled handlers still running when the read stream ended."""
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    calls = [
+        {
+            "jsonrpc": "2.0",
+            "id": i,
+            "method": "tools/call",
+            "params": {"name": "container_create", "arguments": {"name": f"c{i}"}},
+        }
+        for i in range(1, 9)
+    ]
+    script = [initialize, {"jsonrpc": "2.0", "method": "notifications/initialized"}, *calls]
+    stdin = b"".join(json.dumps(m).encode() + b"\n" for m in script)
+    with anyio.fail_after(60):
+        done = await anyio.run_process(
+            [console_script(), "--data-dir", str(tmp_path)], input=stdin, env=clean_env(), check=False
+        )
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert sorted(a["id"] for a in answers) == list(range(9)), done.stderr.decode()[-2000:]
+    assert all("result" in a and not a["result"].get("isError") for a in answers[1:])
+    assert done.returncode == 0
