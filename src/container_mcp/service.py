@@ -48,6 +48,7 @@ from .models import (
     ContainerDeleted,
     ContainerFile,
     ContainerSpec,
+    ContainerStatus,
     FileDeleted,
     ListParams,
     Page,
@@ -55,7 +56,7 @@ from .models import (
 from .netpolicy import EgressRules, check_network_policy
 from .paths import normalize_path
 from .providers.base import Capabilities, ExecRequest, ExecResult, FileChanges, ProgressCallback, Provider
-from .store import Limits, SessionStore
+from .store import Limits, OwnedContainer, SessionStore
 from .uploads import Upload
 
 __all__ = ["ContainerService", "QuotaUsage", "SessionUsage"]
@@ -163,9 +164,31 @@ class ContainerService:
         return container_id
 
     def _seen(self, container: Container) -> Container:
+        """Note what an operation just saw, so the views need not ask the provider again."""
         if container.status == "expired":
             self.store.mark_expired(container.id)
+        self.store.record(container.id, container.model_dump_json())
         return container
+
+    def _view(self, row: OwnedContainer) -> Container:
+        """The container as the store last saw it; an expiry the provider reported wins."""
+        status: ContainerStatus = "expired" if row.state == "expired" else "running"
+        if row.meta is None:  # a row written before the store kept the container
+            return Container(id=row.container_id, name=row.name, created_at=row.created_at, status=status)
+        return Container.model_validate_json(row.meta).model_copy(update={"status": status})
+
+    def _may_have_expired(self, row: OwnedContainer) -> bool:
+        """Whether ``row``'s container may have expired by now.
+
+        The stored ``last_active_at`` is at most the real one (every later operation only moves it
+        on), so an estimate from it is never later than the real expiry: a container it calls
+        unexpired is live, and only the others need asking the provider.
+        """
+        if row.meta is None:
+            return True
+        seen = Container.model_validate_json(row.meta)
+        last = seen.last_active_at if seen.last_active_at is not None else seen.created_at
+        return last + seen.expires_after.minutes * 60 <= self._clock()
 
     def _approver(self, owner: str, container_id: str) -> tuple[list[FileChanges], _Approve]:
         approved: list[FileChanges] = []
@@ -195,9 +218,14 @@ class ContainerService:
             self.store.forget(container_id)
 
     async def reconcile(self, owner: str, *, skip: str | None = None) -> None:
-        """Refresh which of the owner's containers are still live, without touching them."""
+        """Refresh which of the owner's containers are still live.
+
+        Only containers whose stored activity says they may have expired are asked about (a
+        provider whose reads count as activity then touches only those), so polling this keeps
+        no container alive and costs no request per live container.
+        """
         for owned in self.store.live(owner):
-            if owned.container_id == skip:
+            if owned.container_id == skip or not self._may_have_expired(owned):
                 continue
             try:
                 self._seen(await self.provider.get_container(owned.container_id, touch=False))
@@ -251,6 +279,7 @@ class ContainerService:
             self.store.cancel_reservation(reservation_id)
             raise
         self.store.commit_container(reservation_id, container.id, container.created_at)
+        self.store.record(container.id, container.model_dump_json())
         try:
             if upstream:
                 await self._resync(container.id)
@@ -361,28 +390,17 @@ class ContainerService:
         return copied
 
     async def list_containers(self, owner: str, params: ListParams) -> Page[Container]:
-        """The caller's containers (expired ones too), newest first by default; O(page)."""
+        """The caller's containers (expired ones too), newest first by default.
+
+        Read from the store, as the operations and the provider's expiry reports last left them:
+        O(page) store work and no provider request, so listing never refreshes a container's
+        activity (``last_active_at`` and ``expires_at`` are as of the last operation that saw it).
+        """
         self._call(owner)
         rows, has_more = self.store.page(
             owner, limit=params.limit, order=params.order, after=params.after, name=params.name
         )
-        found: list[Container | None] = [None] * len(rows)
-        limiter = anyio.CapacityLimiter(8)  # remote providers answer one container per request
-
-        async def hydrate(i: int, container_id: str) -> None:
-            async with limiter:
-                try:
-                    found[i] = self._seen(await self.provider.get_container(container_id, touch=False))
-                except ContainerNotFound:
-                    self.store.forget(container_id)
-
-        try:
-            async with anyio.create_task_group() as tg:
-                for i, row in enumerate(rows):
-                    tg.start_soon(hydrate, i, row.container_id)
-        except BaseExceptionGroup as group:
-            raise _first_leaf(group) from None  # callers map our errors; a group would hide the message
-        return Page[Container].of([c for c in found if c is not None], has_more)
+        return Page[Container].of([self._view(row) for row in rows], has_more)
 
     async def get_container(self, owner: str, container_id: str) -> Container:
         self._call(owner)
@@ -495,23 +513,25 @@ class ContainerService:
         return meta, b"".join(parts)
 
     async def file_index(
-        self, owner: str, *, after: tuple[str, str] | None, limit: int
-    ) -> tuple[list[ContainerFile], tuple[str, str] | None]:
+        self, owner: str, *, after: tuple[int, str, str] | None, limit: int
+    ) -> tuple[list[ContainerFile], tuple[int, str, str] | None]:
         """Files across the caller's live containers, oldest container first, paged.
 
-        ``after`` is the (container id, file id) cursor returned by the previous page; the returned
-        cursor is None on the last page. Counts as one call.
+        ``after`` is the (container created_at, container id, file id) cursor returned by the
+        previous page; the returned cursor is None on the last page. The cursor is a position in
+        that order, not a reference: when its container is gone by the next page, paging goes on
+        with the next container. Counts as one call.
         """
         self._call(owner)
         out: list[ContainerFile] = []
         rows = self.store.live(owner)
         if after is not None:
-            ids = [r.container_id for r in rows]
-            if after[0] not in ids:
-                return [], None
-            rows = rows[ids.index(after[0]) :]
+            position = (after[0], after[1])
+            rows = [r for r in rows if (r.created_at, r.container_id) >= position]
+        page_more = False
         for i, row in enumerate(rows):
-            file_after = after[1] if (after is not None and i == 0) else None
+            at_cursor = after is not None and i == 0 and row.container_id == after[1]
+            file_after = after[2] if (after is not None and at_cursor) else None
             while len(out) < limit:
                 try:
                     page = await self.provider.list_files(
@@ -519,14 +539,17 @@ class ContainerService:
                     )
                 except (ContainerExpired, ContainerNotFound) as exc:
                     self._guard_expiry(row.container_id, exc)
+                    page_more = False
                     break
                 out.extend(page.data)
+                page_more = page.has_more
                 if not page.has_more or not page.data:
                     break
                 file_after = page.data[-1].id
             if len(out) >= limit:
-                more = page.has_more or i + 1 < len(rows)
-                return out, ((row.container_id, out[-1].id) if more else None)
+                more = page_more or i + 1 < len(rows)
+                last = out[-1]
+                return out, ((row.created_at, last.container_id, last.id) if more else None)
         return out, None
 
     # --- exec ------------------------------------------------------------------------------
@@ -571,9 +594,13 @@ class ContainerService:
     # --- usage -----------------------------------------------------------------------------
 
     async def usage(self, owner: str) -> SessionUsage:
-        """This caller's usage against every quota (refreshing which containers are live)."""
+        """This caller's usage against every quota, from the store: no provider request.
+
+        Containers count until an operation or the provider reports them expired (``reconcile``
+        runs when a quota would refuse a call); reading usage never refreshes a container's
+        activity.
+        """
         self._call(owner)
-        await self.reconcile(owner)
         u = self.store.usage(owner, self._clock())
         lim = self.limits
         return SessionUsage(

@@ -78,6 +78,9 @@ class OwnedContainer:
     state: Literal["pending", "live", "expired"]
     files: int
     bytes: int
+    meta: str | None = None
+    """The container as last seen by an operation (``Container`` JSON), for views that must not
+    ask the provider; None for rows written before it was kept."""
 
 
 class SessionStore(Protocol):
@@ -98,6 +101,10 @@ class SessionStore(Protocol):
         ...
 
     def cancel_reservation(self, reservation: str) -> None: ...
+
+    def record(self, container_id: str, meta: str) -> None:
+        """Keep ``meta`` (the container's ``Container`` JSON, as an operation just saw it) for views."""
+        ...
 
     def owns(self, owner: str, container_id: str) -> bool:
         """Whether ``owner`` owns the (committed) container ``container_id``."""
@@ -161,7 +168,8 @@ CREATE TABLE IF NOT EXISTS owned (
     state TEXT NOT NULL CHECK (state IN ('pending', 'live', 'expired')),
     files INTEGER NOT NULL DEFAULT 0,
     bytes INTEGER NOT NULL DEFAULT 0,
-    reserved_at REAL
+    reserved_at REAL,
+    meta TEXT
 );
 CREATE INDEX IF NOT EXISTS owned_by_owner ON owned (owner, created_at, container_id);
 CREATE INDEX IF NOT EXISTS owned_by_name ON owned (owner, name, created_at, container_id);
@@ -191,7 +199,15 @@ class SqliteSessionStore:
             key = secret_key(path.parent / KEY_FILE) if isinstance(path, Path) else secrets.token_bytes(32)
         self._key = key
         self._db.executescript(_SCHEMA)
+        self._add_meta_column()
         self._migrate_clear_keys()
+
+    def _add_meta_column(self) -> None:
+        """A database an older version made has no ``meta`` column: add it (rows keep NULL)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(owned)").fetchall()}
+        if "meta" not in columns:
+            with self._tx() as db:
+                db.execute("ALTER TABLE owned ADD COLUMN meta TEXT")
 
     def digest(self, owner: str) -> str:
         mac = hmac.new(self._key, owner.encode("utf-8", "surrogatepass"), hashlib.sha256)
@@ -243,6 +259,7 @@ class SqliteSessionStore:
             state=row["state"],
             files=row["files"],
             bytes=row["bytes"],
+            meta=row["meta"],
         )
 
     def _live_count(self, db: sqlite3.Connection, owner: str, now: float) -> int:
@@ -291,6 +308,10 @@ class SqliteSessionStore:
     def cancel_reservation(self, reservation: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM owned WHERE container_id = ? AND state = 'pending'", (reservation,))
+
+    def record(self, container_id: str, meta: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE owned SET meta = ? WHERE container_id = ? AND state != 'pending'", (meta, container_id))
 
     def get(self, container_id: str) -> OwnedContainer | None:
         row = self._db.execute(

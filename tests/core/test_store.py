@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import anyio
@@ -101,3 +102,25 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
     store = SqliteSessionStore(path)
     assert store.owns("s", "cntr_a") and not store.owns("t", "cntr_a")
     store.close()
+
+
+def test_a_database_without_the_view_column_gains_it_and_keeps_its_rows(tmp_path: Path) -> None:
+    """A data dir an older version wrote has no ``meta`` column; opening it adds one, rows intact."""
+    db_path = tmp_path / "state.db"
+    old = sqlite3.connect(db_path)
+    old.executescript(
+        "CREATE TABLE owned (container_id TEXT PRIMARY KEY, owner TEXT NOT NULL, name TEXT NOT NULL, "
+        "created_at INTEGER NOT NULL, state TEXT NOT NULL, files INTEGER NOT NULL DEFAULT 0, "
+        "bytes INTEGER NOT NULL DEFAULT 0, reserved_at REAL);"
+        "INSERT INTO owned VALUES ('cntr_old', 'stdio:local', 'kept', 7, 'live', 2, 30, NULL);"
+    )
+    old.commit()
+    old.close()
+    store = SqliteSessionStore(db_path)
+    try:
+        row = store.get("cntr_old")
+        assert row is not None and (row.name, row.files, row.bytes, row.meta) == ("kept", 2, 30, None)
+        store.record("cntr_old", '{"seen": true}')
+        assert store.get("cntr_old").meta == '{"seen": true}'  # type: ignore[union-attr]
+    finally:
+        store.close()

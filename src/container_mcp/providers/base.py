@@ -137,7 +137,9 @@ class Provider(Protocol):
     Ids a provider does not know answer ``ContainerNotFound``/``FileNotFound``. Operations on an
     expired container's files raise ``ContainerExpired``. Every operation on a container, its files
     included, refreshes its ``last_active_at``; listing containers and ``get_container(touch=False)``
-    do not.
+    do not where the backend can read without touching (not every backend can: the service's views
+    therefore never ask the provider, and it reads ``touch=False`` only for containers it believes
+    may have expired).
     Providers are async context managers; ``aclose()`` releases what they hold.
     """
 

@@ -15,7 +15,8 @@ What the hosted API cannot do, and what this provider does instead:
 * There is no server-side copy: ``copy_file`` streams the content down to a temporary file and
   uploads it again.
 * There is no read that leaves ``last_active_at`` alone: ``get_container(touch=False)`` makes the
-  same call as ``touch=True``.
+  same call as ``touch=True``. The service's views (listing, usage, the resource index) therefore
+  never call it; they read the session store.
 * There are no ranged reads: ``read_file`` skips ``offset`` bytes of the stream and stops after
   ``length``.
 

@@ -47,14 +47,16 @@ USAGE_URI = "container://usage"
 Middleware = Any
 
 
-def _encode_cursor(cursor: tuple[str, str]) -> str:
+def _encode_cursor(cursor: tuple[int, str, str]) -> str:
     return base64.urlsafe_b64encode(json.dumps(list(cursor)).encode()).decode()
 
 
-def _decode_cursor(cursor: str) -> tuple[str, str]:
+def _decode_cursor(cursor: str) -> tuple[int, str, str]:
     try:
-        container_id, file_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return str(container_id), str(file_id)
+        created_at, container_id, file_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if not isinstance(created_at, int) or isinstance(created_at, bool):
+            raise TypeError(created_at)
+        return created_at, str(container_id), str(file_id)
     except (ValueError, TypeError, binascii.Error, RecursionError):  # RecursionError: "[[[[..." nested deep
         raise MCPError(
             INVALID_PARAMS, "Invalid cursor: pass the nextCursor of the previous resources/list page."
