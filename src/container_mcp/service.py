@@ -140,6 +140,7 @@ class ContainerService:
             provider.on_expired = self._expired
 
     async def _expired(self, container_id: str) -> None:
+        self.store.mark_expired(container_id)  # the views read the store: it must know at once
         await self.changes.publish(FilesChanged(container_id, None, whole_container=True))
 
     @property
@@ -182,13 +183,15 @@ class ContainerService:
 
         The stored ``last_active_at`` is at most the real one (every later operation only moves it
         on), so an estimate from it is never later than the real expiry: a container it calls
-        unexpired is live, and only the others need asking the provider.
+        unexpired is live, and only the others need asking the provider. Asking one that was not
+        used since it was recorded finds it expired (a backend expires it once ``expires_at`` is
+        past), so even a backend whose reads count as activity is never kept alive by this.
         """
         if row.meta is None:
             return True
         seen = Container.model_validate_json(row.meta)
         last = seen.last_active_at if seen.last_active_at is not None else seen.created_at
-        return last + seen.expires_after.minutes * 60 <= self._clock()
+        return last + seen.expires_after.minutes * 60 < self._clock()
 
     def _approver(self, owner: str, container_id: str) -> tuple[list[FileChanges], _Approve]:
         approved: list[FileChanges] = []
@@ -594,13 +597,14 @@ class ContainerService:
     # --- usage -----------------------------------------------------------------------------
 
     async def usage(self, owner: str) -> SessionUsage:
-        """This caller's usage against every quota, from the store: no provider request.
+        """This caller's usage against every quota, from the store.
 
-        Containers count until an operation or the provider reports them expired (``reconcile``
-        runs when a quota would refuse a call); reading usage never refreshes a container's
-        activity.
+        The provider is asked only about containers whose recorded activity says they may have
+        expired (``reconcile``): none while every container is in its time, and at most once
+        per expiry period per container, so polling usage keeps no container alive.
         """
         self._call(owner)
+        await self.reconcile(owner)
         u = self.store.usage(owner, self._clock())
         lim = self.limits
         return SessionUsage(
