@@ -143,3 +143,15 @@ async def test_resources_list_pages_on_when_the_cursor_container_is_deleted(chai
     after_first_page = seen[len(uris) :]
     assert after_first_page == [u for u in remaining if u not in uris]  # each once, in order
     assert len(set(seen)) == len(seen)
+
+
+async def test_a_container_in_use_while_usage_is_polled_stays_running(chain: Chain) -> None:
+    """The store's activity lags the backend's (operations move it upstream only): usage must not
+    count a container that is in use as expired."""
+    cid = (await call(chain.client, "container_create", name="busy", expires_after_minutes=1))["id"]
+    for _ in range(20):
+        chain.clock.advance(15)
+        await call(chain.client, "file_list", container_id=cid)
+        assert (await call(chain.client, "session_usage"))["containers"]["used"] == 1
+    assert (await chain.upstream.get_container(cid, touch=False)).status == "running"
+    assert [c["status"] for c in (await call(chain.client, "container_list"))["data"]] == ["running"]
