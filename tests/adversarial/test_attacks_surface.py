@@ -1,0 +1,82 @@
+"""Attacks on the issue-10 surface: argument checking, live resources, the MCP error table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+from mcp import MCPError
+from mcp.types import INVALID_PARAMS
+
+from container_mcp.server.live import MAX_LISTEN_STREAMS, Live
+from tests.envs import clean_env
+from tests.processes import console_script
+
+from .conftest import EnvFactory, ok
+
+pytestmark = pytest.mark.anyio
+
+
+def _stdio(data_dir: Path, *requests: str) -> list[dict[str, object]]:
+    """Raw JSON-RPC lines to a real stdio server (the official client cannot write NaN); its answers by id."""
+    hello = {
+        "jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }  # fmt: skip
+    lines = [json.dumps(hello), json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}), *requests]
+    done = subprocess.run(
+        [console_script(), "--data-dir", str(data_dir), "serve"],
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(),
+        check=False,
+    )
+    answers = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    return [a for a in answers if a.get("id") not in (None, 0)]
+
+
+@pytest.mark.parametrize("literal", ["NaN"])
+def test_a_non_finite_number_is_one_sentence_not_a_pydantic_dump(tmp_path: Path, literal: str) -> None:
+    # Python's and pydantic's JSON readers accept NaN; NaN compares false with every bound, so it
+    # passed the published schema's exclusiveMinimum and reached pydantic, which dumped its error.
+    arguments = '{"container_id":"cntr_x","command":["true"],"timeout_s":' + literal + "}"
+    params = '{"name":"container_exec","arguments":' + arguments + "}"
+    call = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":' + params + "}"
+    (answer,) = _stdio(tmp_path / "data", call)
+    result = answer["result"]
+    assert isinstance(result, dict) and result["isError"] is True
+    text = result["content"][0]["text"]
+    assert "pydantic" not in text and "validation error" not in text, text
+    assert "timeout_s must be a finite number" in text and "Nothing was changed" in text, text
+
+
+async def test_too_many_listen_streams_is_the_callers_mistake_not_an_internal_error(env_factory: EnvFactory) -> None:
+    async with env_factory() as env, env.session("a") as alice:
+        await ok(alice, "session_usage")
+        with pytest.raises(MCPError) as refused:
+            async with AsyncExitStack() as streams:
+                for _ in range(200):
+                    await streams.enter_async_context(alice.listen(resources_list_changed=True))
+        # Was -32603 "Subscription limit reached" (the SDK's own cap): the caller's doing, as ours.
+        assert refused.value.error.code == INVALID_PARAMS, refused.value.error
+        assert str(MAX_LISTEN_STREAMS) in refused.value.error.message and "close one" in refused.value.error.message
+
+
+async def test_an_owner_whose_listen_streams_closed_leaves_no_bus_behind(env_factory: EnvFactory) -> None:
+    # Every owner that ever listened kept a bus, a handler and a URI table for the process's life
+    # (and the expiry sweep asked the store about each of them): owners come and go.
+    async with env_factory() as env:
+        for key in ("a", "b", "c"):
+            async with env.session(key) as client:
+                async with client.listen(resources_list_changed=True):
+                    pass
+        owners = [getattr(f, "__self__", None) for f in env.service.changes._listeners.values()]
+        lives = [o for o in owners if isinstance(o, Live)]
+        assert len(lives) == 3  # one server per session here
+        for live in lives:
+            assert live._buses == {} and live._listeners == {} and live._listened == {}
