@@ -7,11 +7,14 @@ import subprocess
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import httpx2
 import pytest
 from mcp import MCPError
 from mcp.types import INVALID_PARAMS
 
 from container_mcp.server.live import MAX_LISTEN_STREAMS, Live
+from tests.api.conftest import api as api  # the REST API over uvicorn
+from tests.api.live import KEY_A, LiveApi
 from tests.envs import clean_env
 from tests.processes import console_script
 
@@ -80,3 +83,18 @@ async def test_an_owner_whose_listen_streams_closed_leaves_no_bus_behind(env_fac
         assert len(lives) == 3  # one server per session here
         for live in lives:
             assert live._buses == {} and live._listeners == {} and live._listened == {}
+
+
+@pytest.mark.parametrize("query", ["limit=1000&limit=1", "limit=1&limit=2", "order=asc&order=desc"])
+async def test_a_repeated_query_parameter_is_refused_not_resolved_by_guess(api: LiveApi, query: str) -> None:
+    # ?limit=1000&limit=1 answered 200 with the last value (and limit=1&limit=1000 a 400): the API
+    # picked one of the caller's two values without saying so.
+    async with httpx2.AsyncClient(base_url=api.base_url, headers={"authorization": f"Bearer {KEY_A}"}) as http:
+        cid = (await http.post("/containers", json={"name": "q"})).json()["id"]
+        for path in ("/containers", f"/containers/{cid}/files"):
+            answer = await http.get(f"{path}?{query}")
+            assert answer.status_code == 400, answer.text
+            error = answer.json()["error"]
+            assert error["type"] == "invalid_request_error" and error["param"] == query.split("=")[0]
+            assert "times; give it once" in error["message"]
+        assert (await http.get("/containers?limit=1&order=asc")).status_code == 200
