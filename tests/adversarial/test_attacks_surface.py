@@ -98,3 +98,29 @@ async def test_a_repeated_query_parameter_is_refused_not_resolved_by_guess(api: 
             assert error["type"] == "invalid_request_error" and error["param"] == query.split("=")[0]
             assert "times; give it once" in error["message"]
         assert (await http.get("/containers?limit=1&order=asc")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--port", "9999", "serve"],
+        ["serve", "--host", "0.0.0.0"],
+        ["--allowed-origin", "https://app.example.com"],
+        ["serve", "--transport", "stdio", "--allowed-host", "mcp.example.com"],
+    ],
+)
+def test_an_http_option_given_to_stdio_is_refused_not_ignored(tmp_path: Path, argv: list[str]) -> None:
+    # The stdio server started and ignored them: an operator who wrote --port 9999 got no listener
+    # and no word about it.
+    done = subprocess.run(
+        [console_script(), *argv, "--data-dir", str(tmp_path / "data")],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(),
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "applies to the HTTP transports" in done.stderr and done.stdout == ""
+    assert not (tmp_path / "data").exists()
