@@ -9,9 +9,11 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from mcp import MCPError
+from mcp import Client, MCPError
 from mcp.types import INVALID_PARAMS
 
+from container_mcp.server import live as live_module
+from container_mcp.server.app import create_server
 from container_mcp.server.live import MAX_LISTEN_STREAMS, Live
 from tests.api.conftest import api as api  # the REST API over uvicorn
 from tests.api.live import KEY_A, LiveApi
@@ -124,3 +126,30 @@ def test_an_http_option_given_to_stdio_is_refused_not_ignored(tmp_path: Path, ar
     assert done.returncode == 2, done.stderr
     assert "applies to the HTTP transports" in done.stderr and done.stdout == ""
     assert not (tmp_path / "data").exists()
+
+
+# resources/subscribe is the handshake era's (the client warns on every call)
+@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+async def test_one_connection_cannot_subscribe_to_files_without_bound(
+    env_factory: EnvFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each subscribe needs a file of one's own, but deleting it keeps the URI: create, subscribe,
+    # delete, repeat, and one connection's set grew for as long as it stayed open.
+    monkeypatch.setattr(live_module, "MAX_SUBSCRIBED_URIS", 3, raising=False)
+    async with env_factory() as env:
+        async with Client(create_server(env.service, env.settings), mode="legacy") as alice:
+            cid = (await ok(alice, "container_create", name="x"))["id"]
+            gone = []
+            for n in range(3):
+                f = await ok(alice, "file_create", container_id=cid, path=f"f{n}.txt", text="1")
+                gone.append(f"container://{cid}/files/{f['id']}")
+                await alice.subscribe_resource(gone[-1])
+                await ok(alice, "file_delete", container_id=cid, file_id=f["id"])
+            f = await ok(alice, "file_create", container_id=cid, path="last.txt", text="1")
+            uri = f"container://{cid}/files/{f['id']}"
+            with pytest.raises(MCPError) as refused:
+                await alice.subscribe_resource(uri)
+            assert refused.value.error.code == INVALID_PARAMS
+            assert "unsubscribe from some" in refused.value.error.message
+            await alice.unsubscribe_resource(gone[0])
+            await alice.subscribe_resource(uri)  # room again

@@ -54,6 +54,9 @@ _FILE_URI = re.compile(r"container://([^/]+)/files/([^/]+)")
 MAX_LISTEN_URIS = 100
 """File URIs one ``subscriptions/listen`` stream may name (each is checked against the store)."""
 
+MAX_SUBSCRIBED_URIS = 1000
+"""File URIs one handshake-era connection may be subscribed to (a deleted file's stays until unsubscribed)."""
+
 MAX_LISTEN_STREAMS = 64
 """``subscriptions/listen`` streams one owner may hold open at once."""
 
@@ -229,7 +232,15 @@ def install_live(
         owner = owner_of(ctx)
         uri = str(params.uri)
         await own(owner, uri)
-        live.connect(owner, ctx.session).uris.add(uri)
+        conn = live.connect(owner, ctx.session)
+        if uri not in conn.uris and len(conn.uris) >= MAX_SUBSCRIBED_URIS:
+            raise MCPError(
+                INVALID_PARAMS,
+                f"This connection is subscribed to {len(conn.uris)} file URIs, the most it may be; "
+                "unsubscribe from some (resources/unsubscribe) before subscribing to more.",
+                {"uri": uri},
+            )
+        conn.uris.add(uri)
         return EmptyResult()
 
     async def unsubscribe(ctx: ServerRequestContext[Any, Any], params: UnsubscribeRequestParams) -> EmptyResult:
