@@ -20,7 +20,7 @@ from tests.api.live import KEY_A, LiveApi
 from tests.envs import clean_env
 from tests.processes import console_script
 
-from .conftest import EnvFactory, ok
+from .conftest import EnvFactory, err, ok
 
 pytestmark = pytest.mark.anyio
 
@@ -153,3 +153,15 @@ async def test_one_connection_cannot_subscribe_to_files_without_bound(
             assert "unsubscribe from some" in refused.value.error.message
             await alice.unsubscribe_resource(gone[0])
             await alice.subscribe_resource(uri)  # room again
+
+
+async def test_a_huge_file_offset_is_the_callers_mistake_not_an_internal_error(env_factory: EnvFactory) -> None:
+    # offset had no maximum: 10**19 passed the schema and overflowed the OS's file offset
+    # ("Internal error in file_read (OverflowError)").
+    async with env_factory() as env, env.session("a") as alice:
+        cid = (await ok(alice, "container_create", name="x"))["id"]
+        f = await ok(alice, "file_create", container_id=cid, path="a.txt", text="hello")
+        for offset in (10**19, 10**30):
+            text = await err(alice, "file_read", container_id=cid, file_id=f["id"], offset=offset)
+            assert "offset must be at most" in text and "Nothing was changed" in text, text
+        assert (await ok(alice, "file_read", container_id=cid, file_id=f["id"], offset=2**53 - 1))["eof"] is True
