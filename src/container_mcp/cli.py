@@ -51,8 +51,9 @@ def _common(p: argparse.ArgumentParser, top: bool) -> None:
         default=default(None),
         help="where state and local containers live (default: the user data dir)",
     )
-    p.add_argument("--host", default=default("127.0.0.1"), help="interface for HTTP transports (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=default(8000), help="port for HTTP transports (default: 8000)")
+    # No default here (filled in by parse_args): a --host or --port given to stdio is refused.
+    p.add_argument("--host", default=default(None), help="interface for HTTP transports (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=default(None), help="port for HTTP transports (default: 8000)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], default=default(None))
     _repeatable(
         p,
@@ -114,6 +115,8 @@ def _mcp_only(p: argparse.ArgumentParser, top: bool) -> None:
 
 _AFTER = "_after_command"
 _MCP_ONLY = ("transport", "allow_path")
+_HTTP_ONLY = ("host", "port", "allowed_host", "allowed_origin")
+"""Options that only an HTTP server reads (``api``, or ``serve`` on sse or streamable-http)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -138,7 +141,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line, options merged from both sides of the subcommand.
 
     Exits with status 2 (argparse's usage error) for an MCP-only option (``--transport``,
-    ``--allow-path``) given to ``api``: it would have no effect, and is refused rather than ignored.
+    ``--allow-path``) given to ``api``, or an HTTP-only one (``--host``, ``--port``,
+    ``--allowed-host``, ``--allowed-origin``) given to the stdio transport: it would have no
+    effect, and is refused rather than ignored.
     """
     parser = _parser()
     args = parser.parse_args(argv)
@@ -154,6 +159,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"{flags} applies to the MCP server (serve), not to api")
     if args.transport is None:
         args.transport = "stdio"
+    if args.command != "api" and args.transport == "stdio":
+        given = [n for n in _HTTP_ONLY if getattr(args, n, None) is not None]
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            parser.error(
+                f"{flags} applies to the HTTP transports (--transport sse or streamable-http) and api, not stdio"
+            )
+    if args.host is None:
+        args.host = "127.0.0.1"
+    if args.port is None:
+        args.port = 8000
     return args
 
 

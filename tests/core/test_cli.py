@@ -94,9 +94,11 @@ def test_every_common_option_works_on_either_side_of_the_subcommand(
     exported: Export, tmp_path: Path, command: str
 ) -> None:
     exported()
+    # The HTTP-only options (--host, --port, ...) are refused on stdio: serve here is served over HTTP.
+    http = ["--transport", "streamable-http"] if command == "serve" else []
     for option, name, expected in _common_options(tmp_path):
-        before = _value([*option, command], name)
-        after = _value([command, *option], name)
+        before = _value([*option, command, *http], name)
+        after = _value([command, *http, *option], name)
         assert before == after == expected, (option, command)
 
 
@@ -116,7 +118,7 @@ def test_mcp_options_work_on_either_side_of_serve_and_without_it(
 
 def test_after_the_subcommand_wins_and_repeatable_options_add_up(exported: Export) -> None:
     exported()
-    assert parse_args(["--port", "1", "serve", "--port", "2"]).port == 2
+    assert parse_args(["--port", "1", "serve", "--transport", "sse", "--port", "2"]).port == 2
     settings = settings_of(["--allow-path", "/srv/a", "serve", "--allow-path", "/srv/b"])
     assert settings.allow_paths == [Path("/srv/a"), Path("/srv/b")]
     assert settings_of(["--api-key", "k1", "api", "--api-key", "k2"]).all_api_keys() == ["k1", "k2"]

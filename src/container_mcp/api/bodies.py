@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from pydantic import ValidationError
+from starlette.datastructures import QueryParams
 
 from ..errors import InvalidRequest
 from ..models import UNSUPPORTED_CREATE_FIELDS, ContainerSpec, ListParams
@@ -91,9 +92,16 @@ def check_fields(body: Mapping[str, Any], accepted: Mapping[str, tuple[str, ...]
             )
 
 
-def check_query(query: Mapping[str, str], accepted: tuple[str, ...]) -> None:
-    """Refuse a query parameter not in ``accepted`` (none, for routes that take none)."""
+def check_query(query: QueryParams, accepted: tuple[str, ...]) -> None:
+    """Refuse a query parameter not in ``accepted`` (none, for routes that take none), or one given
+    twice: only one value would be used (``?limit=1000&limit=1`` answered with the last), so which
+    one the caller meant is a guess."""
     for key in query:
+        if key in accepted and (count := len(query.getlist(key))) > 1:
+            raise InvalidRequest(
+                f"Query parameter '{key[:80]}' is given {count} times; give it once. Nothing was done.",
+                param=key[:120],
+            )
         if key not in accepted:
             takes = f"takes only {_listed(accepted)}" if accepted else "takes no query parameters"
             raise InvalidRequest(

@@ -104,6 +104,8 @@ class ContainerDir:
     def read_range(self, rel: str, offset: int, length: int | None, chunk: int) -> Generator[bytes, None, None]:
         fd = self.open_read(rel)
         try:
+            if offset >= os.fstat(fd).st_size:
+                return  # past the end: nothing to read (an offset past the filesystem's limit is EINVAL/overflow)
             os.lseek(fd, offset, os.SEEK_SET)
             remaining = length
             while remaining is None or remaining > 0:

@@ -54,6 +54,12 @@ _FILE_URI = re.compile(r"container://([^/]+)/files/([^/]+)")
 MAX_LISTEN_URIS = 100
 """File URIs one ``subscriptions/listen`` stream may name (each is checked against the store)."""
 
+MAX_SUBSCRIBED_URIS = 1000
+"""File URIs one handshake-era connection may be subscribed to (a deleted file's stays until unsubscribed)."""
+
+MAX_LISTEN_STREAMS = 64
+"""``subscriptions/listen`` streams one owner may hold open at once."""
+
 SEND_TIMEOUT_S = 5.0
 """How long a connection may take to accept one change's notifications before it is forgotten."""
 
@@ -87,19 +93,33 @@ class Live:
         self._listeners: dict[str, ListenHandler] = {}
         self._listened: dict[str, Counter[str]] = {}
         """Per owner, the file URIs its open listen streams asked for (with how many streams)."""
+        self._streams: dict[str, int] = {}
+        """Per owner, its open listen streams."""
 
     def listener(self, owner: str) -> ListenHandler:
         """The ``subscriptions/listen`` handler of ``owner``'s streams, on a bus of their own."""
         if owner not in self._listeners:
             self._buses[owner] = InMemorySubscriptionBus()
-            self._listeners[owner] = ListenHandler(self._buses[owner], max_subscriptions=64)
+            # Our own count (``listen``) refuses first: the SDK's refusal is an internal error.
+            self._listeners[owner] = ListenHandler(self._buses[owner], max_subscriptions=MAX_LISTEN_STREAMS + 1)
         return self._listeners[owner]
 
     async def listen(
         self, owner: str, ctx: ServerRequestContext[Any, Any], params: SubscriptionsListenRequestParams
     ) -> Any:
-        """Serve one ``subscriptions/listen`` stream of ``owner``'s (URIs already checked as theirs)."""
+        """Serve one ``subscriptions/listen`` stream of ``owner``'s (URIs already checked as theirs).
+
+        Too many open streams is the caller's mistake (INVALID_PARAMS). When an owner's last stream
+        closes, its bus goes too: owners come and go, and each would otherwise keep one for ever.
+        """
+        if self._streams.get(owner, 0) >= MAX_LISTEN_STREAMS:
+            raise MCPError(
+                INVALID_PARAMS,
+                f"At most {MAX_LISTEN_STREAMS} subscriptions/listen streams can be open at once for one "
+                "session; close one (or watch more URIs on one stream) before opening another.",
+            )
         uris = list(params.notifications.resource_subscriptions or ())
+        self._streams[owner] = self._streams.get(owner, 0) + 1
         listened = self._listened.setdefault(owner, Counter())
         listened.update(uris)
         try:
@@ -109,6 +129,10 @@ class Live:
             for uri in uris:
                 if listened[uri] <= 0:
                     del listened[uri]
+            self._streams[owner] -= 1
+            if self._streams[owner] <= 0:
+                for table in (self._streams, self._listened, self._listeners, self._buses):
+                    table.pop(owner, None)
 
     def connection(self, owner: str, session: Any) -> _Connection | None:
         """The remembered handshake-era connection ``session`` belongs to, if any."""
@@ -208,7 +232,15 @@ def install_live(
         owner = owner_of(ctx)
         uri = str(params.uri)
         await own(owner, uri)
-        live.connect(owner, ctx.session).uris.add(uri)
+        conn = live.connect(owner, ctx.session)
+        if uri not in conn.uris and len(conn.uris) >= MAX_SUBSCRIBED_URIS:
+            raise MCPError(
+                INVALID_PARAMS,
+                f"This connection is subscribed to {len(conn.uris)} file URIs, the most it may be; "
+                "unsubscribe from some (resources/unsubscribe) before subscribing to more.",
+                {"uri": uri},
+            )
+        conn.uris.add(uri)
         return EmptyResult()
 
     async def unsubscribe(ctx: ServerRequestContext[Any, Any], params: UnsubscribeRequestParams) -> EmptyResult:

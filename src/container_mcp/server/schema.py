@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -190,6 +191,18 @@ def _sentence(error: ValidationError) -> str:
     return f"{where} is not valid: {error.message[:200]}"
 
 
+def _non_finite(node: Any, path: list[str]) -> str | None:
+    """The dotted path of the first NaN or infinity in ``node``, or None."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return ".".join(path) or "the arguments"
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in children:
+        found = _non_finite(value, [*path, str(key)])
+        if found is not None:
+            return found
+    return None
+
+
 def argument_error(
     tool: str, schema: dict[str, Any], arguments: dict[str, Any], validator: Draft202012Validator | None = None
 ) -> str | None:
@@ -203,6 +216,11 @@ def argument_error(
         names = ", ".join(unknown)
         plural = "arguments" if len(unknown) > 1 else "argument"
         return f"Unknown {plural} {names}; {tool} accepts: {', '.join(accepted) or 'no arguments'}."
+    where = _non_finite(arguments, [])
+    if where is not None:
+        # JSON readers on the wire accept NaN and Infinity; NaN compares false with every bound,
+        # so the schema would admit it and pydantic would refuse it with its own dump.
+        return f"Invalid arguments for {tool}: {where} must be a finite number. Nothing was changed."
     error = best_match((validator or Draft202012Validator(schema)).iter_errors(arguments))
     if error is None:
         return None

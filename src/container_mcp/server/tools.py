@@ -330,7 +330,8 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
         ctx: Context,
         container_id: ContainerId,
         file_id: FileId,
-        offset: Annotated[int, Field(ge=0, description="Byte offset to start at.")] = 0,
+        # Bounded (JSON's largest safe integer): a larger one overflowed the OS's file offset, an internal error.
+        offset: Annotated[int, Field(ge=0, le=2**53 - 1, description="Byte offset to start at.")] = 0,
         max_bytes: Annotated[
             int, Field(ge=1, le=1 << 20, description="Bytes to return.")
         ] = deps.settings.read_chunk_bytes,
