@@ -22,6 +22,7 @@ import fcntl
 import logging
 import os
 import re
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
@@ -76,6 +77,9 @@ class BoundedLines:
         self.fd = fd
         self.limit = limit
         self.reply: Reply | None = None
+        self.ids: deque[int | str | None] = deque()
+        """The plainly visible request id of each line yielded and not yet taken by ``_Reads``: the
+        SDK turns every line into exactly one message or parse error, in order."""
 
     async def _read(self) -> bytes:
         return await anyio.to_thread.run_sync(os.read, self.fd, READ_BYTES, abandon_on_cancel=True)
@@ -113,11 +117,13 @@ class BoundedLines:
                     await self._refuse(head, tail, dropped)
                 elif buf.strip():
                     line = buf.decode("utf-8", "replace")
+                    self.ids.append(request_id(bytes(buf[:HEAD_BYTES]), bytes(buf[-HEAD_BYTES:])))
                     buf = bytearray()
                     yield line
         if dropping:
             await self._refuse(head, tail, dropped)
         elif buf.strip():
+            self.ids.append(request_id(bytes(buf[:HEAD_BYTES]), bytes(buf[-HEAD_BYTES:])))
             yield buf.decode("utf-8", "replace")
 
     async def _refuse(self, head: bytes, tail: bytes, size: int) -> None:
@@ -194,12 +200,14 @@ class _Inflight:
 
 
 class _Reads:
-    """The server's read stream: notes each request, and at its end waits for their answers."""
+    """The server's read stream: notes each request, answers a line the SDK could not parse (it
+    drops those silently, and the client would wait for ever), and at its end waits for answers."""
 
-    def __init__(self, stream: Any, inflight: _Inflight, drain_s: float) -> None:
+    def __init__(self, stream: Any, inflight: _Inflight, drain_s: float, lines: BoundedLines) -> None:
         self._stream = stream
         self._inflight = inflight
         self._drain_s = drain_s
+        self._lines = lines
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)  # last_context, aclose, ...
@@ -219,6 +227,14 @@ class _Reads:
         except anyio.EndOfStream:
             await self._inflight.drained(self._drain_s)
             raise
+        rid = self._lines.ids.popleft() if self._lines.ids else None
+        if isinstance(item, Exception) and self._lines.reply is not None:
+            error = types.ErrorData(
+                code=INVALID_REQUEST,
+                message=f"Could not read this message as JSON-RPC ({type(item).__name__}): send one JSON object per "
+                "line, with integers of at most 4300 digits.",
+            )
+            await self._lines.reply(SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=rid, error=error)))
         self._inflight.read(item)
         return item
 
@@ -253,7 +269,7 @@ async def run_stdio(mcp: MCPServer, limit: int, drain_s: float = 600.0) -> None:
         async with stdio_server(stdin=cast(Any, lines)) as (read_stream, write_stream):
             lines.reply = write_stream.send
             inflight = _Inflight()
-            reads, writes = _Reads(read_stream, inflight, drain_s), _Writes(write_stream, inflight)
+            reads, writes = _Reads(read_stream, inflight, drain_s, lines), _Writes(write_stream, inflight)
             # MCPServer.run_stdio_async builds its own stdin; its low-level server is the public run loop.
             server = mcp._lowlevel_server
             await server.run(cast(Any, reads), cast(Any, writes), server.create_initialization_options())

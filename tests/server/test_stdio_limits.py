@@ -148,3 +148,29 @@ async def test_requests_written_before_stdin_closes_are_all_answered(tmp_path: P
     assert sorted(a["id"] for a in answers) == list(range(9)), done.stderr.decode()[-2000:]
     assert all("result" in a and not a["result"].get("isError") for a in answers[1:])
     assert done.returncode == 0
+
+
+async def test_a_line_the_sdk_cannot_parse_is_answered_with_its_id(tmp_path: Path) -> None:
+    """Python refuses integers over 4,300 digits, so the SDK's parse of such a request fails and it was
+    dropped without a word: the client waited for ever. It is answered (with its id when plainly
+    visible, else null), and the server serves the next line."""
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    huge = '{"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "file_read", "arguments": '
+    huge += '{"container_id": "cntr_x", "file_id": "cfile_x", "offset": ' + "9" * 5000 + "}}}"
+    later = {"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {"name": "session_usage", "arguments": {}}}
+    lines = [json.dumps(initialize), json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})]
+    stdin = "\n".join([*lines, huge, "not json at all", json.dumps(later)]).encode() + b"\n"
+    with anyio.fail_after(60):
+        done = await anyio.run_process(
+            [console_script(), "--data-dir", str(tmp_path)], input=stdin, env=clean_env(), check=False
+        )
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    by_id = {a.get("id"): a for a in answers}
+    assert by_id[5]["error"]["code"] == -32600 and "JSON-RPC" in by_id[5]["error"]["message"]
+    assert by_id[None]["error"]["code"] == -32600  # no id to be seen in "not json at all"
+    assert "result" in by_id[6]
