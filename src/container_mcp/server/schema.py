@@ -140,6 +140,20 @@ def _where(error: ValidationError) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "the arguments"
 
 
+_BOUND_SENTENCES = {
+    "maximum": "must be at most {bound} (got {shown})",
+    "minimum": "must be at least {bound} (got {shown})",
+    "exclusiveMinimum": "must be greater than {bound} (got {shown})",
+    "exclusiveMaximum": "must be less than {bound} (got {shown})",
+    "minLength": "must be at least {bound} characters long (got {size})",
+    "maxLength": "must be at most {bound} characters long (got {size})",
+    "minItems": "must have at least {bound} items (got {size})",
+    "maxItems": "must have at most {bound} items (got {size})",
+    "const": "must be {bound!r} (got {shown})",
+}
+"""The sentence after the argument's name for each bound a value can break (JSON Schema keyword)."""
+
+
 def _sentence(error: ValidationError) -> str:
     """One error of the published schema as one sentence naming the argument and what it admits."""
     where = _where(error)
@@ -148,26 +162,11 @@ def _sentence(error: ValidationError) -> str:
     schema: Any = error.schema
     kind = error.validator
     shown = repr(got)[:80]
-    if kind == "maximum":
-        return f"{where} must be at most {bound} (got {shown})"
-    if kind == "minimum":
-        return f"{where} must be at least {bound} (got {shown})"
-    if kind == "exclusiveMinimum":
-        return f"{where} must be greater than {bound} (got {shown})"
-    if kind == "exclusiveMaximum":
-        return f"{where} must be less than {bound} (got {shown})"
-    if kind == "minLength":
-        return f"{where} must be at least {bound} characters long (got {len(got)})"
-    if kind == "maxLength":
-        return f"{where} must be at most {bound} characters long (got {len(got)})"
-    if kind == "minItems":
-        return f"{where} must have at least {bound} items (got {len(got)})"
-    if kind == "maxItems":
-        return f"{where} must have at most {bound} items (got {len(got)})"
+    if kind in _BOUND_SENTENCES:
+        size = len(got) if isinstance(got, str | list | dict) else None
+        return f"{where} " + _BOUND_SENTENCES[kind].format(bound=bound, shown=shown, size=size)
     if kind == "enum":
         return f"{where} must be one of {', '.join(repr(v) for v in bound)} (got {shown})"
-    if kind == "const":
-        return f"{where} must be {bound!r} (got {shown})"
     if kind == "type":
         wanted = " or ".join(bound) if isinstance(bound, list) else bound
         return f"{where} must be of type {wanted} (got {shown})"
