@@ -27,13 +27,6 @@ INSIDE = b"inside the allowed directory\n"
 OUTSIDE = b"OUTSIDE-SECRET host bytes\n"
 
 
-async def ok(client: Client, tool: str, **args: Any) -> dict[str, Any]:
-    result = await client.call_tool(tool, args)
-    assert result.is_error is False, result.content
-    assert result.structured_content is not None
-    return result.structured_content
-
-
 async def err(client: Client, tool: str, **args: Any) -> str:
     result = await client.call_tool(tool, args)
     assert result.is_error is True, result.structured_content

@@ -35,10 +35,10 @@ from container_mcp.server.app import create_server
 from container_mcp.server.http import HttpTransport, http_app
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
+from tests.calls import call as structured
 from tests.server.bearer import Seen, http_client, sse
 from tests.server.test_http_auth import _ACCEPT, _list_call
 from tests.server.test_oauth import ISSUER, METADATA, RESOURCE, SCOPE, _jwk, oauth_server, oauth_settings
-from tests.server.test_transports import structured
 
 pytestmark = pytest.mark.anyio
 

@@ -33,12 +33,12 @@ from container_mcp.settings import MiB, Settings
 from container_mcp.stdio import BoundedLines
 
 from ..api.live import KEY_A, start_api
+from ..calls import call as structured
 from ..envs import clean_env
 from ..live import serve
 from ..processes import console_script, started
 from ..server.bearer import http_client
 from ..server.test_slow_clients import get, guarded, hello, read_all
-from ..server.test_transports import structured
 
 pytestmark = pytest.mark.anyio
 

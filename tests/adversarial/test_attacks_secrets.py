@@ -30,9 +30,10 @@ from container_mcp.settings import Settings
 from container_mcp.sqlite import connect
 from container_mcp.store import KEY_FILE, SqliteSessionStore
 from container_mcp.uploads import HostFileUpload
+from tests.calls import call as ok
 from tests.providers.openai_fakes import CONTAINER_ID, file_body, multipart_parts, provider_over
 
-from .conftest import INSIDE, EnvFactory, err, ok
+from .conftest import INSIDE, EnvFactory, err
 from .test_host_files import session
 from .test_secrets_at_rest import files_containing, loose_entries
 

@@ -17,10 +17,11 @@ from container_mcp.server.app import create_server
 from container_mcp.server.live import MAX_LISTEN_STREAMS, Live
 from tests.api.conftest import api as api  # the REST API over uvicorn
 from tests.api.live import KEY_A, LiveApi
+from tests.calls import call as ok
 from tests.envs import clean_env
 from tests.processes import console_script
 
-from .conftest import EnvFactory, err, ok
+from .conftest import EnvFactory, err
 
 pytestmark = pytest.mark.anyio
 

@@ -10,9 +10,10 @@ import pytest
 
 from container_mcp.errors import ContainerMCPError
 from tests.api.live import KEY_A, KEY_B, start_api
+from tests.calls import call as ok
 from tests.providers.openai_fakes import API_KEY, FaultApp, Reply, asgi_provider, error_body
 
-from .conftest import BARE, EnvFactory, err, ok
+from .conftest import BARE, EnvFactory, err
 
 pytestmark = pytest.mark.anyio
 

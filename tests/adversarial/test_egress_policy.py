@@ -26,8 +26,9 @@ from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
 from container_mcp.store import SqliteSessionStore
 from tests.api.live import KEY_A, serve_app
+from tests.calls import call as ok
 
-from .conftest import EnvFactory, err, ok
+from .conftest import EnvFactory, err
 
 pytestmark = pytest.mark.anyio
 

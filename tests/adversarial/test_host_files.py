@@ -27,7 +27,8 @@ from container_mcp import beneath
 from container_mcp.beneath import EscapeError, open_beneath
 from container_mcp.server.app import create_server
 
-from .conftest import INSIDE, Env, EnvFactory, err, ok
+from ..calls import call as ok
+from .conftest import INSIDE, Env, EnvFactory, err
 
 pytestmark = pytest.mark.anyio
 

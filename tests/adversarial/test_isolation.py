@@ -11,9 +11,10 @@ import pytest
 from mcp import Client, MCPError
 
 from tests.api.live import KEY_A, KEY_B, start_api
+from tests.calls import call as ok
 from tests.live import serve
 
-from .conftest import EnvFactory, err, ok
+from .conftest import EnvFactory, err
 
 pytestmark = pytest.mark.anyio
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import EnvFactory, err, ok
+from ..calls import call as ok
+from .conftest import EnvFactory, err
 
 pytestmark = pytest.mark.anyio
 

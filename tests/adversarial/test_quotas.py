@@ -9,7 +9,8 @@ import anyio
 import pytest
 from mcp import Client
 
-from .conftest import EnvFactory, err, ok
+from ..calls import call as ok
+from .conftest import EnvFactory, err
 
 pytestmark = pytest.mark.anyio
 

@@ -27,10 +27,10 @@ from container_mcp.private import secret_key, secure_data_dir
 from container_mcp.runtime import open_service
 from container_mcp.settings import Settings
 from container_mcp.store import KEY_FILE, SqliteSessionStore
+from tests.calls import call as ok
 from tests.processes import console_script, started
 
 from ..envs import clean_env
-from .conftest import ok
 
 pytestmark = pytest.mark.anyio
 

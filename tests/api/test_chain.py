@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mcp import Client
@@ -24,6 +23,7 @@ from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
 from container_mcp.store import SqliteSessionStore
 
+from ..calls import call
 from .live import KEY_A, LiveApi
 
 pytestmark = pytest.mark.anyio
@@ -48,13 +48,6 @@ async def chain(api: LiveApi, tmp_path: Path) -> AsyncIterator[Client]:
                 yield client
     finally:
         store.close()
-
-
-async def call(client: Client, tool: str, **args: Any) -> dict[str, Any]:
-    result = await client.call_tool(tool, args)
-    assert result.is_error is False, result.content
-    assert result.structured_content is not None
-    return result.structured_content
 
 
 async def test_tools_drive_the_api_through_the_openai_provider(chain: Client, api: LiveApi) -> None:

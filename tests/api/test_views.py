@@ -27,6 +27,7 @@ from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
 from container_mcp.store import SqliteSessionStore
 
+from ..calls import call
 from .live import KEY_A, KEY_B, serve_app
 
 pytestmark = pytest.mark.anyio
@@ -72,13 +73,6 @@ async def chain(tmp_path: Path) -> AsyncIterator[Chain]:
     finally:
         store.close()
         up_store.close()
-
-
-async def call(client: Client, tool: str, **args: Any) -> dict[str, Any]:
-    result = await client.call_tool(tool, args)
-    assert result.is_error is False, result.content
-    assert result.structured_content is not None
-    return result.structured_content
 
 
 async def test_a_container_polled_by_usage_and_listing_expires_on_time(chain: Chain) -> None:

@@ -22,7 +22,7 @@ from mcp import Client
 
 from container_mcp.sandbox.changes import STAGE_PREFIX
 
-from ..server.test_transports import structured
+from ..calls import call as structured
 from .servers import KEY, api_server, stdio_params, stored
 
 pytestmark = pytest.mark.anyio

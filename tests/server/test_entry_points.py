@@ -12,9 +12,9 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from openai import AsyncOpenAI
 
+from ..calls import call as structured
 from ..envs import clean_env
 from ..processes import LISTENING, console_script, started
-from .test_transports import structured
 
 pytestmark = pytest.mark.anyio
 

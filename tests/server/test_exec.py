@@ -24,6 +24,8 @@ from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
 from container_mcp.store import SqliteSessionStore
 
+from ..calls import call
+
 pytestmark = [pytest.mark.anyio, pytest.mark.sandbox]
 
 
@@ -37,13 +39,6 @@ async def exec_client(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Clien
         service = ContainerService(provider, SqliteSessionStore(), limits_from(settings), clock=clock)
         async with Client(create_server(service, settings)) as client:
             yield client
-
-
-async def call(client: Client, tool: str, **args: Any) -> dict[str, Any]:
-    result = await client.call_tool(tool, args)
-    assert result.is_error is False, result.content
-    assert result.structured_content is not None
-    return result.structured_content
 
 
 async def error(client: Client, tool: str, **args: Any) -> str:

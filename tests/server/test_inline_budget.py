@@ -24,9 +24,8 @@ from container_mcp.inline import GATED_BODY_BYTES, InlineBodyGate, InlineBudget,
 from container_mcp.server.app import create_server
 from container_mcp.service import ContainerService
 from container_mcp.settings import MiB, Settings
+from tests.calls import call as structured
 from tests.live import serve
-
-from .test_transports import structured
 
 pytestmark = pytest.mark.anyio
 

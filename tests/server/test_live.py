@@ -29,6 +29,7 @@ from container_mcp.settings import Settings
 from container_mcp.store import SqliteSessionStore
 from tests.live import serve
 
+from ..calls import call
 from .bearer import http_client
 from .test_http_auth import KEY_A, KEY_B
 
@@ -69,13 +70,6 @@ async def two_sessions(
             yield a, b, ContainerService(provider, store, limits_from(a), clock=clock)
     finally:
         store.close()
-
-
-async def call(client: Client, tool: str, **args: Any) -> dict[str, Any]:
-    result = await client.call_tool(tool, args)
-    assert result.is_error is False, result.content
-    assert result.structured_content is not None
-    return result.structured_content
 
 
 async def test_handshake_era_sessions_hear_only_their_own_changes(two_sessions: Any) -> None:

@@ -36,10 +36,11 @@ from container_mcp.server.app import create_server
 from container_mcp.server.http import http_app
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
+from tests.calls import call as structured
 from tests.live import serve
 
 from .bearer import Seen, http_client
-from .test_transports import assert_isolated, structured
+from .test_transports import assert_isolated
 
 pytestmark = pytest.mark.anyio
 

@@ -32,6 +32,7 @@ from container_mcp.settings import Settings
 from container_mcp.store import SqliteSessionStore
 from tests.live import serve
 
+from ..calls import call as ok
 from ..envs import clean_env
 from ..processes import console_script, started
 from .bearer import Seen, http_client, sse
@@ -91,13 +92,6 @@ async def scrape(url: str, token: str | None = KEY, **headers: str) -> httpx2.Re
         headers["authorization"] = f"Bearer {token}"
     async with httpx2.AsyncClient() as http:
         return await http.get(url + "/metrics", headers=headers)
-
-
-async def ok(client: Client, tool: str, **args: Any) -> dict[str, Any]:
-    result = await client.call_tool(tool, args)
-    assert result.is_error is False, result.content
-    assert result.structured_content is not None
-    return result.structured_content
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])

@@ -27,10 +27,10 @@ from starlette.types import Receive, Scope, Send
 from container_mcp.http_guard import ConnectionLimits, connection_limits, raise_open_files_limit
 from container_mcp.serving import listen, server_config
 
+from ..calls import call as structured
 from ..envs import clean_env
 from ..processes import console_script, started
 from .bearer import http_client
-from .test_transports import structured
 
 pytestmark = pytest.mark.anyio
 

@@ -15,6 +15,8 @@ from container_mcp.server.app import create_server
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
 
+from ..calls import call
+
 pytestmark = pytest.mark.anyio
 
 TOOLS = {
@@ -29,13 +31,6 @@ TOOLS = {
     "file_read": dict(read_only_hint=True),
     "session_usage": dict(read_only_hint=True),
 }
-
-
-async def call(client: Client, tool: str, **args: Any) -> dict[str, Any]:
-    result = await client.call_tool(tool, args)
-    assert result.is_error is False, result.content
-    assert result.structured_content is not None
-    return result.structured_content
 
 
 async def error(client: Client, tool: str, **args: Any) -> str:

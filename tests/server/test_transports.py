@@ -14,17 +14,11 @@ from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
 from tests.live import serve
 
+from ..calls import call as structured
 from ..envs import clean_env
 from ..processes import console_script, started
 
 pytestmark = pytest.mark.anyio
-
-
-async def structured(client: Client, tool: str, **args: Any) -> dict[str, Any]:
-    result = await client.call_tool(tool, args)
-    assert result.is_error is False, result.content
-    assert result.structured_content is not None
-    return result.structured_content
 
 
 async def assert_isolated(a: Client, b: Client) -> None:
