@@ -32,6 +32,7 @@ from mcp import Client
 sys.path.insert(0, str(Path(__file__).parent))
 
 from container_mcp.clock import system_clock
+from container_mcp.ledger.sqlite import SqliteLedger
 from container_mcp.models import ContainerSpec
 from container_mcp.providers.base import ExecRequest
 from container_mcp.providers.local import LocalProvider
@@ -40,7 +41,6 @@ from container_mcp.runtime import limits_from
 from container_mcp.server.app import create_server
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
-from container_mcp.store import SqliteSessionStore
 from exec_overhead import COMMANDS, bare_bwrap, pct
 
 
@@ -53,7 +53,7 @@ async def main(runs: int) -> None:
         async with LocalProvider(root / "data" / "local", clock=system_clock, exec_limits=ExecLimits()) as provider:
             if not provider.capabilities.exec:
                 raise SystemExit(f"sandbox unavailable: {provider.capabilities.exec_unavailable_reason}")
-            service = ContainerService(provider, SqliteSessionStore(), limits_from(settings))
+            service = ContainerService(provider, SqliteLedger(), limits_from(settings))
             owner = f"stdio:{settings.stdio_session_key}"  # the in-memory client is the stdio user
             container = await service.create_container(owner, ContainerSpec(name="bench"))
             async with Client(create_server(service, settings)) as client:

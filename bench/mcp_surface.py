@@ -49,7 +49,7 @@ from container_mcp.runtime import limits_from
 from container_mcp.server.app import create_server
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
-from container_mcp.store import SqliteSessionStore
+from container_mcp.ledger.sqlite import SqliteLedger
 
 
 async def main() -> None:
@@ -58,7 +58,7 @@ async def main() -> None:
     s = Settings(data_dir=d / "data")
     limits = ExecLimits(max_file_bytes=s.max_file_bytes, max_output_bytes=s.exec_max_output_bytes)
     async with LocalProvider(d / "local", clock=ManualClock(), exec_limits=limits) as p:
-        store = SqliteSessionStore()
+        store = SqliteLedger()
         service = ContainerService(p, store, limits_from(s), clock=ManualClock())
         async with Client(create_server(service, s)) as c:
             tools = (await c.list_tools()).tools
@@ -88,12 +88,12 @@ def old_tree(into: Path) -> Path:
 
 async def round_trips(runs: int) -> tuple[list[float], list[float]]:
     from container_mcp.clock import ManualClock
+    from container_mcp.ledger.sqlite import SqliteLedger
     from container_mcp.providers.local import LocalProvider
     from container_mcp.runtime import limits_from
     from container_mcp.server.app import create_server
     from container_mcp.service import ContainerService
     from container_mcp.settings import Settings
-    from container_mcp.store import SqliteSessionStore
 
     bare = MCPServer("echo")
 
@@ -107,7 +107,7 @@ async def round_trips(runs: int) -> tuple[list[float], list[float]]:
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings.isolated(data_dir=Path(tmp) / "data", max_calls_per_minute=1_000_000)
         async with LocalProvider(Path(tmp) / "local", clock=ManualClock()) as provider:
-            store = SqliteSessionStore()
+            store = SqliteLedger()
             service = ContainerService(provider, store, limits_from(settings), clock=ManualClock())
             async with Client(create_server(service, settings)) as client, Client(bare) as echo_client:
                 created = await client.call_tool("container_create", {"name": "bench"})

@@ -11,12 +11,12 @@ from mcp import Client
 from mcp.server import MCPServer
 
 from container_mcp.clock import ManualClock
+from container_mcp.ledger.sqlite import SqliteLedger
 from container_mcp.providers.local import LocalProvider
 from container_mcp.runtime import limits_from
 from container_mcp.server.app import create_server
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
-from container_mcp.store import SqliteSessionStore
 
 HOSTILE_ENVIRONMENT = {
     "CONTAINER_MCP_MAX_CALLS_PER_MINUTE": "2",
@@ -79,7 +79,7 @@ async def local_provider(settings: Settings, clock: ManualClock) -> AsyncIterato
 async def service(
     local_provider: LocalProvider, settings: Settings, clock: ManualClock
 ) -> AsyncIterator[ContainerService]:
-    store = SqliteSessionStore()
+    store = SqliteLedger()
     try:
         yield ContainerService(local_provider, store, limits_from(settings), clock=clock)
     finally:

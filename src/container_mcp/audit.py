@@ -9,7 +9,7 @@ to the ``AuditLog`` (and to the metrics). Outside a recording the ``note_*`` fun
 What a record never holds: file contents, commands or their environment, tokens, and session keys
 in clear. The principal is a label (``principal_label``); the session is the first 16 hex digits of
 the session key's HMAC under the data dir's ``session.key``, the digest the session store keeps as
-the owner (``SessionStore.digest``), so records of one session can be told apart and matched with
+the owner (``Ledger.digest``), so records of one session can be told apart and matched with
 the store without revealing the key (a live ``Mcp-Session-Id`` is a credential).
 
 ``CONTAINER_MCP_AUDIT`` chooses where records go: ``off`` (the default), ``stderr``, or an absolute

@@ -62,3 +62,8 @@ class ExpiryReporting(Protocol):
     """A provider that expires containers on its own and says so (the local provider's sweep)."""
 
     on_expired: Callable[[str], Awaitable[None]] | None
+
+    async def sweep(self) -> list[str]:
+        """Expire now every container whose time is up, telling ``on_expired`` of each; returns their
+        ids. Reads no container as activity: the views call it instead of asking about rows."""
+        ...

@@ -1,8 +1,8 @@
 """Prometheus metrics of one HTTP app (an MCP transport or ``container-mcp api``), served at ``/metrics``.
 
 Each app has its own ``CollectorRegistry`` (never the process-global one), fed by the audit
-records its boundary finishes (``Metrics.observe``); the gauges are read from the session store
-at scrape time, one SQLite query, without asking the provider anything.
+records its boundary finishes (``Metrics.observe``); the gauges are read from the ledger at
+scrape time (one query, awaited before encoding), without asking the provider anything.
 
 Every label takes values from a fixed set: tool names, route templates, the ``CONTAINER_MCP_*``
 limits. A caller's made-up tool name or path is counted as ``unknown`` / ``unmatched``, so no
@@ -19,7 +19,7 @@ name                                           type       labels
                                                           ``max_containers``)
 ``container_mcp_rate_limit_refusals_total``    counter    surface, kind (``max_calls_per_minute``,
                                                           ``max_inline_bytes_in_flight``)
-``container_mcp_live_containers``              gauge      (live containers in the session store)
+``container_mcp_live_containers``              gauge      (live containers in the ledger)
 ``container_mcp_stored_bytes``                 gauge      (bytes in those containers)
 ``container_mcp_stored_files``                 gauge      (files in those containers)
 =============================================  =========  ======================================
@@ -38,7 +38,7 @@ from starlette.responses import Response
 
 from .audit import AuditRecord, cause
 from .errors import QuotaExceeded, RateLimited
-from .store import SessionStore
+from .ledger.base import Ledger, Usage
 
 __all__ = ["Metrics"]
 
@@ -47,13 +47,13 @@ _EXEC_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 
 
 
 class _StoreGauges(Collector):
-    """Live containers, stored files and bytes, read from the store when scraped."""
+    """Live containers, stored files and bytes, as the ledger said at the scrape (``Metrics.endpoint``)."""
 
-    def __init__(self, store: SessionStore) -> None:
-        self._store = store
+    def __init__(self) -> None:
+        self.totals = Usage(containers=0, files=0, bytes=0, calls_last_minute=0)
 
     def collect(self) -> Iterable[Metric]:
-        totals = self._store.totals()
+        totals = self.totals
         yield GaugeMetricFamily(
             "container_mcp_live_containers", "Live (not expired) containers in the session store.", totals.containers
         )
@@ -68,7 +68,9 @@ def _kind(limit_name: str) -> str:
 class Metrics:
     """The metrics of one app over the session store ``store`` (see the module docstring)."""
 
-    def __init__(self, store: SessionStore) -> None:
+    def __init__(self, store: Ledger) -> None:
+        self._store = store
+        self._gauges = _StoreGauges()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.calls = Counter(
@@ -93,7 +95,7 @@ class Metrics:
             "container_mcp_rate_limit_refusals", "Calls refused by a rate limit (retry later).", ["surface", "kind"],
             registry=r,
         )  # fmt: skip
-        r.register(_StoreGauges(store))
+        r.register(self._gauges)
 
     def observe(self, record: AuditRecord) -> None:
         """Count the finished call ``record``."""
@@ -114,4 +116,5 @@ class Metrics:
     async def endpoint(self, request: Request) -> Response:
         """``GET /metrics``: the Prometheus text format (OpenMetrics when the scraper asks for it)."""
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        self._gauges.totals = await self._store.totals()
         return Response(encoder(self.registry), headers={"content-type": content_type})

@@ -6,8 +6,8 @@ import time
 
 from .audit import SESSION_DIGEST_HEX, AuditLog, AuditRecord, Surface, principal_label
 from .clock import Clock, system_clock
+from .ledger.base import Ledger
 from .metrics import Metrics
-from .store import SessionStore
 
 __all__ = ["Observer"]
 
@@ -16,11 +16,11 @@ class Observer:
     """Starts and finishes the audit records of one app (an MCP server or the REST API).
 
     ``log`` is shared by every app of the process; ``metrics`` is this app's own. Session keys are
-    hashed with the session store's keyed digest (``SessionStore.digest``). ``clock`` stamps the
+    hashed with the ledger's keyed digest (``Ledger.digest``). ``clock`` stamps the
     records' ``time``; durations are measured on the monotonic clock.
     """
 
-    def __init__(self, log: AuditLog, store: SessionStore, *, clock: Clock = system_clock) -> None:
+    def __init__(self, log: AuditLog, store: Ledger, *, clock: Clock = system_clock) -> None:
         self.log = log
         self.metrics = Metrics(store)
         self._store = store

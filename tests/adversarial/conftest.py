@@ -13,13 +13,13 @@ import pytest
 from mcp import Client
 
 from container_mcp.clock import ManualClock
+from container_mcp.ledger.sqlite import SqliteLedger
 from container_mcp.providers.local import LocalProvider
 from container_mcp.providers.local_exec import ExecLimits
 from container_mcp.runtime import limits_from
 from container_mcp.server.app import create_server
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
-from container_mcp.store import SqliteSessionStore
 
 BARE = "Error executing tool"
 
@@ -63,7 +63,7 @@ async def make_env(tmp_path: Path, clock: ManualClock, *, exec_: bool = False, *
         if exec_
         else None
     )
-    store = SqliteSessionStore()
+    store = SqliteLedger()
     try:
         async with LocalProvider(settings.data_dir / "local", clock=clock, exec_limits=limits) as provider:
             if exec_ and not provider.capabilities.exec:

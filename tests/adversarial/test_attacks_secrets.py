@@ -18,17 +18,18 @@ import textwrap
 import threading
 from pathlib import Path
 
+import anyio
 import httpx2
 import pytest
 
 from container_mcp.errors import ContainerMCPError, InvalidRequest
+from container_mcp.ledger.sqlite import KEY_FILE, SqliteLedger
 from container_mcp.private import secure_data_dir
 from container_mcp.providers.base import FileChanges
 from container_mcp.runtime import open_service
 from container_mcp.server.host_files import open_host_file
 from container_mcp.settings import Settings
 from container_mcp.sqlite import connect
-from container_mcp.store import KEY_FILE, SqliteSessionStore
 from container_mcp.uploads import HostFileUpload
 from tests.calls import call as ok
 from tests.providers.openai_fakes import CONTAINER_ID, file_body, multipart_parts, provider_over
@@ -130,7 +131,7 @@ OLD_SID = "d0d0cafe5e55101d0000000000c1ea12"
 
 def _old_database(path: Path) -> None:
     """A session database as an older version left it: owners in clear, a live Mcp-Session-Id among them."""
-    SqliteSessionStore(path).close()  # today's schema, then the rows an older version wrote
+    SqliteLedger(path).close()  # today's schema, then the rows an older version wrote
     db = sqlite3.connect(path)
     db.executemany(
         "INSERT INTO owned (container_id, owner, name, created_at, state) VALUES (?, ?, 'c', 0, 'live')",
@@ -154,9 +155,9 @@ _CRASH_AT_VACUUM = textwrap.dedent(
 
     real_connect = sqlite3.connect
     sqlite3.connect = lambda *a, **k: real_connect(*a, factory=Crashing, **k)
-    from container_mcp.store import KEY_FILE, SqliteSessionStore
+    from container_mcp.ledger.sqlite import KEY_FILE, SqliteLedger
 
-    SqliteSessionStore(Path(sys.argv[1]))
+    SqliteLedger(Path(sys.argv[1]))
     """
 )
 
@@ -167,9 +168,9 @@ def test_a_crash_between_the_migration_and_the_vacuum_leaves_no_clear_session_id
     assert files_containing(tmp_path, OLD_SID.encode())
     crashed = subprocess.run([sys.executable, "-c", _CRASH_AT_VACUUM, str(path)], check=False)
     assert crashed.returncode == -signal.SIGKILL
-    store = SqliteSessionStore(path)  # the restart: nothing is left to migrate, but the scrub is
+    store = SqliteLedger(path)  # the restart: nothing is left to migrate, but the scrub is
     try:
-        assert store.owns(f"http:{OLD_SID}", f"cntr_{0:048d}")  # ownership survived the crash
+        assert anyio.run(store.owns, f"http:{OLD_SID}", f"cntr_{0:048d}")  # ownership survived the crash
         assert files_containing(tmp_path, OLD_SID.encode()) == []  # while the restarted server runs
     finally:
         store.close()

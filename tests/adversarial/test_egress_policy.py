@@ -16,6 +16,7 @@ from mcp import Client
 from container_mcp.api.app import create_app
 from container_mcp.clock import ManualClock
 from container_mcp.errors import SandboxUnavailable
+from container_mcp.ledger.sqlite import SqliteLedger
 from container_mcp.models import NetworkPolicy
 from container_mcp.providers.local import LocalProvider
 from container_mcp.providers.local_exec import ExecLimits
@@ -24,7 +25,6 @@ from container_mcp.sandbox import Sandbox, SandboxConfig, SandboxJob
 from container_mcp.server.app import create_server
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
-from container_mcp.store import SqliteSessionStore
 from tests.api.live import KEY_A, serve_app
 from tests.calls import call as ok
 
@@ -91,7 +91,7 @@ async def test_only_the_operator_opens_private_destinations(env_factory: EnvFact
 async def local_service(tmp_path: Path, sandbox: Sandbox | None, **settings: Any) -> AsyncIterator[ContainerService]:
     """A service over a LocalProvider; ``sandbox`` None means exec is not enabled."""
     cfg = Settings.isolated(data_dir=tmp_path / "data", **settings)
-    store = SqliteSessionStore()
+    store = SqliteLedger()
     limits = ExecLimits() if sandbox is not None else None
     try:
         async with LocalProvider(cfg.data_dir / "local", exec_limits=limits, sandbox=sandbox) as provider:

@@ -23,10 +23,10 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from container_mcp.errors import ContainerMCPError
+from container_mcp.ledger.sqlite import KEY_FILE, SqliteLedger
 from container_mcp.private import secret_key, secure_data_dir
 from container_mcp.runtime import open_service
 from container_mcp.settings import Settings
-from container_mcp.store import KEY_FILE, SqliteSessionStore
 from tests.calls import call as ok
 from tests.processes import console_script, started
 
@@ -135,11 +135,11 @@ async def test_a_loose_data_dir_is_tightened_at_start_and_logged(
     assert "readable by other users" in caplog.text and "removed their group/other permissions" in caplog.text
 
 
-def test_the_store_creates_its_files_0600_under_umask_000(tmp_path: Path) -> None:
+async def test_the_store_creates_its_files_0600_under_umask_000(tmp_path: Path) -> None:
     old = os.umask(0)
     try:
-        store = SqliteSessionStore(tmp_path / "s" / "sessions.sqlite3")
-        store.hit("stdio:local", 0.0, _limits())
+        store = SqliteLedger(tmp_path / "s" / "sessions.sqlite3")
+        await store.hit("stdio:local", 0.0, _limits())
         assert loose_entries(tmp_path / "s") == []
         assert {p.name for p in (tmp_path / "s").iterdir()} >= {"sessions.sqlite3", "sessions.sqlite3-wal", KEY_FILE}
         store.close()
@@ -148,7 +148,7 @@ def test_the_store_creates_its_files_0600_under_umask_000(tmp_path: Path) -> Non
 
 
 def _limits() -> Any:
-    from container_mcp.store import Limits
+    from container_mcp.ledger.base import Limits
 
     return Limits(
         max_containers=5, max_files_per_container=5, max_file_bytes=5, max_session_bytes=5, max_calls_per_minute=50
@@ -201,19 +201,19 @@ def test_the_key_file_is_made_once_and_a_damaged_one_is_an_error(tmp_path: Path)
         secret_key(path)
 
 
-def test_the_same_key_under_another_secret_is_another_owner(tmp_path: Path) -> None:
-    a = SqliteSessionStore(tmp_path / "a" / "s.sqlite3")
-    b = SqliteSessionStore(tmp_path / "b" / "s.sqlite3")
+async def test_the_same_key_under_another_secret_is_another_owner(tmp_path: Path) -> None:
+    a = SqliteLedger(tmp_path / "a" / "s.sqlite3")
+    b = SqliteLedger(tmp_path / "b" / "s.sqlite3")
     try:
-        ra = a.reserve_container("stdio:local", "x", 0.0, _limits())
-        a.commit_container(ra, "cntr_a", 0)
-        stored = a.get("cntr_a")
+        ra = await a.reserve("stdio:local", "x", 0.0, _limits())
+        await a.commit(ra, "cntr_a", 0, "{}")
+        stored = await a.get("cntr_a")
         assert stored is not None and "stdio:local" not in stored.owner
-        assert a.owns("stdio:local", "cntr_a") and not a.owns("stdio:other", "cntr_a")
+        assert await a.owns("stdio:local", "cntr_a") and not await a.owns("stdio:other", "cntr_a")
         # A digest copied to another data dir does not match there: the secret is per data dir.
-        rb = b.reserve_container("stdio:local", "x", 0.0, _limits())
-        b.commit_container(rb, "cntr_b", 0)
-        other = b.get("cntr_b")
+        rb = await b.reserve("stdio:local", "x", 0.0, _limits())
+        await b.commit(rb, "cntr_b", 0, "{}")
+        other = await b.get("cntr_b")
         assert other is not None and other.owner != stored.owner
     finally:
         a.close()

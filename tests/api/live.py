@@ -20,12 +20,12 @@ from openai import AsyncOpenAI
 
 from container_mcp.api.app import create_app
 from container_mcp.clock import ManualClock
+from container_mcp.ledger.sqlite import SqliteLedger
 from container_mcp.providers.local import LocalProvider
 from container_mcp.runtime import limits_from
 from container_mcp.service import ContainerService
 from container_mcp.serving import listen
 from container_mcp.settings import Settings
-from container_mcp.store import SqliteSessionStore
 
 KEY_A = "sk-test-alpha-0123456789"
 KEY_B = "sk-test-bravo-9876543210"
@@ -72,7 +72,7 @@ async def start_api(data_dir: Path, clock: ManualClock, **overrides: Any) -> Asy
     """A live API over fresh state in ``data_dir``; ``overrides`` are Settings fields."""
     overrides.setdefault("api_keys", [KEY_A, KEY_B])
     settings = Settings.isolated(data_dir=data_dir, **overrides)
-    store = SqliteSessionStore()
+    store = SqliteLedger()
     try:
         async with LocalProvider(data_dir / "local", clock=clock) as provider:
             service = ContainerService(provider, store, limits_from(settings), clock=clock)

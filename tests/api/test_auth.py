@@ -69,7 +69,7 @@ async def test_a_key_sees_only_its_own_containers(client: AsyncOpenAI, client_b:
 async def test_owner_key_is_a_hash_never_the_key(api: LiveApi, client: AsyncOpenAI) -> None:
     cid = (await client.containers.create(name="x")).id
     owner = owner_for_key(KEY_A)
-    assert api.service.store.owns(owner, cid)
+    assert await api.service.ledger.owns(owner, cid)
     assert owner.startswith("apikey:") and len(owner) == len("apikey:") + 32
     assert KEY_A not in owner
     assert owner_for_key(KEY_A) != owner_for_key(KEY_B)
@@ -124,7 +124,7 @@ async def test_no_keys_means_one_anonymous_owner(
         async with httpx2.AsyncClient(base_url=api.base_url) as http:  # no Authorization at all
             r = await http.get(f"/containers/{cid}")
         assert r.status_code == 200
-        assert api.service.store.owns(ANONYMOUS_OWNER, cid)
+        assert await api.service.ledger.owns(ANONYMOUS_OWNER, cid)
 
 
 async def test_openapi_document_needs_no_key(api: LiveApi) -> None:

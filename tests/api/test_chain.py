@@ -16,12 +16,12 @@ from mcp import Client
 from pydantic import SecretStr
 
 from container_mcp.auth import owner_for_key
+from container_mcp.ledger.sqlite import SqliteLedger
 from container_mcp.providers.openai import OpenAIProvider
 from container_mcp.runtime import limits_from
 from container_mcp.server.app import create_server
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
-from container_mcp.store import SqliteSessionStore
 
 from ..calls import call
 from .live import KEY_A, LiveApi
@@ -40,7 +40,7 @@ async def chain(api: LiveApi, tmp_path: Path) -> AsyncIterator[Client]:
         openai_api_key=SecretStr(KEY_A),
         openai_max_retries=0,
     )
-    store = SqliteSessionStore()
+    store = SqliteLedger()
     try:
         async with OpenAIProvider.from_settings(settings) as provider:
             service = ContainerService(provider, store, limits_from(settings))
@@ -55,7 +55,7 @@ async def test_tools_drive_the_api_through_the_openai_provider(chain: Client, ap
     cid = c["id"]
     assert (c["status"], c["memory_limit"]) == ("running", "4g")
     # It is a real container of the API's local provider, owned by the provider's key.
-    assert api.service.store.owns(owner_for_key(KEY_A), cid)
+    assert await api.service.ledger.owns(owner_for_key(KEY_A), cid)
     assert (await api.provider.get_container(cid, touch=False)).name == "chained"
 
     text = await call(chain, "file_create", container_id=cid, path="notes/hello.txt", text="héllo, chain\n")
@@ -84,7 +84,7 @@ async def test_tools_drive_the_api_through_the_openai_provider(chain: Client, ap
     assert [f["id"] for f in remaining["data"]] == [binary["id"]]
 
     assert (await call(chain, "container_delete", container_id=cid))["deleted"] is True
-    assert api.service.store.get(cid) is None
+    assert await api.service.ledger.get(cid) is None
     assert (await call(chain, "container_list"))["data"] == []
 
 

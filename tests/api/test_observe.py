@@ -24,11 +24,11 @@ from container_mcp.api.app import create_app
 from container_mcp.audit import AuditLog
 from container_mcp.auth import owner_for_key
 from container_mcp.clock import ManualClock
+from container_mcp.ledger.sqlite import SqliteLedger
 from container_mcp.providers.local import LocalProvider
 from container_mcp.runtime import limits_from
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
-from container_mcp.store import SqliteSessionStore
 from tests.processes import console_script, started
 
 from ..envs import clean_env
@@ -73,7 +73,7 @@ class Live:
 @pytest.fixture
 async def live(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Live]:
     settings = Settings.isolated(data_dir=tmp_path / "data", api_keys=[KEY_A, KEY_B], max_containers=1)
-    store = SqliteSessionStore()
+    store = SqliteLedger()
     audit = io.StringIO()
     try:
         async with LocalProvider(tmp_path / "data" / "local", clock=clock) as provider:
@@ -120,7 +120,7 @@ async def test_requests_are_audited_and_counted(live: Live) -> None:
     for r in (made, uploaded, downloaded, refused, missing):
         assert r["surface"] == "rest" and r["transport"] is None
         assert r["principal"] == "apikey:" + owner.removeprefix("apikey:")[:8]
-        assert r["session"] == live.service.store.digest(owner)[:16]
+        assert r["session"] == live.service.ledger.digest(owner)[:16]
         assert r["request_id"].startswith("req_") and r["time"].endswith("Z")
     assert (made["container_id"], made["status"], made["outcome"]) == (cid, 200, "ok")
     assert (uploaded["container_id"], uploaded["file_id"], uploaded["bytes_in"]) == (cid, created.id, len(CONTENT))

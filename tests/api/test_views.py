@@ -19,13 +19,13 @@ from pydantic import SecretStr
 
 from container_mcp.api.app import create_app
 from container_mcp.clock import ManualClock
+from container_mcp.ledger.sqlite import SqliteLedger
 from container_mcp.providers.local import LocalProvider
 from container_mcp.providers.openai import OpenAIProvider
 from container_mcp.runtime import limits_from
 from container_mcp.server.app import create_server
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
-from container_mcp.store import SqliteSessionStore
 
 from ..calls import call
 from .live import KEY_A, KEY_B, serve_app
@@ -47,7 +47,7 @@ async def chain(tmp_path: Path) -> AsyncIterator[Chain]:
     clock = ManualClock()
     requests: list[tuple[str, str]] = []
     up_settings = Settings.isolated(data_dir=tmp_path / "up", api_keys=[KEY_A, KEY_B])
-    up_store, store = SqliteSessionStore(), SqliteSessionStore()
+    up_store, store = SqliteLedger(), SqliteLedger()
     try:
         async with LocalProvider(tmp_path / "up" / "local", clock=clock) as upstream:
             app = create_app(ContainerService(upstream, up_store, limits_from(up_settings), clock=clock), up_settings)

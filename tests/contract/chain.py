@@ -8,12 +8,12 @@ from pathlib import Path
 
 from container_mcp.api.app import create_app
 from container_mcp.clock import ManualClock
+from container_mcp.ledger.sqlite import SqliteLedger
 from container_mcp.providers.local import LocalProvider
 from container_mcp.providers.openai import OpenAIProvider
 from container_mcp.runtime import limits_from
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
-from container_mcp.store import SqliteSessionStore
 from tests.live import serve
 
 API_KEY = "test-key-for-the-chain"
@@ -26,7 +26,7 @@ async def openai_over_api(tmp_path: Path, *, clock: ManualClock | None = None) -
     server_settings = Settings.isolated(
         data_dir=tmp_path / "api", api_keys=[API_KEY], max_containers=1000, max_calls_per_minute=100_000
     )
-    store = SqliteSessionStore()
+    store = SqliteLedger()
     try:
         async with LocalProvider(tmp_path / "api" / "local", clock=clock) as local:
             service = ContainerService(local, store, limits_from(server_settings), clock=clock)

@@ -31,13 +31,11 @@ from container_mcp.errors import (
     InvalidId,
     ProviderRateLimited,
     ProviderUnavailable,
-    QuotaExceeded,
-    RateLimited,
     render,
 )
 from container_mcp.ids import check_container_id, check_file_id
+from container_mcp.ledger.base import Limits, over_bytes, over_containers, over_files, rate_limited
 from container_mcp.providers._openai_wire import CREATE_CONTAINER, upload_call
-from container_mcp.store import Limits, SqliteSessionStore
 
 from ..api.live import start_api
 
@@ -123,7 +121,6 @@ def test_every_message_in_the_source_keeps_to_its_surface() -> None:
 
 def _samples() -> list[ContainerMCPError]:
     """At least one instance of every class, from the code that really builds them where it hints."""
-    store = SqliteSessionStore()
     out: list[ContainerMCPError] = [
         ContainerNotFound(CID),
         FileNotFound(CID, FID),
@@ -137,20 +134,9 @@ def _samples() -> list[ContainerMCPError]:
         with pytest.raises(InvalidId) as info:
             check("x")
         out.append(info.value)
-    store.commit_container(store.reserve_container("s", "one", 0.0, LIMITS), CID, 0)
-    for over in (
-        lambda: store.reserve_container("s", "two", 0.0, LIMITS),
-        lambda: store.apply_delta("s", CID, 2, 0, LIMITS),
-        lambda: store.apply_delta("s", CID, 0, 20, LIMITS),
-    ):
-        with pytest.raises(QuotaExceeded) as quota:
-            over()
-        out.append(quota.value)
-    with pytest.raises(RateLimited) as limited:
-        for _ in range(3):
-            store.hit("s", 0.0, LIMITS)
-    out.append(limited.value)
-    store.close()
+    # The ledgers raise the quota and rate-limit errors these build.
+    out += [over_containers(1, LIMITS), over_files(CID, 1, 2, LIMITS), over_bytes(0, 20, LIMITS)]
+    out.append(rate_limited(2, 0.0, LIMITS))
     seen = {type(e) for e in out}
     out += [cls("A sample message.") for cls in _tree() - seen if cls.__init__ is ContainerMCPError.__init__]
     return out

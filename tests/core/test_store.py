@@ -10,10 +10,11 @@ import pytest
 
 from container_mcp.clock import ManualClock
 from container_mcp.errors import QuotaExceeded, RateLimited, render
+from container_mcp.ledger.base import Limits
+from container_mcp.ledger.sqlite import SqliteLedger
 from container_mcp.models import ContainerSpec, ListParams
 from container_mcp.providers.local import LocalProvider
 from container_mcp.service import ContainerService
-from container_mcp.store import Limits, SqliteSessionStore
 
 pytestmark = pytest.mark.anyio
 
@@ -28,7 +29,7 @@ LIMITS = Limits(
 
 async def test_fifty_concurrent_creates_yield_exactly_the_limit(tmp_path: Path) -> None:
     clock = ManualClock()
-    store = SqliteSessionStore()
+    store = SqliteLedger()
     async with LocalProvider(tmp_path, clock=clock) as provider:
         service = ContainerService(provider, store, LIMITS, clock=clock)
         outcomes: list[str] = []
@@ -52,59 +53,75 @@ async def test_fifty_concurrent_creates_yield_exactly_the_limit(tmp_path: Path) 
         await service.create_container("s2", ContainerSpec(name="other"))
 
 
-def test_reservation_of_a_crashed_create_stops_counting() -> None:
-    store = SqliteSessionStore()
+async def test_reservation_of_a_crashed_create_stops_counting() -> None:
+    store = SqliteLedger()
     for _ in range(5):
-        store.reserve_container("s", "x", 1000.0, LIMITS)
+        await store.reserve("s", "x", 1000.0, LIMITS)
     with pytest.raises(QuotaExceeded):
-        store.reserve_container("s", "x", 1000.0, LIMITS)
-    store.reserve_container("s", "x", 1000.0 + 601, LIMITS)
+        await store.reserve("s", "x", 1000.0, LIMITS)
+    await store.reserve("s", "x", 1000.0 + 601, LIMITS)
 
 
-def test_bytes_and_files_limits_are_checked_before_applying() -> None:
-    store = SqliteSessionStore()
-    r = store.reserve_container("s", "x", 0.0, LIMITS)
-    store.commit_container(r, "cntr_a", 0)
-    store.apply_delta("s", "cntr_a", 1, 200, LIMITS)
+async def test_bytes_and_files_limits_are_checked_before_applying() -> None:
+    store = SqliteLedger()
+    r = await store.reserve("s", "x", 0.0, LIMITS)
+    await store.commit(r, "cntr_a", 0, "{}")
+    await store.charge("s", "cntr_a", 1, 200, LIMITS)
     with pytest.raises(QuotaExceeded) as info:
-        store.apply_delta("s", "cntr_a", 1, 60, LIMITS)
+        await store.charge("s", "cntr_a", 1, 60, LIMITS)
     assert "CONTAINER_MCP_MAX_SESSION_BYTES" in info.value.message
-    store.apply_delta("s", "cntr_a", 2, 50, LIMITS)
+    await store.charge("s", "cntr_a", 2, 50, LIMITS)
     with pytest.raises(QuotaExceeded) as info:
-        store.apply_delta("s", "cntr_a", 1, 0, LIMITS)
+        await store.charge("s", "cntr_a", 1, 0, LIMITS)
     assert "CONTAINER_MCP_MAX_FILES_PER_CONTAINER" in render(info.value, "mcp")
-    usage = store.usage("s", 0.0)
+    usage = await store.usage("s", 0.0)
     assert (usage.containers, usage.files, usage.bytes) == (1, 3, 250)
-    store.mark_expired("cntr_a")
-    usage = store.usage("s", 0.0)
+    await store.release("cntr_a", 1, 50)
+    usage = await store.usage("s", 0.0)
+    assert (usage.files, usage.bytes) == (2, 200)
+    await store.mark_expired("cntr_a")
+    usage = await store.usage("s", 0.0)
     assert (usage.containers, usage.files, usage.bytes) == (0, 0, 0)
 
 
-def test_rate_limit_counts_a_sliding_minute() -> None:
-    store = SqliteSessionStore()
+async def test_rate_limit_counts_a_sliding_minute() -> None:
+    store = SqliteLedger()
     limits = Limits(5, 5, 5, 5, max_calls_per_minute=3)
     now = 6000.0
     for _ in range(3):
-        store.hit("s", now, limits)
+        await store.hit("s", now, limits)
     with pytest.raises(RateLimited) as info:
-        store.hit("s", now + 1, limits)
+        await store.hit("s", now + 1, limits)
     assert info.value.retry_after > 0 and "CONTAINER_MCP_MAX_CALLS_PER_MINUTE" in info.value.message
-    store.hit("other", now + 1, limits)
-    store.hit("s", now + 121, limits)
+    await store.hit("other", now + 1, limits)
+    await store.hit("s", now + 121, limits)
 
 
-def test_state_survives_reopening(tmp_path: Path) -> None:
+async def test_state_survives_reopening(tmp_path: Path) -> None:
     path = tmp_path / "sessions.sqlite3"
-    store = SqliteSessionStore(path)
-    r = store.reserve_container("s", "x", 0.0, LIMITS)
-    store.commit_container(r, "cntr_a", 0)
-    store.close()
-    store = SqliteSessionStore(path)
-    assert store.owns("s", "cntr_a") and not store.owns("t", "cntr_a")
-    store.close()
+    store = SqliteLedger(path)
+    r = await store.reserve("s", "x", 0.0, LIMITS)
+    await store.commit(r, "cntr_a", 0, "{}")
+    await store.aclose()
+    store = SqliteLedger(path)
+    assert await store.owns("s", "cntr_a") and not await store.owns("t", "cntr_a")
+    await store.aclose()
 
 
-def test_a_database_without_the_view_column_gains_it_and_keeps_its_rows(tmp_path: Path) -> None:
+async def test_a_cancelled_caller_never_cuts_a_transaction_short() -> None:
+    """A charge whose caller is cancelled while it runs in its worker thread still lands whole:
+    counters equal what the ledger says was charged, never half of it."""
+    store = SqliteLedger()
+    r = await store.reserve("s", "x", 0.0, LIMITS)
+    await store.commit(r, "cntr_a", 0, "{}")
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await store.charge("s", "cntr_a", 1, 10, LIMITS)
+    usage = await store.usage("s", 0.0)
+    assert (usage.files, usage.bytes) == (1, 10)
+
+
+async def test_a_database_without_the_view_column_gains_it_and_keeps_its_rows(tmp_path: Path) -> None:
     """A data dir an older version wrote has no ``meta`` column; opening it adds one, rows intact."""
     db_path = tmp_path / "state.db"
     old = sqlite3.connect(db_path)
@@ -116,11 +133,12 @@ def test_a_database_without_the_view_column_gains_it_and_keeps_its_rows(tmp_path
     )
     old.commit()
     old.close()
-    store = SqliteSessionStore(db_path)
+    store = SqliteLedger(db_path)
     try:
-        row = store.get("cntr_old")
+        row = await store.get("cntr_old")
         assert row is not None and (row.name, row.files, row.bytes, row.meta) == ("kept", 2, 30, None)
-        store.record("cntr_old", '{"seen": true}')
-        assert store.get("cntr_old").meta == '{"seen": true}'  # type: ignore[union-attr]
+        await store.record("cntr_old", '{"seen": true}')
+        again = await store.get("cntr_old")
+        assert again is not None and again.meta == '{"seen": true}'
     finally:
         store.close()

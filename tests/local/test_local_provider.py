@@ -171,7 +171,11 @@ async def test_the_reaper_repairs_a_container_a_dead_process_left_marked(tmp_pat
     clock = ManualClock()
     reported: dict[str, tuple[int, int]] = {}
     async with LocalProvider(tmp_path, clock=clock) as p:
-        p.attach_usage_sink(lambda cid, files, bytes_: reported.__setitem__(cid, (files, bytes_)))
+
+        async def sink(cid: str, files: int, bytes_: int) -> None:
+            reported[cid] = (files, bytes_)
+
+        p.attach_usage_sink(sink)
         c = await p.create_container(ContainerSpec(name="marked"))
         await p.create_file(c.id, "/mnt/data/a.txt", BytesUpload(b"aa"))
         (tmp_path / "containers" / c.id / "files" / "b.txt").write_bytes(b"bbb")  # installed, no row

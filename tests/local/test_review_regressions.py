@@ -10,12 +10,13 @@ import pytest
 
 from container_mcp.clock import ManualClock
 from container_mcp.errors import ContainerExpired
+from container_mcp.ledger.base import Limits
+from container_mcp.ledger.sqlite import SqliteLedger
 from container_mcp.models import ContainerSpec, ExpiresAfter
 from container_mcp.providers.base import ExecRequest
 from container_mcp.providers.local import LocalProvider
 from container_mcp.providers.local_exec import ExecLimits
 from container_mcp.service import ContainerService
-from container_mcp.store import Limits, SqliteSessionStore
 from container_mcp.uploads import BytesUpload
 
 pytestmark = pytest.mark.anyio
@@ -32,7 +33,7 @@ LIMITS = Limits(
 async def test_bytes_of_an_expired_container_stop_counting(tmp_path: Path) -> None:
     clock = ManualClock()
     async with LocalProvider(tmp_path, clock=clock) as provider:
-        service = ContainerService(provider, SqliteSessionStore(), LIMITS, clock=clock)
+        service = ContainerService(provider, SqliteLedger(), LIMITS, clock=clock)
         a = await service.create_container("s", ContainerSpec(name="a", expires_after=ExpiresAfter(minutes=1)))
         await service.create_file("s", a.id, "big.bin", BytesUpload(b"x" * 900))
         clock.advance(61)

@@ -475,7 +475,7 @@ async def test_settings_headers_timeouts_and_base_url() -> None:
     )
     async with httpx2.AsyncClient(transport=httpx2.MockTransport(handler)) as client:
         provider = OpenAIProvider.from_settings(settings, client=client)
-        await provider.get_container(CONTAINER_ID, touch=False)
+        await provider.get_container(CONTAINER_ID)
         await provider.aclose()
         assert not client.is_closed  # injected: the caller closes it
     [request] = seen

@@ -16,13 +16,13 @@ import pytest
 from mcp import Client
 
 from container_mcp.clock import ManualClock
+from container_mcp.ledger.sqlite import SqliteLedger
 from container_mcp.providers.local import LocalProvider
 from container_mcp.providers.local_exec import ExecLimits
 from container_mcp.runtime import limits_from
 from container_mcp.server.app import create_server
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
-from container_mcp.store import SqliteSessionStore
 
 from ..calls import call
 
@@ -36,7 +36,7 @@ async def exec_client(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Clien
     async with LocalProvider(tmp_path / "local", clock=clock, exec_limits=limits) as provider:
         if not provider.capabilities.exec:
             pytest.skip(f"sandbox unavailable: {provider.capabilities.exec_unavailable_reason}")
-        service = ContainerService(provider, SqliteSessionStore(), limits_from(settings), clock=clock)
+        service = ContainerService(provider, SqliteLedger(), limits_from(settings), clock=clock)
         async with Client(create_server(service, settings)) as client:
             yield client
 
@@ -221,7 +221,7 @@ async def test_without_a_usable_sandbox_exec_is_not_offered_and_capabilities_say
     settings = Settings.isolated(data_dir=tmp_path)
     broken = Sandbox(SandboxConfig(bwrap="/nonexistent/bwrap"))
     async with LocalProvider(tmp_path / "local", clock=clock, exec_limits=ExecLimits(), sandbox=broken) as provider:
-        service = ContainerService(provider, SqliteSessionStore(), limits_from(settings), clock=clock)
+        service = ContainerService(provider, SqliteLedger(), limits_from(settings), clock=clock)
         async with Client(create_server(service, settings)) as client:
             names = {t.name for t in (await client.list_tools()).tools}
             assert "container_exec" not in names and "container_create" in names

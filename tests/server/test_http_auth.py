@@ -93,7 +93,7 @@ async def test_each_token_is_its_own_owner_over_streamable_http(
         await assert_isolated(a, b)
         cid = (await structured(a, "container_list"))["data"][0]["id"]
     # The owner is the key's digest, the same one the REST API uses: never the key itself.
-    assert service.store.owns(owner_for_key(KEY_A), cid)
+    assert await service.ledger.owns(owner_for_key(KEY_A), cid)
 
 
 async def test_a_token_is_the_same_owner_in_every_session_and_era(mcp_url: str) -> None:

@@ -18,6 +18,7 @@ from mcp.types import INVALID_PARAMS, ResourceListChangedNotification, ResourceU
 from container_mcp.auth import BearerVerifier
 from container_mcp.changes import FilesChanged
 from container_mcp.clock import ManualClock
+from container_mcp.ledger.sqlite import SqliteLedger
 from container_mcp.providers.local import LocalProvider
 from container_mcp.providers.local_exec import ExecLimits
 from container_mcp.runtime import limits_from
@@ -26,7 +27,6 @@ from container_mcp.server.http import http_app
 from container_mcp.server.live import Live
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
-from container_mcp.store import SqliteSessionStore
 from tests.live import serve
 
 from ..calls import call
@@ -63,7 +63,7 @@ async def two_sessions(
     """Two stdio users (session keys alice and bob) of one service, each with its own server."""
     a = Settings.isolated(data_dir=tmp_path / "data", stdio_session_key="alice")
     b = Settings.isolated(data_dir=tmp_path / "data", stdio_session_key="bob")
-    store = SqliteSessionStore()
+    store = SqliteLedger()
     limits = ExecLimits(max_file_bytes=a.max_file_bytes, max_output_bytes=a.exec_max_output_bytes)
     try:
         async with LocalProvider(tmp_path / "local", clock=clock, exec_limits=limits) as provider:
@@ -248,7 +248,11 @@ async def test_sse_sessions_hear_only_their_own_changes(two_sessions: Any) -> No
 
 async def test_a_change_reaches_only_its_owners_listen_bus() -> None:
     owners = {"cntr_a": "http:alice", "cntr_b": "http:bob"}
-    live = Live(owns=lambda owner, container_id: owners.get(container_id) == owner)
+
+    async def owns(owner: str, container_id: str) -> bool:
+        return owners.get(container_id) == owner
+
+    live = Live(owns=owns)
     heard: dict[str, list[Any]] = {"http:alice": [], "http:bob": []}
     for owner, events in heard.items():
         live.listener(owner)
@@ -261,7 +265,7 @@ async def test_a_change_reaches_only_its_owners_listen_bus() -> None:
 
 async def test_2026_over_http_a_token_cannot_listen_to_anothers_file(tmp_path: Path, clock: ManualClock) -> None:
     settings = Settings.isolated(data_dir=tmp_path / "data", api_keys=[KEY_A, KEY_B])
-    store = SqliteSessionStore()
+    store = SqliteLedger()
     try:
         async with LocalProvider(tmp_path / "local", clock=clock) as provider:
             service = ContainerService(provider, store, limits_from(settings), clock=clock)

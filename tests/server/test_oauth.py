@@ -172,7 +172,7 @@ async def test_valid_tokens_each_subject_its_own_owner(server: OAuthServer, mode
         assert a.session.protocol_version == era
         await assert_isolated(a, b)
         cid = (await structured(a, "container_list"))["data"][0]["id"]
-    assert server.service.store.owns(oauth_owner(ISSUER, "alice"), cid)
+    assert await server.service.ledger.owns(oauth_owner(ISSUER, "alice"), cid)
     # a fresh token for the same subject is the same owner
     async with http_client(server.mcp_url, server.mint(sub="alice", jti="2"), mode) as again:
         assert [c["id"] for c in (await structured(again, "container_list"))["data"]] == [cid]
@@ -341,7 +341,7 @@ async def test_the_rest_api_shares_the_verifier(server: OAuthServer) -> None:
             base = origin + "/v1"
             async with AsyncOpenAI(api_key=server.mint(sub="carol"), base_url=base, max_retries=0) as carol:
                 cid = (await carol.containers.create(name="carol's")).id
-            assert server.service.store.owns(oauth_owner(ISSUER, "carol"), cid)
+            assert await server.service.ledger.owns(oauth_owner(ISSUER, "carol"), cid)
             async with AsyncOpenAI(api_key=server.mint(exp=server.clock.now - 3600), base_url=base, max_retries=0) as c:
                 with pytest.raises(AuthenticationError):
                     await c.containers.list()

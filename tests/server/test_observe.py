@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from container_mcp.audit import AuditLog
 from container_mcp.auth import BearerVerifier, owner_for_key
 from container_mcp.clock import ManualClock
+from container_mcp.ledger.sqlite import SqliteLedger
 from container_mcp.providers.local import LocalProvider
 from container_mcp.providers.local_exec import ExecLimits
 from container_mcp.runtime import limits_from
@@ -29,7 +30,6 @@ from container_mcp.server.app import create_server
 from container_mcp.server.http import HttpTransport, http_app
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
-from container_mcp.store import SqliteSessionStore
 from tests.live import serve
 
 from ..calls import call as ok
@@ -128,7 +128,7 @@ async def test_tool_calls_are_audited_and_counted(served: Served, mode: str) -> 
     for r in lines:
         assert r["surface"] == "mcp" and r["transport"] == "streamable-http"
         assert r["principal"] == "apikey:" + owner.removeprefix("apikey:")[:8]
-        assert r["session"] == served.service.store.digest(owner)[:16]
+        assert r["session"] == served.service.ledger.digest(owner)[:16]
         assert r["time"].endswith("Z") and r["duration_ms"] >= 0
     created, uploaded, read_tool, read_resource, _, refused, not_found, bogus = lines
     assert created["container_id"] == c["id"] and created["outcome"] == "ok" and created["error_type"] is None
@@ -169,7 +169,7 @@ async def test_tool_calls_are_audited_and_counted(served: Served, mode: str) -> 
 
 async def test_rate_limit_refusals_are_counted(local_provider: LocalProvider, tmp_path: Path) -> None:
     settings = Settings.isolated(data_dir=tmp_path / "data", api_keys=[KEY], max_calls_per_minute=2)
-    service = ContainerService(local_provider, SqliteSessionStore(), limits_from(settings), clock=ManualClock())
+    service = ContainerService(local_provider, SqliteLedger(), limits_from(settings), clock=ManualClock())
     async for s in _serve(service, settings, "streamable-http"):
         async with http_client(s.url + "/mcp", KEY, "auto") as client:
             await ok(client, "container_list")
@@ -246,7 +246,7 @@ async def test_stdio_callers_are_the_stdio_principal(service: ContainerService, 
             await client.read_resource(f"container://{c['id']}/files/{MISSING_FILE}")
     usage, _, missing = records(audit)
     assert (usage["principal"], usage["transport"], usage["operation"]) == ("stdio", "stdio", "session_usage")
-    assert usage["session"] == service.store.digest(f"stdio:{settings.stdio_session_key}")[:16]
+    assert usage["session"] == service.ledger.digest(f"stdio:{settings.stdio_session_key}")[:16]
     # A failed resource read reaches the middleware as the raised protocol error; its cause is named.
     assert (missing["operation"], missing["outcome"], missing["error_type"]) == (
         "resources/read:file",
@@ -263,7 +263,7 @@ async def test_exec_records_the_exit_code_and_the_seconds_run(tmp_path: Path, cl
     async with LocalProvider(tmp_path / "local", clock=clock, exec_limits=limits) as provider:
         if not provider.capabilities.exec:
             pytest.skip(f"sandbox unavailable: {provider.capabilities.exec_unavailable_reason}")
-        service = ContainerService(provider, SqliteSessionStore(), limits_from(settings), clock=clock)
+        service = ContainerService(provider, SqliteLedger(), limits_from(settings), clock=clock)
         async for s in _serve(service, settings, "streamable-http"):
             async with http_client(s.url + "/mcp", KEY, "auto") as client:
                 c = await ok(client, "container_create", name="runs")

@@ -18,6 +18,7 @@ from mcp.types import INVALID_PARAMS, INVALID_REQUEST
 from container_mcp import errors as error_tree
 from container_mcp.clock import ManualClock
 from container_mcp.errors import ContainerMCPError
+from container_mcp.ledger.sqlite import SqliteLedger
 from container_mcp.providers.local import LocalProvider
 from container_mcp.providers.local_exec import ExecLimits
 from container_mcp.runtime import limits_from
@@ -25,7 +26,6 @@ from container_mcp.server.app import create_server
 from container_mcp.server.errors import ERROR_TABLE
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
-from container_mcp.store import SqliteSessionStore
 
 pytestmark = pytest.mark.anyio
 
@@ -40,7 +40,7 @@ async def full_client(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Clien
     async with LocalProvider(tmp_path / "local", clock=clock, exec_limits=limits) as provider:
         if not provider.capabilities.exec:
             pytest.skip(f"sandbox unavailable: {provider.capabilities.exec_unavailable_reason}")
-        store = SqliteSessionStore()
+        store = SqliteLedger()
         try:
             service = ContainerService(provider, store, limits_from(settings), clock=clock)
             async with Client(create_server(service, settings)) as client:
@@ -230,7 +230,7 @@ async def test_resource_errors_are_the_callers_when_they_are(client: Client) -> 
 async def test_a_rate_limited_resource_read_says_when_to_retry(tmp_path: Path, clock: ManualClock) -> None:
     settings = Settings.isolated(data_dir=tmp_path / "data", max_calls_per_minute=1)
     async with LocalProvider(tmp_path / "local", clock=clock) as provider:
-        store = SqliteSessionStore()
+        store = SqliteLedger()
         try:
             service = ContainerService(provider, store, limits_from(settings), clock=clock)
             async with Client(create_server(service, settings)) as client:

@@ -149,11 +149,11 @@ async def test_errors_tell_what_to_do(client: Client) -> None:
 
 
 async def test_quota_error_names_the_limit(tmp_path: Path, clock: ManualClock, local_provider: Any) -> None:
+    from container_mcp.ledger.sqlite import SqliteLedger
     from container_mcp.runtime import limits_from
-    from container_mcp.store import SqliteSessionStore
 
     settings = Settings.isolated(data_dir=tmp_path, max_containers=2, max_file_bytes=10)
-    service = ContainerService(local_provider, SqliteSessionStore(), limits_from(settings), clock=clock)
+    service = ContainerService(local_provider, SqliteLedger(), limits_from(settings), clock=clock)
     async with Client(create_server(service, settings)) as client:
         cid = (await call(client, "container_create", name="1"))["id"]
         await call(client, "container_create", name="2")
@@ -264,11 +264,11 @@ async def test_concurrent_creates_through_the_tool_respect_the_quota(
 ) -> None:
     import anyio
 
+    from container_mcp.ledger.sqlite import SqliteLedger
     from container_mcp.runtime import limits_from
-    from container_mcp.store import SqliteSessionStore
 
     settings = Settings.isolated(data_dir=tmp_path, max_containers=5)
-    service = ContainerService(local_provider, SqliteSessionStore(), limits_from(settings), clock=clock)
+    service = ContainerService(local_provider, SqliteLedger(), limits_from(settings), clock=clock)
     async with Client(create_server(service, settings)) as client:
         results: list[bool] = []
 

@@ -221,7 +221,7 @@ def create_app(
     by_path: dict[str, dict[str, Handler]] = {}
     for method, path, handler, _ in ROUTES:
         by_path.setdefault(path, {})[method] = handler
-    observer = Observer(audit_log or AuditLog(None), service.store)
+    observer = Observer(audit_log or AuditLog(None), service.ledger)
     routes: list[Route] = [
         Route("/openapi.json", openapi),
         Route("/v1/openapi.json", openapi),

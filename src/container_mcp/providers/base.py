@@ -65,6 +65,13 @@ class Capabilities(BaseModel):
     upstream_file_ids: bool = Field(
         False, description="Whether file_ids may name backend-level files (OpenAI 'file-...' ids)."
     )
+    state: Literal["sqlite", "redis"] = Field(
+        "sqlite",
+        description="Where ownership, quota counters and the rate limit live: 'sqlite' (one host: every "
+        "server process on the data dir shares them) or 'redis' (CONTAINER_MCP_STATE_URL: every server "
+        "process on every host sharing the Redis; valid with the openai provider only, as local "
+        "containers live on one host).",
+    )
     unsupported_create_fields: list[str] = Field(
         default_factory=lambda: list(UNSUPPORTED_CREATE_FIELDS),
         description="OpenAI create-container fields not honoured here; a request carrying one is refused "
@@ -136,10 +143,10 @@ class Provider(Protocol):
 
     Ids a provider does not know answer ``ContainerNotFound``/``FileNotFound``. Operations on an
     expired container's files raise ``ContainerExpired``. Every operation on a container, its files
-    included, refreshes its ``last_active_at``; listing containers and ``get_container(touch=False)``
-    do not where the backend can read without touching (not every backend can: the service's views
-    therefore never ask the provider, and it reads ``touch=False`` only for containers it believes
-    may have expired).
+    and ``get_container`` included, may refresh its ``last_active_at`` (a backend need not offer a
+    read that does not). The protocol therefore has no listing of containers: the cross-container
+    views read the ledger (``catalog``), which operations and expiry errors keep fresh; a
+    provider that expires containers itself reports it (``changes.ExpiryReporting``).
     Providers are async context managers; ``aclose()`` releases what they hold.
     """
 
@@ -152,12 +159,8 @@ class Provider(Protocol):
         """Create a running container. ``spec.file_ids`` are backend-level ids (may be empty)."""
         ...
 
-    async def get_container(self, container_id: str, *, touch: bool = True) -> Container:
+    async def get_container(self, container_id: str) -> Container:
         """Return the container (expired ones too). Raises ``ContainerNotFound``."""
-        ...
-
-    async def list_containers(self, params: ListParams) -> Page[Container]:
-        """All containers of this backend, cursor-paged (``name`` filters by exact name)."""
         ...
 
     async def delete_container(self, container_id: str) -> ContainerDeleted:

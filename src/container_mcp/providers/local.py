@@ -72,8 +72,8 @@ __all__ = ["LocalProvider"]
 
 log = logging.getLogger(__name__)
 
-UsageSink = Callable[[str, int, int], None]
-"""Told a container's real (files, bytes) after a repair or recount: ``SessionStore.set_usage``."""
+UsageSink = Callable[[str, int, int], Awaitable[None]]
+"""Told a container's real (files, bytes) after a repair or recount: ``Ledger.set_usage``."""
 
 
 def guess_mime(rel: str) -> str:
@@ -259,7 +259,7 @@ class LocalProvider:
                 async with self._hold(container_id, wait=False):
                     row = self.registry.container(container_id)
                     if row is not None and row.status == "running":
-                        self._report_usage(container_id)
+                        await self._report_usage(container_id)
 
     async def recover(self) -> None:
         """Make disk and registry agree after a crash (see the module docstring)."""
@@ -322,11 +322,11 @@ class LocalProvider:
                 len(stale),
                 ", a cut-short commit rolled forward" if rolled else "",
             )
-        self._report_usage(container_id)
+        await self._report_usage(container_id)
 
-    def _report_usage(self, container_id: str) -> None:
+    async def _report_usage(self, container_id: str) -> None:
         if self._usage_sink is not None:
-            self._usage_sink(container_id, *self.registry.usage_of(container_id))
+            await self._usage_sink(container_id, *self.registry.usage_of(container_id))
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -423,6 +423,8 @@ class LocalProvider:
         return (await self._row(container_id, touch=touch)).model()
 
     async def list_containers(self, params: ListParams) -> Page[Container]:
+        """Every container on this data dir, cursor-paged (not part of the ``Provider`` protocol: the
+        service's views read the ledger)."""
         rows, has_more, found = self.registry.page_containers(
             limit=params.limit, order=params.order, after=params.after, name=params.name
         )

@@ -14,9 +14,10 @@ What the hosted API cannot do, and what this provider does instead:
   requested directory (``capabilities.file_paths == "basename"``).
 * There is no server-side copy: ``copy_file`` streams the content down to a temporary file and
   uploads it again.
-* There is no read that leaves ``last_active_at`` alone: ``get_container(touch=False)`` makes the
-  same call as ``touch=True``. The service's views (listing, usage, the resource index) therefore
-  never call it; they read the session store.
+* There is no read that leaves ``last_active_at`` alone: ``get_container`` refreshes it. The
+  service's views (listing, usage) therefore never call it per row; they read the ledger
+  (``catalog``). ``list_containers`` (not part of the ``Provider`` protocol) lists the whole
+  account, for operators.
 * There are no ranged reads: ``read_file`` skips ``offset`` bytes of the stream and stops after
   ``length``.
 
@@ -231,9 +232,8 @@ class OpenAIProvider:
         response = await self._send(CREATE_CONTAINER, json=spec_to_wire(spec))
         return self._parse(response, CREATE_CONTAINER, container_from_wire)
 
-    async def get_container(self, container_id: str, *, touch: bool = True) -> Container:
-        """GET /containers/{id}. The API has no read that leaves ``last_active_at`` alone, so
-        ``touch=False`` makes the same call (and may refresh the container's activity)."""
+    async def get_container(self, container_id: str) -> Container:
+        """GET /containers/{id} (upstream, this counts as activity)."""
         call = container_call("GET", container_id)
         return self._parse(await self._send(call), call, container_from_wire)
 

@@ -58,14 +58,14 @@ def create_server(
         token_verifier=SdkTokenVerifier(verifier) if verifier is not None and enabled else None,
         auth=auth_settings(verifier, base_url) if verifier is not None and enabled else None,
     )
-    mcp.observer = Observer(audit_log or AuditLog(None), service.store)
+    mcp.observer = Observer(audit_log or AuditLog(None), service.ledger)
     mcp.middleware.append(AuditMiddleware(mcp, settings.stdio_session_key))
     budget = inline_budget or InlineBudget(settings.max_inline_bytes_in_flight)
     deps = ToolDeps(service=service, settings=settings, inline=budget)
     register_tools(mcp, deps)
     register_resources(mcp, deps)
     install_surface(mcp)
-    live = Live(owns=service.store.owns)
+    live = Live(owns=service.ledger.owns)
     service.changes.subscribe(live.on_change)
     install_live(
         mcp,

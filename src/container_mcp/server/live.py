@@ -85,8 +85,8 @@ def _channel(session: Any) -> Any:
 class Live:
     """Who listens to which owner's changes; ``on_change`` tells them."""
 
-    def __init__(self, owns: Callable[[str, str], bool]) -> None:
-        """``owns(owner, container_id)``: whether ``owner`` owns the container (the session store's answer)."""
+    def __init__(self, owns: Callable[[str, str], Awaitable[bool]]) -> None:
+        """``owns(owner, container_id)``: whether ``owner`` owns the container (the ledger's answer)."""
         self._owns = owns
         self._connections: dict[str, dict[Any, _Connection]] = {}
         self._buses: dict[str, InMemorySubscriptionBus] = {}
@@ -162,7 +162,7 @@ class Live:
             owners = [change.owner]
         else:  # an expiry: no caller, so find the owner among those listening
             listening = self._connections.keys() | self._buses.keys()
-            owners = [o for o in listening if self._owns(o, change.container_id)]
+            owners = [o for o in listening if await self._owns(o, change.container_id)]
         prefix = f"container://{change.container_id}/files/"
         touched = {prefix + file_id for file_id in change.file_ids}
         for owner in owners:

@@ -1,0 +1,198 @@
+"""The cross-container views: the container list, usage, the file index, file-id resolution.
+
+They read status, files and bytes from the ``Ledger``, as the operations and the provider's
+expiry reports last left them, never by asking the provider about every row: on a backend whose
+reads count as activity (OpenAI's), a view that asked would keep every container it shows alive,
+and cost one request per row. What keeps the ledger fresh:
+
+* every operation records what it saw (``seen``) and what the provider's errors said
+  (``note_failure``);
+* a provider that expires containers itself reports each expiry (``changes.ExpiryReporting``),
+  and ``reconcile`` has it sweep now instead of reading any container;
+* for any other provider, ``reconcile`` reads only containers whose recorded activity says they
+  may have expired (``_may_have_expired``): none while every container is in its time, and at
+  most once per expiry period per container, so polling keeps no container alive.
+"""
+
+from __future__ import annotations
+
+from .changes import ExpiryReporting
+from .clock import Clock
+from .errors import ContainerExpired, ContainerNotFound, FileNotFound, Hint, InvalidRequest
+from .gate import check_id
+from .ledger.base import Ledger, OwnedContainer, Usage
+from .models import Container, ContainerFile, ContainerStatus, ListParams, Page
+from .providers.base import Provider
+
+__all__ = ["Catalog", "FileCursor"]
+
+FileCursor = tuple[int, str, str]
+"""A position in the file index: (container created_at, container id, file id)."""
+
+
+class Catalog:
+    """The views over one provider and one ledger. See the module docstring."""
+
+    def __init__(self, provider: Provider, ledger: Ledger, clock: Clock) -> None:
+        self._provider = provider
+        self._ledger = ledger
+        self._clock = clock
+
+    async def note_failure(self, container_id: str, exc: BaseException) -> None:
+        """Write what a provider's error says about ``container_id`` into the ledger."""
+        if isinstance(exc, ContainerExpired):
+            await self._ledger.mark_expired(container_id)
+        elif isinstance(exc, ContainerNotFound):
+            # Gone from the backend behind our back (deleted upstream, or purged).
+            await self._ledger.forget(container_id)
+
+    async def seen(self, container: Container) -> Container:
+        """Note what an operation just saw, so the views need not ask the provider again."""
+        if container.status == "expired":
+            await self._ledger.mark_expired(container.id)
+        await self._ledger.record(container.id, container.model_dump_json())
+        return container
+
+    @staticmethod
+    def view(row: OwnedContainer) -> Container:
+        """The container as the ledger last saw it; an expiry the provider reported wins."""
+        status: ContainerStatus = "expired" if row.state == "expired" else "running"
+        if row.meta is None:  # a row written before the ledger kept the container
+            return Container(id=row.container_id, name=row.name, created_at=row.created_at, status=status)
+        return Container.model_validate_json(row.meta).model_copy(update={"status": status})
+
+    def _may_have_expired(self, row: OwnedContainer) -> bool:
+        """Whether ``row``'s container may have expired by now.
+
+        The recorded ``last_active_at`` is at most the real one (every later operation only moves
+        it on), so an estimate from it is never later than the real expiry: a container it calls
+        unexpired is live, and only the others need asking. Asking one that was not used since it
+        was recorded finds it expired (a backend expires it once ``expires_at`` is past), so even
+        a backend whose reads count as activity is never kept alive by this.
+        """
+        if row.meta is None:
+            return True
+        seen = Container.model_validate_json(row.meta)
+        last = seen.last_active_at if seen.last_active_at is not None else seen.created_at
+        return last + seen.expires_after.minutes * 60 < self._clock()
+
+    async def reconcile(self, owner: str, skip: str | None = None) -> None:
+        """Learn which of the owner's containers (but ``skip``) expired or went (module docstring)."""
+        if isinstance(self._provider, ExpiryReporting):
+            await self._provider.sweep()
+            return
+        for owned in await self._ledger.live(owner):
+            if owned.container_id == skip or not self._may_have_expired(owned):
+                continue
+            try:
+                await self.seen(await self._provider.get_container(owned.container_id))
+            except ContainerNotFound:
+                await self._ledger.forget(owned.container_id)
+
+    async def page(self, owner: str, params: ListParams) -> Page[Container]:
+        """One page of the owner's containers: O(page) ledger work, no provider request."""
+        rows, has_more = await self._ledger.page(
+            owner, limit=params.limit, order=params.order, after=params.after, name=params.name
+        )
+        return Page[Container].of([self.view(row) for row in rows], has_more)
+
+    async def usage(self, owner: str) -> Usage:
+        await self.reconcile(owner)
+        return await self._ledger.usage(owner, self._clock())
+
+    async def live_ids(self, owner: str) -> list[str]:
+        return [c.container_id for c in await self._ledger.live(owner)]
+
+    async def locate(self, container_ids: list[str], file_id: str) -> str | None:
+        """Which of ``container_ids`` holds ``file_id`` (None when none does)."""
+        for container_id in container_ids:
+            try:
+                await self._provider.get_file(container_id, file_id)
+            except (FileNotFound, ContainerExpired, ContainerNotFound):
+                continue
+            return container_id
+        return None
+
+    async def resolve_file_ids(self, owner: str, file_ids: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+        """``file_ids`` of a create, split into (source container, file) copies and upstream ids."""
+        copies: list[tuple[str, str]] = []
+        upstream: list[str] = []
+        caps = self._provider.capabilities
+        live = await self.live_ids(owner) if file_ids else []
+        for file_id in dict.fromkeys(file_ids):
+            if file_id.startswith("cfile_"):
+                check_id(file_id, "file")
+                source = await self.locate(live, file_id)
+                if source is None:
+                    raise InvalidRequest(
+                        f"file_ids: {file_id} is not a file in any of your live containers.",
+                        hint=Hint(
+                            mcp="Pass ids from file_list of one of your containers.",
+                            rest="Pass ids listed by GET /v1/containers/{container_id}/files of one of your "
+                            "containers.",
+                        ),
+                        param="file_ids",
+                    )
+                copies.append((source, file_id))
+            elif caps.upstream_file_ids:
+                upstream.append(file_id)
+            else:
+                raise InvalidRequest(
+                    f"file_ids: {file_id[:80]!r} is not a container file id. On the "
+                    f"{caps.provider} provider, file_ids are 'cfile_...' ids of files in "
+                    "your other containers.",
+                    param="file_ids",
+                )
+        return copies, upstream
+
+    async def resync(self, container_id: str) -> None:
+        """Overwrite the container's counters with what the provider lists."""
+        files = bytes_ = 0
+        after: str | None = None
+        while True:
+            page = await self._provider.list_files(container_id, ListParams(limit=100, order="asc", after=after))
+            files += len(page.data)
+            bytes_ += sum(f.bytes or 0 for f in page.data)
+            if not page.has_more or not page.data:
+                break
+            after = page.data[-1].id
+        await self._ledger.set_usage(container_id, files, bytes_)
+
+    async def file_index(
+        self, owner: str, *, after: FileCursor | None, limit: int
+    ) -> tuple[list[ContainerFile], FileCursor | None]:
+        """Files across the owner's live containers, oldest container first, paged.
+
+        ``after`` is the cursor returned by the previous page; the returned cursor is None on the
+        last page. The cursor is a position in that order, not a reference: when its container is
+        gone by the next page, paging goes on with the next container. A container the provider
+        says expired or went is written to the ledger and skipped.
+        """
+        out: list[ContainerFile] = []
+        rows = await self._ledger.live(owner)
+        if after is not None:
+            position = (after[0], after[1])
+            rows = [r for r in rows if (r.created_at, r.container_id) >= position]
+        page_more = False
+        for i, row in enumerate(rows):
+            at_cursor = after is not None and i == 0 and row.container_id == after[1]
+            file_after = after[2] if (after is not None and at_cursor) else None
+            while len(out) < limit:
+                try:
+                    page = await self._provider.list_files(
+                        row.container_id, ListParams(limit=min(100, limit - len(out)), order="asc", after=file_after)
+                    )
+                except (ContainerExpired, ContainerNotFound) as exc:
+                    await self.note_failure(row.container_id, exc)
+                    page_more = False
+                    break
+                out.extend(page.data)
+                page_more = page.has_more
+                if not page.has_more or not page.data:
+                    break
+                file_after = page.data[-1].id
+            if len(out) >= limit:
+                more = page_more or i + 1 < len(rows)
+                last = out[-1]
+                return out, ((row.created_at, last.container_id, last.id) if more else None)
+        return out, None

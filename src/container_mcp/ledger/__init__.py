@@ -1,0 +1,1 @@
+"""Where ownership, quota counters and the rate limit live (see ``base.Ledger``)."""

@@ -1,0 +1,391 @@
+"""``Ledger`` on SQLite: in memory (``":memory:"``, one process) or in a file in the data dir.
+
+A file is shared, race-free, by every server process on the host: each transaction takes
+SQLite's write lock up front (``BEGIN IMMEDIATE``), which serialises the check-and-update of each
+quota across processes, and ``synchronous=FULL`` makes an acknowledged change survive a crash.
+Each transaction runs in a worker thread, one at a time per ledger, so its fsync never blocks
+the event loop; it is shielded from cancellation (see ``base``).
+
+Session keys are replaced by their HMAC-SHA256 under a per-data-dir secret (``session.key``, 0600,
+beside the database), once, and every query compares digests. Rows an older version wrote with
+clear keys are rewritten at open, and the database is vacuumed so no old page keeps them (a crash
+in between is finished at the next start).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+
+from ..errors import InvalidRequest
+from ..private import secret_key
+from ..sqlite import connect, transaction
+from .base import (
+    PENDING_TTL_S,
+    Limits,
+    OwnedContainer,
+    Usage,
+    over_bytes,
+    over_containers,
+    over_files,
+    rate_limited,
+    sliding_calls,
+)
+
+__all__ = ["KEY_FILE", "SqliteLedger"]
+
+_T = TypeVar("_T")
+
+KEY_FILE = "session.key"
+"""The secret the session keys are hashed with, in the database's directory."""
+
+_DIGEST_PREFIX = "hmac-sha256:"
+
+_SCRUBBED = 1
+"""``PRAGMA user_version`` once the file holds no clear session key, not even in a free page."""
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS owned (
+    container_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'live', 'expired')),
+    files INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    reserved_at REAL,
+    meta TEXT
+);
+CREATE INDEX IF NOT EXISTS owned_by_owner ON owned (owner, created_at, container_id);
+CREATE INDEX IF NOT EXISTS owned_by_name ON owned (owner, name, created_at, container_id);
+CREATE TABLE IF NOT EXISTS calls (
+    owner TEXT NOT NULL,
+    window INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (owner, window)
+);
+"""
+
+
+class SqliteLedger:
+    """``Ledger`` on SQLite. ``path`` is a file path or ``":memory:"``.
+
+    ``key`` is the HMAC secret; by default ``session.key`` beside a database file (created on
+    first use), or a fresh random one for ``":memory:"``.
+    """
+
+    kind = "sqlite"
+
+    def __init__(self, path: Path | str = ":memory:", *, key: bytes | None = None) -> None:
+        self._db = connect(path)  # creates the directory the key file goes in
+        if key is None:
+            key = secret_key(path.parent / KEY_FILE) if isinstance(path, Path) else secrets.token_bytes(32)
+        self._key = key
+        self._limiter = anyio.CapacityLimiter(1)
+        self._db.executescript(_SCHEMA)
+        self._add_meta_column()
+        self._migrate_clear_keys()
+
+    def _add_meta_column(self) -> None:
+        """A database an older version made has no ``meta`` column: add it (rows keep NULL)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(owned)").fetchall()}
+        if "meta" not in columns:
+            with self._tx() as db:
+                db.execute("ALTER TABLE owned ADD COLUMN meta TEXT")
+
+    def digest(self, owner: str) -> str:
+        mac = hmac.new(self._key, owner.encode("utf-8", "surrogatepass"), hashlib.sha256)
+        return mac.hexdigest()
+
+    def _k(self, owner: str) -> str:
+        """The stored form of the session key ``owner``."""
+        return _DIGEST_PREFIX + self.digest(owner)
+
+    def _migrate_clear_keys(self) -> None:
+        """Replace the clear session keys an older version stored by their digests.
+
+        The stdio user's containers stay theirs: ``stdio:local`` becomes the digest that
+        ``stdio:local`` is looked up by from now on. VACUUM then rewrites the file from scratch and
+        the WAL is truncated, so no free page or old frame keeps a clear key; ``user_version``
+        records that this has finished, so a start after a crash in between finishes it.
+        """
+        self._db.create_function("session_digest", 1, self._k, deterministic=True)
+        clear = f"{_DIGEST_PREFIX}%"
+        with self._tx() as db:
+            moved = db.execute(
+                "UPDATE owned SET owner = session_digest(owner) WHERE owner NOT LIKE ?", (clear,)
+            ).rowcount
+            moved += db.execute(
+                "UPDATE calls SET owner = session_digest(owner) WHERE owner NOT LIKE ?", (clear,)
+            ).rowcount
+            if moved:  # committed together with the UPDATE: its old pages are still in the file
+                db.execute("PRAGMA user_version = 0")
+            scrubbed = db.execute("PRAGMA user_version").fetchone()[0] == _SCRUBBED
+        # The scrub is marked done only once it is: a crash after the UPDATE committed or before
+        # the checkpoint finished leaves the mark unset, and the next start scrubs again, though
+        # it has nothing left to migrate.
+        if moved or not scrubbed:
+            self._db.execute("VACUUM")
+            busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if not busy:  # another process still reads old frames: the next start tries again
+                self._db.execute(f"PRAGMA user_version = {_SCRUBBED}")
+
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db)
+
+    @staticmethod
+    def _row(row: sqlite3.Row) -> OwnedContainer:
+        return OwnedContainer(
+            container_id=row["container_id"],
+            owner=row["owner"],
+            name=row["name"],
+            created_at=row["created_at"],
+            state=row["state"],
+            files=row["files"],
+            bytes=row["bytes"],
+            meta=row["meta"],
+        )
+
+    def _live_count(self, db: sqlite3.Connection, owner: str, now: float) -> int:
+        (count,) = db.execute(
+            "SELECT count(*) FROM owned WHERE owner = ? AND (state = 'live' "
+            "OR (state = 'pending' AND reserved_at > ?))",
+            (owner, now - PENDING_TTL_S),
+        ).fetchone()
+        return int(count)
+
+    async def _run(self, fn: Callable[..., _T], *args: object) -> _T:
+        """``fn(*args)`` in a worker thread, one at a time, never cancelled halfway."""
+        with anyio.CancelScope(shield=True):
+            result = await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        return result
+
+    # --- transactions (each runs whole in a worker thread) ---------------------------------
+
+    def _reserve(self, owner: str, name: str, now: float, limits: Limits) -> str:
+        owner = self._k(owner)
+        reservation = f"pending_{secrets.token_hex(16)}"
+        with self._tx() as db:
+            db.execute("DELETE FROM owned WHERE state = 'pending' AND reserved_at <= ?", (now - PENDING_TTL_S,))
+            used = self._live_count(db, owner, now)
+            if used >= limits.max_containers:
+                raise over_containers(used, limits)
+            db.execute(
+                "INSERT INTO owned (container_id, owner, name, created_at, state, reserved_at) "
+                "VALUES (?, ?, ?, ?, 'pending', ?)",
+                (reservation, owner, name, int(now), now),
+            )
+        return reservation
+
+    async def reserve(self, owner: str, name: str, now: float, limits: Limits) -> str:
+        return await self._run(self._reserve, owner, name, now, limits)
+
+    def _commit(self, reservation: str, container_id: str, created_at: int, meta: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE owned SET container_id = ?, created_at = ?, state = 'live', reserved_at = NULL, meta = ? "
+                "WHERE container_id = ?",
+                (container_id, created_at, meta, reservation),
+            )
+
+    async def commit(self, reservation: str, container_id: str, created_at: int, meta: str) -> None:
+        await self._run(self._commit, reservation, container_id, created_at, meta)
+
+    def _write(self, sql: str, *args: object) -> None:
+        with self._tx() as db:
+            db.execute(sql, args)
+
+    async def cancel(self, reservation: str) -> None:
+        await self._run(self._write, "DELETE FROM owned WHERE container_id = ? AND state = 'pending'", reservation)
+
+    async def record(self, container_id: str, meta: str) -> None:
+        await self._run(
+            self._write, "UPDATE owned SET meta = ? WHERE container_id = ? AND state != 'pending'", meta, container_id
+        )
+
+    def _get(self, container_id: str) -> OwnedContainer | None:
+        row = self._db.execute(
+            "SELECT * FROM owned WHERE container_id = ? AND state != 'pending'", (container_id,)
+        ).fetchone()
+        return self._row(row) if row else None
+
+    async def get(self, container_id: str) -> OwnedContainer | None:
+        return await self._run(self._get, container_id)
+
+    def _owns(self, owner: str, container_id: str) -> bool:
+        owned = self._get(container_id)
+        return owned is not None and hmac.compare_digest(owned.owner, self._k(owner))
+
+    async def owns(self, owner: str, container_id: str) -> bool:
+        return await self._run(self._owns, owner, container_id)
+
+    def _page(
+        self, owner: str, limit: int, order: str, after: str | None, name: str | None
+    ) -> tuple[list[OwnedContainer], bool]:
+        owner = self._k(owner)
+        where = ["owner = ?", "state != 'pending'"]
+        args: list[object] = [owner]
+        if name is not None:
+            where.append("name = ?")
+            args.append(name)
+        if after is not None:
+            anchor = self._db.execute(
+                "SELECT created_at, container_id FROM owned WHERE container_id = ? AND owner = ?",
+                (after, owner),
+            ).fetchone()
+            if anchor is None:
+                raise InvalidRequest(
+                    f"'after' is {after[:80]!r}, which is not one of your containers. Pass the last_id of "
+                    "the previous page, or omit 'after' to start from the first page.",
+                    param="after",
+                )
+            cmp = ">" if order == "asc" else "<"
+            where.append(f"(created_at, container_id) {cmp} (?, ?)")
+            args.extend([anchor["created_at"], anchor["container_id"]])
+        direction = "ASC" if order == "asc" else "DESC"
+        rows = self._db.execute(
+            f"SELECT * FROM owned WHERE {' AND '.join(where)} "
+            f"ORDER BY created_at {direction}, container_id {direction} LIMIT ?",
+            (*args, limit + 1),
+        ).fetchall()
+        return [self._row(r) for r in rows[:limit]], len(rows) > limit
+
+    async def page(
+        self, owner: str, *, limit: int, order: str, after: str | None, name: str | None
+    ) -> tuple[list[OwnedContainer], bool]:
+        return await self._run(self._page, owner, limit, order, after, name)
+
+    def _live(self, owner: str) -> list[OwnedContainer]:
+        rows = self._db.execute(
+            "SELECT * FROM owned WHERE owner = ? AND state = 'live' ORDER BY created_at, container_id",
+            (self._k(owner),),
+        ).fetchall()
+        return [self._row(r) for r in rows]
+
+    async def live(self, owner: str) -> list[OwnedContainer]:
+        return await self._run(self._live, owner)
+
+    def _charge(self, owner: str, container_id: str, files: int, bytes_: int, limits: Limits) -> None:
+        owner = self._k(owner)
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT files, bytes FROM owned WHERE container_id = ? AND state = 'live'", (container_id,)
+            ).fetchone()
+            if row is None:
+                return
+            if files > 0 and row["files"] + files > limits.max_files_per_container:
+                raise over_files(container_id, row["files"], files, limits)
+            if bytes_ > 0:
+                (used,) = db.execute(
+                    "SELECT coalesce(sum(bytes), 0) FROM owned WHERE owner = ? AND state = 'live'", (owner,)
+                ).fetchone()
+                if used + bytes_ > limits.max_session_bytes:
+                    raise over_bytes(int(used), bytes_, limits)
+            self._add(db, container_id, files, bytes_)
+
+    @staticmethod
+    def _add(db: sqlite3.Connection, container_id: str, files: int, bytes_: int) -> None:
+        db.execute(
+            "UPDATE owned SET files = max(files + ?, 0), bytes = max(bytes + ?, 0) "
+            "WHERE container_id = ? AND state = 'live'",
+            (files, bytes_, container_id),
+        )
+
+    async def charge(self, owner: str, container_id: str, files: int, bytes_: int, limits: Limits) -> None:
+        await self._run(self._charge, owner, container_id, files, bytes_, limits)
+
+    def _release(self, container_id: str, files: int, bytes_: int) -> None:
+        with self._tx() as db:
+            self._add(db, container_id, -files, -bytes_)
+
+    async def release(self, container_id: str, files: int, bytes_: int) -> None:
+        await self._run(self._release, container_id, files, bytes_)
+
+    def set_usage_now(self, container_id: str, files: int, bytes_: int) -> None:
+        """``set_usage`` on the calling thread: for a provider's repair, already in a worker thread."""
+        self._write(
+            "UPDATE owned SET files = ?, bytes = ? WHERE container_id = ? AND state = 'live'",
+            files,
+            bytes_,
+            container_id,
+        )
+
+    async def set_usage(self, container_id: str, files: int, bytes_: int) -> None:
+        await self._run(self.set_usage_now, container_id, files, bytes_)
+
+    async def mark_expired(self, container_id: str) -> None:
+        await self._run(
+            self._write, "UPDATE owned SET state = 'expired', files = 0, bytes = 0 WHERE container_id = ?", container_id
+        )
+
+    async def forget(self, container_id: str) -> None:
+        await self._run(self._write, "DELETE FROM owned WHERE container_id = ?", container_id)
+
+    def _calls(self, db: sqlite3.Connection, owner: str, now: float) -> float:
+        window = int(now // 60)
+        rows = dict(
+            db.execute(
+                "SELECT window, count FROM calls WHERE owner = ? AND window IN (?, ?)",
+                (owner, window, window - 1),
+            ).fetchall()
+        )
+        return sliding_calls(rows.get(window, 0), rows.get(window - 1, 0), now)
+
+    def _usage(self, owner: str, now: float) -> Usage:
+        owner = self._k(owner)
+        row = self._db.execute(
+            "SELECT count(*), coalesce(sum(files), 0), coalesce(sum(bytes), 0) FROM owned "
+            "WHERE owner = ? AND state = 'live'",
+            (owner,),
+        ).fetchone()
+        return Usage(
+            containers=int(row[0]),
+            files=int(row[1]),
+            bytes=int(row[2]),
+            calls_last_minute=round(self._calls(self._db, owner, now)),
+        )
+
+    async def usage(self, owner: str, now: float) -> Usage:
+        return await self._run(self._usage, owner, now)
+
+    def _totals(self) -> Usage:
+        row = self._db.execute(
+            "SELECT count(*), coalesce(sum(files), 0), coalesce(sum(bytes), 0) FROM owned WHERE state = 'live'"
+        ).fetchone()
+        return Usage(containers=int(row[0]), files=int(row[1]), bytes=int(row[2]), calls_last_minute=0)
+
+    async def totals(self) -> Usage:
+        return await self._run(self._totals)
+
+    def _hit(self, owner: str, now: float, limits: Limits) -> None:
+        owner = self._k(owner)
+        window = int(now // 60)
+        with self._tx() as db:
+            calls = self._calls(db, owner, now)
+            if calls + 1 > limits.max_calls_per_minute:
+                raise rate_limited(calls, now, limits)
+            db.execute(
+                "INSERT INTO calls (owner, window, count) VALUES (?, ?, 1) "
+                "ON CONFLICT (owner, window) DO UPDATE SET count = count + 1",
+                (owner, window),
+            )
+            db.execute("DELETE FROM calls WHERE window < ?", (window - 1,))
+
+    async def hit(self, owner: str, now: float, limits: Limits) -> None:
+        await self._run(self._hit, owner, now, limits)
+
+    def close(self) -> None:
+        self._db.close()
+
+    async def aclose(self) -> None:
+        await self._run(self.close)
