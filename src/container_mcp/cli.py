@@ -18,7 +18,7 @@ import anyio
 from pydantic import ValidationError
 
 from . import __version__
-from .errors import UnsafeConfiguration
+from .errors import StateUnavailable, UnsafeConfiguration
 from .settings import Settings
 
 __all__ = ["build_settings", "main", "parse_args"]
@@ -72,6 +72,12 @@ def _common(p: argparse.ArgumentParser, top: bool) -> None:
     )
     for field, help_text in _QUOTA_FLAGS.items():
         p.add_argument("--" + field.replace("_", "-"), type=int, default=default(None), help=help_text)
+    p.add_argument(
+        "--state-url",
+        default=default(None),
+        help="Redis URL holding ownership, quotas and the rate limit for several hosts (openai provider "
+        "only). A URL with a password: use CONTAINER_MCP_STATE_URL, as argv is readable by other users",
+    )
     p.add_argument(
         "--api-keys-file",
         default=default(None),
@@ -182,7 +188,7 @@ ARGV_KEY_WARNING = (
 def build_settings(args: argparse.Namespace) -> Settings:
     """Settings from the environment, overridden by the flags that were given."""
     overrides: dict[str, Any] = {}
-    for name in ("provider", "data_dir", "log_level", "api_keys_file", *_QUOTA_FLAGS):
+    for name in ("provider", "data_dir", "log_level", "api_keys_file", "state_url", *_QUOTA_FLAGS):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -216,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except UnsafeConfiguration as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(2) from None
+    except StateUnavailable as exc:
+        print(f"container-mcp: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         pass
 

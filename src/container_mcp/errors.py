@@ -26,6 +26,7 @@ endpoints and fields on the REST API ("Delete one with DELETE /v1/containers/{id
   x UnsafeConfiguration          the operator's settings would expose the server; refused at start
   x ExecError                    a command could not be run (not: a command that failed)
     - SandboxUnavailable
+  x StateUnavailable             the shared ledger (Redis) cannot be reached; nothing was changed
   x ProviderError                the backend failed; carries status and request id
     - ProviderAuthError
     - ProviderRateLimited
@@ -57,6 +58,7 @@ __all__ = [
     "QuotaExceeded",
     "RateLimited",
     "SandboxUnavailable",
+    "StateUnavailable",
     "Surface",
     "UnsafeConfiguration",
     "Unsupported",
@@ -263,6 +265,14 @@ class ExecError(ContainerMCPError):
 
 class SandboxUnavailable(ExecError):
     code = "sandbox_unavailable"
+
+
+class StateUnavailable(ContainerMCPError):
+    """The ledger that holds ownership and quotas (Redis, ``CONTAINER_MCP_STATE_URL``) cannot be
+    reached. The call was refused before it changed anything it could not account for; retrying
+    once the store is back is safe."""
+
+    code = "state_unavailable"
 
 
 class ProviderError(ContainerMCPError):

@@ -1,4 +1,4 @@
-"""Assembles a running ContainerService from Settings: provider, session store, limits."""
+"""Assembles a running ContainerService from Settings: provider, ledger, limits."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 
 from .clock import Clock, system_clock
-from .ledger.base import Limits
+from .ledger.base import Ledger, Limits
+from .ledger.redis import RedisLedger
 from .ledger.sqlite import SqliteLedger
 from .private import secure_data_dir
 from .providers.local import LocalProvider
@@ -34,13 +35,18 @@ async def open_service(settings: Settings, *, clock: Clock = system_clock) -> As
     """The process's one ContainerService; the provider is entered and closed with it.
 
     Session state (ownership, quota counters, the rate limit: the ledger) lives in
-    ``<data_dir>/sessions-<provider>.sqlite3``, so a restarted server keeps who owns what. The data
-    dir is made private first (``secure_data_dir``). With the local provider, the per-container
+    ``<data_dir>/sessions-<provider>.sqlite3``, so a restarted server keeps who owns what, or with
+    ``state_url`` in that Redis, shared by every process on every host using it. The data dir is
+    made private first (``secure_data_dir``). With the local provider, the per-container
     counters are recomputed from what is really stored at start, and after any repair of a
     container a crashed process left half-done.
     """
     await anyio.to_thread.run_sync(secure_data_dir, settings.data_dir)
-    ledger = SqliteLedger(settings.data_dir / f"sessions-{settings.provider}.sqlite3")
+    ledger: Ledger
+    if settings.state_url is not None:
+        ledger = await RedisLedger.open(settings.state_url.get_secret_value())
+    else:
+        ledger = SqliteLedger(settings.data_dir / f"sessions-{settings.provider}.sqlite3")
     try:
         async with create_provider(settings, clock) as provider:
             if isinstance(provider, LocalProvider):

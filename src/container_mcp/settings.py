@@ -63,6 +63,13 @@ class Settings(BaseSettings):
         default_factory=default_data_dir,
         description="Where the local provider keeps its registry and files, and where session state lives.",
     )
+    state_url: SecretStr | None = Field(
+        None,
+        description="Where ownership, quota counters and the rate limit live when several hosts share "
+        "them: redis://[:password@]host:port/db, rediss://... (TLS) or unix:///path. Unset: SQLite in the "
+        "data dir, shared by every process on this host. Valid only with provider 'openai' (local "
+        "containers live on one host). A secret when it holds a password.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "WARNING", description="Log level for stderr logs (DEBUG, INFO, WARNING, ...)."
     )
@@ -327,6 +334,24 @@ class Settings(BaseSettings):
 
             check_jwks_url(value)
         return value
+
+    @field_validator("state_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("state_url must be a Redis URL: redis://host:port/db, rediss://... or unix:///path")
+        return value
+
+    @model_validator(mode="after")
+    def _state_fits_provider(self) -> Settings:
+        if self.state_url is not None and self.provider == "local":
+            raise ValueError(
+                "CONTAINER_MCP_STATE_URL (a Redis ledger) is valid only with provider 'openai': local "
+                "containers live on this host, so their state must too. Run several local-provider "
+                "processes on one host with the default SQLite ledger (same --data-dir), or unset "
+                "CONTAINER_MCP_STATE_URL."
+            )
+        return self
 
     @model_validator(mode="after")
     def _oauth_complete(self) -> Settings:

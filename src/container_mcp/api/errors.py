@@ -21,6 +21,7 @@ RateLimited                429     requests               ``Retry-After``: whole
 Unsupported                400     invalid_request_error  the backend cannot do it
 ExecError                  500     server_error           ``x-should-retry: false``
 SandboxUnavailable         503     server_error           ``x-should-retry: false``
+StateUnavailable           503     server_error           retryable (the Redis ledger is down)
 ProviderError              502     server_error           an upstream 4xx keeps its status
 ProviderAuthError          502     server_error           the server's upstream key; no retry
 ProviderRateLimited        429     requests               upstream's ``Retry-After`` passed on
@@ -58,6 +59,7 @@ from ..errors import (
     QuotaExceeded,
     RateLimited,
     SandboxUnavailable,
+    StateUnavailable,
     UnsafeConfiguration,
     Unsupported,
     render,
@@ -103,6 +105,7 @@ ERROR_TABLE: dict[type[ContainerMCPError], ErrorSpec] = {
     UnsafeConfiguration: ErrorSpec(500, SERVER, retry=False),  # raised at start, before any request
     ExecError: ErrorSpec(500, SERVER, retry=False),
     SandboxUnavailable: ErrorSpec(503, SERVER, retry=False),
+    StateUnavailable: ErrorSpec(503, SERVER),
     ProviderError: ErrorSpec(502, SERVER),
     ProviderAuthError: ErrorSpec(502, SERVER, retry=False),
     ProviderRateLimited: ErrorSpec(429, RATE),

@@ -1,0 +1,472 @@
+"""``Ledger`` on Redis: ownership, quota counters, reservations and the rate limit shared by every
+server process on every host that points at the same Redis (``CONTAINER_MCP_STATE_URL``).
+
+Every transaction is one Lua script, which Redis runs atomically: the check and the update of a
+quota cannot interleave with another process's, wherever it runs. Keys (all under ``cmcp:``):
+
+=================================  ======  ==================================================
+key                                type    holds
+=================================  ======  ==================================================
+``cmcp:key``                       string  the HMAC secret session keys are hashed with (made
+                                           once, by whichever process opens the ledger first)
+``cmcp:c:<container>``             hash    owner digest, name, created_at, state, files, bytes,
+                                           meta (the container as last seen)
+``cmcp:o:<owner>:all``             zset    the owner's containers, scored by created_at (ties
+                                           in id order: Redis orders equal scores by member)
+``cmcp:o:<owner>:n:<name>``        zset    the same, by name (``container_list``'s filter)
+``cmcp:o:<owner>:live``            set     the owner's live containers
+``cmcp:o:<owner>:pending``         zset    reservations, scored by when they were made
+``cmcp:r:<reservation>``           hash    a reservation's owner and name (expires with it)
+``cmcp:calls:<owner>:<minute>``    string  calls in one fixed minute (expires after two)
+``cmcp:totals``                    hash    live containers, files and bytes of every owner
+=================================  ======  ==================================================
+
+The scripts name keys they derive from their arguments, so the ledger needs one Redis (a primary,
+with replicas if wanted), not a Redis Cluster. Connection failures and timeouts raise
+``StateUnavailable``; the client never retries a script on its own (a script that ran but whose
+reply was lost would be applied twice). A transaction is never cancelled halfway (see ``base``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar, cast
+
+import anyio
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from ..errors import Hint, InvalidRequest, StateUnavailable
+from .base import (
+    PENDING_TTL_S,
+    Limits,
+    OwnedContainer,
+    Usage,
+    over_bytes,
+    over_containers,
+    over_files,
+    rate_limited,
+)
+
+__all__ = ["RedisLedger"]
+
+_T = TypeVar("_T")
+
+_TIMEOUT_S = 5.0
+"""Connect and reply timeout: a Redis that does not answer within it counts as unavailable."""
+
+_KEY = "cmcp:key"
+
+_HELPERS = """
+local function ok(k) return 'cmcp:o:' .. k end
+local function adjust(cid, files, bytes)
+  -- add (files, bytes) to a live container, flooring at 0; keep the totals equal to the sum
+  local cur = redis.call('HMGET', 'cmcp:c:' .. cid, 'files', 'bytes')
+  local f = math.max(tonumber(cur[1]) + files, 0)
+  local b = math.max(tonumber(cur[2]) + bytes, 0)
+  redis.call('HSET', 'cmcp:c:' .. cid, 'files', f, 'bytes', b)
+  redis.call('HINCRBY', 'cmcp:totals', 'files', f - tonumber(cur[1]))
+  redis.call('HINCRBY', 'cmcp:totals', 'bytes', b - tonumber(cur[2]))
+end
+local function drop_live(cid, owner)
+  -- the container stops counting: out of the live set and the totals
+  if redis.call('SREM', ok(owner) .. ':live', cid) == 1 then
+    local cur = redis.call('HMGET', 'cmcp:c:' .. cid, 'files', 'bytes')
+    redis.call('HINCRBY', 'cmcp:totals', 'containers', -1)
+    redis.call('HINCRBY', 'cmcp:totals', 'files', -tonumber(cur[1]))
+    redis.call('HINCRBY', 'cmcp:totals', 'bytes', -tonumber(cur[2]))
+  end
+end
+local function stored_bytes(owner)
+  local used = 0
+  for _, id in ipairs(redis.call('SMEMBERS', ok(owner) .. ':live')) do
+    used = used + tonumber(redis.call('HGET', 'cmcp:c:' .. id, 'bytes') or '0')
+  end
+  return used
+end
+"""
+
+# ARGV: owner, name, now, ttl, max, reservation. Returns {1, used} or {0, used}.
+_RESERVE = """
+local owner, name, now, ttl, max, res = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]),
+  tonumber(ARGV[5]), ARGV[6]
+local pending = ok(owner) .. ':pending'
+redis.call('ZREMRANGEBYSCORE', pending, '-inf', now - ttl)
+local used = redis.call('SCARD', ok(owner) .. ':live') + redis.call('ZCARD', pending)
+if used >= max then return {0, used} end
+redis.call('ZADD', pending, now, res)
+redis.call('HSET', 'cmcp:r:' .. res, 'owner', owner, 'name', name)
+redis.call('PEXPIRE', 'cmcp:r:' .. res, math.floor(ttl * 1000))
+return {1, used}
+"""
+
+# ARGV: reservation, container id, created_at, meta. Returns 1, or 0 when the reservation lapsed.
+_COMMIT = """
+local res, cid, created, meta = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local r = redis.call('HMGET', 'cmcp:r:' .. res, 'owner', 'name')
+if not r[1] then return 0 end
+local owner, name = r[1], r[2]
+redis.call('ZREM', ok(owner) .. ':pending', res)
+redis.call('DEL', 'cmcp:r:' .. res)
+redis.call('HSET', 'cmcp:c:' .. cid, 'owner', owner, 'name', name, 'created_at', created,
+  'state', 'live', 'files', 0, 'bytes', 0, 'meta', meta)
+redis.call('ZADD', ok(owner) .. ':all', created, cid)
+redis.call('ZADD', ok(owner) .. ':n:' .. name, created, cid)
+redis.call('SADD', ok(owner) .. ':live', cid)
+redis.call('HINCRBY', 'cmcp:totals', 'containers', 1)
+return 1
+"""
+
+_CANCEL = """
+local owner = redis.call('HGET', 'cmcp:r:' .. ARGV[1], 'owner')
+if owner then redis.call('ZREM', ok(owner) .. ':pending', ARGV[1]) end
+redis.call('DEL', 'cmcp:r:' .. ARGV[1])
+return 1
+"""
+
+# ARGV: owner, container, files, bytes, max files, max session bytes.
+# Returns {1} when charged (or the container is not live), {0, 'files', files} or {0, 'bytes', used}.
+_CHARGE = """
+local owner, cid, files, bytes = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local c = redis.call('HMGET', 'cmcp:c:' .. cid, 'state', 'files')
+if c[1] ~= 'live' then return {1} end
+if files > 0 and tonumber(c[2]) + files > tonumber(ARGV[5]) then return {0, 'files', tonumber(c[2])} end
+if bytes > 0 then
+  local used = stored_bytes(owner)
+  if used + bytes > tonumber(ARGV[6]) then return {0, 'bytes', used} end
+end
+adjust(cid, files, bytes)
+return {1}
+"""
+
+_RELEASE = """
+if redis.call('HGET', 'cmcp:c:' .. ARGV[1], 'state') == 'live' then
+  adjust(ARGV[1], -tonumber(ARGV[2]), -tonumber(ARGV[3]))
+end
+return 1
+"""
+
+_SET_USAGE = """
+local cur = redis.call('HMGET', 'cmcp:c:' .. ARGV[1], 'state', 'files', 'bytes')
+if cur[1] == 'live' then
+  adjust(ARGV[1], tonumber(ARGV[2]) - tonumber(cur[2]), tonumber(ARGV[3]) - tonumber(cur[3]))
+end
+return 1
+"""
+
+_EXPIRE = """
+local c = redis.call('HMGET', 'cmcp:c:' .. ARGV[1], 'owner')
+if not c[1] then return 0 end
+drop_live(ARGV[1], c[1])
+redis.call('HSET', 'cmcp:c:' .. ARGV[1], 'state', 'expired', 'files', 0, 'bytes', 0)
+return 1
+"""
+
+_FORGET = """
+local c = redis.call('HMGET', 'cmcp:c:' .. ARGV[1], 'owner', 'name')
+if not c[1] then return 0 end
+drop_live(ARGV[1], c[1])
+redis.call('ZREM', ok(c[1]) .. ':all', ARGV[1])
+redis.call('ZREM', ok(c[1]) .. ':n:' .. c[2], ARGV[1])
+redis.call('DEL', 'cmcp:c:' .. ARGV[1])
+return 1
+"""
+
+_RECORD = """
+if redis.call('EXISTS', 'cmcp:c:' .. ARGV[1]) == 1 then redis.call('HSET', 'cmcp:c:' .. ARGV[1], 'meta', ARGV[2]) end
+return 1
+"""
+
+_CALLS = """
+local function calls(owner, now)
+  local window = math.floor(now / 60)
+  local cur = tonumber(redis.call('GET', 'cmcp:calls:' .. owner .. ':' .. window) or '0')
+  local prev = tonumber(redis.call('GET', 'cmcp:calls:' .. owner .. ':' .. (window - 1)) or '0')
+  return cur + prev * (1 - (now % 60) / 60), window
+end
+"""
+
+# ARGV: owner, now, max. Returns '' when counted, else the calls made (a decimal string).
+_HIT = """
+local owner, now = ARGV[1], tonumber(ARGV[2])
+local made, window = calls(owner, now)
+if made + 1 > tonumber(ARGV[3]) then return tostring(made) end
+local key = 'cmcp:calls:' .. owner .. ':' .. window
+redis.call('INCR', key)
+redis.call('EXPIRE', key, 180)
+return ''
+"""
+
+# ARGV: owner, now. Returns {containers, files, bytes, calls (string)}.
+_USAGE = """
+local owner = ARGV[1]
+local files, bytes = 0, 0
+local live = redis.call('SMEMBERS', ok(owner) .. ':live')
+for _, id in ipairs(live) do
+  local c = redis.call('HMGET', 'cmcp:c:' .. id, 'files', 'bytes')
+  files = files + tonumber(c[1]); bytes = bytes + tonumber(c[2])
+end
+local made = calls(owner, tonumber(ARGV[2]))
+return {#live, files, bytes, tostring(made)}
+"""
+
+_FIELDS = ("owner", "name", "created_at", "state", "files", "bytes", "meta")
+_ROW = """
+local function row(id)
+  local v = redis.call('HMGET', 'cmcp:c:' .. id, 'owner', 'name', 'created_at', 'state', 'files', 'bytes', 'meta')
+  if not v[1] then return nil end
+  return {id, v[1], v[2], v[3], v[4], v[5], v[6], v[7] or ''}
+end
+"""
+
+# ARGV: owner, limit, order, after ('' for none), name ('' for none).
+# Returns {'bad-after'} or {has_more, row...}.
+_PAGE = """
+local owner, limit, asc, after, name = ARGV[1], tonumber(ARGV[2]), ARGV[3] == 'asc', ARGV[4], ARGV[5]
+local key = ok(owner) .. (name ~= '' and (':n:' .. name) or ':all')
+local ids
+if after == '' then
+  if asc then ids = redis.call('ZRANGE', key, 0, limit) else ids = redis.call('ZREVRANGE', key, 0, limit) end
+else
+  local anchor = redis.call('HMGET', 'cmcp:c:' .. after, 'owner', 'created_at')
+  if anchor[1] ~= owner then return {'bad-after'} end
+  local rank = asc and redis.call('ZRANK', key, after) or redis.call('ZREVRANK', key, after)
+  if rank then
+    if asc then ids = redis.call('ZRANGE', key, rank + 1, rank + 1 + limit)
+    else ids = redis.call('ZREVRANGE', key, rank + 1, rank + 1 + limit) end
+  else
+    -- the anchor is not under this name: start at its score, past the ids it precedes
+    local s = tonumber(anchor[2])
+    local cand
+    if asc then cand = redis.call('ZRANGE', key, s, '+inf', 'BYSCORE')
+    else cand = redis.call('ZRANGE', key, s, '-inf', 'BYSCORE', 'REV') end
+    ids = {}
+    for _, id in ipairs(cand) do
+      local score = tonumber(redis.call('ZSCORE', key, id))
+      if score ~= s or (asc and id > after) or ((not asc) and id < after) then
+        table.insert(ids, id)
+        if #ids > limit then break end
+      end
+    end
+  end
+end
+local out = {#ids > limit and 1 or 0}
+for i = 1, math.min(#ids, limit) do
+  local r = row(ids[i])
+  if r then table.insert(out, r) end
+end
+return out
+"""
+
+_LIVE = """
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', ok(ARGV[1]) .. ':live')) do
+  local r = row(id)
+  if r then table.insert(out, r) end
+end
+return out
+"""
+
+_GET = """
+local r = row(ARGV[1])
+if r then return {r} end
+return {}
+"""
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _owned(values: list[Any]) -> OwnedContainer:
+    cid, owner, name, created_at, state, files, bytes_, meta = (_text(v) for v in values)
+    return OwnedContainer(
+        container_id=cid,
+        owner=owner,
+        name=name,
+        created_at=int(created_at),
+        state=cast(Literal["pending", "live", "expired"], state),
+        files=int(files),
+        bytes=int(bytes_),
+        meta=meta or None,
+    )
+
+
+_UNAVAILABLE_HINT = Hint(
+    mcp="Retry in a few seconds; if it persists, ask the operator to check the Redis server named by "
+    "CONTAINER_MCP_STATE_URL.",
+    rest="Retry in a few seconds; if it persists, ask the operator to check the Redis server named by "
+    "CONTAINER_MCP_STATE_URL.",
+)
+
+
+def _unavailable() -> StateUnavailable:
+    return StateUnavailable(
+        "The shared state store (Redis) that holds ownership and quotas cannot be reached, so the call was refused.",
+        hint=_UNAVAILABLE_HINT,
+    )
+
+
+class RedisLedger:
+    """``Ledger`` on one Redis. Open with ``RedisLedger.open(url)``; ``aclose()`` when done."""
+
+    kind = "redis"
+
+    def __init__(self, client: aioredis.Redis, key: bytes) -> None:
+        self._redis = client
+        self._key = key
+
+        def script(body: str, *parts: str) -> Callable[..., Awaitable[Any]]:
+            return cast(Callable[..., Awaitable[Any]], client.register_script("\n".join([*parts, body])))
+
+        self._reserve = script(_RESERVE, _HELPERS)
+        self._commit = script(_COMMIT, _HELPERS)
+        self._cancel = script(_CANCEL, _HELPERS)
+        self._charge = script(_CHARGE, _HELPERS)
+        self._release = script(_RELEASE, _HELPERS)
+        self._set_usage = script(_SET_USAGE, _HELPERS)
+        self._expire = script(_EXPIRE, _HELPERS)
+        self._forget = script(_FORGET, _HELPERS)
+        self._record = script(_RECORD)
+        self._hit = script(_HIT, _CALLS)
+        self._usage = script(_USAGE, _HELPERS, _CALLS)
+        self._page = script(_PAGE, _HELPERS, _ROW)
+        self._live = script(_LIVE, _HELPERS, _ROW)
+        self._get = script(_GET, _ROW)
+
+    @classmethod
+    async def open(cls, url: str) -> RedisLedger:
+        """Connect to ``url`` and load (or, first of all processes, make) the HMAC secret.
+
+        Raises ``StateUnavailable`` when Redis does not answer.
+        """
+        client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=_TIMEOUT_S,
+            socket_connect_timeout=_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_error=[],
+        )
+        try:
+            with anyio.CancelScope(shield=True):
+                await client.set(_KEY, secrets.token_bytes(32), nx=True)
+                key = await client.get(_KEY)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            await client.aclose()
+            raise _unavailable() from None
+        assert isinstance(key, bytes)
+        return cls(client, key)
+
+    def digest(self, owner: str) -> str:
+        mac = hmac.new(self._key, owner.encode("utf-8", "surrogatepass"), hashlib.sha256)
+        return mac.hexdigest()
+
+    async def _run(self, script: Callable[..., Awaitable[_T]], *args: object) -> _T:
+        """One script, shielded from cancellation; connection failures are ``StateUnavailable``."""
+        try:
+            with anyio.CancelScope(shield=True):
+                result = await script(keys=[], args=list(args))
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            raise _unavailable() from None
+        except redis.exceptions.BusyLoadingError:  # restarted, still reading its append-only file
+            raise _unavailable() from None
+        return result
+
+    async def reserve(self, owner: str, name: str, now: float, limits: Limits) -> str:
+        reservation = f"pending_{secrets.token_hex(16)}"
+        done, used = await self._run(
+            self._reserve, self.digest(owner), name, now, PENDING_TTL_S, limits.max_containers, reservation
+        )
+        if not done:
+            raise over_containers(int(used), limits)
+        return reservation
+
+    async def commit(self, reservation: str, container_id: str, created_at: int, meta: str) -> None:
+        await self._run(self._commit, reservation, container_id, created_at, meta)
+
+    async def cancel(self, reservation: str) -> None:
+        await self._run(self._cancel, reservation)
+
+    async def charge(self, owner: str, container_id: str, files: int, bytes_: int, limits: Limits) -> None:
+        out = await self._run(
+            self._charge,
+            self.digest(owner),
+            container_id,
+            files,
+            bytes_,
+            limits.max_files_per_container,
+            limits.max_session_bytes,
+        )
+        if out[0] == 1:
+            return
+        if _text(out[1]) == "files":
+            raise over_files(container_id, int(out[2]), files, limits)
+        raise over_bytes(int(out[2]), bytes_, limits)
+
+    async def release(self, container_id: str, files: int, bytes_: int) -> None:
+        await self._run(self._release, container_id, files, bytes_)
+
+    async def hit(self, owner: str, now: float, limits: Limits) -> None:
+        made = _text(await self._run(self._hit, self.digest(owner), now, limits.max_calls_per_minute))
+        if made:
+            raise rate_limited(float(made), now, limits)
+
+    async def usage(self, owner: str, now: float) -> Usage:
+        containers, files, bytes_, made = await self._run(self._usage, self.digest(owner), now)
+        return Usage(
+            containers=int(containers), files=int(files), bytes=int(bytes_), calls_last_minute=round(float(made))
+        )
+
+    async def page(
+        self, owner: str, *, limit: int, order: str, after: str | None, name: str | None
+    ) -> tuple[list[OwnedContainer], bool]:
+        out = await self._run(self._page, self.digest(owner), limit, order, after or "", name or "")
+        if out and _text(out[0]) == "bad-after":
+            assert after is not None
+            raise InvalidRequest(
+                f"'after' is {after[:80]!r}, which is not one of your containers. Pass the last_id of "
+                "the previous page, or omit 'after' to start from the first page.",
+                param="after",
+            )
+        return [_owned(row) for row in out[1:]], bool(out[0])
+
+    async def owns(self, owner: str, container_id: str) -> bool:
+        owned = await self.get(container_id)
+        return owned is not None and hmac.compare_digest(owned.owner, self.digest(owner))
+
+    async def get(self, container_id: str) -> OwnedContainer | None:
+        out = await self._run(self._get, container_id)
+        return _owned(out[0]) if out else None
+
+    async def live(self, owner: str) -> list[OwnedContainer]:
+        rows = [_owned(row) for row in await self._run(self._live, self.digest(owner))]
+        return sorted(rows, key=lambda r: (r.created_at, r.container_id))
+
+    async def record(self, container_id: str, meta: str) -> None:
+        await self._run(self._record, container_id, meta)
+
+    async def set_usage(self, container_id: str, files: int, bytes_: int) -> None:
+        await self._run(self._set_usage, container_id, files, bytes_)
+
+    async def mark_expired(self, container_id: str) -> None:
+        await self._run(self._expire, container_id)
+
+    async def forget(self, container_id: str) -> None:
+        await self._run(self._forget, container_id)
+
+    async def totals(self) -> Usage:
+        try:
+            with anyio.CancelScope(shield=True):
+                values = await self._redis.hmget("cmcp:totals", ["containers", "files", "bytes"])
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            raise _unavailable() from None
+        containers, files, bytes_ = (int(v or 0) for v in values)
+        return Usage(containers=containers, files=files, bytes=bytes_, calls_last_minute=0)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
