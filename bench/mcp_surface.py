@@ -49,7 +49,10 @@ from container_mcp.runtime import limits_from
 from container_mcp.server.app import create_server
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
-from container_mcp.ledger.sqlite import SqliteLedger
+try:
+    from container_mcp.ledger.sqlite import SqliteLedger
+except ImportError:  # the old tree: the same store, before the ledger package
+    from container_mcp.store import SqliteSessionStore as SqliteLedger
 
 
 async def main() -> None:

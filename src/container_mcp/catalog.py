@@ -46,11 +46,17 @@ class Catalog:
             # Gone from the backend behind our back (deleted upstream, or purged).
             await self._ledger.forget(container_id)
 
-    async def seen(self, container: Container) -> Container:
-        """Note what an operation just saw, so the views need not ask the provider again."""
+    async def seen(self, container: Container, recorded: OwnedContainer | None = None) -> Container:
+        """Note what an operation just saw, so the views need not ask the provider again.
+
+        ``recorded`` is the ledger's row as the operation found it: when it already holds exactly
+        this view (times are whole seconds: most calls within a second), nothing is written.
+        """
         if container.status == "expired":
             await self._ledger.mark_expired(container.id)
-        await self._ledger.record(container.id, container.model_dump_json())
+        meta = container.model_dump_json()
+        if recorded is None or recorded.meta != meta or container.status == "expired":
+            await self._ledger.record(container.id, meta)
         return container
 
     @staticmethod

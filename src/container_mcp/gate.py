@@ -25,7 +25,7 @@ import anyio
 from . import audit
 from .clock import Clock
 from .errors import ContainerNotFound, FileTooLarge, Hint, InvalidId, QuotaExceeded
-from .ledger.base import Ledger, Limits
+from .ledger.base import Ledger, Limits, OwnedContainer
 from .providers.base import FileChanges
 
 if TYPE_CHECKING:
@@ -55,10 +55,12 @@ def check_id(value: str, kind: str) -> str:
 class Charges:
     """What one operation on a container charged; ``approve`` is the provider's ``ApproveChanges``."""
 
-    def __init__(self, gate: Gate, owner: str, container_id: str) -> None:
+    def __init__(self, gate: Gate, owner: str, container_id: str, row: OwnedContainer | None = None) -> None:
         self._gate = gate
         self._owner = owner
         self.container_id = container_id
+        self.row = row
+        """The container's ledger row as the gate found it (None within a create)."""
         self.approved: list[FileChanges] = []
 
     @property
@@ -104,26 +106,29 @@ class Gate:
         """Count one call; ``RateLimited`` when the per-minute budget is spent."""
         await self.ledger.hit(owner, self._clock(), self.limits)
 
-    async def own(self, owner: str, container_id: str) -> str:
-        """``container_id`` if ``owner`` owns it; ``ContainerNotFound`` otherwise."""
+    async def own(self, owner: str, container_id: str) -> OwnedContainer:
+        """The ledger's row of ``container_id`` if ``owner`` owns it; ``ContainerNotFound`` otherwise."""
         check_id(container_id, "container")
         audit.note_container(container_id)
-        if not await self.ledger.owns(owner, container_id):
+        row = await self.ledger.owned(owner, container_id)
+        if row is None:
             raise ContainerNotFound(container_id)
-        return container_id
+        return row
 
     @asynccontextmanager
     async def container(self, owner: str, container_id: str) -> AsyncIterator[Charges]:
         """One operation by ``owner`` on its container ``container_id`` (see the module docstring)."""
         await self.call(owner)
-        await self.own(owner, container_id)
-        async with self.charging(owner, container_id) as charges:
+        row = await self.own(owner, container_id)
+        async with self.charging(owner, container_id, row) as charges:
             yield charges
 
     @asynccontextmanager
-    async def charging(self, owner: str, container_id: str) -> AsyncIterator[Charges]:
+    async def charging(
+        self, owner: str, container_id: str, row: OwnedContainer | None = None
+    ) -> AsyncIterator[Charges]:
         """The charges of a change to ``container_id``, released if the block raises."""
-        charges = Charges(self, owner, container_id)
+        charges = Charges(self, owner, container_id, row)
         try:
             yield charges
         except BaseException as exc:

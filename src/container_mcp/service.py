@@ -229,8 +229,8 @@ class ContainerService:
         return await self.catalog.page(owner, params)
 
     async def get_container(self, owner: str, container_id: str) -> Container:
-        async with self.gate.container(owner, container_id):
-            return await self.catalog.seen(await self.provider.get_container(container_id))
+        async with self.gate.container(owner, container_id) as charges:
+            return await self.catalog.seen(await self.provider.get_container(container_id), charges.row)
 
     async def delete_container(self, owner: str, container_id: str) -> ContainerDeleted:
         async with self.gate.container(owner, container_id):

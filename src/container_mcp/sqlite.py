@@ -22,9 +22,17 @@ BUSY_TIMEOUT_MS = 5000
 _WAL_RETRY_S = 0.01
 
 
-def connect(path: Path | str, *, sleep: Callable[[float], None] = time.sleep) -> sqlite3.Connection:
+def connect(
+    path: Path | str, *, sleep: Callable[[float], None] = time.sleep, durable: bool = True
+) -> sqlite3.Connection:
     """Open ``path`` (a file, created with its parent dir, or ``":memory:"``): WAL and
     ``synchronous=FULL`` for files, so an acknowledged write survives a crash or power loss.
+
+    ``durable=False`` opens it with ``synchronous=NORMAL`` instead, for writes whose loss in a
+    power cut is harmless (a call counted against the rate limit, a container's last-seen view,
+    its activity time): in WAL mode a commit then skips the fsync, and still survives the
+    process being killed; only an OS crash may roll back its last commits. Another connection's
+    durable commit syncs them along with its own.
 
     The file is created 0600 (its dir, if missing, 0700) before SQLite opens it, so its -wal, -shm
     and -journal files, which SQLite gives the database's mode, are private too, whatever the umask.
@@ -40,7 +48,7 @@ def connect(path: Path | str, *, sleep: Callable[[float], None] = time.sleep) ->
     db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     if str(path) != ":memory:":
         _enable_wal(db, sleep)
-        db.execute("PRAGMA synchronous = FULL")
+        db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
     return db
 
 

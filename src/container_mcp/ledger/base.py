@@ -120,6 +120,10 @@ class Ledger(Protocol):
         """Whether ``owner`` owns the (committed) container ``container_id``."""
         ...
 
+    async def owned(self, owner: str, container_id: str) -> OwnedContainer | None:
+        """The (committed) container ``container_id`` if ``owner`` owns it, else None."""
+        ...
+
     async def get(self, container_id: str) -> OwnedContainer | None: ...
 
     async def live(self, owner: str) -> list[OwnedContainer]:

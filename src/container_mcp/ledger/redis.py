@@ -435,9 +435,12 @@ class RedisLedger:
             )
         return [_owned(row) for row in out[1:]], bool(out[0])
 
+    async def owned(self, owner: str, container_id: str) -> OwnedContainer | None:
+        row = await self.get(container_id)
+        return row if row is not None and hmac.compare_digest(row.owner, self.digest(owner)) else None
+
     async def owns(self, owner: str, container_id: str) -> bool:
-        owned = await self.get(container_id)
-        return owned is not None and hmac.compare_digest(owned.owner, self.digest(owner))
+        return await self.owned(owner, container_id) is not None
 
     async def get(self, container_id: str) -> OwnedContainer | None:
         out = await self._run(self._get, container_id)

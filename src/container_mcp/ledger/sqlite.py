@@ -3,8 +3,9 @@
 A file is shared, race-free, by every server process on the host: each transaction takes
 SQLite's write lock up front (``BEGIN IMMEDIATE``), which serialises the check-and-update of each
 quota across processes, and ``synchronous=FULL`` makes an acknowledged change survive a crash.
-Each transaction runs in a worker thread, one at a time per ledger, so its fsync never blocks
-the event loop; it is shielded from cancellation (see ``base``).
+Each write transaction runs in a worker thread, one at a time per ledger, so its fsync never
+blocks the event loop; it is shielded from cancellation (see ``base``). Reads run at once on a
+connection of their own (a WAL reader neither waits nor syncs).
 
 Session keys are replaced by their HMAC-SHA256 under a per-data-dir secret (``session.key``, 0600,
 beside the database), once, and every query compares digests. Rows an older version wrote with
@@ -88,6 +89,13 @@ class SqliteLedger:
 
     def __init__(self, path: Path | str = ":memory:", *, key: bytes | None = None) -> None:
         self._db = connect(path)  # creates the directory the key file goes in
+        # The rate limit's counts and the views' last-seen containers need no fsync (``connect``):
+        # one per call would be most of a call's cost.
+        self._relaxed = connect(path, durable=False) if isinstance(path, Path) else self._db
+        # Reads need no worker thread: a WAL reader never waits for a writer and never syncs. They
+        # get their own connection, so they never see another transaction half-done; an in-memory
+        # database has only the one connection, so its reads queue in the worker thread too.
+        self._reader = connect(path, durable=False) if isinstance(path, Path) else None
         if key is None:
             key = secret_key(path.parent / KEY_FILE) if isinstance(path, Path) else secrets.token_bytes(32)
         self._key = key
@@ -164,6 +172,12 @@ class SqliteLedger:
         ).fetchone()
         return int(count)
 
+    async def _read(self, fn: Callable[..., _T], *args: object) -> _T:
+        """The read-only ``fn(db, *args)``: at once on the reader connection, or (in memory) queued."""
+        if self._reader is not None:
+            return fn(self._reader, *args)
+        return await self._run(fn, self._db, *args)
+
     async def _run(self, fn: Callable[..., _T], *args: object) -> _T:
         """``fn(*args)`` in a worker thread, one at a time, never cancelled halfway."""
         with anyio.CancelScope(shield=True):
@@ -205,32 +219,37 @@ class SqliteLedger:
         with self._tx() as db:
             db.execute(sql, args)
 
+    def _record(self, container_id: str, meta: str) -> None:
+        with transaction(self._relaxed) as db:
+            db.execute("UPDATE owned SET meta = ? WHERE container_id = ? AND state != 'pending'", (meta, container_id))
+
     async def cancel(self, reservation: str) -> None:
         await self._run(self._write, "DELETE FROM owned WHERE container_id = ? AND state = 'pending'", reservation)
 
     async def record(self, container_id: str, meta: str) -> None:
-        await self._run(
-            self._write, "UPDATE owned SET meta = ? WHERE container_id = ? AND state != 'pending'", meta, container_id
-        )
+        await self._run(self._record, container_id, meta)
 
-    def _get(self, container_id: str) -> OwnedContainer | None:
-        row = self._db.execute(
+    def _get(self, db: sqlite3.Connection, container_id: str) -> OwnedContainer | None:
+        row = db.execute(
             "SELECT * FROM owned WHERE container_id = ? AND state != 'pending'", (container_id,)
         ).fetchone()
         return self._row(row) if row else None
 
     async def get(self, container_id: str) -> OwnedContainer | None:
-        return await self._run(self._get, container_id)
+        return await self._read(self._get, container_id)
 
-    def _owns(self, owner: str, container_id: str) -> bool:
-        owned = self._get(container_id)
-        return owned is not None and hmac.compare_digest(owned.owner, self._k(owner))
+    def _owned(self, db: sqlite3.Connection, owner: str, container_id: str) -> OwnedContainer | None:
+        owned = self._get(db, container_id)
+        return owned if owned is not None and hmac.compare_digest(owned.owner, self._k(owner)) else None
+
+    async def owned(self, owner: str, container_id: str) -> OwnedContainer | None:
+        return await self._read(self._owned, owner, container_id)
 
     async def owns(self, owner: str, container_id: str) -> bool:
-        return await self._run(self._owns, owner, container_id)
+        return await self.owned(owner, container_id) is not None
 
     def _page(
-        self, owner: str, limit: int, order: str, after: str | None, name: str | None
+        self, db: sqlite3.Connection, owner: str, limit: int, order: str, after: str | None, name: str | None
     ) -> tuple[list[OwnedContainer], bool]:
         owner = self._k(owner)
         where = ["owner = ?", "state != 'pending'"]
@@ -239,7 +258,7 @@ class SqliteLedger:
             where.append("name = ?")
             args.append(name)
         if after is not None:
-            anchor = self._db.execute(
+            anchor = db.execute(
                 "SELECT created_at, container_id FROM owned WHERE container_id = ? AND owner = ?",
                 (after, owner),
             ).fetchone()
@@ -253,7 +272,7 @@ class SqliteLedger:
             where.append(f"(created_at, container_id) {cmp} (?, ?)")
             args.extend([anchor["created_at"], anchor["container_id"]])
         direction = "ASC" if order == "asc" else "DESC"
-        rows = self._db.execute(
+        rows = db.execute(
             f"SELECT * FROM owned WHERE {' AND '.join(where)} "
             f"ORDER BY created_at {direction}, container_id {direction} LIMIT ?",
             (*args, limit + 1),
@@ -263,17 +282,17 @@ class SqliteLedger:
     async def page(
         self, owner: str, *, limit: int, order: str, after: str | None, name: str | None
     ) -> tuple[list[OwnedContainer], bool]:
-        return await self._run(self._page, owner, limit, order, after, name)
+        return await self._read(self._page, owner, limit, order, after, name)
 
-    def _live(self, owner: str) -> list[OwnedContainer]:
-        rows = self._db.execute(
+    def _live(self, db: sqlite3.Connection, owner: str) -> list[OwnedContainer]:
+        rows = db.execute(
             "SELECT * FROM owned WHERE owner = ? AND state = 'live' ORDER BY created_at, container_id",
             (self._k(owner),),
         ).fetchall()
         return [self._row(r) for r in rows]
 
     async def live(self, owner: str) -> list[OwnedContainer]:
-        return await self._run(self._live, owner)
+        return await self._read(self._live, owner)
 
     def _charge(self, owner: str, container_id: str, files: int, bytes_: int, limits: Limits) -> None:
         owner = self._k(owner)
@@ -341,9 +360,9 @@ class SqliteLedger:
         )
         return sliding_calls(rows.get(window, 0), rows.get(window - 1, 0), now)
 
-    def _usage(self, owner: str, now: float) -> Usage:
+    def _usage(self, db: sqlite3.Connection, owner: str, now: float) -> Usage:
         owner = self._k(owner)
-        row = self._db.execute(
+        row = db.execute(
             "SELECT count(*), coalesce(sum(files), 0), coalesce(sum(bytes), 0) FROM owned "
             "WHERE owner = ? AND state = 'live'",
             (owner,),
@@ -352,25 +371,25 @@ class SqliteLedger:
             containers=int(row[0]),
             files=int(row[1]),
             bytes=int(row[2]),
-            calls_last_minute=round(self._calls(self._db, owner, now)),
+            calls_last_minute=round(self._calls(db, owner, now)),
         )
 
     async def usage(self, owner: str, now: float) -> Usage:
-        return await self._run(self._usage, owner, now)
+        return await self._read(self._usage, owner, now)
 
-    def _totals(self) -> Usage:
-        row = self._db.execute(
+    def _totals(self, db: sqlite3.Connection) -> Usage:
+        row = db.execute(
             "SELECT count(*), coalesce(sum(files), 0), coalesce(sum(bytes), 0) FROM owned WHERE state = 'live'"
         ).fetchone()
         return Usage(containers=int(row[0]), files=int(row[1]), bytes=int(row[2]), calls_last_minute=0)
 
     async def totals(self) -> Usage:
-        return await self._run(self._totals)
+        return await self._read(self._totals)
 
     def _hit(self, owner: str, now: float, limits: Limits) -> None:
         owner = self._k(owner)
         window = int(now // 60)
-        with self._tx() as db:
+        with transaction(self._relaxed) as db:
             calls = self._calls(db, owner, now)
             if calls + 1 > limits.max_calls_per_minute:
                 raise rate_limited(calls, now, limits)
@@ -385,6 +404,10 @@ class SqliteLedger:
         await self._run(self._hit, owner, now, limits)
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+        if self._relaxed is not self._db:
+            self._relaxed.close()
         self._db.close()
 
     async def aclose(self) -> None:
