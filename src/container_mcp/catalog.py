@@ -5,8 +5,9 @@ expiry reports last left them, never by asking the provider about every row: on 
 reads count as activity (OpenAI's), a view that asked would keep every container it shows alive,
 and cost one request per row. What keeps the ledger fresh:
 
-* every operation records what it saw (``seen``) and what the provider's errors said
-  (``note_failure``);
+* every operation records what it saw (``seen``: the container; the service indexes the files
+  it made, replaced or deleted, and a whole ``file_list`` refreshes a container's index) and
+  what the provider's errors said (``note_failure``);
 * a provider that expires containers itself reports each expiry (``changes.ExpiryReporting``),
   and ``reconcile`` has it sweep now instead of reading any container;
 * for any other provider, ``reconcile`` reads only containers whose recorded activity says they
@@ -20,14 +21,11 @@ from .changes import ExpiryReporting
 from .clock import Clock
 from .errors import ContainerExpired, ContainerNotFound, FileNotFound, Hint, InvalidRequest
 from .gate import check_id
-from .ledger.base import Ledger, OwnedContainer, Usage
+from .ledger.base import FileCursor, Ledger, OwnedContainer, Usage
 from .models import Container, ContainerFile, ContainerStatus, ListParams, Page
 from .providers.base import Provider
 
 __all__ = ["Catalog", "FileCursor"]
-
-FileCursor = tuple[int, str, str]
-"""A position in the file index: (container created_at, container id, file id)."""
 
 
 class Catalog:
@@ -109,8 +107,15 @@ class Catalog:
     async def live_ids(self, owner: str) -> list[str]:
         return [c.container_id for c in await self._ledger.live(owner)]
 
-    async def locate(self, container_ids: list[str], file_id: str) -> str | None:
-        """Which of ``container_ids`` holds ``file_id`` (None when none does)."""
+    async def locate(self, owner: str, container_ids: list[str], file_id: str) -> str | None:
+        """Which of ``container_ids`` (the owner's) holds ``file_id`` (None when none does).
+
+        The file index answers first; only a file it does not know (one the backend made on its
+        own) is looked for at the provider, container by container.
+        """
+        indexed = await self._ledger.locate(owner, file_id)
+        if indexed is not None and indexed in container_ids:
+            return indexed
         for container_id in container_ids:
             try:
                 await self._provider.get_file(container_id, file_id)
@@ -128,7 +133,7 @@ class Catalog:
         for file_id in dict.fromkeys(file_ids):
             if file_id.startswith("cfile_"):
                 check_id(file_id, "file")
-                source = await self.locate(live, file_id)
+                source = await self.locate(owner, live, file_id)
                 if source is None:
                     raise InvalidRequest(
                         f"file_ids: {file_id} is not a file in any of your live containers.",
@@ -151,54 +156,48 @@ class Catalog:
                 )
         return copies, upstream
 
-    async def resync(self, container_id: str) -> None:
-        """Overwrite the container's counters with what the provider lists."""
-        files = bytes_ = 0
+    async def index(self, container_id: str) -> list[ContainerFile]:
+        """Make the provider's whole listing of the container its file index; returns the files."""
+        files: list[ContainerFile] = []
         after: str | None = None
         while True:
             page = await self._provider.list_files(container_id, ListParams(limit=100, order="asc", after=after))
-            files += len(page.data)
-            bytes_ += sum(f.bytes or 0 for f in page.data)
+            files += page.data
             if not page.has_more or not page.data:
                 break
             after = page.data[-1].id
-        await self._ledger.set_usage(container_id, files, bytes_)
+        await self._ledger.set_files(container_id, files)
+        return files
+
+    async def resync(self, container_id: str) -> None:
+        """Overwrite the container's file index and counters with what the provider lists."""
+        files = await self.index(container_id)
+        await self._ledger.set_usage(container_id, len(files), sum(f.bytes or 0 for f in files))
+
+    async def listed(self, container_id: str, params: ListParams, page: Page[ContainerFile]) -> None:
+        """An operation listed the container's files: a whole listing refreshes its index (files
+        the backend made on its own, or a crash recovery adopted, become visible to the views)."""
+        if params.after is None and not page.has_more:
+            await self._ledger.set_files(container_id, page.data)
 
     async def file_index(
         self, owner: str, *, after: FileCursor | None, limit: int
     ) -> tuple[list[ContainerFile], FileCursor | None]:
-        """Files across the owner's live containers, oldest container first, paged.
+        """Files across the owner's live containers, oldest container first, paged, from the
+        ledger's file index: O(page) work and no provider request.
 
         ``after`` is the cursor returned by the previous page; the returned cursor is None on the
         last page. The cursor is a position in that order, not a reference: when its container is
-        gone by the next page, paging goes on with the next container. A container the provider
-        says expired or went is written to the ledger and skipped.
+        gone by the next page, paging goes on with the next container. A container whose index was
+        never built (a ledger row an older version wrote) is listed from the provider once.
         """
-        out: list[ContainerFile] = []
-        rows = await self._ledger.live(owner)
-        if after is not None:
-            position = (after[0], after[1])
-            rows = [r for r in rows if (r.created_at, r.container_id) >= position]
-        page_more = False
-        for i, row in enumerate(rows):
-            at_cursor = after is not None and i == 0 and row.container_id == after[1]
-            file_after = after[2] if (after is not None and at_cursor) else None
-            while len(out) < limit:
-                try:
-                    page = await self._provider.list_files(
-                        row.container_id, ListParams(limit=min(100, limit - len(out)), order="asc", after=file_after)
-                    )
-                except (ContainerExpired, ContainerNotFound) as exc:
-                    await self.note_failure(row.container_id, exc)
-                    page_more = False
-                    break
-                out.extend(page.data)
-                page_more = page.has_more
-                if not page.has_more or not page.data:
-                    break
-                file_after = page.data[-1].id
-            if len(out) >= limit:
-                more = page_more or i + 1 < len(rows)
-                last = out[-1]
-                return out, ((row.created_at, last.container_id, last.id) if more else None)
-        return out, None
+        for container_id in await self._ledger.unindexed(owner):
+            try:
+                await self.index(container_id)
+            except (ContainerExpired, ContainerNotFound) as exc:
+                await self.note_failure(container_id, exc)
+        page, more = await self._ledger.file_page(owner, after, limit)
+        if not more or not page:
+            return [f for _, f in page], None
+        created_at, last = page[-1]
+        return [f for _, f in page], (created_at, last.container_id, last.id)

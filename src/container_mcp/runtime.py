@@ -51,7 +51,7 @@ async def open_service(settings: Settings, *, clock: Clock = system_clock) -> As
         async with create_provider(settings, clock) as provider:
             if isinstance(provider, LocalProvider):
                 # Counters follow the containers' real contents after any crash (see local.py).
-                provider.attach_usage_sink(ledger.set_usage)
+                provider.attach_usage_sink(ledger.set_usage, ledger.set_files)
                 await provider.recount()
             yield ContainerService(provider, ledger, limits_from(settings), egress=settings.egress_rules(), clock=clock)
     finally:

@@ -174,7 +174,10 @@ class ContainerService:
                 await self.catalog.resync(container.id)
             for src_container, src_file in copies:
                 async with self.gate.charging(owner, container.id) as charges:
-                    await self.provider.copy_file(src_container, src_file, container.id, approve=charges.approve)
+                    copied = await self.provider.copy_file(
+                        src_container, src_file, container.id, approve=charges.approve
+                    )
+                await self.ledger.put_files(container.id, [copied])
         except BaseException:
             await self._discard(container.id)
             raise
@@ -204,7 +207,7 @@ class ContainerService:
             live = await self.catalog.live_ids(owner)
             # The destination first: copying within a container is the common case.
             ordered = [container_id, *(c for c in live if c != container_id)]
-            source = await self.catalog.locate(ordered, file_id)
+            source = await self.catalog.locate(owner, ordered, file_id)
             if source is None:
                 raise NotFound(
                     f"File {file_id} is not in any of your live containers.",
@@ -215,6 +218,7 @@ class ContainerService:
                     param="file_id",
                 )
             copied = await self.provider.copy_file(source, file_id, container_id, approve=charges.approve)
+        await self.ledger.put_files(container_id, [copied])
         await self.changes.publish(FilesChanged(container_id, owner, (copied.id,)))
         return copied
 
@@ -253,6 +257,7 @@ class ContainerService:
             made = await self.provider.create_file(
                 container_id, normalized, upload, max_bytes=self.limits.max_file_bytes, approve=charges.approve
             )
+        await self.ledger.put_files(container_id, [made])
         audit.note_file(made.id)
         audit.note_bytes_in(made.bytes or 0)
         # A replaced file gets a new id, and the old one's is not known here: every file of the
@@ -263,7 +268,9 @@ class ContainerService:
 
     async def list_files(self, owner: str, container_id: str, params: ListParams) -> Page[ContainerFile]:
         async with self.gate.container(owner, container_id):
-            return await self.provider.list_files(container_id, params)
+            page = await self.provider.list_files(container_id, params)
+        await self.catalog.listed(container_id, params, page)
+        return page
 
     async def get_file(self, owner: str, container_id: str, file_id: str) -> ContainerFile:
         async with self.gate.container(owner, container_id):
@@ -276,6 +283,7 @@ class ContainerService:
             check_id(file_id, "file")
             audit.note_file(file_id)
             gone = await self.provider.delete_file(container_id, file_id, approve=charges.approve)
+        await self.ledger.drop_files(container_id, file_ids=[file_id])
         await self.changes.publish(FilesChanged(container_id, owner, (file_id,)))
         return gone
 
@@ -334,6 +342,8 @@ class ContainerService:
                     f"{caps.exec_unavailable_reason or 'it has no exec capability'}."
                 )
             result = await self.provider.exec(container_id, request, approve=charges.approve, progress=progress)
+        await self.ledger.put_files(container_id, [*result.files_created, *result.files_changed])
+        await self.ledger.drop_files(container_id, paths=result.files_deleted)
         audit.note_exec(result.exit_code, result.duration_ms / 1000)
         if result.files_created or result.files_changed or result.files_deleted:
             touched = tuple(f.id for f in (*result.files_created, *result.files_changed))

@@ -26,6 +26,7 @@ from container_mcp.runtime import limits_from
 from container_mcp.server.app import create_server
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
+from container_mcp.uploads import BytesUpload
 
 from ..calls import call
 from .live import KEY_A, KEY_B, serve_app
@@ -149,3 +150,33 @@ async def test_a_container_in_use_while_usage_is_polled_stays_running(chain: Cha
         assert (await call(chain.client, "session_usage"))["containers"]["used"] == 1
     assert (await chain.upstream.get_container(cid, touch=False)).status == "running"
     assert [c["status"] for c in (await call(chain.client, "container_list"))["data"]] == ["running"]
+
+
+async def test_resources_list_pages_from_the_index_with_no_upstream_request(chain: Chain) -> None:
+    """Paging every file of every container asks the upstream nothing (so it touches nothing);
+    a file the backend made on its own appears once a whole file_list has seen it."""
+    made: list[str] = []
+    for i in range(4):
+        chain.clock.advance(1)
+        cid = (await call(chain.client, "container_create", name=f"i{i}"))["id"]
+        for j in range(2):
+            f = await call(chain.client, "file_create", container_id=cid, path=f"f{j}.txt", text=f"{i}{j}")
+            made.append(f"container://{cid}/files/{f['id']}")
+    chain.requests.clear()
+    assert await _file_uris(chain.client) == made  # three to a page (resource_page_size=3), each once, in order
+    assert chain.requests == []
+
+    last = made[-1].split("/")[2]
+    behind = await chain.upstream.create_file(last, "/mnt/data/behind.txt", BytesUpload(b"upstream"))
+    await call(chain.client, "file_list", container_id=last)
+    assert await _file_uris(chain.client) == [*made, f"container://{last}/files/{behind.id}"]
+
+
+async def _file_uris(client: Client) -> list[str]:
+    """Every file resource, page after page."""
+    page = await client.list_resources()
+    uris = [r.uri for r in page.resources]
+    while page.next_cursor is not None:
+        page = await client.list_resources(cursor=page.next_cursor)
+        uris += [r.uri for r in page.resources]
+    return [u for u in uris if "/files/" in u]

@@ -11,7 +11,7 @@ import pytest
 
 from container_mcp.clock import ManualClock
 from container_mcp.errors import ContainerExpired, InvalidPath, render
-from container_mcp.models import ContainerSpec, ExpiresAfter, ListParams
+from container_mcp.models import ContainerFile, ContainerSpec, ExpiresAfter, ListParams
 from container_mcp.providers.local import LocalProvider
 from container_mcp.uploads import BytesUpload
 
@@ -175,13 +175,19 @@ async def test_the_reaper_repairs_a_container_a_dead_process_left_marked(tmp_pat
         async def sink(cid: str, files: int, bytes_: int) -> None:
             reported[cid] = (files, bytes_)
 
-        p.attach_usage_sink(sink)
+        indexed: dict[str, list[str]] = {}
+
+        async def files_sink(cid: str, files: list[ContainerFile]) -> None:
+            indexed[cid] = sorted(f.path for f in files)
+
+        p.attach_usage_sink(sink, files_sink)
         c = await p.create_container(ContainerSpec(name="marked"))
         await p.create_file(c.id, "/mnt/data/a.txt", BytesUpload(b"aa"))
         (tmp_path / "containers" / c.id / "files" / "b.txt").write_bytes(b"bbb")  # installed, no row
         (tmp_path / "locks" / f"{c.id}.lock").write_text("999999")  # its holder died holding the lock
         assert await p.repair_abandoned() == [c.id]
         assert reported[c.id] == (2, 5)
+        assert indexed[c.id] == ["/mnt/data/a.txt", "/mnt/data/b.txt"]  # the adopted file reaches the index
         listed = {f.path for f in (await p.list_files(c.id, ListParams())).data}
         assert listed == {"/mnt/data/a.txt", "/mnt/data/b.txt"}
         assert await p.repair_abandoned() == []  # the marker is cleared once repaired

@@ -14,6 +14,7 @@ from container_mcp.errors import InvalidRequest, QuotaExceeded, RateLimited, Sta
 from container_mcp.ledger.base import Ledger, Limits
 from container_mcp.ledger.redis import RedisLedger
 from container_mcp.ledger.sqlite import SqliteLedger
+from container_mcp.models import ContainerFile
 from container_mcp.providers.local import LocalProvider
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
@@ -190,3 +191,43 @@ async def test_capabilities_say_which_ledger_is_in_force(redis: RedisServer, tmp
         sqlite = SqliteLedger()
         assert ContainerService(provider, sqlite, LIMITS).capabilities.state == "sqlite"
         sqlite.close()
+
+
+def _file(container_id: str, file_id: str, path: str, size: int = 1) -> ContainerFile:
+    return ContainerFile(id=file_id, container_id=container_id, created_at=1, bytes=size, path=path, source="user")
+
+
+async def test_the_file_index_follows_puts_replacements_and_drops(ledger: Ledger) -> None:
+    await _own(ledger, "s", "cntr_a", 1)
+    await ledger.put_files(
+        "cntr_a", [_file("cntr_a", "cfile_1", "/mnt/data/x"), _file("cntr_a", "cfile_2", "/mnt/data/y")]
+    )
+    await ledger.put_files("cntr_a", [_file("cntr_a", "cfile_3", "/mnt/data/x", 9)])  # replaces cfile_1 at its path
+    page, more = await ledger.file_page("s", None, 10)
+    assert [(at, f.id, f.bytes) for at, f in page] == [(1, "cfile_2", 1), (1, "cfile_3", 9)] and not more
+    assert await ledger.locate("s", "cfile_3") == "cntr_a"
+    assert await ledger.locate("s", "cfile_1") is None
+    assert await ledger.locate("other", "cfile_3") is None  # another owner's file is not found
+    await ledger.drop_files("cntr_a", file_ids=["cfile_2"], paths=["/mnt/data/x"])
+    assert (await ledger.file_page("s", None, 10))[0] == []
+    await ledger.set_files("cntr_a", [_file("cntr_a", "cfile_4", "/mnt/data/z")])
+    assert [f.id for _, f in (await ledger.file_page("s", None, 10))[0]] == ["cfile_4"]
+    await ledger.mark_expired("cntr_a")  # an expired container's files are gone
+    assert (await ledger.file_page("s", None, 10))[0] == []
+    await ledger.put_files("cntr_a", [_file("cntr_a", "cfile_5", "/mnt/data/w")])  # and take no new ones
+    assert await ledger.locate("s", "cfile_5") is None
+    assert await ledger.unindexed("s") == []
+
+
+async def test_file_pages_go_on_past_a_deleted_cursor_container(ledger: Ledger) -> None:
+    for cid, at in (("cntr_a", 1), ("cntr_b", 2), ("cntr_c", 2), ("cntr_d", 3)):
+        await ledger.commit(await ledger.reserve("s", "c", 0.0, Limits(9, 9, 9, 9, 9)), cid, at, "{}")
+        await ledger.put_files(cid, [_file(cid, f"cfile_{cid[-1]}{i}", f"/mnt/data/{i}") for i in range(2)])
+    page, more = await ledger.file_page("s", None, 3)
+    assert [f.id for _, f in page] == ["cfile_a0", "cfile_a1", "cfile_b0"] and more
+    cursor = (page[-1][0], page[-1][1].container_id, page[-1][1].id)
+    await ledger.forget("cntr_b")  # the cursor's container goes between pages
+    page, more = await ledger.file_page("s", cursor, 3)
+    assert [f.id for _, f in page] == ["cfile_c0", "cfile_c1", "cfile_d0"] and more
+    page, more = await ledger.file_page("s", (page[-1][0], page[-1][1].container_id, page[-1][1].id), 3)
+    assert [f.id for _, f in page] == ["cfile_d1"] and not more

@@ -14,13 +14,16 @@ and think in clear keys.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from ..errors import Hint, QuotaExceeded, RateLimited
+from ..models import ContainerFile
 
 __all__ = [
     "PENDING_TTL_S",
+    "FileCursor",
     "Ledger",
     "Limits",
     "OwnedContainer",
@@ -33,6 +36,10 @@ __all__ = [
 
 PENDING_TTL_S = 600.0
 """A reservation older than this belongs to a create that crashed; it no longer counts."""
+
+
+FileCursor = tuple[int, str, str]
+"""A position in the file index: (container created_at, container id, file id)."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,36 @@ class Ledger(Protocol):
         ...
 
     async def forget(self, container_id: str) -> None: ...
+
+    # --- the file index: which files each live container holds, for the views ----------------
+
+    async def put_files(self, container_id: str, files: Sequence[ContainerFile]) -> None:
+        """Index ``files`` of a live container; one at a path already indexed replaces that one."""
+        ...
+
+    async def drop_files(self, container_id: str, *, file_ids: Sequence[str] = (), paths: Sequence[str] = ()) -> None:
+        """Take files (by id or by path) out of a container's index."""
+        ...
+
+    async def set_files(self, container_id: str, files: Sequence[ContainerFile]) -> None:
+        """Make ``files`` (the provider's whole listing) the container's index."""
+        ...
+
+    async def unindexed(self, owner: str) -> list[str]:
+        """The owner's live containers whose index was never built (rows an older version wrote)."""
+        ...
+
+    async def file_page(
+        self, owner: str, after: FileCursor | None, limit: int
+    ) -> tuple[list[tuple[int, ContainerFile]], bool]:
+        """Up to ``limit`` files of the owner's live containers after the position ``after``, by
+        (container created_at, container id, file id), each with its container's created_at;
+        and whether more follow. O(page) work, whatever the number of containers and files."""
+        ...
+
+    async def locate(self, owner: str, file_id: str) -> str | None:
+        """Which of the owner's live containers holds ``file_id`` by the index (None: none does)."""
+        ...
 
     async def totals(self) -> Usage:
         """Live containers, their files and bytes across every owner (``calls_last_minute`` is 0)."""

@@ -17,6 +17,10 @@ key                                type    holds
 ``cmcp:o:<owner>:live``            set     the owner's live containers
 ``cmcp:o:<owner>:pending``         zset    reservations, scored by when they were made
 ``cmcp:r:<reservation>``           hash    a reservation's owner and name (expires with it)
+``cmcp:f:<container>``             zset    the container's file ids (score 0: in id order)
+``cmcp:fm:<container>``            hash    file id -> the file as last seen (JSON)
+``cmcp:fi:<container>``            hash    file id -> path
+``cmcp:fp:<container>``            hash    path -> file id
 ``cmcp:calls:<owner>:<minute>``    string  calls in one fixed minute (expires after two)
 ``cmcp:totals``                    hash    live containers, files and bytes of every owner
 =================================  ======  ==================================================
@@ -32,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeVar, cast
 
 import anyio
@@ -42,8 +46,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..errors import Hint, InvalidRequest, StateUnavailable
+from ..models import ContainerFile
 from .base import (
     PENDING_TTL_S,
+    FileCursor,
     Limits,
     OwnedContainer,
     Usage,
@@ -67,8 +73,11 @@ local function ok(k) return 'cmcp:o:' .. k end
 local function adjust(cid, files, bytes)
   -- add (files, bytes) to a live container, flooring at 0; keep the totals equal to the sum
   local cur = redis.call('HMGET', 'cmcp:c:' .. cid, 'files', 'bytes')
-  local f = math.max(tonumber(cur[1]) + files, 0)
-  local b = math.max(tonumber(cur[2]) + bytes, 0)
+  -- (Lua's -0 would reach Redis as the string "-0", which HINCRBY refuses: keep every zero +0)
+  local f = math.max(tonumber(cur[1]) + files, 0) + 0
+  local b = math.max(tonumber(cur[2]) + bytes, 0) + 0
+  if f == 0 then f = 0 end
+  if b == 0 then b = 0 end
   redis.call('HSET', 'cmcp:c:' .. cid, 'files', f, 'bytes', b)
   redis.call('HINCRBY', 'cmcp:totals', 'files', f - tonumber(cur[1]))
   redis.call('HINCRBY', 'cmcp:totals', 'bytes', b - tonumber(cur[2]))
@@ -78,9 +87,28 @@ local function drop_live(cid, owner)
   if redis.call('SREM', ok(owner) .. ':live', cid) == 1 then
     local cur = redis.call('HMGET', 'cmcp:c:' .. cid, 'files', 'bytes')
     redis.call('HINCRBY', 'cmcp:totals', 'containers', -1)
-    redis.call('HINCRBY', 'cmcp:totals', 'files', -tonumber(cur[1]))
-    redis.call('HINCRBY', 'cmcp:totals', 'bytes', -tonumber(cur[2]))
+    redis.call('HINCRBY', 'cmcp:totals', 'files', 0 - tonumber(cur[1]))
+    redis.call('HINCRBY', 'cmcp:totals', 'bytes', 0 - tonumber(cur[2]))
   end
+end
+local function drop_index(cid)
+  redis.call('DEL', 'cmcp:f:' .. cid, 'cmcp:fm:' .. cid, 'cmcp:fi:' .. cid, 'cmcp:fp:' .. cid)
+end
+local function unindex(cid, id)
+  local path = redis.call('HGET', 'cmcp:fi:' .. cid, id)
+  if path then redis.call('HDEL', 'cmcp:fp:' .. cid, path) end
+  redis.call('ZREM', 'cmcp:f:' .. cid, id)
+  redis.call('HDEL', 'cmcp:fm:' .. cid, id)
+  redis.call('HDEL', 'cmcp:fi:' .. cid, id)
+end
+local function index(cid, id, path, meta)
+  local old = redis.call('HGET', 'cmcp:fp:' .. cid, path)
+  if old then unindex(cid, old) end
+  unindex(cid, id)
+  redis.call('ZADD', 'cmcp:f:' .. cid, 0, id)
+  redis.call('HSET', 'cmcp:fm:' .. cid, id, meta)
+  redis.call('HSET', 'cmcp:fi:' .. cid, id, path)
+  redis.call('HSET', 'cmcp:fp:' .. cid, path, id)
 end
 local function stored_bytes(owner)
   local used = 0
@@ -114,7 +142,7 @@ local owner, name = r[1], r[2]
 redis.call('ZREM', ok(owner) .. ':pending', res)
 redis.call('DEL', 'cmcp:r:' .. res)
 redis.call('HSET', 'cmcp:c:' .. cid, 'owner', owner, 'name', name, 'created_at', created,
-  'state', 'live', 'files', 0, 'bytes', 0, 'meta', meta)
+  'state', 'live', 'files', 0, 'bytes', 0, 'meta', meta, 'indexed', 1)
 redis.call('ZADD', ok(owner) .. ':all', created, cid)
 redis.call('ZADD', ok(owner) .. ':n:' .. name, created, cid)
 redis.call('SADD', ok(owner) .. ':live', cid)
@@ -146,7 +174,7 @@ return {1}
 
 _RELEASE = """
 if redis.call('HGET', 'cmcp:c:' .. ARGV[1], 'state') == 'live' then
-  adjust(ARGV[1], -tonumber(ARGV[2]), -tonumber(ARGV[3]))
+  adjust(ARGV[1], 0 - tonumber(ARGV[2]), 0 - tonumber(ARGV[3]))
 end
 return 1
 """
@@ -163,6 +191,7 @@ _EXPIRE = """
 local c = redis.call('HMGET', 'cmcp:c:' .. ARGV[1], 'owner')
 if not c[1] then return 0 end
 drop_live(ARGV[1], c[1])
+drop_index(ARGV[1])
 redis.call('HSET', 'cmcp:c:' .. ARGV[1], 'state', 'expired', 'files', 0, 'bytes', 0)
 return 1
 """
@@ -171,12 +200,93 @@ _FORGET = """
 local c = redis.call('HMGET', 'cmcp:c:' .. ARGV[1], 'owner', 'name')
 if not c[1] then return 0 end
 drop_live(ARGV[1], c[1])
+drop_index(ARGV[1])
 redis.call('ZREM', ok(c[1]) .. ':all', ARGV[1])
 redis.call('ZREM', ok(c[1]) .. ':n:' .. c[2], ARGV[1])
 redis.call('DEL', 'cmcp:c:' .. ARGV[1])
 return 1
 """
 
+# ARGV: container, whole ('1': replace the index), then (id, path, meta) triples.
+_PUT_FILES = """
+local cid = ARGV[1]
+if redis.call('HGET', 'cmcp:c:' .. cid, 'state') ~= 'live' then return 0 end
+if ARGV[2] == '1' then
+  drop_index(cid)
+  redis.call('HSET', 'cmcp:c:' .. cid, 'indexed', 1)
+end
+for i = 3, #ARGV, 3 do index(cid, ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
+return 1
+"""
+
+# ARGV: container, number of ids, ids..., paths...
+_DROP_FILES = """
+local cid, n = ARGV[1], tonumber(ARGV[2])
+for i = 3, 2 + n do unindex(cid, ARGV[i]) end
+for i = 3 + n, #ARGV do
+  local id = redis.call('HGET', 'cmcp:fp:' .. cid, ARGV[i])
+  if id then unindex(cid, id) end
+end
+return 1
+"""
+
+_UNINDEXED = """
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', ok(ARGV[1]) .. ':all', 0, -1)) do
+  local c = redis.call('HMGET', 'cmcp:c:' .. id, 'state', 'indexed')
+  if c[1] == 'live' and c[2] ~= '1' then table.insert(out, id) end
+end
+return out
+"""
+
+# ARGV: owner, cursor created_at, cursor container, cursor file, limit ('' cursor: from the start).
+# Returns {more, created_at, meta, created_at, meta, ...}.
+_FILE_PAGE = """
+local key = ok(ARGV[1]) .. ':all'
+local at, cursor, fid, limit = tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
+local rank = 0
+if cursor ~= '' then
+  rank = redis.call('ZRANK', key, cursor)
+  if not rank then  -- the cursor's container is gone: start where it would be
+    rank = redis.call('ZCOUNT', key, '-inf', '(' .. at)
+    for _, id in ipairs(redis.call('ZRANGE', key, at, at, 'BYSCORE')) do
+      if id < cursor then rank = rank + 1 end
+    end
+  end
+end
+local out, found = {0}, 0
+while found <= limit do
+  local batch = redis.call('ZRANGE', key, rank, rank + 99, 'WITHSCORES')
+  if #batch == 0 then break end
+  for i = 1, #batch, 2 do
+    local cid, created = batch[i], batch[i + 1]
+    if redis.call('HGET', 'cmcp:c:' .. cid, 'state') == 'live' then
+      local ids
+      if cid == cursor then
+        ids = redis.call('ZRANGE', 'cmcp:f:' .. cid, '(' .. fid, '+', 'BYLEX', 'LIMIT', 0, limit + 1 - found)
+      else
+        ids = redis.call('ZRANGE', 'cmcp:f:' .. cid, 0, limit - found)
+      end
+      for _, id in ipairs(ids) do
+        found = found + 1
+        if found > limit then out[1] = 1; return out end
+        table.insert(out, created)
+        table.insert(out, redis.call('HGET', 'cmcp:fm:' .. cid, id))
+      end
+    end
+  end
+  rank = rank + 100
+end
+return out
+"""
+
+_LOCATE = """
+for _, cid in ipairs(redis.call('ZRANGE', ok(ARGV[1]) .. ':all', 0, -1)) do
+  local live = redis.call('HGET', 'cmcp:c:' .. cid, 'state') == 'live'
+  if live and redis.call('HEXISTS', 'cmcp:fm:' .. cid, ARGV[2]) == 1 then return cid end
+end
+return ''
+"""
 _RECORD = """
 if redis.call('EXISTS', 'cmcp:c:' .. ARGV[1]) == 1 then redis.call('HSET', 'cmcp:c:' .. ARGV[1], 'meta', ARGV[2]) end
 return 1
@@ -283,6 +393,10 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _triples(files: Sequence[ContainerFile]) -> list[str]:
+    return [part for f in files for part in (f.id, f.path, f.model_dump_json())]
+
+
 def _owned(values: list[Any]) -> OwnedContainer:
     cid, owner, name, created_at, state, files, bytes_, meta = (_text(v) for v in values)
     return OwnedContainer(
@@ -333,6 +447,11 @@ class RedisLedger:
         self._expire = script(_EXPIRE, _HELPERS)
         self._forget = script(_FORGET, _HELPERS)
         self._record = script(_RECORD)
+        self._put_files = script(_PUT_FILES, _HELPERS)
+        self._drop_files = script(_DROP_FILES, _HELPERS)
+        self._unindexed = script(_UNINDEXED, _HELPERS)
+        self._file_page = script(_FILE_PAGE, _HELPERS)
+        self._locate = script(_LOCATE, _HELPERS)
         self._hit = script(_HIT, _CALLS)
         self._usage = script(_USAGE, _HELPERS, _CALLS)
         self._page = script(_PAGE, _HELPERS, _ROW)
@@ -461,6 +580,34 @@ class RedisLedger:
 
     async def forget(self, container_id: str) -> None:
         await self._run(self._forget, container_id)
+
+    async def put_files(self, container_id: str, files: Sequence[ContainerFile]) -> None:
+        if files:
+            await self._run(self._put_files, container_id, "0", *_triples(files))
+
+    async def drop_files(self, container_id: str, *, file_ids: Sequence[str] = (), paths: Sequence[str] = ()) -> None:
+        if file_ids or paths:
+            await self._run(self._drop_files, container_id, len(file_ids), *file_ids, *paths)
+
+    async def set_files(self, container_id: str, files: Sequence[ContainerFile]) -> None:
+        await self._run(self._put_files, container_id, "1", *_triples(files))
+
+    async def unindexed(self, owner: str) -> list[str]:
+        return [_text(c) for c in await self._run(self._unindexed, self.digest(owner))]
+
+    async def file_page(
+        self, owner: str, after: FileCursor | None, limit: int
+    ) -> tuple[list[tuple[int, ContainerFile]], bool]:
+        at, cid, fid = after if after is not None else (0, "", "")
+        out = await self._run(self._file_page, self.digest(owner), at, cid, fid, limit)
+        page = [
+            (int(float(_text(out[i]))), ContainerFile.model_validate_json(_text(out[i + 1])))
+            for i in range(1, len(out), 2)
+        ]
+        return page, bool(out[0])
+
+    async def locate(self, owner: str, file_id: str) -> str | None:
+        return _text(await self._run(self._locate, self.digest(owner), file_id)) or None
 
     async def totals(self) -> Usage:
         try:

@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import secrets
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TypeVar
@@ -28,10 +28,12 @@ import anyio
 import anyio.to_thread
 
 from ..errors import InvalidRequest
+from ..models import ContainerFile
 from ..private import secret_key
 from ..sqlite import connect, transaction
 from .base import (
     PENDING_TTL_S,
+    FileCursor,
     Limits,
     OwnedContainer,
     Usage,
@@ -65,10 +67,19 @@ CREATE TABLE IF NOT EXISTS owned (
     files INTEGER NOT NULL DEFAULT 0,
     bytes INTEGER NOT NULL DEFAULT 0,
     reserved_at REAL,
-    meta TEXT
+    meta TEXT,
+    indexed INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS owned_by_owner ON owned (owner, created_at, container_id);
 CREATE INDEX IF NOT EXISTS owned_by_name ON owned (owner, name, created_at, container_id);
+CREATE TABLE IF NOT EXISTS files (
+    container_id TEXT NOT NULL,
+    file_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    meta TEXT NOT NULL,
+    PRIMARY KEY (container_id, file_id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS files_by_path ON files (container_id, path);
 CREATE TABLE IF NOT EXISTS calls (
     owner TEXT NOT NULL,
     window INTEGER NOT NULL,
@@ -100,16 +111,21 @@ class SqliteLedger:
             key = secret_key(path.parent / KEY_FILE) if isinstance(path, Path) else secrets.token_bytes(32)
         self._key = key
         self._limiter = anyio.CapacityLimiter(1)
+        self._add_columns()
         self._db.executescript(_SCHEMA)
-        self._add_meta_column()
         self._migrate_clear_keys()
 
-    def _add_meta_column(self) -> None:
-        """A database an older version made has no ``meta`` column: add it (rows keep NULL)."""
+    def _add_columns(self) -> None:
+        """A database an older version made lacks ``meta`` (rows keep NULL) or ``indexed`` (rows
+        keep 0: their file index is built from the provider once, ``Catalog.file_index``)."""
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(owned)").fetchall()}
-        if "meta" not in columns:
-            with self._tx() as db:
+        if not columns or {"meta", "indexed"} <= columns:
+            return  # a new database (the schema makes them), or one that has them
+        with self._tx() as db:
+            if "meta" not in columns:
                 db.execute("ALTER TABLE owned ADD COLUMN meta TEXT")
+            if "indexed" not in columns:
+                db.execute("ALTER TABLE owned ADD COLUMN indexed INTEGER NOT NULL DEFAULT 0")
 
     def digest(self, owner: str) -> str:
         mac = hmac.new(self._key, owner.encode("utf-8", "surrogatepass"), hashlib.sha256)
@@ -207,8 +223,8 @@ class SqliteLedger:
     def _commit(self, reservation: str, container_id: str, created_at: int, meta: str) -> None:
         with self._tx() as db:
             db.execute(
-                "UPDATE owned SET container_id = ?, created_at = ?, state = 'live', reserved_at = NULL, meta = ? "
-                "WHERE container_id = ?",
+                "UPDATE owned SET container_id = ?, created_at = ?, state = 'live', reserved_at = NULL, meta = ?, "
+                "indexed = 1 WHERE container_id = ?",
                 (container_id, created_at, meta, reservation),
             )
 
@@ -342,13 +358,102 @@ class SqliteLedger:
     async def set_usage(self, container_id: str, files: int, bytes_: int) -> None:
         await self._run(self.set_usage_now, container_id, files, bytes_)
 
+    def _gone(self, container_id: str, sql: str) -> None:
+        with self._tx() as db:
+            db.execute(sql, (container_id,))
+            db.execute("DELETE FROM files WHERE container_id = ?", (container_id,))
+
     async def mark_expired(self, container_id: str) -> None:
-        await self._run(
-            self._write, "UPDATE owned SET state = 'expired', files = 0, bytes = 0 WHERE container_id = ?", container_id
-        )
+        sql = "UPDATE owned SET state = 'expired', files = 0, bytes = 0 WHERE container_id = ?"
+        await self._run(self._gone, container_id, sql)
 
     async def forget(self, container_id: str) -> None:
-        await self._run(self._write, "DELETE FROM owned WHERE container_id = ?", container_id)
+        await self._run(self._gone, container_id, "DELETE FROM owned WHERE container_id = ?")
+
+    # --- the file index ------------------------------------------------------------------
+
+    @staticmethod
+    def _put(db: sqlite3.Connection, container_id: str, files: Sequence[ContainerFile]) -> None:
+        for f in files:
+            db.execute(
+                "DELETE FROM files WHERE container_id = ? AND (path = ? OR file_id = ?)", (container_id, f.path, f.id)
+            )
+            db.execute(
+                "INSERT INTO files (container_id, file_id, path, meta) SELECT ?, ?, ?, ? "
+                "WHERE EXISTS (SELECT 1 FROM owned WHERE container_id = ? AND state = 'live')",
+                (container_id, f.id, f.path, f.model_dump_json(), container_id),
+            )
+
+    def _put_files(self, container_id: str, files: Sequence[ContainerFile]) -> None:
+        with self._tx() as db:
+            self._put(db, container_id, files)
+
+    async def put_files(self, container_id: str, files: Sequence[ContainerFile]) -> None:
+        if files:
+            await self._run(self._put_files, container_id, list(files))
+
+    def _drop_files(self, container_id: str, file_ids: Sequence[str], paths: Sequence[str]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "DELETE FROM files WHERE container_id = ? AND file_id = ?", [(container_id, f) for f in file_ids]
+            )
+            db.executemany("DELETE FROM files WHERE container_id = ? AND path = ?", [(container_id, p) for p in paths])
+
+    async def drop_files(self, container_id: str, *, file_ids: Sequence[str] = (), paths: Sequence[str] = ()) -> None:
+        if file_ids or paths:
+            await self._run(self._drop_files, container_id, list(file_ids), list(paths))
+
+    def _set_files(self, container_id: str, files: Sequence[ContainerFile]) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM files WHERE container_id = ?", (container_id,))
+            self._put(db, container_id, files)
+            db.execute("UPDATE owned SET indexed = 1 WHERE container_id = ?", (container_id,))
+
+    async def set_files(self, container_id: str, files: Sequence[ContainerFile]) -> None:
+        await self._run(self._set_files, container_id, list(files))
+
+    def _unindexed(self, db: sqlite3.Connection, owner: str) -> list[str]:
+        rows = db.execute(
+            "SELECT container_id FROM owned WHERE owner = ? AND state = 'live' AND indexed = 0 "
+            "ORDER BY created_at, container_id",
+            (self._k(owner),),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    async def unindexed(self, owner: str) -> list[str]:
+        return await self._read(self._unindexed, owner)
+
+    def _file_page(
+        self, db: sqlite3.Connection, owner: str, after: FileCursor | None, limit: int
+    ) -> tuple[list[tuple[int, ContainerFile]], bool]:
+        # The containers from the cursor's on (an index range), and in each the files past it: the
+        # container at the cursor is only the first of those, gone or not.
+        at, cid, fid = after if after is not None else (-(2**62), "", "")
+        rows = db.execute(
+            "SELECT o.created_at, f.meta FROM owned o JOIN files f ON f.container_id = o.container_id "
+            "WHERE o.owner = ? AND o.state = 'live' AND (o.created_at, o.container_id) >= (?, ?) "
+            "AND (o.created_at, o.container_id, f.file_id) > (?, ?, ?) "
+            "ORDER BY o.created_at, o.container_id, f.file_id LIMIT ?",
+            (self._k(owner), at, cid, at, cid, fid, limit + 1),
+        ).fetchall()
+        page = [(int(r[0]), ContainerFile.model_validate_json(r[1])) for r in rows[:limit]]
+        return page, len(rows) > limit
+
+    async def file_page(
+        self, owner: str, after: FileCursor | None, limit: int
+    ) -> tuple[list[tuple[int, ContainerFile]], bool]:
+        return await self._read(self._file_page, owner, after, limit)
+
+    def _locate(self, db: sqlite3.Connection, owner: str, file_id: str) -> str | None:
+        row = db.execute(
+            "SELECT o.container_id FROM files f JOIN owned o ON o.container_id = f.container_id "
+            "WHERE f.file_id = ? AND o.owner = ? AND o.state = 'live' ORDER BY o.created_at LIMIT 1",
+            (file_id, self._k(owner)),
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    async def locate(self, owner: str, file_id: str) -> str | None:
+        return await self._read(self._locate, owner, file_id)
 
     def _calls(self, db: sqlite3.Connection, owner: str, now: float) -> float:
         window = int(now // 60)

@@ -75,6 +75,9 @@ log = logging.getLogger(__name__)
 UsageSink = Callable[[str, int, int], Awaitable[None]]
 """Told a container's real (files, bytes) after a repair or recount: ``Ledger.set_usage``."""
 
+FilesSink = Callable[[str, list[ContainerFile]], Awaitable[None]]
+"""Told a container's files after a repair changed them: ``Ledger.set_files``."""
+
 
 def guess_mime(rel: str) -> str:
     return mimetypes.guess_type(rel, strict=False)[0] or "application/octet-stream"
@@ -128,6 +131,7 @@ class LocalProvider:
         self.registry = Registry(data_dir / "registry.sqlite3")
         self._locks = ContainerLocks(data_dir / "locks", sleep=sleep)
         self._usage_sink: UsageSink | None = None
+        self._files_sink: FilesSink | None = None
         self._stack: AsyncExitStack | None = None
         self.on_expired: Callable[[str], Awaitable[None]] | None = None
         """Told the id of each container this provider expires (``changes.ExpiryReporting``)."""
@@ -244,9 +248,11 @@ class LocalProvider:
                 continue
         return repaired
 
-    def attach_usage_sink(self, sink: UsageSink) -> None:
-        """From now on, tell ``sink`` each repaired container's real usage (see the module docstring)."""
+    def attach_usage_sink(self, sink: UsageSink, files: FilesSink | None = None) -> None:
+        """From now on, tell ``sink`` each repaired container's real usage (see the module docstring),
+        and ``files`` the whole list of files of each container a repair changed (``Ledger.set_files``)."""
         self._usage_sink = sink
+        self._files_sink = files
 
     async def recount(self) -> None:
         """Tell the usage sink every running container's real usage, each read under its lock.
@@ -315,6 +321,9 @@ class LocalProvider:
                 put.append(FileRow(**{**row.__dict__, "bytes": st.size, "mtime_ns": st.mtime_ns, "sha256": sha}))
         if stale or put:
             self.registry.apply(container_id, put, stale)
+            if self._files_sink is not None:
+                files = [row.model() for row in self.registry.files_of(container_id).values()]
+                await self._files_sink(container_id, files)
             log.info(
                 "container %s repaired: %d rows added or refreshed, %d dropped%s",
                 container_id,
