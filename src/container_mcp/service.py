@@ -121,6 +121,11 @@ class ContainerService:
         """The provider's capabilities, with the per-file byte limit and the state ledger actually in force."""
         caps = self.provider.capabilities
         update: dict[str, object] = {"state": self.ledger.kind}
+        if self.ledger.kind == "redis":
+            update["state_shared_by"] = (
+                "every server process on every host using the same Redis (CONTAINER_MCP_STATE_URL; valid "
+                "with the openai provider only, as local containers live on one host)"
+            )
         limit = self.limits.max_file_bytes
         if caps.max_file_bytes is None or caps.max_file_bytes > limit:
             update["max_file_bytes"] = limit

@@ -185,7 +185,8 @@ async def test_capabilities_say_which_ledger_is_in_force(redis: RedisServer, tmp
     async with LocalProvider(tmp_path / "local") as provider:
         ledger = await RedisLedger.open(redis.url)
         try:
-            assert ContainerService(provider, ledger, LIMITS).capabilities.state == "redis"
+            caps = ContainerService(provider, ledger, LIMITS).capabilities
+            assert caps.state == "redis" and "every host using the same Redis" in caps.state_shared_by
         finally:
             await ledger.aclose()
         sqlite = SqliteLedger()

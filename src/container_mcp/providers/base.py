@@ -72,6 +72,10 @@ class Capabilities(BaseModel):
         "process on every host sharing the Redis; valid with the openai provider only, as local "
         "containers live on one host).",
     )
+    state_shared_by: str = Field(
+        "every server process on this host using the same data dir",
+        description="Which server processes share ownership and quotas with this one.",
+    )
     unsupported_create_fields: list[str] = Field(
         default_factory=lambda: list(UNSUPPORTED_CREATE_FIELDS),
         description="OpenAI create-container fields not honoured here; a request carrying one is refused "
