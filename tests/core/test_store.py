@@ -142,3 +142,22 @@ async def test_a_database_without_the_view_column_gains_it_and_keeps_its_rows(tm
         assert again is not None and again.meta == '{"seen": true}'
     finally:
         store.close()
+
+
+async def test_a_call_counted_while_another_process_writes_waits_in_the_worker_thread(tmp_path: Path) -> None:
+    """The rate-limit count is tried on the event loop without waiting for the write lock; while
+    another process holds it, the count goes to the worker thread and lands once the lock is free."""
+    path = tmp_path / "sessions.sqlite3"
+    store = SqliteLedger(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        await store.hit("s", 6000.0, LIMITS)
+        other.execute("BEGIN IMMEDIATE")  # another process mid-write
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.hit, "s", 6000.0, LIMITS)
+            await anyio.wait_all_tasks_blocked()  # the loop is free: the count waits in its thread
+            other.execute("COMMIT")
+        assert (await store.usage("s", 6000.0)).calls_last_minute == 2
+    finally:
+        other.close()
+        await store.aclose()
