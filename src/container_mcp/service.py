@@ -54,7 +54,7 @@ from .models import (
     Page,
 )
 from .netpolicy import EgressRules, check_network_policy
-from .paths import normalize_path
+from .paths import check_path_prefix, normalize_path
 from .providers.base import Capabilities, ExecRequest, ExecResult, FileChanges, ProgressCallback, Provider
 from .store import Limits, OwnedContainer, SessionStore
 from .uploads import Upload
@@ -458,6 +458,10 @@ class ContainerService:
     async def list_files(self, owner: str, container_id: str, params: ListParams) -> Page[ContainerFile]:
         self._call(owner)
         self._own(owner, container_id)
+        if params.path_prefix is not None:
+            check_path_prefix(params.path_prefix)
+            if not self.provider.capabilities.file_path_prefix:
+                raise Unsupported(f"The {self.provider.name} provider cannot filter files by path; omit path_prefix.")
         try:
             return await self.provider.list_files(container_id, params)
         except (ContainerExpired, ContainerNotFound) as exc:
@@ -585,11 +589,11 @@ class ContainerService:
             self._guard_expiry(container_id, exc)
             raise
         audit.note_exec(result.exit_code, result.duration_ms / 1000)
-        if result.files_created or result.files_changed or result.files_deleted:
+        if result.files_created_total or result.files_changed_total or result.files_deleted_total:
             touched = tuple(f.id for f in (*result.files_created, *result.files_changed))
             # Deleted files are named by path only, and a changed one may have a new id: the whole
             # container may have changed.
-            whole = bool(result.files_deleted or result.files_changed)
+            whole = bool(result.files_deleted or result.files_changed or result.files_truncated)
             change = FilesChanged(container_id, owner, touched, whole_container=whole)
             await self.changes.publish(change)
         return result

@@ -62,6 +62,9 @@ class Capabilities(BaseModel):
         description="'exact': files land at the requested path; 'basename': the backend picks the "
         "directory and keeps only the file name."
     )
+    file_path_prefix: bool = Field(
+        False, description="Whether file_list takes path_prefix (only files whose path starts with it)."
+    )
     upstream_file_ids: bool = Field(
         False, description="Whether file_ids may name backend-level files (OpenAI 'file-...' ids)."
     )
@@ -82,7 +85,12 @@ class ExecRequest(BaseModel):
     stdin: bytes | None = None
     env: dict[str, str] = Field(default_factory=dict)
     workdir: str = "/mnt/data"
-    max_output_bytes: int = Field(64 * 1024, ge=0, description="Bytes kept of stdout and of stderr, each.")
+    max_output_bytes: int = Field(
+        32 * 1024, ge=0, description="Bytes kept of stdout and stderr together (they share the budget)."
+    )
+    max_listed_files: int = Field(
+        20, ge=0, description="Files listed per kind (created, changed, deleted) in the result; totals count all."
+    )
 
 
 class FileChanges(BaseModel):
@@ -118,9 +126,22 @@ class ExecResult(BaseModel):
     killed_reason: str | None = Field(
         None, description="Why the sandbox killed the command: 'timeout', 'memory_limit' or 'disk_limit'."
     )
-    files_created: list[ContainerFile] = Field(default_factory=list)
-    files_changed: list[ContainerFile] = Field(default_factory=list)
-    files_deleted: list[str] = Field(default_factory=list, description="Paths of files the command removed.")
+    files_created: list[ContainerFile] = Field(
+        default_factory=list, description="New files, shallowest paths first, at most a bounded number."
+    )
+    files_changed: list[ContainerFile] = Field(
+        default_factory=list, description="Modified files, shallowest paths first, at most a bounded number."
+    )
+    files_deleted: list[str] = Field(
+        default_factory=list, description="Paths of files the command removed, at most a bounded number."
+    )
+    files_created_total: int = Field(0, description="How many files the command created (listed or not).")
+    files_changed_total: int = Field(0, description="How many files the command changed.")
+    files_deleted_total: int = Field(0, description="How many files the command deleted.")
+    files_truncated: bool = Field(
+        False, description="Whether some changed files are not listed here (file_list with path_prefix shows them)."
+    )
+    hint: str | None = Field(None, description="What to do next, when the result calls for it (timeout, truncation).")
 
 
 ProgressCallback = Callable[[float, str], Awaitable[None]]

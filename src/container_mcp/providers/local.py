@@ -145,6 +145,7 @@ class LocalProvider:
             max_file_bytes=None,
             expiry_minutes_range=(1, 1440),
             file_paths="exact",
+            file_path_prefix=True,
             upstream_file_ids=False,
         )
 
@@ -547,8 +548,13 @@ class LocalProvider:
 
     async def list_files(self, container_id: str, params: ListParams) -> Page[ContainerFile]:
         await self._running(container_id)
+        prefix = params.path_prefix
         rows, has_more, found = self.registry.page_files(
-            container_id, limit=params.limit, order=params.order, after=params.after
+            container_id,
+            limit=params.limit,
+            order=params.order,
+            after=params.after,
+            prefix=None if prefix is None else prefix.removeprefix(MOUNT).lstrip("/"),
         )
         if not found:
             raise InvalidRequest(

@@ -22,10 +22,10 @@ from ..models import MEMORY_LIMITS, NetworkPolicy
 from ..paths import MOUNT, normalize_path, relative_path
 from ..sandbox import ChangeSet, Sandbox, SandboxJob, SandboxProbe, SandboxProgress, SandboxRun
 from .base import ApproveChanges, ExecRequest, ExecResult, FileChanges, ProgressCallback
-from .local_fs import ContainerDir
+from .local_fs import ContainerDir, FileStat
 from .local_registry import ContainerRow, FileRow, Registry
 
-__all__ = ["ExecLimits", "run_exec"]
+__all__ = ["ExecLimits", "ending", "run_exec"]
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,8 @@ class ExecLimits:
     pids_limit: int = 256
     cpu_seconds: int = 600
     max_file_bytes: int = 100 << 20
-    max_output_bytes: int = 64 << 10
-    max_stage_files: int | None = 1000
+    max_output_bytes: int = 32 << 10
+    max_stage_files: int | None = 100_000
     """Kill a command once it has written more files than this (the files-per-container quota):
     its output could never be accepted, and the stage must not fill the host's disk first."""
     max_stage_bytes: int | None = 1 << 30
@@ -107,15 +107,18 @@ async def run_exec(
         max_stage_files=limits.max_stage_files,
         max_stage_bytes=limits.max_stage_bytes,
         stage_root=container.root,
+        adopt=not await anyio.to_thread.run_sync(container.adopted),
     )
     run: SandboxRun = await sandbox.run(job, progress=report)
+    if job.adopt:
+        await anyio.to_thread.run_sync(container.mark_adopted)
     async with run:
         try:
             await approve(_file_changes(run.changes))
         except QuotaExceeded as exc:
             exc.message = (
-                f"The command finished (exit code {run.exit_code}), but its file changes were discarded and "
-                f"the container is as it was before the command. {exc.message}"
+                f"The command {ending(run.exit_code, run.signal, run.killed_reason)}, but its file changes were "
+                f"discarded and the container is as it was before the command. {exc.message}"
             )
             exc.args = (exc.message,)
             raise
@@ -124,6 +127,11 @@ async def run_exec(
         with anyio.CancelScope(shield=True):
             applied = await run.commit()
             created, changed = await _record(registry, container, row.id, applied, clock, guess_mime)
+    shown = request.max_listed_files
+    created.sort(key=_relevance)
+    changed.sort(key=_relevance)
+    deleted = sorted((f.path for f in applied.deleted), key=_path_relevance)
+    truncated = max(len(created), len(changed), len(deleted)) > shown
     return ExecResult(
         exit_code=run.exit_code,
         signal=run.signal,
@@ -136,10 +144,36 @@ async def run_exec(
         duration_ms=round(run.duration_s * 1000),
         timed_out=run.timed_out,
         killed_reason=run.killed_reason,
-        files_created=[r.model() for r in created],
-        files_changed=[r.model() for r in changed],
-        files_deleted=[f"{MOUNT}/{f.path}" for f in applied.deleted],
+        files_created=[r.model() for r in created[:shown]],
+        files_changed=[r.model() for r in changed[:shown]],
+        files_deleted=[f"{MOUNT}/{p}" for p in deleted[:shown]],
+        files_created_total=len(created),
+        files_changed_total=len(changed),
+        files_deleted_total=len(deleted),
+        files_truncated=truncated,
     )
+
+
+def ending(exit_code: int | None, signal: int | None, killed_reason: str | None) -> str:
+    """How a command ended, as the end of "The command ...": never "exit code None"."""
+    if killed_reason == "timeout":
+        return "was killed at its timeout"
+    if killed_reason == "memory_limit":
+        return "was killed for going over the container's memory_limit"
+    if killed_reason == "disk_limit":
+        return "was killed for writing more files or bytes under /mnt/data than the quotas allow"
+    if exit_code is None:
+        return f"was killed by signal {signal}" if signal is not None else "was killed"
+    return f"finished (exit code {exit_code})"
+
+
+def _path_relevance(rel: str) -> tuple[int, str]:
+    """Shallow paths first (``report.csv`` before ``venv/lib/.../x.py``), then by path."""
+    return rel.count("/"), rel
+
+
+def _relevance(row: FileRow) -> tuple[int, str]:
+    return _path_relevance(row.path)
 
 
 async def _record(
@@ -151,27 +185,39 @@ async def _record(
     guess_mime: Callable[[str], str],
 ) -> tuple[list[FileRow], list[FileRow]]:
     """Bring the registry in line with what was applied: new rows for created files (source
-    'assistant'), refreshed rows (same id) for changed ones, none for deleted ones."""
-    existing = registry.files_of(container_id)
+    'assistant'), refreshed rows (same id) for changed ones, none for deleted ones.
+
+    Costs follow the change, not the container: only the touched paths are read (stat and hash,
+    in one worker-thread hop) and looked up, and the registry takes them in one transaction.
+    """
+    if applied.empty:
+        return [], []
+    existing = registry.files_at(container_id, [f.path for f in (*applied.created, *applied.changed)])
     now = clock()
+
+    def measure() -> list[tuple[bool, str, FileStat, str]]:
+        found: list[tuple[bool, str, FileStat, str]] = []
+        for is_new, change in [(True, f) for f in applied.created] + [(False, f) for f in applied.changed]:
+            measured = container.measure(change.path)
+            if measured is None:  # a file the command left unreadable or that vanished: nothing to record
+                log.warning("file %s of %s vanished after commit", change.path, container_id)
+                continue
+            found.append((is_new, change.path, *measured))
+        return found
+
     created: list[FileRow] = []
     changed: list[FileRow] = []
-    for change, bucket in [(f, created) for f in applied.created] + [(f, changed) for f in applied.changed]:
-        st = await anyio.to_thread.run_sync(container.stat, change.path)
-        if st is None:  # a file the command left unreadable or that vanished: nothing to record
-            log.warning("file %s of %s vanished after commit", change.path, container_id)
-            continue
-        sha = await anyio.to_thread.run_sync(container.sha256, change.path)
-        old = existing.get(change.path)
-        bucket.append(
+    for is_new, rel, st, sha in await anyio.to_thread.run_sync(measure):
+        old = existing.get(rel)
+        (created if is_new else changed).append(
             FileRow(
                 id=old.id if old is not None else new_file_id(now),
                 container_id=container_id,
-                path=change.path,
+                path=rel,
                 created_at=old.created_at if old is not None else int(now),
                 bytes=st.size,
                 source=old.source if old is not None else "assistant",
-                mime_type=guess_mime(change.path),
+                mime_type=guess_mime(rel),
                 sha256=sha,
                 mtime_ns=st.mtime_ns,
             )

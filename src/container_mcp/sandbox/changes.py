@@ -304,12 +304,13 @@ class Stage:
         self.work = root / "work"
 
     @classmethod
-    def create(cls, data_dir: Path, stage_root: Path, *, owner: tuple[int, int] | None) -> Stage:
+    def create(cls, data_dir: Path, stage_root: Path, *, owner: tuple[int, int] | None, adopt: bool = True) -> Stage:
         """Make a stage for ``data_dir`` under ``stage_root`` (which must be on the same filesystem).
 
         With ``owner`` (server running as root), the container directory's tree is handed to that
-        uid/gid first, so the unprivileged sandbox user can modify it; the stage's upper root gets
-        the same owner and the container directory's permission bits.
+        uid/gid first (unless ``adopt`` is False: the caller knows it already is), so the
+        unprivileged sandbox user can modify it; the stage's upper root gets the same owner and
+        the container directory's permission bits.
         """
         data_st = os.stat(data_dir)
         if not stat.S_ISDIR(data_st.st_mode):
@@ -329,7 +330,8 @@ class Stage:
             os.symlink(data_dir.resolve(), root / "lower")
             os.chmod(stage.upper, stat.S_IMODE(data_st.st_mode))
             if owner is not None:
-                adopt_tree(data_dir, *owner)
+                if adopt:
+                    adopt_tree(data_dir, *owner)
                 os.chown(stage.upper, *owner)
         except BaseException:
             stage.destroy()

@@ -46,7 +46,8 @@ class SandboxJob:
     timeout_s: float = 60.0
     memory_bytes: int = 1 << 30
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
-    max_output_bytes: int = 64 * 1024
+    max_output_bytes: int = 32 * 1024
+    """Bytes kept of stdout and stderr together."""
     pids_limit: int = 256
     cpu_seconds: int = 600
     max_file_bytes: int = 100 * MiB
@@ -56,6 +57,9 @@ class SandboxJob:
     tmp_bytes: int | None = None
     """Size of the private /tmp (and /dev/shm) tmpfs; default: ``memory_bytes``."""
     progress_interval_s: float = 1.0
+    adopt: bool = True
+    """Root mode: hand ``data_dir``'s whole tree to the sandbox uid first (a walk of every entry).
+    False when the caller knows it already belongs to it (nothing but runs wrote there since)."""
 
     def __post_init__(self) -> None:
         problems: list[str] = []

@@ -277,7 +277,9 @@ class Sandbox:
         owner = (self.config.sandbox_uid, self.config.sandbox_gid) if probe.mode == "root" else None
         stage_root = job.stage_root or job.data_dir.parent
         try:
-            stage = await anyio.to_thread.run_sync(lambda: Stage.create(job.data_dir, stage_root, owner=owner))
+            stage = await anyio.to_thread.run_sync(
+                lambda: Stage.create(job.data_dir, stage_root, owner=owner, adopt=job.adopt)
+            )
         except OSError as exc:
             raise ExecError(f"Could not prepare the sandbox for {job.data_dir}: {exc}") from exc
         try:

@@ -20,7 +20,7 @@ from .config import SandboxProbe
 from .host import tail
 from .job import KillReason, ProgressCallback, SandboxJob, SandboxProgress, SandboxRun
 from .launchers import Launcher
-from .output import OutputCapture
+from .output import OutputCapture, shared
 
 __all__ = ["supervise"]
 
@@ -163,15 +163,16 @@ def _outcome(
             raise ExecError(f"The sandbox could not start the command: {message}")
     elif 128 < exit_code <= 128 + 64:
         sig = exit_code - 128
+    (stdout, stdout_truncated), (stderr, stderr_truncated) = shared(out, err, out.limit)
     return SandboxRun(
         exit_code=exit_code,
         signal=sig,
-        stdout=out.getvalue(),
+        stdout=stdout,
         stderr=stderr,
         stdout_total=out.total,
         stderr_total=err.total,
-        stdout_truncated=out.truncated,
-        stderr_truncated=err.truncated,
+        stdout_truncated=stdout_truncated,
+        stderr_truncated=stderr_truncated,
         duration_s=duration,
         timed_out=watch.killed_reason == "timeout",
         killed_reason=reason,

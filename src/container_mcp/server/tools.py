@@ -18,7 +18,6 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -44,6 +43,7 @@ from ..settings import Settings
 from ..uploads import HostFileUpload
 from .errors import tool_boundary
 from .host_files import host_upload
+from .results import MAX_RESULT_BYTES, fit_result
 from .session import session_key
 
 __all__ = ["FileChunk", "register_tools"]
@@ -303,10 +303,11 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
         limit: Limit = 20,
         order: OrderArg = "desc",
         after: After = None,
+        path_prefix: Annotated[str | None, Field(description="Only paths starting with it: /mnt/data/out/")] = None,
     ) -> FileList:
         """List a container's files. Paged like container_list."""
         page = await service.list_files(
-            deps.owner(ctx), container_id, ListParams(limit=limit, order=order, after=after)
+            deps.owner(ctx), container_id, ListParams(limit=limit, order=order, after=after, path_prefix=path_prefix)
         )
         return FileList(**page.model_dump())
 
@@ -434,9 +435,9 @@ def _register_exec(mcp: MCPServer, deps: ToolDeps) -> None:
             await ctx.report_progress(elapsed, timeout_s, message)
 
         result = await service.exec(deps.owner(ctx), container_id, request, progress=progress)
-        if result.timed_out:
-            raise ToolError(_timeout_message(argv, timeout_s, settings, result))
-        return result
+        return fit_result(
+            result.model_copy(update={"hint": _hint(argv, timeout_s, settings, result)}), MAX_RESULT_BYTES
+        )
 
 
 def _env(variables: list[EnvVar]) -> dict[str, str]:
@@ -448,12 +449,21 @@ def _env(variables: list[EnvVar]) -> dict[str, str]:
     return env
 
 
-def _timeout_message(argv: list[str], timeout_s: float, settings: Settings, result: ExecResult) -> str:
-    tail_out = result.stdout[-2000:]
-    tail_err = result.stderr[-2000:]
-    return (
-        f"Command timed out after {timeout_s:g} s and was killed with all its processes: {shlex.join(argv)[:200]}. "
-        f"Pass a larger timeout_s (up to {settings.exec_max_timeout_s:g} s; the operator can raise "
-        "CONTAINER_MCP_EXEC_MAX_TIMEOUT_S), or run the work in smaller steps. Files it wrote before the kill were "
-        f"kept.\n--- stdout (last part) ---\n{tail_out}\n--- stderr (last part) ---\n{tail_err}"
-    )
+def _hint(argv: list[str], timeout_s: float, settings: Settings, result: ExecResult) -> str | None:
+    """What the caller can do about a result that did not tell the whole story."""
+    notes: list[str] = []
+    if result.timed_out:
+        notes.append(
+            f"The command timed out after {timeout_s:g} s and was killed with all its processes: "
+            f"{shlex.join(argv)[:200]}. Pass a larger timeout_s (up to {settings.exec_max_timeout_s:g} s; the operator "
+            "can raise CONTAINER_MCP_EXEC_MAX_TIMEOUT_S), or run the work in smaller steps. Files it wrote before "
+            "the kill were kept."
+        )
+    if result.stdout_truncated or result.stderr_truncated:
+        notes.append("Output was cut to its head and tail; redirect it to a file under /mnt/data and file_read it.")
+    if result.files_truncated:
+        notes.append(
+            "Not every changed file is listed (see the *_total counts); file_list with path_prefix and "
+            "order='desc' lists them."
+        )
+    return " ".join(notes) or None
