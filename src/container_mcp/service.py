@@ -55,6 +55,7 @@ from .models import (
 )
 from .netpolicy import EgressRules, check_network_policy
 from .paths import check_path_prefix, normalize_path
+from .processes import Processes
 from .providers.base import Capabilities, ExecRequest, ExecResult, FileChanges, ProgressCallback, Provider
 from .store import Limits, OwnedContainer, SessionStore
 from .uploads import Upload
@@ -597,6 +598,15 @@ class ContainerService:
             change = FilesChanged(container_id, owner, touched, whole_container=whole)
             await self.changes.publish(change)
         return result
+
+    def processes(self, owner: str, container_id: str) -> Processes:
+        """The caller's container's background processes (``processes.Processes``).
+
+        Raises ``Unsupported`` when the provider cannot run them.
+        """
+        self._call(owner)
+        self._own(owner, container_id)
+        return Processes(self, owner, container_id)
 
     # --- usage -----------------------------------------------------------------------------
 

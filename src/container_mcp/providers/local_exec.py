@@ -20,12 +20,13 @@ from ..errors import InvalidRequest, QuotaExceeded, SandboxUnavailable
 from ..ids import new_file_id
 from ..models import MEMORY_LIMITS, NetworkPolicy
 from ..paths import MOUNT, normalize_path, relative_path
-from ..sandbox import ChangeSet, Sandbox, SandboxJob, SandboxProbe, SandboxProgress, SandboxRun
+from ..sandbox import Attachment, ChangeSet, Sandbox, SandboxJob, SandboxProbe, SandboxProgress, SandboxRun
+from ..sandbox.tree import adopt_tree
 from .base import ApproveChanges, ExecRequest, ExecResult, FileChanges, ProgressCallback
 from .local_fs import ContainerDir, FileStat
 from .local_registry import ContainerRow, FileRow, Registry
 
-__all__ = ["ExecLimits", "ending", "run_exec"]
+__all__ = ["ExecLimits", "ending", "finish_run", "prepare_job", "run_exec"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,15 @@ class ExecLimits:
     its output could never be accepted, and the stage must not fill the host's disk first."""
     max_stage_bytes: int | None = 1 << 30
     """Likewise for bytes written (the per-session stored-bytes quota)."""
+    max_home_bytes: int = 1 << 30
+    max_home_files: int = 100_000
+    """Bound on a container's persistent home: a command that grows it past either is killed."""
+    max_processes_per_container: int = 4
+    max_processes_per_session: int = 8
+    process_max_lifetime_s: float = 3600.0
+    """A background process is killed (and its changes committed) after this long at most."""
+    process_max_output_bytes: int = 8 << 20
+    """Bytes kept of each of a background process's stdout and stderr (files, not memory)."""
 
 
 def _workdir(container: ContainerDir, workdir: str) -> str:
@@ -54,6 +64,7 @@ def _workdir(container: ContainerDir, workdir: str) -> str:
             f"workdir must be /mnt/data or a directory under it; got {workdir[:200]!r}.", param="workdir"
         )
     container.ensure_dir(relative_path(workdir))
+    container.home.mkdir(mode=0o700, exist_ok=True)  # containers made before homes existed
     return normalize_path(workdir)
 
 
@@ -65,6 +76,53 @@ def _file_changes(changes: ChangeSet) -> FileChanges:
         largest_file_bytes=changes.largest_file_bytes,
         files_delta=changes.files_delta,
         bytes_delta=changes.bytes_delta,
+    )
+
+
+async def prepare_job(
+    *,
+    probe: SandboxProbe,
+    container: ContainerDir,
+    row: ContainerRow,
+    request: ExecRequest,
+    limits: ExecLimits,
+    attach: Attachment | None = None,
+    adopt_now: tuple[int, int] | None = None,
+) -> SandboxJob:
+    """The sandbox job for ``request`` in ``row``'s container; the caller holds its lock.
+
+    ``adopt_now`` (root mode, a background run that will not hold the lock while its stage is
+    made): hand the container's tree to that uid/gid here, under the lock, and not in the run.
+    """
+    if not probe.available:
+        raise SandboxUnavailable(f"Commands cannot run here: {probe.reason}.")
+    workdir = await anyio.to_thread.run_sync(_workdir, container, request.workdir)
+    adopted = await anyio.to_thread.run_sync(container.adopted)
+    if adopt_now is not None and not adopted:
+        await anyio.to_thread.run_sync(adopt_tree, container.files, *adopt_now)
+        await anyio.to_thread.run_sync(container.mark_adopted)
+        adopted = True
+    return SandboxJob(
+        data_dir=container.files,
+        argv=request.argv,
+        stdin=request.stdin,
+        env=request.env,
+        workdir=workdir,
+        timeout_s=request.timeout_s,
+        memory_bytes=MEMORY_LIMITS[row.memory_limit],
+        network=NetworkPolicy.model_validate_json(row.network_policy),
+        max_output_bytes=min(request.max_output_bytes, limits.max_output_bytes),
+        pids_limit=limits.pids_limit,
+        cpu_seconds=limits.cpu_seconds,
+        max_file_bytes=limits.max_file_bytes,
+        max_stage_files=limits.max_stage_files,
+        max_stage_bytes=limits.max_stage_bytes,
+        stage_root=container.root,
+        home_dir=container.home,
+        max_home_bytes=limits.max_home_bytes,
+        max_home_files=limits.max_home_files,
+        adopt=not adopted,
+        attach=attach,
     )
 
 
@@ -83,35 +141,42 @@ async def run_exec(
     guess_mime: Callable[[str], str],
 ) -> ExecResult:
     """Run ``request`` in ``row``'s container; see the module docstring. The caller holds its lock."""
-    if not probe.available:
-        raise SandboxUnavailable(f"Commands cannot run here: {probe.reason}.")
-    workdir = await anyio.to_thread.run_sync(_workdir, container, request.workdir)
+    job = await prepare_job(probe=probe, container=container, row=row, request=request, limits=limits)
 
     async def report(p: SandboxProgress) -> None:
         if progress is not None:
             await progress(p.elapsed_s, p.message())
 
-    job = SandboxJob(
-        data_dir=container.files,
-        argv=request.argv,
-        stdin=request.stdin,
-        env=request.env,
-        workdir=workdir,
-        timeout_s=request.timeout_s,
-        memory_bytes=MEMORY_LIMITS[row.memory_limit],
-        network=NetworkPolicy.model_validate_json(row.network_policy),
-        max_output_bytes=min(request.max_output_bytes, limits.max_output_bytes),
-        pids_limit=limits.pids_limit,
-        cpu_seconds=limits.cpu_seconds,
-        max_file_bytes=limits.max_file_bytes,
-        max_stage_files=limits.max_stage_files,
-        max_stage_bytes=limits.max_stage_bytes,
-        stage_root=container.root,
-        adopt=not await anyio.to_thread.run_sync(container.adopted),
-    )
     run: SandboxRun = await sandbox.run(job, progress=report)
     if job.adopt:
         await anyio.to_thread.run_sync(container.mark_adopted)
+    return await finish_run(
+        run,
+        registry=registry,
+        container=container,
+        container_id=row.id,
+        listed=request.max_listed_files,
+        approve=approve,
+        clock=clock,
+        guess_mime=guess_mime,
+    )
+
+
+async def finish_run(
+    run: SandboxRun,
+    *,
+    registry: Registry,
+    container: ContainerDir,
+    container_id: str,
+    listed: int,
+    approve: ApproveChanges,
+    clock: Callable[[], float],
+    guess_mime: Callable[[str], str],
+) -> ExecResult:
+    """Approve, commit and record a finished run's changes; its result. The caller holds the lock.
+
+    A refusal (``QuotaExceeded``) discards every change and says how the command ended.
+    """
     async with run:
         try:
             await approve(_file_changes(run.changes))
@@ -126,12 +191,11 @@ async def run_exec(
         # cancelled: otherwise they would be files nobody accounts for.
         with anyio.CancelScope(shield=True):
             applied = await run.commit()
-            created, changed = await _record(registry, container, row.id, applied, clock, guess_mime)
-    shown = request.max_listed_files
+            created, changed = await _record(registry, container, container_id, applied, clock, guess_mime)
     created.sort(key=_relevance)
     changed.sort(key=_relevance)
     deleted = sorted((f.path for f in applied.deleted), key=_path_relevance)
-    truncated = max(len(created), len(changed), len(deleted)) > shown
+    truncated = max(len(created), len(changed), len(deleted)) > listed
     return ExecResult(
         exit_code=run.exit_code,
         signal=run.signal,
@@ -144,12 +208,13 @@ async def run_exec(
         duration_ms=round(run.duration_s * 1000),
         timed_out=run.timed_out,
         killed_reason=run.killed_reason,
-        files_created=[r.model() for r in created[:shown]],
-        files_changed=[r.model() for r in changed[:shown]],
-        files_deleted=[f"{MOUNT}/{p}" for p in deleted[:shown]],
+        files_created=[r.model() for r in created[:listed]],
+        files_changed=[r.model() for r in changed[:listed]],
+        files_deleted=[f"{MOUNT}/{p}" for p in deleted[:listed]],
         files_created_total=len(created),
         files_changed_total=len(changed),
         files_deleted_total=len(deleted),
+        files_not_kept=len(applied.skipped),
         files_truncated=truncated,
     )
 

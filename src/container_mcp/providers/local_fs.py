@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import InvalidPath
 from ..private import DIR_MODE, FILE_MODE
+from ..sandbox.tree import tree_usage
 
 __all__ = ["ContainerDir", "FileStat"]
 
@@ -48,16 +49,22 @@ def _symlink_error(rel: str) -> InvalidPath:
 
 
 class ContainerDir:
-    """The on-disk home of one container: ``files/`` (mounted at /mnt/data) and ``tmp/``."""
+    """The on-disk home of one container: ``files/`` (mounted at /mnt/data), ``home/`` (commands'
+    persistent ``$HOME``, never read as container files) and ``tmp/``."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.files = root / "files"
+        self.home = root / "home"
         self.tmp = root / "tmp"
 
     def create(self) -> None:
-        for d in (self.root, self.files, self.tmp):
+        for d in (self.root, self.files, self.home, self.tmp):
             d.mkdir(mode=DIR_MODE, exist_ok=True)
+
+    def home_usage(self) -> int:
+        """Bytes the home holds (allocated, directories included)."""
+        return tree_usage(self.home, max_entries=1 << 62)[0]
 
     # ``adopted`` marks that every entry under ``files/`` belongs to the sandbox's uid (root mode:
     # a run handed them over, and only runs wrote since). Whatever the server itself writes there
@@ -271,6 +278,7 @@ class ContainerDir:
         """Delete every file (expiry): the directory stays, empty."""
         self._unadopt()
         shutil.rmtree(self.files, ignore_errors=True)
+        shutil.rmtree(self.home, ignore_errors=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.files.mkdir(mode=DIR_MODE, exist_ok=True)
 

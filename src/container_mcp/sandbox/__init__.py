@@ -97,12 +97,13 @@ from __future__ import annotations
 from .changes import STAGE_PREFIX, ChangeSet, FileChange, SkippedEntry, recover_stage, sweep_stages
 from .config import SandboxConfig, SandboxProbe
 from .egress import Allowlist, EgressProxy, static_resolver
-from .job import SandboxJob, SandboxProgress, SandboxRun
+from .job import Attachment, SandboxJob, SandboxProgress, SandboxRun
 from .output import decode_output
 from .runner import Sandbox, probe_sandbox, run_sandboxed
 
 __all__ = [
     "Allowlist",
+    "Attachment",
     "ChangeSet",
     "EgressProxy",
     "FileChange",

@@ -29,8 +29,9 @@ Mounted in the sandbox (read-only unless noted): /usr and the /bin, /sbin, /lib*
 directories; a fixed list of /etc entries (``ETC_ENTRIES``) plus generated passwd, group,
 hosts, hostname and nsswitch.conf; a fresh /proc of its PID namespace; a minimal /dev; private
 tmpfs /tmp and /dev/shm (read-write, size-limited); /mnt/data (read-write, the staging overlay of
-the container's own directory). Nothing else: no /home, /root, /run, /var, /sys, no other
-container, no project checkout. The root itself and /dev are read-only.
+the container's own directory); with a home, /home/sandbox (read-write, the container's
+persistent home, written in place). Nothing else: no other /home, no /root, /run, /var, /sys, no
+other container, no project checkout. The root itself and /dev are read-only.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ __all__ = [
     "DEFAULT_ENV",
     "ETC_ENTRIES",
     "FORWARDER_PATH",
+    "HOME",
     "PROXY_PORT",
     "PROXY_SOCKET_PATH",
     "BwrapOptions",
@@ -71,6 +73,8 @@ RUN_DIR = "/run/container-mcp"
 PROXY_SOCKET_PATH = f"{RUN_DIR}/proxy.sock"
 FORWARDER_PATH = f"{RUN_DIR}/forward.py"
 HOSTNAME = "sandbox"
+HOME = "/home/sandbox"
+"""Where a job's persistent home (``SandboxJob.home_dir``) is mounted, and ``$HOME`` then."""
 
 ETC_ENTRIES = (
     "alternatives",
@@ -112,6 +116,7 @@ def setup_script(
     bwrap: str,
     args_fd: int,
     argv: Sequence[str],
+    home: bool = False,
 ) -> bytes:
     """The script a launcher runs: mount the stage overlay, drop root if needed, exec bubblewrap.
 
@@ -121,13 +126,30 @@ def setup_script(
     needs root, the sandbox must not have it); None when the server is unprivileged (its user
     namespace already maps it). The launcher runs with an empty environment, and the variables
     ``cd`` sets are unset, so bubblewrap's environment is empty.
+
+    With ``home``, a small tmpfs goes over ``overlay_mountpoint`` first and two overlays are
+    mounted in it: ``data`` (the stage, as above) and ``home``, whose upper layer is the
+    persistent home itself (the stage's ``home`` link; its lower layer an empty directory), so
+    writes there land in place. Both name only stage-relative paths, like the stage overlay.
     """
     q = shlex.quote
     drop = [unshare, "--setuid", str(host_ids[0]), "--setgid", str(host_ids[1]), "--"] if host_ids else []
+    mp = q(overlay_mountpoint)
+    if home:
+        mounts = [
+            f"{q(mount)} -n -t tmpfs -o size=16k,mode=0755 mounts {mp} || exit 123",
+            f"{q(mount)} -n -t overlay -o lowerdir=lower,upperdir=upper,workdir=work,userxattr,X-mount.mkdir=0755 "
+            f"overlay {q(overlay_mountpoint + '/data')} || exit 123",
+            f"{q(mount)} -n -t overlay -o lowerdir=home-lower,upperdir=home,workdir=home-work,userxattr,"
+            f"X-mount.mkdir=0755 overlay {q(overlay_mountpoint + '/home')} || exit 123",
+        ]
+    else:
+        mounts = [
+            f"{q(mount)} -n -t overlay -o lowerdir=lower,upperdir=upper,workdir=work,userxattr overlay {mp} || exit 123"
+        ]
     lines = [
         f"cd {q(str(stage_root))} || exit 122",
-        f"{q(mount)} -n -t overlay -o lowerdir=lower,upperdir=upper,workdir=work,userxattr overlay "
-        f"{q(overlay_mountpoint)} || exit 123",
+        *mounts,
         "cd / || exit 122",
         "unset OLDPWD PWD",
         "exec " + " ".join(q(word) for word in [*drop, bwrap, "--args", str(args_fd), "--", *argv]),
@@ -182,6 +204,8 @@ class BwrapOptions:
     disable_userns: bool
     proxy_socket: str | None = None
     """Host path of the egress proxy's socket, bound at ``PROXY_SOCKET_PATH``."""
+    home: bool = False
+    """The setup script mounted ``data`` and ``home`` under ``overlay_mountpoint`` (``setup_script``)."""
 
 
 def _system_binds() -> list[str]:
@@ -229,7 +253,11 @@ def bwrap_args(opts: BwrapOptions) -> list[str]:
     size = str(opts.tmp_bytes)
     args += ["--perms", "01777", "--size", size, "--tmpfs", "/tmp"]
     args += ["--perms", "01777", "--size", size, "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
-    args += ["--bind", opts.overlay_mountpoint, "/mnt/data"]
+    if opts.home:
+        args += ["--bind", opts.overlay_mountpoint + "/data", "/mnt/data"]
+        args += ["--bind", opts.overlay_mountpoint + "/home", HOME]
+    else:
+        args += ["--bind", opts.overlay_mountpoint, "/mnt/data"]
     if opts.forwarder or opts.proxy_socket:
         args += ["--perms", "0755", "--dir", "/run", "--perms", "0755", "--dir", RUN_DIR]
         if opts.forwarder:

@@ -22,6 +22,7 @@ from . import cgroups
 from .bwrap import (
     DEFAULT_ENV,
     FORWARDER_PATH,
+    HOME,
     PROXY_PORT,
     PROXY_SOCKET_PATH,
     BwrapOptions,
@@ -278,7 +279,7 @@ class Sandbox:
         stage_root = job.stage_root or job.data_dir.parent
         try:
             stage = await anyio.to_thread.run_sync(
-                lambda: Stage.create(job.data_dir, stage_root, owner=owner, adopt=job.adopt)
+                lambda: Stage.create(job.data_dir, stage_root, owner=owner, adopt=job.adopt, home_dir=job.home_dir)
             )
         except OSError as exc:
             raise ExecError(f"Could not prepare the sandbox for {job.data_dir}: {exc}") from exc
@@ -345,6 +346,8 @@ class Sandbox:
                 except OSError as exc:
                     raise ExecError(f"Could not start the egress proxy: {exc}") from exc
                 proxy = EgressProxy(allowlist, rules=cfg.egress, resolver=cfg.resolver)
+            if job.home_dir is not None:
+                env["HOME"] = HOME
             env.update(job.env)
             bwrap = bwrap_args(
                 BwrapOptions(
@@ -360,6 +363,7 @@ class Sandbox:
                     # The seccomp filter already refuses every way to a new namespace.
                     disable_userns=launcher.seccomp_fd is None and version_at_least(probe.bwrap_version, (0, 8)),
                     proxy_socket=str(sock_dir / "proxy.sock") if sock_dir else None,
+                    home=job.home_dir is not None,
                 )
             )
             script = setup_script(
@@ -371,6 +375,7 @@ class Sandbox:
                 bwrap=self._tools["bwrap"],
                 args_fd=launcher.args_fd,
                 argv=argv,
+                home=job.home_dir is not None,
             )
             try:
                 if launcher.cgroup is not None:

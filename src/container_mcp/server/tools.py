@@ -37,7 +37,7 @@ from ..models import (
     Page,
 )
 from ..paths import MOUNT
-from ..providers.base import ExecRequest, ExecResult
+from ..providers.base import ExecRequest, ExecResult, ProcessInfo, ProcessOutput
 from ..service import ContainerService, SessionUsage
 from ..settings import Settings
 from ..uploads import HostFileUpload
@@ -382,6 +382,8 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
 
     if service.capabilities.exec:
         _register_exec(mcp, deps)
+    if service.capabilities.processes:
+        _register_processes(mcp, deps)
 
 
 def _register_exec(mcp: MCPServer, deps: ToolDeps) -> None:
@@ -390,7 +392,7 @@ def _register_exec(mcp: MCPServer, deps: ToolDeps) -> None:
     tool = _registrar(mcp)
 
     @tool(
-        title="Run command in container",
+        title="Run a command",
         annotations=ToolAnnotations(
             read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
         ),
@@ -400,18 +402,18 @@ def _register_exec(mcp: MCPServer, deps: ToolDeps) -> None:
         container_id: ContainerId,
         command: Annotated[
             list[str] | str,
-            Field(description="An argv list (['python3', 'a.py']) or a shell string (run with sh -c)."),
+            Field(description="An argv list or a shell string (run with sh -c)."),
         ],
         timeout_s: TimeoutArg = settings.exec_default_timeout_s,
-        stdin: Annotated[str | None, Field(description="Standard input text.")] = None,
+        stdin: Annotated[str | None, Field(description="stdin text.")] = None,
         env: Annotated[
             list[EnvVar] | None,
-            Field(max_length=256, description="Extra environment variables."),
+            Field(max_length=256, description="Environment variables."),
         ] = None,
         workdir: Annotated[str, Field(description="Working directory, under /mnt/data.")] = MOUNT,
     ) -> ExecResult:
-        """Run a command in the container's sandbox (files at /mnt/data; no network unless its
-        network_policy allows domains). stdout/stderr are capped; files it changed are listed."""
+        """Run a command in the container's sandbox (files at /mnt/data, $HOME kept; no network unless
+        network_policy allows). Output is capped; changed files are listed."""
         if timeout_s > settings.exec_max_timeout_s:
             raise InvalidRequest(
                 f"timeout_s {timeout_s:g} is over the server's maximum of {settings.exec_max_timeout_s:g} s. "
@@ -440,6 +442,73 @@ def _register_exec(mcp: MCPServer, deps: ToolDeps) -> None:
         )
 
 
+class ProcessView(BaseModel):
+    """What container_process returns: the processes acted on or listed, and output when reading."""
+
+    processes: list[ProcessInfo]
+    output: ProcessOutput | None = None
+
+
+def _register_processes(mcp: MCPServer, deps: ToolDeps) -> None:
+    service = deps.service
+    settings = deps.settings
+    tool = _registrar(mcp)
+
+    @tool(
+        title="Processes",
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
+        ),
+    )
+    async def container_process(
+        ctx: Context,
+        container_id: ContainerId,
+        action: Literal["start", "list", "read", "write", "signal", "wait"],
+        process_id: Annotated[str | None, Field(description="proc_...")] = None,
+        command: Annotated[list[str] | str | None, Field(description="start: argv or shell string.")] = None,
+        stdin: Annotated[str | None, Field(description="stdin text; write without it closes stdin.")] = None,
+        stream: Annotated[Literal["stdout", "stderr"], Field(description="read.")] = "stdout",
+        offset: Annotated[int, Field(ge=0, description="read: next_offset.")] = 0,
+        signal: Annotated[str, Field(description="TERM INT HUP KILL QUIT USR1 USR2")] = "TERM",
+        wait_s: Annotated[float, Field(ge=0, le=600, description="Seconds to wait for its end.")] = 0,
+    ) -> ProcessView:
+        """Background commands: start, list, read output by offset, write stdin, signal, wait; its
+        files become container files at exit."""
+        owner = deps.owner(ctx)
+        procs = service.processes(owner, container_id)
+        if action == "list":
+            return ProcessView(processes=await procs.list())
+        if action == "start":
+            if command is None or not command:
+                raise InvalidRequest("start needs a command (an argv list or a shell string).", param="command")
+            argv = ["sh", "-c", command] if isinstance(command, str) else list(command)
+            request = ExecRequest(
+                argv=argv,
+                timeout_s=settings.exec_process_max_lifetime_s,
+                stdin=_utf8(stdin, "stdin") if stdin is not None else None,
+                max_output_bytes=settings.exec_max_output_bytes,
+            )
+            info = await procs.start(request)
+            if wait_s:
+                info = await procs.wait(info.id, wait_s)
+            return ProcessView(processes=[info])
+        if process_id is None:
+            raise InvalidRequest(f"{action} needs the process_id (action 'list' shows them).", param="process_id")
+        if action == "read":
+            chunk = await procs.read(process_id, stream=stream, offset=offset, max_bytes=PROCESS_READ_BYTES)
+            return ProcessView(processes=[await procs.wait(process_id, 0)], output=chunk)
+        if action == "write":
+            data = _utf8(stdin, "stdin") if stdin is not None else b""
+            return ProcessView(processes=[await procs.write(process_id, data, close=stdin is None)])
+        if action == "signal":
+            return ProcessView(processes=[await procs.signal(process_id, signal)])
+        return ProcessView(processes=[await procs.wait(process_id, wait_s)])
+
+
+PROCESS_READ_BYTES = 16 * 1024
+"""Bytes of output one read returns at most (text; the result stays far below 64 KiB)."""
+
+
 def _env(variables: list[EnvVar]) -> dict[str, str]:
     env: dict[str, str] = {}
     for var in variables:
@@ -465,5 +534,10 @@ def _hint(argv: list[str], timeout_s: float, settings: Settings, result: ExecRes
         notes.append(
             "Not every changed file is listed (see the *_total counts); file_list with path_prefix and "
             "order='desc' lists them."
+        )
+    if result.files_not_kept:
+        notes.append(
+            f"{result.files_not_kept} symlinks or special files under /mnt/data were not kept (container files are "
+            "regular files): make a venv there with --copies, or keep it under $HOME, which keeps everything."
         )
     return " ".join(notes) or None
