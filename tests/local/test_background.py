@@ -248,3 +248,19 @@ async def test_kill_9_of_the_server_leaves_no_process_and_the_next_start_cleans_
         assert (await call(client, "container_process", container_id=cid, action="list"))["processes"] == []
         assert not any(p.name.startswith(STAGE_PREFIX) for p in root.iterdir())
         assert list((root / "procs").iterdir()) == []
+
+
+async def test_changes_over_the_quota_at_exit_are_refused_and_nothing_is_charged(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    settings = Settings.isolated(data_dir=tmp_path, max_files_per_container=3)
+    async with LocalProvider(tmp_path / "local", clock=clock, exec_limits=ExecLimits()) as provider:
+        service = ContainerService(provider, SqliteSessionStore(), limits_from(settings), clock=clock)
+        async with Client(create_server(service, settings)) as client:
+            cid = (await call(client, "container_create", name="quota"))["id"]
+            many = "for i in $(seq 10); do echo $i > f$i; done"
+            info = (await proc(client, cid, "start", command=many, wait_s=30))["processes"][0]
+            assert info["state"] == "failed" and "CONTAINER_MCP_MAX_FILES_PER_CONTAINER" in info["error"]
+            assert "finished (exit code 0)" in info["error"]
+            assert (await call(client, "file_list", container_id=cid))["data"] == []
+            assert (await call(client, "session_usage"))["files"] == 0

@@ -135,3 +135,13 @@ async def test_a_command_filling_its_home_past_the_bound_is_killed(env: tuple[Cl
     assert big["killed_reason"] == "disk_limit" and big["exit_code"] is None
     many = await run(client, cid, "rm -f ~/fill; mkdir ~/m && cd ~/m && seq 1 20000 | xargs touch; sleep 30")
     assert many["killed_reason"] == "disk_limit"
+
+
+async def test_expiry_empties_the_home(env: tuple[Client, Path], clock: ManualClock) -> None:
+    client, containers = env
+    cid = (await call(client, "container_create", name="short", expires_after_minutes=1))["id"]
+    await run(client, cid, "echo kept > ~/note")
+    assert (containers / cid / "home" / "note").exists()
+    clock.advance(120)
+    assert (await call(client, "container_retrieve", container_id=cid))["status"] == "expired"
+    assert not (containers / cid / "home").exists() or not any((containers / cid / "home").iterdir())

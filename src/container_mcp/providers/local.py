@@ -711,24 +711,27 @@ class LocalProvider:
             proc.stdin.send_nowait(request.stdin)
 
         async def body() -> ExecResult:
-            run = await self._sandbox.run(job)
-            proc.ended_mono = time.monotonic()
-            async with run:
-                async with self._hold(container_id):
-                    await self._running(container_id, locked=True)
-                    result = await finish_run(
-                        run,
-                        registry=self.registry,
-                        container=d,
-                        container_id=container_id,
-                        listed=request.max_listed_files,
-                        approve=approve,
-                        clock=self._clock,
-                        guess_mime=guess_mime,
-                    )
-                    self.registry.touch(container_id, self._clock())
-                    await self._report_usage(container_id)
-            return result
+            try:
+                run = await self._sandbox.run(job)
+                proc.ended_mono = time.monotonic()
+                async with run:
+                    async with self._hold(container_id):
+                        await self._running(container_id, locked=True)
+                        result = await finish_run(
+                            run,
+                            registry=self.registry,
+                            container=d,
+                            container_id=container_id,
+                            listed=request.max_listed_files,
+                            approve=approve,
+                            clock=self._clock,
+                            guess_mime=guess_mime,
+                        )
+                        await self._report_usage(container_id)
+                return result
+            finally:
+                # However it ended, its hold ends with it: the container idles from now on.
+                self.registry.touch(container_id, self._clock())
 
         self._processes.launch(proc, body, on_exit)
         return proc.info()

@@ -259,7 +259,8 @@ class ProcessTable:
                 try:
                     result = await body()
                 except QuotaExceeded as exc:
-                    error, proc.state, proc.error = exc, "failed", exc.message
+                    error, proc.state = exc, "failed"
+                    proc.error = f"{exc.message} (The limit is the operator's {exc.limit_name}.)"
                 except Exception as exc:
                     log.exception("background process %s of %s failed", proc.id, proc.container_id)
                     error, proc.state, proc.error = exc, "failed", f"The process could not be run or committed: {exc}"
