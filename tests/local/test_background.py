@@ -173,12 +173,14 @@ async def test_delete_kills_its_processes_and_leaves_nothing(env: Env) -> None:
     client = env.client
     cid = (await call(client, "container_create", name="gone"))["id"]
     marker = "sleep 1000.25"
-    await proc(client, cid, "start", command=f"{marker}; echo escaped > /mnt/data/late.txt")
+    # it tries to outlive the container: a daemonized grandchild in a session of its own
+    escape = f"(setsid nohup sleep 1000.125 >/dev/null 2>&1 &); {marker}; echo escaped > /mnt/data/late.txt"
+    await proc(client, cid, "start", command=escape)
     with anyio.fail_after(20):
-        while not _processes_running(marker):  # noqa: ASYNC110 (the sandbox's progress has no event)
-            await anyio.sleep(0.02)
+        while not (_processes_running(marker) and _processes_running("sleep 1000.125")):  # noqa: ASYNC110
+            await anyio.sleep(0.02)  # (the sandbox's progress has no event)
     await call(client, "container_delete", container_id=cid)
-    assert _processes_running(marker) == []
+    assert _processes_running(marker) == [] and _processes_running("sleep 1000.125") == []
     assert not (env.containers / cid).exists()
 
 

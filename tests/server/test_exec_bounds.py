@@ -109,7 +109,7 @@ async def test_a_container_of_100000_files_is_ordinary(client: Client) -> None:
         command="for d in $(seq 1 10); do mkdir d$d; (cd d$d && seq 1 10000 | xargs touch); done",
         timeout_s=300,
     )
-    assert r["exit_code"] == 0, r["stderr"]
+    assert r["exit_code"] == 0, (r["killed_reason"], r["stderr"])
     assert r["files_created_total"] == 100_000 and len(r["files_created"]) == 20 and size(r) < 16 * 1024
     usage = await call(client, "session_usage")
     assert usage["files"] == 100_000 and usage["max_files_per_container"] == 100_000

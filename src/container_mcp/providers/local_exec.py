@@ -39,9 +39,11 @@ class ExecLimits:
     cpu_seconds: int = 600
     max_file_bytes: int = 100 << 20
     max_output_bytes: int = 32 << 10
-    max_stage_files: int | None = 100_000
-    """Kill a command once it has written more files than this (the files-per-container quota):
-    its output could never be accepted, and the stage must not fill the host's disk first."""
+    max_stage_files: int | None = 200_000
+    """Kill a command once its stage holds more entries (files and directories) than this: its
+    output could never be accepted, and the stage must not fill the host's disk first. Twice the
+    files-per-container quota, so a command at the quota keeps room for its directories (the
+    quota itself is checked exactly, on the files, before anything is applied)."""
     max_stage_bytes: int | None = 1 << 30
     """Likewise for bytes written (the per-session stored-bytes quota)."""
     max_home_bytes: int = 1 << 30
