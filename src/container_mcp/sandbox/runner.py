@@ -23,12 +23,14 @@ from .bwrap import (
     DEFAULT_ENV,
     FORWARDER_PATH,
     HOME,
+    HOME_FSTAB,
     PROXY_PORT,
     PROXY_SOCKET_PATH,
     BwrapOptions,
     args_data,
     bwrap_args,
     etc_files,
+    home_fstab,
     launcher_argv,
     setup_script,
 )
@@ -278,9 +280,7 @@ class Sandbox:
         owner = (self.config.sandbox_uid, self.config.sandbox_gid) if probe.mode == "root" else None
         stage_root = job.stage_root or job.data_dir.parent
         try:
-            stage = await anyio.to_thread.run_sync(
-                lambda: Stage.create(job.data_dir, stage_root, owner=owner, adopt=job.adopt, home_dir=job.home_dir)
-            )
+            stage = await anyio.to_thread.run_sync(lambda: self._stage(job, stage_root, owner))
         except OSError as exc:
             raise ExecError(f"Could not prepare the sandbox for {job.data_dir}: {exc}") from exc
         try:
@@ -297,6 +297,16 @@ class Sandbox:
                 await anyio.to_thread.run_sync(stage.destroy)
             raise
         return replace(outcome, changes=changes, _stage=stage, _plan=plan)
+
+    def _stage(self, job: SandboxJob, stage_root: Path, owner: tuple[int, int] | None) -> Stage:
+        stage = Stage.create(job.data_dir, stage_root, owner=owner, adopt=job.adopt, home_dir=job.home_dir)
+        if job.home_dir is not None:
+            try:
+                (stage.root / HOME_FSTAB).write_bytes(home_fstab(self.config.overlay_mountpoint))
+            except BaseException:
+                stage.destroy()
+                raise
+        return stage
 
     async def _launcher(self, probe: SandboxProbe) -> Launcher:
         launcher = self._pool.take() if self._pool is not None else None
