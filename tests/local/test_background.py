@@ -115,6 +115,10 @@ async def test_a_background_job_is_polled_fed_signalled_and_commits_its_files(en
     tail = (await proc(client, cid, "read", process_id=pid, offset=second["offset"]))["output"]
     assert tail["text"] == "waiting\nbye\n" and tail["eof"] is True
     assert "ended" in await refused(client, cid, "signal", process_id=pid, signal="KILL")
+    bad = await refused(client, cid, "signal", process_id=pid, signal="SEGV")
+    assert "signal must be one of TERM, INT, HUP, KILL, QUIT, USR1, USR2" in bad
+    assert "needs the process_id" in await refused(client, cid, "read")
+    assert "needs a command" in await refused(client, cid, "start")
 
 
 async def test_start_with_wait_s_hands_back_a_short_job_finished(env: Env) -> None:

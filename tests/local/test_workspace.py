@@ -72,6 +72,9 @@ async def test_home_persists_between_commands_and_goes_with_the_container(env: t
     assert first["stdout"] == "/home/sandbox\n" and first["files_created_total"] == 0
     second = await run(client, cid, ". ~/.profile; echo $GREETING; ls -a ~/.cache")
     assert second["stdout"] == "hi\n.\n..\nx\n"
+    # the home's mount names no host path
+    mounts = (await run(client, cid, "cat /proc/self/mountinfo"))["stdout"]
+    assert " /home/sandbox " in mounts and str(containers) not in mounts and cid not in mounts
     # not a container file
     assert (await call(client, "file_list", container_id=cid))["data"] == []
     # /tmp is per command
