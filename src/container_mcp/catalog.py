@@ -175,9 +175,10 @@ class Catalog:
         await self._ledger.set_usage(container_id, len(files), sum(f.bytes or 0 for f in files))
 
     async def listed(self, container_id: str, params: ListParams, page: Page[ContainerFile]) -> None:
-        """An operation listed the container's files: a whole listing refreshes its index (files
-        the backend made on its own, or a crash recovery adopted, become visible to the views)."""
-        if params.after is None and not page.has_more:
+        """An operation listed the container's files: a whole, unfiltered listing refreshes its index
+        (files the backend made on its own, or a crash recovery adopted, become visible to the
+        views); a listing filtered by path prefix is only part of the container."""
+        if params.after is None and params.path_prefix is None and not page.has_more:
             await self._ledger.set_files(container_id, page.data)
 
     async def file_index(

@@ -175,3 +175,6 @@ class ListParams(_Model):
     order: Order = "desc"
     after: str | None = None
     name: str | None = None
+    path_prefix: str | None = None
+    """Files only: those whose path starts with this (``/mnt/data/out/``); not an OpenAI parameter,
+    offered where ``Capabilities.file_path_prefix``."""

@@ -12,7 +12,7 @@ import posixpath
 
 from .errors import InvalidPath
 
-__all__ = ["MAX_NAME_BYTES", "MAX_PATH_BYTES", "MOUNT", "normalize_path", "relative_path"]
+__all__ = ["MAX_NAME_BYTES", "MAX_PATH_BYTES", "MOUNT", "check_path_prefix", "normalize_path", "relative_path"]
 
 MOUNT = "/mnt/data"
 MAX_NAME_BYTES = 255
@@ -86,3 +86,11 @@ def normalize_path(path: str) -> str:
 def relative_path(path: str) -> str:
     """The part of a normalized path below /mnt/data (``/mnt/data/a/b`` -> ``a/b``)."""
     return normalize_path(path)[len(MOUNT) + 1 :]
+
+
+def check_path_prefix(prefix: str) -> None:
+    """Refuse a file_list ``path_prefix`` that no file path could start with (it must be under /mnt/data)."""
+    if not (prefix == MOUNT or prefix.startswith(MOUNT + "/")) or len(prefix.encode()) > MAX_PATH_BYTES:
+        raise InvalidPath(
+            f"path_prefix must start with {MOUNT}/ (e.g. {MOUNT}/out/); got {prefix[:200]!r}.", param="path_prefix"
+        )

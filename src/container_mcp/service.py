@@ -45,7 +45,8 @@ from .models import (
     Page,
 )
 from .netpolicy import EgressRules, check_network_policy
-from .paths import normalize_path
+from .paths import check_path_prefix, normalize_path
+from .processes import Processes
 from .providers.base import Capabilities, ExecRequest, ExecResult, ProgressCallback, Provider
 from .uploads import Upload
 
@@ -273,6 +274,12 @@ class ContainerService:
 
     async def list_files(self, owner: str, container_id: str, params: ListParams) -> Page[ContainerFile]:
         async with self.gate.container(owner, container_id):
+            if params.path_prefix is not None:
+                check_path_prefix(params.path_prefix)
+                if not self.provider.capabilities.file_path_prefix:
+                    raise Unsupported(
+                        f"The {self.provider.name} provider cannot filter files by path; omit path_prefix."
+                    )
             page = await self.provider.list_files(container_id, params)
         await self.catalog.listed(container_id, params, page)
         return page
@@ -347,17 +354,31 @@ class ContainerService:
                     f"{caps.exec_unavailable_reason or 'it has no exec capability'}."
                 )
             result = await self.provider.exec(container_id, request, approve=charges.approve, progress=progress)
-        await self.ledger.put_files(container_id, [*result.files_created, *result.files_changed])
-        await self.ledger.drop_files(container_id, paths=result.files_deleted)
         audit.note_exec(result.exit_code, result.duration_ms / 1000)
-        if result.files_created or result.files_changed or result.files_deleted:
-            touched = tuple(f.id for f in (*result.files_created, *result.files_changed))
+        await self.ran(owner, container_id, result)
+        return result
+
+    async def ran(self, owner: str, container_id: str, result: ExecResult) -> None:
+        """A command (foreground or background) committed ``result``: its files go into the
+        ledger's file index (all of them, not just the listed ones) and subscribers hear of them."""
+        kept, deleted = result.all_files
+        await self.ledger.put_files(container_id, kept)
+        await self.ledger.drop_files(container_id, paths=deleted)
+        if kept or deleted:
+            touched = tuple(f.id for f in kept) if not result.files_truncated else ()
             # Deleted files are named by path only, and a changed one may have a new id: the whole
             # container may have changed.
-            whole = bool(result.files_deleted or result.files_changed)
-            change = FilesChanged(container_id, owner, touched, whole_container=whole)
-            await self.changes.publish(change)
-        return result
+            whole = bool(deleted or result.files_changed_total or result.files_truncated)
+            await self.changes.publish(FilesChanged(container_id, owner, touched, whole_container=whole))
+
+    async def processes(self, owner: str, container_id: str) -> Processes:
+        """The caller's container's background processes (``processes.Processes``).
+
+        Raises ``Unsupported`` when the provider cannot run them.
+        """
+        await self.gate.call(owner)
+        await self.gate.own(owner, container_id)
+        return Processes(self, owner, container_id)
 
     # --- usage -----------------------------------------------------------------------------
 

@@ -81,7 +81,7 @@ class Settings(BaseSettings):
 
     # --- quotas, per session -------------------------------------------------------------
     max_containers: int = Field(10, ge=1, description="Live (not expired) containers per session.")
-    max_files_per_container: int = Field(1000, ge=1, description="Files per container.")
+    max_files_per_container: int = Field(100_000, ge=1, description="Files per container.")
     max_file_bytes: int = Field(100 * MiB, ge=1, description="Bytes of one file.")
     max_session_bytes: int = Field(1024 * MiB, ge=1, description="Bytes stored per session, all containers.")
     max_calls_per_minute: int = Field(600, ge=1, description="Tool calls per session per minute.")
@@ -115,7 +115,21 @@ class Settings(BaseSettings):
         "clients use, so the caller sees our timeout error rather than its own.",
     )
     exec_max_timeout_s: float = Field(600.0, gt=0, description="Largest timeout_s container_exec accepts.")
-    exec_max_output_bytes: int = Field(64 * 1024, ge=1024, description="Bytes kept of stdout and stderr each.")
+    exec_max_output_bytes: int = Field(
+        32 * 1024, ge=1024, description="Bytes kept of stdout and stderr together (head and tail)."
+    )
+    exec_home_max_bytes: int = Field(
+        1024 * MiB, ge=1 * MiB, description="Bytes a container's persistent $HOME may hold (counted in stored bytes)."
+    )
+    exec_home_max_files: int = Field(100_000, ge=100, description="Entries a container's persistent $HOME may hold.")
+    exec_max_processes_per_container: int = Field(4, ge=1, description="Background processes per container.")
+    exec_max_processes_per_session: int = Field(8, ge=1, description="Background processes per session.")
+    exec_process_max_lifetime_s: float = Field(
+        3600.0, gt=0, description="Seconds a background process may run before it is killed."
+    )
+    exec_process_max_output_bytes: int = Field(
+        8 * MiB, ge=1024, description="Bytes kept of a background process's stdout and of its stderr (on disk)."
+    )
     exec_pids_limit: int = Field(256, ge=8, description="Max processes/threads a command may have at once.")
     exec_cpu_seconds: int = Field(600, ge=1, description="CPU seconds a command may use.")
 

@@ -113,7 +113,7 @@ async def test_two_stdio_servers_running_commands_in_one_container_count_each_fi
             tg.start_soon(run, two)
         assert [r["exit_code"] for r in results] == [0, 0]
         # The second command ran after the first committed: it saw the files and changed nothing.
-        assert sorted(len(r["files_created"]) for r in results) == [0, FILES]
+        assert sorted(r["files_created_total"] for r in results) == [0, FILES]
         usage_one = await structured(one, "session_usage")
         usage_two = await structured(two, "session_usage")
     assert usage_one["files"] == usage_two["files"] == FILES + 10

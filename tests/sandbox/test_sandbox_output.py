@@ -25,23 +25,32 @@ async def test_binary_and_invalid_utf8_are_kept_as_bytes(sandbox: Sandbox, data_
         assert not run.stdout_truncated
 
 
-async def test_output_is_capped_with_totals(sandbox: Sandbox, data_dir: Path) -> None:
+async def test_output_is_capped_with_totals_in_one_shared_budget(sandbox: Sandbox, data_dir: Path) -> None:
     script = "head -c 1000000 /dev/zero | tr '\\0' a; echo END; head -c 5000 /dev/urandom >&2"
     async with await sh(sandbox, data_dir, script, max_output_bytes=1000) as run:
         assert run.exit_code == 0
+        # both streams overflow: each gets half of the 1000 bytes
         assert run.stdout_total == 1_000_004 and run.stdout_truncated
-        assert run.stdout.startswith(b"a" * 500)
-        assert run.stdout.endswith(b"a" * 496 + b"END\n")
-        assert b"[... 999004 bytes omitted ...]" in run.stdout
+        assert run.stdout.startswith(b"a" * 250)
+        assert run.stdout.endswith(b"a" * 246 + b"END\n")
+        assert b"[... 999504 bytes omitted ...]" in run.stdout
         assert run.stderr_total == 5000 and run.stderr_truncated
-        assert len(run.stderr) < 1100
+        assert b"[... 4500 bytes omitted ...]" in run.stderr and len(run.stderr) < 600
 
 
-async def test_default_cap_is_64_kib(sandbox: Sandbox, data_dir: Path) -> None:
-    async with await sh(sandbox, data_dir, "head -c 65536 /dev/zero") as run:
-        assert run.stdout_total == 65536 and not run.stdout_truncated and len(run.stdout) == 65536
-    async with await sh(sandbox, data_dir, "head -c 65537 /dev/zero") as run:
-        assert run.stdout_truncated and run.stdout_total == 65537
+async def test_a_quiet_stream_leaves_its_share_to_the_other(sandbox: Sandbox, data_dir: Path) -> None:
+    async with await sh(
+        sandbox, data_dir, "head -c 5000 /dev/zero | tr '\\0' a; echo err >&2", max_output_bytes=1000
+    ) as run:
+        assert run.stderr == b"err\n" and not run.stderr_truncated
+        assert b"[... 4004 bytes omitted ...]" in run.stdout and run.stdout.startswith(b"a" * 498)
+
+
+async def test_default_cap_is_32_kib(sandbox: Sandbox, data_dir: Path) -> None:
+    async with await sh(sandbox, data_dir, "head -c 32768 /dev/zero") as run:
+        assert run.stdout_total == 32768 and not run.stdout_truncated and len(run.stdout) == 32768
+    async with await sh(sandbox, data_dir, "head -c 32769 /dev/zero") as run:
+        assert run.stdout_truncated and run.stdout_total == 32769
 
 
 async def test_stdin_reaches_the_command(sandbox: Sandbox, data_dir: Path) -> None:

@@ -121,23 +121,46 @@ async def test_output_is_capped_and_binary_safe(exec_client: Client) -> None:
         "printf '\\377\\376 bad utf8' >&2",
     )
     assert r["stdout_bytes"] == 200000 and r["stdout_truncated"] is True
-    # the head and the tail survive, with a marker saying how much was left out between them
-    head, marker, tail = r["stdout"].partition(f"\n[... {200000 - 64 * 1024} bytes omitted ...]\n")
-    assert marker and head == "a" * (32 * 1024) and tail == "z" * (32 * 1024)
+    # stdout and stderr share one budget: the 11 bytes of stderr leave the rest to stdout, whose
+    # head and tail survive with a marker saying how much was left out between them
+    kept = 32 * 1024 - 11
+    head, marker, tail = r["stdout"].partition(f"\n[... {200000 - kept} bytes omitted ...]\n")
+    assert marker and head == "a" * (kept - kept // 2) and tail == "z" * (kept // 2)
     assert r["stderr_truncated"] is False and r["stderr"] == "\ufffd\ufffd bad utf8"
 
 
-async def test_timeout_kills_and_says_how_to_raise_it(exec_client: Client) -> None:
+async def test_a_timeout_is_a_result_with_partial_output_files_and_a_hint(exec_client: Client) -> None:
     cid = (await call(exec_client, "container_create", name="slow"))["id"]
-    message = await error(
-        exec_client, "container_exec", container_id=cid, command="echo started; sleep 30", timeout_s=0.5
+    r = await call(
+        exec_client,
+        "container_exec",
+        container_id=cid,
+        command="echo started; echo partial > wrote.txt; echo oops >&2; sleep 30",
+        timeout_s=0.5,
     )
-    assert (
-        "timed out after 0.5 s" in message and "timeout_s" in message and "CONTAINER_MCP_EXEC_MAX_TIMEOUT_S" in message
-    )
-    assert "started" in message
+    assert r["timed_out"] is True and r["killed_reason"] == "timeout" and r["exit_code"] is None
+    assert r["stdout"] == "started\n" and r["stderr"] == "oops\n"
+    assert [f["path"] for f in r["files_created"]] == ["/mnt/data/wrote.txt"] and r["files_created_total"] == 1
+    hint = r["hint"]
+    assert "timed out after 0.5 s" in hint and "timeout_s" in hint and "CONTAINER_MCP_EXEC_MAX_TIMEOUT_S" in hint
+    listed = (await call(exec_client, "file_list", container_id=cid))["data"]
+    assert [f["path"] for f in listed] == ["/mnt/data/wrote.txt"]
     too_long = await error(exec_client, "container_exec", container_id=cid, command="true", timeout_s=10_000)
     assert "maximum" in too_long
+
+
+async def test_refused_changes_of_a_killed_command_say_how_it_ended(tmp_path: Path, clock: ManualClock) -> None:
+    settings = Settings.isolated(data_dir=tmp_path, max_files_per_container=5)
+    limits = ExecLimits(max_stage_files=5)
+    async with LocalProvider(tmp_path / "local", clock=clock, exec_limits=limits) as provider:
+        service = ContainerService(provider, SqliteLedger(), limits_from(settings), clock=clock)
+        async with Client(create_server(service, settings)) as client:
+            cid = (await call(client, "container_create", name="flood"))["id"]
+            message = await error(
+                client, "container_exec", container_id=cid, command="for i in $(seq 50); do : > f$i; done; sleep 30"
+            )
+    assert "was killed for writing more files or bytes under /mnt/data than the quotas allow" in message
+    assert "None" not in message and "CONTAINER_MCP_MAX_FILES_PER_CONTAINER" in message
 
 
 async def test_over_quota_output_is_rejected_and_nothing_changes(exec_client: Client) -> None:

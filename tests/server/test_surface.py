@@ -55,7 +55,7 @@ async def listed(client: Client) -> list[dict[str, Any]]:
 
 async def test_tools_list_is_at_most_12_kb_with_every_tool(full_client: Client) -> None:
     tools = await listed(full_client)
-    assert "container_exec" in {t["name"] for t in tools} and len(tools) == 11
+    assert {"container_exec", "container_process"} <= {t["name"] for t in tools} and len(tools) == 12
     size = len(json.dumps(tools, separators=(",", ":")))
     assert size <= TOOLS_LIST_LIMIT, f"tools/list is {size} bytes of compact JSON"
     for tool in tools:

@@ -8,11 +8,11 @@ provider's job, in one table.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
 from types import TracebackType
-from typing import Literal, Protocol, Self
+from typing import Literal, Protocol, Self, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from ..models import (
     UNSUPPORTED_CREATE_FIELDS,
@@ -32,6 +32,11 @@ __all__ = [
     "ExecResult",
     "ApproveChanges",
     "FileChanges",
+    "OnExit",
+    "ProcessInfo",
+    "ProcessOutput",
+    "ProcessProvider",
+    "ProcessState",
     "ProgressCallback",
     "Provider",
 ]
@@ -61,6 +66,14 @@ class Capabilities(BaseModel):
     file_paths: Literal["exact", "basename"] = Field(
         description="'exact': files land at the requested path; 'basename': the backend picks the "
         "directory and keeps only the file name."
+    )
+    file_path_prefix: bool = Field(
+        False, description="Whether file_list takes path_prefix (only files whose path starts with it)."
+    )
+    processes: bool = Field(False, description="Whether commands can run in the background (container_process).")
+    processes_per_session: int | None = Field(None, description="Background processes one session may run at once.")
+    persistence: str | None = Field(
+        None, description="What a command's writes outside /mnt/data leave for the next command, by path."
     )
     upstream_file_ids: bool = Field(
         False, description="Whether file_ids may name backend-level files (OpenAI 'file-...' ids)."
@@ -93,7 +106,12 @@ class ExecRequest(BaseModel):
     stdin: bytes | None = None
     env: dict[str, str] = Field(default_factory=dict)
     workdir: str = "/mnt/data"
-    max_output_bytes: int = Field(64 * 1024, ge=0, description="Bytes kept of stdout and of stderr, each.")
+    max_output_bytes: int = Field(
+        32 * 1024, ge=0, description="Bytes kept of stdout and stderr together (they share the budget)."
+    )
+    max_listed_files: int = Field(
+        20, ge=0, description="Files listed per kind (created, changed, deleted) in the result; totals count all."
+    )
 
 
 class FileChanges(BaseModel):
@@ -129,9 +147,80 @@ class ExecResult(BaseModel):
     killed_reason: str | None = Field(
         None, description="Why the sandbox killed the command: 'timeout', 'memory_limit' or 'disk_limit'."
     )
-    files_created: list[ContainerFile] = Field(default_factory=list)
-    files_changed: list[ContainerFile] = Field(default_factory=list)
-    files_deleted: list[str] = Field(default_factory=list, description="Paths of files the command removed.")
+    files_created: list[ContainerFile] = Field(
+        default_factory=list, description="New files, shallowest paths first, at most a bounded number."
+    )
+    files_changed: list[ContainerFile] = Field(
+        default_factory=list, description="Modified files, shallowest paths first, at most a bounded number."
+    )
+    files_deleted: list[str] = Field(
+        default_factory=list, description="Paths of files the command removed, at most a bounded number."
+    )
+    files_created_total: int = Field(0, description="How many files the command created (listed or not).")
+    files_changed_total: int = Field(0, description="How many files the command changed.")
+    files_deleted_total: int = Field(0, description="How many files the command deleted.")
+    files_not_kept: int = Field(
+        0, description="Symlinks, FIFOs, sockets, devices or invalid paths it made under /mnt/data: not kept."
+    )
+    files_truncated: bool = Field(
+        False, description="Whether some changed files are not listed here (file_list with path_prefix shows them)."
+    )
+    hint: str | None = Field(None, description="What to do next, when the result calls for it (timeout, truncation).")
+    _all_files: tuple[list[ContainerFile], list[str]] | None = PrivateAttr(None)
+
+    def with_all_files(self, kept: list[ContainerFile], deleted: list[str]) -> ExecResult:
+        """This result, carrying every file the command created or changed (``kept``) and every path
+        it deleted, of which the listed fields show a bounded part. Never serialized: the service
+        keeps the ledger's file index whole with it."""
+        self._all_files = (kept, deleted)
+        return self
+
+    @property
+    def all_files(self) -> tuple[list[ContainerFile], list[str]]:
+        """Every file created or changed, and every path deleted (the listed ones when the provider
+        attached nothing: then nothing was left out)."""
+        if self._all_files is not None:
+            return self._all_files
+        return [*self.files_created, *self.files_changed], list(self.files_deleted)
+
+
+ProcessState = Literal["running", "exited", "killed", "failed"]
+
+
+class ProcessInfo(BaseModel):
+    """A background process: what it runs, its state and, once it ended, what it left."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(description="proc_...")
+    container_id: str
+    command: str = Field(description="The command, shell-quoted (at most 200 characters).")
+    state: ProcessState = Field(
+        description="running; exited (by itself); killed (signal, max lifetime, limit, container gone); "
+        "failed (its file changes were refused: see error)."
+    )
+    exit_code: int | None = None
+    signal: int | None = None
+    started_at: int
+    runtime_s: float
+    stdout_bytes: int = Field(description="Bytes it wrote to stdout so far (kept up to a bound).")
+    stderr_bytes: int
+    output_capped: bool = Field(False, description="Whether output past the kept bound was dropped.")
+    files_created_total: int = 0
+    files_changed_total: int = 0
+    files_deleted_total: int = 0
+    error: str | None = Field(None, description="Why its file changes were not kept, when they were not.")
+
+
+class ProcessOutput(BaseModel):
+    """A chunk of a background process's stdout or stderr, read by offset."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str = Field(description="UTF-8, undecodable bytes replaced.")
+    offset: int
+    next_offset: int = Field(description="Pass as offset to read on.")
+    eof: bool = Field(description="True once the process ended and everything kept was read.")
 
 
 ProgressCallback = Callable[[float, str], Awaitable[None]]
@@ -140,6 +229,41 @@ ProgressCallback = Callable[[float, str], Awaitable[None]]
 ApproveChanges = Callable[[FileChanges], Awaitable[None]]
 """Called once a command has finished and before its file changes are applied; raising (e.g.
 ``QuotaExceeded``) discards every change the command made under /mnt/data."""
+
+
+OnExit = Callable[[ExecResult | None, BaseException | None], Awaitable[None]]
+"""Told how a background process ended: its result (files committed), or the error that kept its
+changes out (``QuotaExceeded``; cancellation: the container went or the server stopped)."""
+
+
+@runtime_checkable
+class ProcessProvider(Protocol):
+    """An optional capability (``Capabilities.processes``): commands that run in the background.
+
+    ``start_process`` returns once the command started; its file changes become container files
+    when it exits (``approve`` is called then, under the same quotas as ``exec``), and
+    ``on_exit`` is told the outcome. Ids a container does not know answer ``InvalidRequest``.
+    """
+
+    async def start_process(
+        self, container_id: str, request: ExecRequest, *, approve: ApproveChanges, on_exit: OnExit
+    ) -> ProcessInfo: ...
+
+    async def list_processes(self, container_id: str) -> list[ProcessInfo]: ...
+
+    def running_processes(self, container_ids: Collection[str]) -> int:
+        """How many processes run in these containers (no backend request)."""
+        ...
+
+    async def read_process(
+        self, container_id: str, process_id: str, *, stream: Literal["stdout", "stderr"], offset: int, max_bytes: int
+    ) -> ProcessOutput: ...
+
+    async def write_process(self, container_id: str, process_id: str, data: bytes, *, close: bool) -> ProcessInfo: ...
+
+    async def signal_process(self, container_id: str, process_id: str, signal: int) -> ProcessInfo: ...
+
+    async def wait_process(self, container_id: str, process_id: str, timeout_s: float) -> ProcessInfo: ...
 
 
 class Provider(Protocol):

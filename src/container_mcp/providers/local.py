@@ -28,12 +28,13 @@ import hashlib
 import logging
 import mimetypes
 import os
+import shlex
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 
 import anyio
 import anyio.to_thread
@@ -60,12 +61,25 @@ from ..models import (
 )
 from ..paths import MOUNT, relative_path
 from ..private import private_dir
-from ..sandbox import STAGE_PREFIX, Sandbox, SandboxProbe, recover_stage
+from ..sandbox import STAGE_PREFIX, Attachment, Sandbox, SandboxProbe, recover_stage
+from ..sandbox.cgroups import pid_alive
+from ..sandbox.changes import JOURNAL
 from ..uploads import CHUNK_SIZE, Upload
-from .base import ApproveChanges, Capabilities, ExecRequest, ExecResult, FileChanges, ProgressCallback
-from .local_exec import ExecLimits, run_exec
+from .base import (
+    ApproveChanges,
+    Capabilities,
+    ExecRequest,
+    ExecResult,
+    FileChanges,
+    OnExit,
+    ProcessInfo,
+    ProcessOutput,
+    ProgressCallback,
+)
+from .local_exec import ExecLimits, finish_run, prepare_job, run_exec
 from .local_fs import ContainerDir
 from .local_lock import ContainerLocks, LockBusy
+from .local_processes import ProcessTable, sweep_outputs
 from .local_registry import ContainerRow, FileRow, Registry, policy_json
 
 __all__ = ["LocalProvider"]
@@ -136,6 +150,10 @@ class LocalProvider:
         self.on_expired: Callable[[str], Awaitable[None]] | None = None
         """Told the id of each container this provider expires (``changes.ExpiryReporting``)."""
         self._exec_limits = exec_limits
+        limits = exec_limits or ExecLimits()
+        self._processes = ProcessTable(
+            max_per_container=limits.max_processes_per_container, max_output_bytes=limits.process_max_output_bytes
+        )
         self._sandbox = sandbox or Sandbox()
         self._probe: SandboxProbe | None = None
         self._capabilities = Capabilities(
@@ -149,6 +167,8 @@ class LocalProvider:
             max_file_bytes=None,
             expiry_minutes_range=(1, 1440),
             file_paths="exact",
+            file_path_prefix=True,
+            persistence=PERSISTENCE,
             upstream_file_ids=False,
         )
 
@@ -183,8 +203,12 @@ class LocalProvider:
                     if allowlist
                     else f"'allowlist' cannot be enforced here: {probe.allowlist_unavailable or probe.reason}",
                     "network_enforcement": probe.network_enforcement if probe.available else None,
+                    "processes": probe.available,
+                    "processes_per_session": self._exec_limits.max_processes_per_session if probe.available else None,
                 }
             )
+            # Entered after the sandbox, so closed before it: every background process is killed first.
+            await self._stack.enter_async_context(self._processes)
             if probe.available and not allowlist:
                 log.warning("network_policy 'allowlist' is not offered: %s", probe.allowlist_unavailable)
             if not probe.available:
@@ -224,6 +248,8 @@ class LocalProvider:
         """
         expired: list[str] = []
         for container_id in self.registry.due(self._clock(), limit=100_000):
+            if self._keep_for_processes(container_id):
+                continue
             try:
                 async with self._hold(container_id, wait=False):
                     row = self.registry.container(container_id)
@@ -293,6 +319,7 @@ class LocalProvider:
             return
         # Under the lock no stage or temp file is in use: whatever is there, a crash left.
         rolled = await anyio.to_thread.run_sync(_recover_stages, d)
+        await anyio.to_thread.run_sync(sweep_outputs, d.root)
         await anyio.to_thread.run_sync(d.clear_temps, 0.0)
         on_disk = await anyio.to_thread.run_sync(d.scan)
         rows = self.registry.files_of(container_id)
@@ -334,8 +361,11 @@ class LocalProvider:
         await self._report_usage(container_id)
 
     async def _report_usage(self, container_id: str) -> None:
+        """Tell the usage sink the container's files and bytes: its files' and its home's."""
         if self._usage_sink is not None:
-            await self._usage_sink(container_id, *self.registry.usage_of(container_id))
+            files, bytes_ = self.registry.usage_of(container_id)
+            home = await anyio.to_thread.run_sync(self._dir(container_id).home_usage)
+            await self._usage_sink(container_id, files, bytes_ + home)
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -357,7 +387,18 @@ class LocalProvider:
                     await self._repair(container_id)
             yield
 
+    def _keep_for_processes(self, container_id: str) -> bool:
+        """Whether the container runs background processes here: activity, so it does not expire
+        (each process ends by its lifetime at the latest); its expiry is pushed on meanwhile."""
+        if not self._processes.running([container_id]):
+            return False
+        row = self.registry.container(container_id)
+        if row is not None:
+            self.registry.hold(container_id, self._clock() + row.expiry_minutes * 60)
+        return True
+
     async def _expire(self, container_id: str) -> None:
+        self._processes.cancel(container_id)  # killed; each discards its own stage
         self.registry.expire(container_id)
         await anyio.to_thread.run_sync(self._dir(container_id).clear_files)
         log.info("container %s expired", container_id)
@@ -370,7 +411,9 @@ class LocalProvider:
         ``locked``: the caller holds its lock. Otherwise the lock is taken for the expiry, without
         waiting: a container another task or process holds is in use, so not idle, and stays.
         """
-        if locked:
+        if self._keep_for_processes(container_id):
+            pass
+        elif locked:
             await self._expire(container_id)
         else:
             with contextlib.suppress(LockBusy, ContainerNotFound):
@@ -456,11 +499,15 @@ class LocalProvider:
 
     async def delete_container(self, container_id: str) -> ContainerDeleted:
         check_container_id(container_id)
+        # Its background processes end first (one finishing its commit needs the lock), and again
+        # after: one started meanwhile is gone with the directory.
+        await self._processes.stop(container_id)
         async with self._hold(container_id):
             if not self.registry.delete_container(container_id):
                 raise ContainerNotFound(container_id)
             await anyio.to_thread.run_sync(self._dir(container_id).destroy)
             self._locks.remove(container_id)
+        await self._processes.stop(container_id)
         return ContainerDeleted(id=container_id)
 
     # --- files -----------------------------------------------------------------------------
@@ -558,8 +605,13 @@ class LocalProvider:
 
     async def list_files(self, container_id: str, params: ListParams) -> Page[ContainerFile]:
         await self._running(container_id)
+        prefix = params.path_prefix
         rows, has_more, found = self.registry.page_files(
-            container_id, limit=params.limit, order=params.order, after=params.after
+            container_id,
+            limit=params.limit,
+            order=params.order,
+            after=params.after,
+            prefix=None if prefix is None else prefix.removeprefix(MOUNT).lstrip("/"),
         )
         if not found:
             raise InvalidRequest(
@@ -632,21 +684,151 @@ class LocalProvider:
                 guess_mime=guess_mime,
             )
             self.registry.touch(container_id, self._clock())  # the run itself was activity
+            await self._report_usage(container_id)  # what it left in its home counts too
             return result
 
+    # --- background processes (``ProcessProvider``; see local_processes) ---------------------
+
+    async def start_process(
+        self, container_id: str, request: ExecRequest, *, approve: ApproveChanges, on_exit: OnExit
+    ) -> ProcessInfo:
+        """Start ``request`` in the container's sandbox without waiting; it commits when it exits."""
+        if self._probe is None or self._exec_limits is None or not self._capabilities.processes:
+            raise Unsupported(f"The local provider cannot run commands: {self._capabilities.exec_unavailable_reason}.")
+        probe, limits = self._probe, self._exec_limits
+        lifetime = min(request.timeout_s, limits.process_max_lifetime_s)
+        d = self._dir(container_id)
+        cfg = self._sandbox.config
+        async with self._hold(container_id):
+            row = await self._running(container_id, locked=True)
+            # Event-loop objects (its cancel scope, events) are made here; the disk work is two files.
+            proc = self._processes.new(container_id, d.root, shlex.join(request.argv), int(self._clock()))
+            try:
+                job = await prepare_job(
+                    probe=probe,
+                    container=d,
+                    row=row,
+                    request=request.model_copy(update={"timeout_s": lifetime, "stdin": None}),
+                    limits=limits,
+                    attach=Attachment(output=proc.output, stdin=proc.stdin_source, started=proc.started),
+                    adopt_now=(cfg.sandbox_uid, cfg.sandbox_gid) if probe.mode == "root" else None,
+                )
+            except BaseException:
+                self._processes.forget(proc)
+                raise
+            # Running is activity: the container stays until the process ends (at most its lifetime).
+            self.registry.hold(container_id, self._clock() + row.expiry_minutes * 60 + lifetime + 60)
+        if request.stdin and proc.stdin is not None:
+            proc.stdin.send_nowait(request.stdin)
+
+        async def body() -> ExecResult:
+            try:
+                run = await self._sandbox.run(job)
+                proc.ended_mono = time.monotonic()
+                async with run:
+                    async with self._hold(container_id):
+                        await self._running(container_id, locked=True)
+                        result = await finish_run(
+                            run,
+                            registry=self.registry,
+                            container=d,
+                            container_id=container_id,
+                            listed=request.max_listed_files,
+                            approve=approve,
+                            clock=self._clock,
+                            guess_mime=guess_mime,
+                        )
+                        await self._report_usage(container_id)
+                return result
+            finally:
+                # However it ended, its hold ends with it: the container idles from now on.
+                self.registry.touch(container_id, self._clock())
+
+        self._processes.launch(proc, body, on_exit)
+        return proc.info()
+
+    async def list_processes(self, container_id: str) -> list[ProcessInfo]:
+        await self._row(container_id, touch=True)
+        return [p.info() for p in self._processes.of(container_id)]
+
+    def running_processes(self, container_ids: Collection[str]) -> int:
+        return self._processes.running(container_ids)
+
+    async def read_process(
+        self, container_id: str, process_id: str, *, stream: Literal["stdout", "stderr"], offset: int, max_bytes: int
+    ) -> ProcessOutput:
+        await self._row(container_id, touch=True)
+        proc = self._processes.get(container_id, process_id)
+        return await anyio.to_thread.run_sync(lambda: proc.read(stream, offset, max_bytes))
+
+    async def write_process(self, container_id: str, process_id: str, data: bytes, *, close: bool) -> ProcessInfo:
+        await self._running(container_id)
+        proc = self._processes.get(container_id, process_id)
+        if proc.stdin is None or proc.done.is_set():
+            raise InvalidRequest(f"The stdin of {process_id} is closed (or the process ended).", param="process_id")
+        if data:
+            with anyio.move_on_after(STDIN_WAIT_S) as waited:
+                await proc.stdin.send(data)
+            if waited.cancelled_caught:
+                raise InvalidRequest(
+                    f"{process_id} is not reading its stdin (its buffer is full); nothing was written. Read its output "
+                    "or wait for it, then try again.",
+                    param="stdin",
+                )
+        if close:
+            proc.stdin.close()
+            proc.stdin = None
+        return proc.info()
+
+    async def signal_process(self, container_id: str, process_id: str, signal: int) -> ProcessInfo:
+        await self._running(container_id)
+        proc = self._processes.get(container_id, process_id)
+        with anyio.move_on_after(STDIN_WAIT_S):  # just started: its sandbox may still be coming up
+            await proc.ready.wait()
+        if proc.done.is_set():
+            raise InvalidRequest(f"{process_id} has already ended ({proc.state}).", param="process_id")
+        if proc.send_signal is None:
+            raise InvalidRequest(f"{process_id} is still starting; send the signal again in a moment.", param="signal")
+        proc.send_signal(signal)
+        return proc.info()
+
+    async def wait_process(self, container_id: str, process_id: str, timeout_s: float) -> ProcessInfo:
+        await self._row(container_id, touch=True)
+        proc = self._processes.get(container_id, process_id)
+        with anyio.move_on_after(timeout_s):
+            await proc.done.wait()
+        return proc.info()
+
+
+PERSISTENCE = (
+    "/mnt/data: the container's files (a command's changes are staged and become files when it exits). "
+    "$HOME=/home/sandbox: kept between commands of the container (pip install --user, venvs, caches, rc "
+    "files), written in place, not listed as files, counted in stored bytes, bounded per container; gone "
+    "with the container. /tmp and /dev/shm: private to each command."
+)
+
+
+STDIN_WAIT_S = 5.0
+"""How long a write waits for a process to take its stdin, or a signal for it to start, before
+either is refused."""
 
 RECOVERY_GRACE_S = 600.0
 """Recovery leaves alone leftovers younger than this: they may be another live process's work."""
 
 
 def _recover_stages(d: ContainerDir) -> bool:
-    """Roll forward or back every stage in ``d`` (a crash's; the caller holds the lock).
+    """Roll forward or back every stage in ``d`` a crash left (the caller holds the lock).
 
     Returns whether a commit was rolled forward.
     """
     rolled = False
     for entry in list(d.root.iterdir()):
         if entry.name.startswith(STAGE_PREFIX):
+            # A background run's stage is in use without the lock: one without a journal (no commit
+            # began, which needs the lock) of a live server process is left alone.
+            pid = entry.name.removeprefix(STAGE_PREFIX).split("-", 1)[0]
+            if not (entry / JOURNAL).exists() and pid.isdigit() and pid_alive(int(pid)):
+                continue
             rolled = recover_stage(entry, d.files) or rolled
     return rolled
 

@@ -20,12 +20,13 @@ from ..errors import InvalidRequest, QuotaExceeded, SandboxUnavailable
 from ..ids import new_file_id
 from ..models import MEMORY_LIMITS, NetworkPolicy
 from ..paths import MOUNT, normalize_path, relative_path
-from ..sandbox import ChangeSet, Sandbox, SandboxJob, SandboxProbe, SandboxProgress, SandboxRun
+from ..sandbox import Attachment, ChangeSet, Sandbox, SandboxJob, SandboxProbe, SandboxProgress, SandboxRun
+from ..sandbox.tree import adopt_tree
 from .base import ApproveChanges, ExecRequest, ExecResult, FileChanges, ProgressCallback
-from .local_fs import ContainerDir
+from .local_fs import ContainerDir, FileStat
 from .local_registry import ContainerRow, FileRow, Registry
 
-__all__ = ["ExecLimits", "run_exec"]
+__all__ = ["ExecLimits", "ending", "finish_run", "prepare_job", "run_exec"]
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,23 @@ class ExecLimits:
     pids_limit: int = 256
     cpu_seconds: int = 600
     max_file_bytes: int = 100 << 20
-    max_output_bytes: int = 64 << 10
-    max_stage_files: int | None = 1000
-    """Kill a command once it has written more files than this (the files-per-container quota):
-    its output could never be accepted, and the stage must not fill the host's disk first."""
+    max_output_bytes: int = 32 << 10
+    max_stage_files: int | None = 200_000
+    """Kill a command once its stage holds more entries (files and directories) than this: its
+    output could never be accepted, and the stage must not fill the host's disk first. Twice the
+    files-per-container quota, so a command at the quota keeps room for its directories (the
+    quota itself is checked exactly, on the files, before anything is applied)."""
     max_stage_bytes: int | None = 1 << 30
     """Likewise for bytes written (the per-session stored-bytes quota)."""
+    max_home_bytes: int = 1 << 30
+    max_home_files: int = 100_000
+    """Bound on a container's persistent home: a command that grows it past either is killed."""
+    max_processes_per_container: int = 4
+    max_processes_per_session: int = 8
+    process_max_lifetime_s: float = 3600.0
+    """A background process is killed (and its changes committed) after this long at most."""
+    process_max_output_bytes: int = 8 << 20
+    """Bytes kept of each of a background process's stdout and stderr (files, not memory)."""
 
 
 def _workdir(container: ContainerDir, workdir: str) -> str:
@@ -54,6 +66,7 @@ def _workdir(container: ContainerDir, workdir: str) -> str:
             f"workdir must be /mnt/data or a directory under it; got {workdir[:200]!r}.", param="workdir"
         )
     container.ensure_dir(relative_path(workdir))
+    container.home.mkdir(mode=0o700, exist_ok=True)  # containers made before homes existed
     return normalize_path(workdir)
 
 
@@ -65,6 +78,53 @@ def _file_changes(changes: ChangeSet) -> FileChanges:
         largest_file_bytes=changes.largest_file_bytes,
         files_delta=changes.files_delta,
         bytes_delta=changes.bytes_delta,
+    )
+
+
+async def prepare_job(
+    *,
+    probe: SandboxProbe,
+    container: ContainerDir,
+    row: ContainerRow,
+    request: ExecRequest,
+    limits: ExecLimits,
+    attach: Attachment | None = None,
+    adopt_now: tuple[int, int] | None = None,
+) -> SandboxJob:
+    """The sandbox job for ``request`` in ``row``'s container; the caller holds its lock.
+
+    ``adopt_now`` (root mode, a background run that will not hold the lock while its stage is
+    made): hand the container's tree to that uid/gid here, under the lock, and not in the run.
+    """
+    if not probe.available:
+        raise SandboxUnavailable(f"Commands cannot run here: {probe.reason}.")
+    workdir = await anyio.to_thread.run_sync(_workdir, container, request.workdir)
+    adopted = await anyio.to_thread.run_sync(container.adopted)
+    if adopt_now is not None and not adopted:
+        await anyio.to_thread.run_sync(adopt_tree, container.files, *adopt_now)
+        await anyio.to_thread.run_sync(container.mark_adopted)
+        adopted = True
+    return SandboxJob(
+        data_dir=container.files,
+        argv=request.argv,
+        stdin=request.stdin,
+        env=request.env,
+        workdir=workdir,
+        timeout_s=request.timeout_s,
+        memory_bytes=MEMORY_LIMITS[row.memory_limit],
+        network=NetworkPolicy.model_validate_json(row.network_policy),
+        max_output_bytes=min(request.max_output_bytes, limits.max_output_bytes),
+        pids_limit=limits.pids_limit,
+        cpu_seconds=limits.cpu_seconds,
+        max_file_bytes=limits.max_file_bytes,
+        max_stage_files=limits.max_stage_files,
+        max_stage_bytes=limits.max_stage_bytes,
+        stage_root=container.root,
+        home_dir=container.home,
+        max_home_bytes=limits.max_home_bytes,
+        max_home_files=limits.max_home_files,
+        adopt=not adopted,
+        attach=attach,
     )
 
 
@@ -83,39 +143,49 @@ async def run_exec(
     guess_mime: Callable[[str], str],
 ) -> ExecResult:
     """Run ``request`` in ``row``'s container; see the module docstring. The caller holds its lock."""
-    if not probe.available:
-        raise SandboxUnavailable(f"Commands cannot run here: {probe.reason}.")
-    workdir = await anyio.to_thread.run_sync(_workdir, container, request.workdir)
+    job = await prepare_job(probe=probe, container=container, row=row, request=request, limits=limits)
 
     async def report(p: SandboxProgress) -> None:
         if progress is not None:
             await progress(p.elapsed_s, p.message())
 
-    job = SandboxJob(
-        data_dir=container.files,
-        argv=request.argv,
-        stdin=request.stdin,
-        env=request.env,
-        workdir=workdir,
-        timeout_s=request.timeout_s,
-        memory_bytes=MEMORY_LIMITS[row.memory_limit],
-        network=NetworkPolicy.model_validate_json(row.network_policy),
-        max_output_bytes=min(request.max_output_bytes, limits.max_output_bytes),
-        pids_limit=limits.pids_limit,
-        cpu_seconds=limits.cpu_seconds,
-        max_file_bytes=limits.max_file_bytes,
-        max_stage_files=limits.max_stage_files,
-        max_stage_bytes=limits.max_stage_bytes,
-        stage_root=container.root,
-    )
     run: SandboxRun = await sandbox.run(job, progress=report)
+    if job.adopt:
+        await anyio.to_thread.run_sync(container.mark_adopted)
+    return await finish_run(
+        run,
+        registry=registry,
+        container=container,
+        container_id=row.id,
+        listed=request.max_listed_files,
+        approve=approve,
+        clock=clock,
+        guess_mime=guess_mime,
+    )
+
+
+async def finish_run(
+    run: SandboxRun,
+    *,
+    registry: Registry,
+    container: ContainerDir,
+    container_id: str,
+    listed: int,
+    approve: ApproveChanges,
+    clock: Callable[[], float],
+    guess_mime: Callable[[str], str],
+) -> ExecResult:
+    """Approve, commit and record a finished run's changes; its result. The caller holds the lock.
+
+    A refusal (``QuotaExceeded``) discards every change and says how the command ended.
+    """
     async with run:
         try:
             await approve(_file_changes(run.changes))
         except QuotaExceeded as exc:
             exc.message = (
-                f"The command finished (exit code {run.exit_code}), but its file changes were discarded and "
-                f"the container is as it was before the command. {exc.message}"
+                f"The command {ending(run.exit_code, run.signal, run.killed_reason)}, but its file changes were "
+                f"discarded and the container is as it was before the command. {exc.message}"
             )
             exc.args = (exc.message,)
             raise
@@ -123,7 +193,11 @@ async def run_exec(
         # cancelled: otherwise they would be files nobody accounts for.
         with anyio.CancelScope(shield=True):
             applied = await run.commit()
-            created, changed = await _record(registry, container, row.id, applied, clock, guess_mime)
+            created, changed = await _record(registry, container, container_id, applied, clock, guess_mime)
+    created.sort(key=_relevance)
+    changed.sort(key=_relevance)
+    deleted = sorted((f.path for f in applied.deleted), key=_path_relevance)
+    truncated = max(len(created), len(changed), len(deleted)) > listed
     return ExecResult(
         exit_code=run.exit_code,
         signal=run.signal,
@@ -136,10 +210,37 @@ async def run_exec(
         duration_ms=round(run.duration_s * 1000),
         timed_out=run.timed_out,
         killed_reason=run.killed_reason,
-        files_created=[r.model() for r in created],
-        files_changed=[r.model() for r in changed],
-        files_deleted=[f"{MOUNT}/{f.path}" for f in applied.deleted],
-    )
+        files_created=[r.model() for r in created[:listed]],
+        files_changed=[r.model() for r in changed[:listed]],
+        files_deleted=[f"{MOUNT}/{p}" for p in deleted[:listed]],
+        files_created_total=len(created),
+        files_changed_total=len(changed),
+        files_deleted_total=len(deleted),
+        files_not_kept=len(applied.skipped),
+        files_truncated=truncated,
+    ).with_all_files([r.model() for r in (*created, *changed)], [f"{MOUNT}/{p}" for p in deleted])
+
+
+def ending(exit_code: int | None, signal: int | None, killed_reason: str | None) -> str:
+    """How a command ended, as the end of "The command ...": never "exit code None"."""
+    if killed_reason == "timeout":
+        return "was killed at its timeout"
+    if killed_reason == "memory_limit":
+        return "was killed for going over the container's memory_limit"
+    if killed_reason == "disk_limit":
+        return "was killed for writing more files or bytes under /mnt/data than the quotas allow"
+    if exit_code is None:
+        return f"was killed by signal {signal}" if signal is not None else "was killed"
+    return f"finished (exit code {exit_code})"
+
+
+def _path_relevance(rel: str) -> tuple[int, str]:
+    """Shallow paths first (``report.csv`` before ``venv/lib/.../x.py``), then by path."""
+    return rel.count("/"), rel
+
+
+def _relevance(row: FileRow) -> tuple[int, str]:
+    return _path_relevance(row.path)
 
 
 async def _record(
@@ -151,27 +252,39 @@ async def _record(
     guess_mime: Callable[[str], str],
 ) -> tuple[list[FileRow], list[FileRow]]:
     """Bring the registry in line with what was applied: new rows for created files (source
-    'assistant'), refreshed rows (same id) for changed ones, none for deleted ones."""
-    existing = registry.files_of(container_id)
+    'assistant'), refreshed rows (same id) for changed ones, none for deleted ones.
+
+    Costs follow the change, not the container: only the touched paths are read (stat and hash,
+    in one worker-thread hop) and looked up, and the registry takes them in one transaction.
+    """
+    if applied.empty:
+        return [], []
+    existing = registry.files_at(container_id, [f.path for f in (*applied.created, *applied.changed)])
     now = clock()
+
+    def measure() -> list[tuple[bool, str, FileStat, str]]:
+        found: list[tuple[bool, str, FileStat, str]] = []
+        for is_new, change in [(True, f) for f in applied.created] + [(False, f) for f in applied.changed]:
+            measured = container.measure(change.path)
+            if measured is None:  # a file the command left unreadable or that vanished: nothing to record
+                log.warning("file %s of %s vanished after commit", change.path, container_id)
+                continue
+            found.append((is_new, change.path, *measured))
+        return found
+
     created: list[FileRow] = []
     changed: list[FileRow] = []
-    for change, bucket in [(f, created) for f in applied.created] + [(f, changed) for f in applied.changed]:
-        st = await anyio.to_thread.run_sync(container.stat, change.path)
-        if st is None:  # a file the command left unreadable or that vanished: nothing to record
-            log.warning("file %s of %s vanished after commit", change.path, container_id)
-            continue
-        sha = await anyio.to_thread.run_sync(container.sha256, change.path)
-        old = existing.get(change.path)
-        bucket.append(
+    for is_new, rel, st, sha in await anyio.to_thread.run_sync(measure):
+        old = existing.get(rel)
+        (created if is_new else changed).append(
             FileRow(
                 id=old.id if old is not None else new_file_id(now),
                 container_id=container_id,
-                path=change.path,
+                path=rel,
                 created_at=old.created_at if old is not None else int(now),
                 bytes=st.size,
                 source=old.source if old is not None else "assistant",
-                mime_type=guess_mime(change.path),
+                mime_type=guess_mime(rel),
                 sha256=sha,
                 mtime_ns=st.mtime_ns,
             )

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import InvalidPath
 from ..private import DIR_MODE, FILE_MODE
+from ..sandbox.tree import tree_usage
 
 __all__ = ["ContainerDir", "FileStat"]
 
@@ -48,16 +49,40 @@ def _symlink_error(rel: str) -> InvalidPath:
 
 
 class ContainerDir:
-    """The on-disk home of one container: ``files/`` (mounted at /mnt/data) and ``tmp/``."""
+    """The on-disk home of one container: ``files/`` (mounted at /mnt/data), ``home/`` (commands'
+    persistent ``$HOME``, never read as container files) and ``tmp/``."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.files = root / "files"
+        self.home = root / "home"
         self.tmp = root / "tmp"
 
     def create(self) -> None:
-        for d in (self.root, self.files, self.tmp):
+        for d in (self.root, self.files, self.home, self.tmp):
             d.mkdir(mode=DIR_MODE, exist_ok=True)
+
+    def home_usage(self) -> int:
+        """Bytes the home holds (allocated, directories included)."""
+        return tree_usage(self.home, max_entries=1 << 62)[0]
+
+    # ``adopted`` marks that every entry under ``files/`` belongs to the sandbox's uid (root mode:
+    # a run handed them over, and only runs wrote since). Whatever the server itself writes there
+    # removes the mark first, so a crash at any point leaves it absent (and the next run adopts).
+
+    @property
+    def _adopted(self) -> Path:
+        return self.root / "adopted"
+
+    def adopted(self) -> bool:
+        return self._adopted.exists()
+
+    def mark_adopted(self) -> None:
+        os.close(os.open(self._adopted, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE))
+
+    def _unadopt(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._adopted)
 
     @contextlib.contextmanager
     def _parent(self, rel: str, *, create: bool) -> Iterator[tuple[int, str]]:
@@ -153,6 +178,12 @@ class ContainerDir:
 
     def ensure_dir(self, rel: str) -> None:
         """Create the directory ``rel`` (and its parents) unless it exists; never through a symlink."""
+        try:
+            with self._parent(rel + "/x", create=False):
+                return
+        except FileNotFoundError:
+            pass
+        self._unadopt()
         with self._parent(rel + "/x", create=True):
             pass
 
@@ -169,6 +200,7 @@ class ContainerDir:
 
     def install(self, temp_name: str, rel: str) -> FileStat:
         """Atomically move a finished temp file to ``rel`` (replacing a file there) and fsync the dir."""
+        self._unadopt()
         tmp_fd = os.open(self.tmp, _DIR_FLAGS)
         try:
             with self._parent(rel, create=True) as (parent, name):
@@ -221,6 +253,21 @@ class ContainerDir:
             dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
         return found
 
+    def measure(self, rel: str, chunk: int = 1 << 20) -> tuple[FileStat, str] | None:
+        """(stat, sha256) of the regular file at ``rel`` from one open, or None when there is none."""
+        try:
+            fd = self.open_read(rel)
+        except (FileNotFoundError, NotADirectoryError, InvalidPath):
+            return None
+        try:
+            st = os.fstat(fd)
+            h = hashlib.sha256()
+            while data := os.read(fd, chunk):
+                h.update(data)
+        finally:
+            os.close(fd)
+        return FileStat(rel=rel, size=st.st_size, mtime_ns=st.st_mtime_ns, ino=st.st_ino), h.hexdigest()
+
     def sha256(self, rel: str, chunk: int = 1 << 20) -> str:
         h = hashlib.sha256()
         for data in self.read_range(rel, 0, None, chunk):
@@ -229,7 +276,9 @@ class ContainerDir:
 
     def clear_files(self) -> None:
         """Delete every file (expiry): the directory stays, empty."""
+        self._unadopt()
         shutil.rmtree(self.files, ignore_errors=True)
+        shutil.rmtree(self.home, ignore_errors=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.files.mkdir(mode=DIR_MODE, exist_ok=True)
 

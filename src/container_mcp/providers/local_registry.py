@@ -210,6 +210,18 @@ class Registry:
         rows = self._db.execute("SELECT * FROM files WHERE container_id = ?", (container_id,)).fetchall()
         return {r["path"]: FileRow(**dict(r)) for r in rows}
 
+    def files_at(self, container_id: str, rels: Sequence[str]) -> dict[str, FileRow]:
+        """The rows at ``rels`` (those that exist), looked up by the (container_id, path) index."""
+        found: dict[str, FileRow] = {}
+        for i in range(0, len(rels), _IN_BATCH):
+            batch = rels[i : i + _IN_BATCH]
+            rows = self._db.execute(
+                f"SELECT * FROM files WHERE container_id = ? AND path IN ({','.join('?' * len(batch))})",
+                (container_id, *batch),
+            ).fetchall()
+            found.update((r["path"], FileRow(**dict(r))) for r in rows)
+        return found
+
     def usage_of(self, container_id: str) -> tuple[int, int]:
         """(files, bytes) the container's rows record."""
         row = self._db.execute(
@@ -225,15 +237,14 @@ class Registry:
     @staticmethod
     def _put(db: sqlite3.Connection, row: FileRow) -> None:
         db.execute("DELETE FROM files WHERE container_id = ? AND path = ?", (row.container_id, row.path))
-        db.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", astuple(row))
+        db.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _values(row))
 
     def apply(self, container_id: str, put: Sequence[FileRow], removed: Sequence[str]) -> None:
-        """Apply a batch of file changes in one transaction (``removed`` are relative paths)."""
+        """Apply a batch of file changes in one transaction, one fsync (``removed`` are relative paths)."""
         with self.tx() as db:
-            for rel in removed:
-                db.execute("DELETE FROM files WHERE container_id = ? AND path = ?", (container_id, rel))
-            for row in put:
-                self._put(db, row)
+            gone = [(container_id, rel) for rel in removed] + [(container_id, r.path) for r in put]
+            db.executemany("DELETE FROM files WHERE container_id = ? AND path = ?", gone)
+            db.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [_values(r) for r in put])
 
     def delete_file(self, container_id: str, file_id: str) -> bool:
         with self.tx() as db:
@@ -241,10 +252,14 @@ class Registry:
         return cur.rowcount > 0
 
     def page_files(
-        self, container_id: str, *, limit: int, order: str, after: str | None
+        self, container_id: str, *, limit: int, order: str, after: str | None, prefix: str | None = None
     ) -> tuple[list[FileRow], bool, bool]:
+        """A page of the container's files by (created_at, id); ``prefix``: only paths starting with it."""
         where = ["container_id = ?"]
         args: list[object] = [container_id]
+        if prefix:
+            where.append("substr(path, 1, ?) = ?")
+            args.extend([len(prefix), prefix])
         if after is not None:
             anchor = self._db.execute(
                 "SELECT created_at FROM files WHERE id = ? AND container_id = ?", (after, container_id)
@@ -259,6 +274,25 @@ class Registry:
             (*args, limit + 1),
         ).fetchall()
         return [FileRow(**dict(r)) for r in rows[:limit]], len(rows) > limit, True
+
+
+_IN_BATCH = 500
+"""Paths per ``IN (...)`` lookup: well under SQLite's bound-parameter limit."""
+
+
+def _values(row: FileRow) -> tuple[object, ...]:
+    """The row's columns in table order (``astuple`` deep-copies: 10x slower on 10,000 rows)."""
+    return (
+        row.id,
+        row.container_id,
+        row.path,
+        row.created_at,
+        row.bytes,
+        row.source,
+        row.mime_type,
+        row.sha256,
+        row.mtime_ns,
+    )
 
 
 def _page_sql(*, order: str, after: bool, name: bool) -> str:

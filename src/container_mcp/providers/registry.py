@@ -25,8 +25,14 @@ def _local(settings: Settings, clock: Clock) -> Provider:
             cpu_seconds=settings.exec_cpu_seconds,
             max_file_bytes=settings.max_file_bytes,
             max_output_bytes=settings.exec_max_output_bytes,
-            max_stage_files=settings.max_files_per_container,
+            max_stage_files=2 * settings.max_files_per_container,
             max_stage_bytes=settings.max_session_bytes,
+            max_home_bytes=settings.exec_home_max_bytes,
+            max_home_files=settings.exec_home_max_files,
+            max_processes_per_container=settings.exec_max_processes_per_container,
+            max_processes_per_session=settings.exec_max_processes_per_session,
+            process_max_lifetime_s=settings.exec_process_max_lifetime_s,
+            process_max_output_bytes=settings.exec_process_max_output_bytes,
         ),
         sandbox=Sandbox(
             SandboxConfig(

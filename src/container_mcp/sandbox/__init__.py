@@ -83,9 +83,9 @@ refused unless opened, and only the listed ports are reachable) reached through 
 Unix socket; a small forwarder inside listens on 127.0.0.1:3128 and HTTP(S)_PROXY point to it.
 Direct connections and DNS have no route.
 
-**Output.** stdout/stderr are bytes, each capped at ``max_output_bytes`` (head and tail kept,
-with an omission marker), with totals and truncation flags; ``decode_output`` decodes with
-replacement characters.
+**Output.** stdout/stderr are bytes, capped together at ``max_output_bytes`` (they share it:
+one that needs less leaves the rest to the other; head and tail kept, with an omission marker),
+with totals and truncation flags; ``decode_output`` decodes with replacement characters.
 
 **Host requirements.** Debian packages ``bubblewrap`` and ``util-linux`` (unshare, mount); an
 existing ``/mnt`` (the overlay is mounted over it inside a private mount namespace only);
@@ -97,12 +97,13 @@ from __future__ import annotations
 from .changes import STAGE_PREFIX, ChangeSet, FileChange, SkippedEntry, recover_stage, sweep_stages
 from .config import SandboxConfig, SandboxProbe
 from .egress import Allowlist, EgressProxy, static_resolver
-from .job import SandboxJob, SandboxProgress, SandboxRun
+from .job import Attachment, SandboxJob, SandboxProgress, SandboxRun
 from .output import decode_output
 from .runner import Sandbox, probe_sandbox, run_sandboxed
 
 __all__ = [
     "Allowlist",
+    "Attachment",
     "ChangeSet",
     "EgressProxy",
     "FileChange",

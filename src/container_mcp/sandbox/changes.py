@@ -304,12 +304,23 @@ class Stage:
         self.work = root / "work"
 
     @classmethod
-    def create(cls, data_dir: Path, stage_root: Path, *, owner: tuple[int, int] | None) -> Stage:
+    def create(
+        cls,
+        data_dir: Path,
+        stage_root: Path,
+        *,
+        owner: tuple[int, int] | None,
+        adopt: bool = True,
+        home_dir: Path | None = None,
+    ) -> Stage:
         """Make a stage for ``data_dir`` under ``stage_root`` (which must be on the same filesystem).
 
         With ``owner`` (server running as root), the container directory's tree is handed to that
-        uid/gid first, so the unprivileged sandbox user can modify it; the stage's upper root gets
-        the same owner and the container directory's permission bits.
+        uid/gid first (unless ``adopt`` is False: the caller knows it already is), so the
+        unprivileged sandbox user can modify it; the stage's upper root gets the same owner and
+        the container directory's permission bits. With ``home_dir`` (on the same filesystem), the
+        stage also gets what its home overlay needs: an empty ``home-lower``, ``home-work`` and a
+        ``home`` link to ``home_dir`` (given to ``owner``, when set).
         """
         data_st = os.stat(data_dir)
         if not stat.S_ISDIR(data_st.st_mode):
@@ -329,8 +340,17 @@ class Stage:
             os.symlink(data_dir.resolve(), root / "lower")
             os.chmod(stage.upper, stat.S_IMODE(data_st.st_mode))
             if owner is not None:
-                adopt_tree(data_dir, *owner)
+                if adopt:
+                    adopt_tree(data_dir, *owner)
                 os.chown(stage.upper, *owner)
+            if home_dir is not None:
+                if os.stat(home_dir).st_dev != data_st.st_dev:
+                    raise OSError(errno.EXDEV, f"home directory {home_dir} is not on the filesystem of {data_dir}")
+                (root / "home-lower").mkdir(mode=0o755)
+                (root / "home-work").mkdir(mode=0o700)
+                os.symlink(home_dir.resolve(), root / "home")
+                if owner is not None:
+                    os.chown(home_dir, *owner, follow_symlinks=False)
         except BaseException:
             stage.destroy()
             raise

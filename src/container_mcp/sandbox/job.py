@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Literal, Self
 
 import anyio
+import anyio.abc
 
 from ..errors import ExecError, InvalidRequest
 from ..models import NetworkPolicy
@@ -17,11 +18,25 @@ from .changes import ChangeSet, Stage, _Plan
 from .config import MemoryEnforcement, PidsEnforcement
 from .output import decode_output
 
-__all__ = ["KillReason", "ProgressCallback", "SandboxJob", "SandboxProgress", "SandboxRun"]
+__all__ = ["Attachment", "KillReason", "ProgressCallback", "SandboxJob", "SandboxProgress", "SandboxRun"]
 
 KillReason = Literal["timeout", "disk_limit", "memory_limit"]
 
 MiB = 1 << 20
+
+
+@dataclass
+class Attachment:
+    """A live line to a run that nobody waits on (a background process).
+
+    ``output(fd, chunk)`` is called with every chunk of stdout (1) and stderr (2) as it comes;
+    ``stdin`` is read until its sending side closes, each item written to the command's stdin;
+    ``started`` is handed, once the command runs, a function sending a signal to its process group.
+    """
+
+    output: Callable[[int, bytes], None]
+    stdin: anyio.abc.ObjectReceiveStream[bytes] | None = None
+    started: Callable[[Callable[[int], None]], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -46,7 +61,8 @@ class SandboxJob:
     timeout_s: float = 60.0
     memory_bytes: int = 1 << 30
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
-    max_output_bytes: int = 64 * 1024
+    max_output_bytes: int = 32 * 1024
+    """Bytes kept of stdout and stderr together."""
     pids_limit: int = 256
     cpu_seconds: int = 600
     max_file_bytes: int = 100 * MiB
@@ -56,6 +72,18 @@ class SandboxJob:
     tmp_bytes: int | None = None
     """Size of the private /tmp (and /dev/shm) tmpfs; default: ``memory_bytes``."""
     progress_interval_s: float = 1.0
+    home_dir: Path | None = None
+    """A host directory mounted read-write at /home/sandbox (and ``$HOME``), written in place: what
+    a run leaves there is there for the next one. It must be on ``data_dir``'s filesystem. None:
+    ``$HOME`` is the run's private /tmp."""
+    max_home_bytes: int | None = None
+    max_home_files: int | None = None
+    """Kill the run (``disk_limit``) once ``home_dir`` holds more than this (checked like the stage)."""
+    attach: Attachment | None = None
+    """Set for a background run: output, stdin and signals while it runs (``stdin`` is then unused)."""
+    adopt: bool = True
+    """Root mode: hand ``data_dir``'s whole tree to the sandbox uid first (a walk of every entry).
+    False when the caller knows it already belongs to it (nothing but runs wrote there since)."""
 
     def __post_init__(self) -> None:
         problems: list[str] = []

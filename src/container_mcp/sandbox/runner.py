@@ -22,12 +22,15 @@ from . import cgroups
 from .bwrap import (
     DEFAULT_ENV,
     FORWARDER_PATH,
+    HOME,
+    HOME_FSTAB,
     PROXY_PORT,
     PROXY_SOCKET_PATH,
     BwrapOptions,
     args_data,
     bwrap_args,
     etc_files,
+    home_fstab,
     launcher_argv,
     setup_script,
 )
@@ -277,7 +280,7 @@ class Sandbox:
         owner = (self.config.sandbox_uid, self.config.sandbox_gid) if probe.mode == "root" else None
         stage_root = job.stage_root or job.data_dir.parent
         try:
-            stage = await anyio.to_thread.run_sync(lambda: Stage.create(job.data_dir, stage_root, owner=owner))
+            stage = await anyio.to_thread.run_sync(lambda: self._stage(job, stage_root, owner))
         except OSError as exc:
             raise ExecError(f"Could not prepare the sandbox for {job.data_dir}: {exc}") from exc
         try:
@@ -294,6 +297,16 @@ class Sandbox:
                 await anyio.to_thread.run_sync(stage.destroy)
             raise
         return replace(outcome, changes=changes, _stage=stage, _plan=plan)
+
+    def _stage(self, job: SandboxJob, stage_root: Path, owner: tuple[int, int] | None) -> Stage:
+        stage = Stage.create(job.data_dir, stage_root, owner=owner, adopt=job.adopt, home_dir=job.home_dir)
+        if job.home_dir is not None:
+            try:
+                (stage.root / HOME_FSTAB).write_bytes(home_fstab(self.config.overlay_mountpoint))
+            except BaseException:
+                stage.destroy()
+                raise
+        return stage
 
     async def _launcher(self, probe: SandboxProbe) -> Launcher:
         launcher = self._pool.take() if self._pool is not None else None
@@ -343,6 +356,8 @@ class Sandbox:
                 except OSError as exc:
                     raise ExecError(f"Could not start the egress proxy: {exc}") from exc
                 proxy = EgressProxy(allowlist, rules=cfg.egress, resolver=cfg.resolver)
+            if job.home_dir is not None:
+                env["HOME"] = HOME
             env.update(job.env)
             bwrap = bwrap_args(
                 BwrapOptions(
@@ -358,6 +373,7 @@ class Sandbox:
                     # The seccomp filter already refuses every way to a new namespace.
                     disable_userns=launcher.seccomp_fd is None and version_at_least(probe.bwrap_version, (0, 8)),
                     proxy_socket=str(sock_dir / "proxy.sock") if sock_dir else None,
+                    home=job.home_dir is not None,
                 )
             )
             script = setup_script(
@@ -369,6 +385,7 @@ class Sandbox:
                 bwrap=self._tools["bwrap"],
                 args_fd=launcher.args_fd,
                 argv=argv,
+                home=job.home_dir is not None,
             )
             try:
                 if launcher.cgroup is not None:

@@ -18,9 +18,10 @@ from . import cgroups
 from .changes import ChangeSet, Stage
 from .config import SandboxProbe
 from .host import tail
-from .job import KillReason, ProgressCallback, SandboxJob, SandboxProgress, SandboxRun
+from .job import Attachment, KillReason, ProgressCallback, SandboxJob, SandboxProgress, SandboxRun
 from .launchers import Launcher
-from .output import OutputCapture
+from .output import OutputCapture, shared
+from .tree import tree_usage
 
 __all__ = ["supervise"]
 
@@ -75,11 +76,15 @@ async def supervise(
             raise ExecError(f"Could not start the sandbox: {exc}") from exc
         watch.started = launcher.started or time.monotonic()
         async with anyio.create_task_group() as io:
-            io.start_soon(_pump, process.stdout, out)
-            io.start_soon(_pump, process.stderr, err)
-            io.start_soon(_read_status, launcher.status_r, watch)
+            attach = job.attach
+            io.start_soon(_pump, process.stdout, out, attach, 1)
+            io.start_soon(_pump, process.stderr, err, attach, 2)
+            io.start_soon(_read_status, launcher.status_r, watch, attach)
             async with anyio.create_task_group() as aux:
-                aux.start_soon(_feed, process.stdin, job.stdin)
+                if attach is not None and attach.stdin is not None:
+                    aux.start_soon(_relay, process.stdin, attach.stdin)
+                else:
+                    aux.start_soon(_feed, process.stdin, job.stdin)
                 aux.start_soon(_tick, job, stage, watch, out, err, progress, kill)
                 with anyio.move_on_after(job.timeout_s):
                     await process.wait()
@@ -114,11 +119,14 @@ async def _tick(
     progress: ProgressCallback | None,
     kill: Callable[[], None],
 ) -> None:
-    watchdog = job.max_stage_bytes is not None or job.max_stage_files is not None
+    home = job.home_dir if job.max_home_bytes is not None or job.max_home_files is not None else None
+    watchdog = job.max_stage_bytes is not None or job.max_stage_files is not None or home is not None
     if progress is None and not watchdog:
         return
     max_files = job.max_stage_files if job.max_stage_files is not None else 1 << 62
     max_bytes = job.max_stage_bytes if job.max_stage_bytes is not None else 1 << 62
+    max_home_files = job.max_home_files if job.max_home_files is not None else 1 << 62
+    max_home_bytes = job.max_home_bytes if job.max_home_bytes is not None else 1 << 62
     next_report = job.progress_interval_s
     while True:
         await anyio.sleep(min(WATCHDOG_INTERVAL_S, job.progress_interval_s) if watchdog else next_report)
@@ -129,6 +137,14 @@ async def _tick(
                 watch.killed_reason = "disk_limit"
                 kill()
                 return
+            if home is not None:
+                used, entries, _ = await anyio.to_thread.run_sync(
+                    lambda: tree_usage(home, max_entries=max_home_files + 1)
+                )
+                if used > max_home_bytes or entries > max_home_files:
+                    watch.killed_reason = "disk_limit"
+                    kill()
+                    return
         if progress is not None and elapsed >= next_report:
             await progress(SandboxProgress(elapsed, out.total, err.total))
             next_report += job.progress_interval_s
@@ -163,15 +179,16 @@ def _outcome(
             raise ExecError(f"The sandbox could not start the command: {message}")
     elif 128 < exit_code <= 128 + 64:
         sig = exit_code - 128
+    (stdout, stdout_truncated), (stderr, stderr_truncated) = shared(out, err, out.limit)
     return SandboxRun(
         exit_code=exit_code,
         signal=sig,
-        stdout=out.getvalue(),
+        stdout=stdout,
         stderr=stderr,
         stdout_total=out.total,
         stderr_total=err.total,
-        stdout_truncated=out.truncated,
-        stderr_truncated=err.truncated,
+        stdout_truncated=stdout_truncated,
+        stderr_truncated=stderr_truncated,
         duration_s=duration,
         timed_out=watch.killed_reason == "timeout",
         killed_reason=reason,
@@ -182,10 +199,45 @@ def _outcome(
     )
 
 
-async def _pump(stream: anyio.abc.ByteReceiveStream, capture: OutputCapture) -> None:
+async def _pump(
+    stream: anyio.abc.ByteReceiveStream, capture: OutputCapture, attach: Attachment | None, fd: int
+) -> None:
     with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
         async for chunk in stream:
             capture.feed(chunk)
+            if attach is not None:
+                attach.output(fd, chunk)
+
+
+async def _relay(stream: anyio.abc.ByteSendStream, source: anyio.abc.ObjectReceiveStream[bytes]) -> None:
+    """Write what ``source`` brings to the command's stdin until it closes (then close stdin)."""
+    try:
+        async for data in source:
+            await stream.send(data)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            await stream.aclose()
+
+
+def _signaller(child_pid: int, pidfd: int | None) -> Callable[[int], None]:
+    """Send a signal to the command's process group (bubblewrap's ``--new-session`` made it one).
+
+    The sandbox's init is in that group too; from outside its namespace only SIGKILL reaches it,
+    which ends the whole sandbox, as a kill should.
+    """
+
+    def send(sig: int) -> None:
+        if pidfd is not None:
+            try:
+                signal.pidfd_send_signal(pidfd, 0)  # still the same process, not a reused pid?
+            except OSError:
+                return
+        with contextlib.suppress(OSError):
+            os.killpg(os.getpgid(child_pid), sig)
+
+    return send
 
 
 async def _feed(stream: anyio.abc.ByteSendStream, data: bytes | None) -> None:
@@ -199,7 +251,7 @@ async def _feed(stream: anyio.abc.ByteSendStream, data: bytes | None) -> None:
             await stream.aclose()
 
 
-async def _read_status(fd: int, watch: _Watch) -> None:
+async def _read_status(fd: int, watch: _Watch, attach: Attachment | None = None) -> None:
     """Parse bubblewrap's ``--json-status-fd`` documents (one per line) until end of file."""
     buffer = b""
     while True:
@@ -221,5 +273,7 @@ async def _read_status(fd: int, watch: _Watch) -> None:
                 watch.child_pid = int(doc["child-pid"])
                 with contextlib.suppress(OSError):
                     watch.pidfd = os.pidfd_open(watch.child_pid)
+                if attach is not None and attach.started is not None:
+                    attach.started(_signaller(watch.child_pid, watch.pidfd))
             if "exit-code" in doc:
                 watch.exit_code = int(doc["exit-code"])

@@ -18,7 +18,6 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -38,12 +37,13 @@ from ..models import (
     Page,
 )
 from ..paths import MOUNT
-from ..providers.base import ExecRequest, ExecResult
+from ..providers.base import ExecRequest, ExecResult, ProcessInfo, ProcessOutput
 from ..service import ContainerService, SessionUsage
 from ..settings import Settings
 from ..uploads import HostFileUpload
 from .errors import tool_boundary
 from .host_files import host_upload
+from .results import MAX_RESULT_BYTES, fit_result
 from .session import session_key
 
 __all__ = ["FileChunk", "register_tools"]
@@ -303,10 +303,11 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
         limit: Limit = 20,
         order: OrderArg = "desc",
         after: After = None,
+        path_prefix: Annotated[str | None, Field(description="Only paths starting with it: /mnt/data/out/")] = None,
     ) -> FileList:
         """List a container's files. Paged like container_list."""
         page = await service.list_files(
-            deps.owner(ctx), container_id, ListParams(limit=limit, order=order, after=after)
+            deps.owner(ctx), container_id, ListParams(limit=limit, order=order, after=after, path_prefix=path_prefix)
         )
         return FileList(**page.model_dump())
 
@@ -381,6 +382,8 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
 
     if service.capabilities.exec:
         _register_exec(mcp, deps)
+    if service.capabilities.processes:
+        _register_processes(mcp, deps)
 
 
 def _register_exec(mcp: MCPServer, deps: ToolDeps) -> None:
@@ -389,7 +392,7 @@ def _register_exec(mcp: MCPServer, deps: ToolDeps) -> None:
     tool = _registrar(mcp)
 
     @tool(
-        title="Run command in container",
+        title="Run a command",
         annotations=ToolAnnotations(
             read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
         ),
@@ -399,18 +402,18 @@ def _register_exec(mcp: MCPServer, deps: ToolDeps) -> None:
         container_id: ContainerId,
         command: Annotated[
             list[str] | str,
-            Field(description="An argv list (['python3', 'a.py']) or a shell string (run with sh -c)."),
+            Field(description="An argv list or a shell string (run with sh -c)."),
         ],
         timeout_s: TimeoutArg = settings.exec_default_timeout_s,
-        stdin: Annotated[str | None, Field(description="Standard input text.")] = None,
+        stdin: Annotated[str | None, Field(description="stdin text.")] = None,
         env: Annotated[
             list[EnvVar] | None,
-            Field(max_length=256, description="Extra environment variables."),
+            Field(max_length=256, description="Environment variables."),
         ] = None,
         workdir: Annotated[str, Field(description="Working directory, under /mnt/data.")] = MOUNT,
     ) -> ExecResult:
-        """Run a command in the container's sandbox (files at /mnt/data; no network unless its
-        network_policy allows domains). stdout/stderr are capped; files it changed are listed."""
+        """Run a command in the container's sandbox (files at /mnt/data, $HOME kept; no network unless
+        network_policy allows). Output is capped; changed files are listed."""
         if timeout_s > settings.exec_max_timeout_s:
             raise InvalidRequest(
                 f"timeout_s {timeout_s:g} is over the server's maximum of {settings.exec_max_timeout_s:g} s. "
@@ -434,9 +437,76 @@ def _register_exec(mcp: MCPServer, deps: ToolDeps) -> None:
             await ctx.report_progress(elapsed, timeout_s, message)
 
         result = await service.exec(deps.owner(ctx), container_id, request, progress=progress)
-        if result.timed_out:
-            raise ToolError(_timeout_message(argv, timeout_s, settings, result))
-        return result
+        return fit_result(
+            result.model_copy(update={"hint": _hint(argv, timeout_s, settings, result)}), MAX_RESULT_BYTES
+        )
+
+
+class ProcessView(BaseModel):
+    """What container_process returns: the processes acted on or listed, and output when reading."""
+
+    processes: list[ProcessInfo]
+    output: ProcessOutput | None = None
+
+
+def _register_processes(mcp: MCPServer, deps: ToolDeps) -> None:
+    service = deps.service
+    settings = deps.settings
+    tool = _registrar(mcp)
+
+    @tool(
+        title="Processes",
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
+        ),
+    )
+    async def container_process(
+        ctx: Context,
+        container_id: ContainerId,
+        action: Literal["start", "list", "read", "write", "signal", "wait"],
+        process_id: Annotated[str | None, Field(description="proc_...")] = None,
+        command: Annotated[list[str] | str | None, Field(description="start: argv or shell string.")] = None,
+        stdin: Annotated[str | None, Field(description="stdin text; write without it closes stdin.")] = None,
+        stream: Annotated[Literal["stdout", "stderr"], Field(description="read.")] = "stdout",
+        offset: Annotated[int, Field(ge=0, description="read: next_offset.")] = 0,
+        signal: Annotated[str, Field(description="TERM INT HUP KILL QUIT USR1 USR2")] = "TERM",
+        wait_s: Annotated[float, Field(ge=0, le=600, description="Seconds to wait for its end.")] = 0,
+    ) -> ProcessView:
+        """Background commands: start, list, read output by offset, write stdin, signal, wait; its
+        files become container files at exit."""
+        owner = deps.owner(ctx)
+        procs = await service.processes(owner, container_id)
+        if action == "list":
+            return ProcessView(processes=await procs.list())
+        if action == "start":
+            if command is None or not command:
+                raise InvalidRequest("start needs a command (an argv list or a shell string).", param="command")
+            argv = ["sh", "-c", command] if isinstance(command, str) else list(command)
+            request = ExecRequest(
+                argv=argv,
+                timeout_s=settings.exec_process_max_lifetime_s,
+                stdin=_utf8(stdin, "stdin") if stdin is not None else None,
+                max_output_bytes=settings.exec_max_output_bytes,
+            )
+            info = await procs.start(request)
+            if wait_s:
+                info = await procs.wait(info.id, wait_s)
+            return ProcessView(processes=[info])
+        if process_id is None:
+            raise InvalidRequest(f"{action} needs the process_id (action 'list' shows them).", param="process_id")
+        if action == "read":
+            chunk = await procs.read(process_id, stream=stream, offset=offset, max_bytes=PROCESS_READ_BYTES)
+            return ProcessView(processes=[await procs.wait(process_id, 0)], output=chunk)
+        if action == "write":
+            data = _utf8(stdin, "stdin") if stdin is not None else b""
+            return ProcessView(processes=[await procs.write(process_id, data, close=stdin is None)])
+        if action == "signal":
+            return ProcessView(processes=[await procs.signal(process_id, signal)])
+        return ProcessView(processes=[await procs.wait(process_id, wait_s)])
+
+
+PROCESS_READ_BYTES = 16 * 1024
+"""Bytes of output one read returns at most (text; the result stays far below 64 KiB)."""
 
 
 def _env(variables: list[EnvVar]) -> dict[str, str]:
@@ -448,12 +518,26 @@ def _env(variables: list[EnvVar]) -> dict[str, str]:
     return env
 
 
-def _timeout_message(argv: list[str], timeout_s: float, settings: Settings, result: ExecResult) -> str:
-    tail_out = result.stdout[-2000:]
-    tail_err = result.stderr[-2000:]
-    return (
-        f"Command timed out after {timeout_s:g} s and was killed with all its processes: {shlex.join(argv)[:200]}. "
-        f"Pass a larger timeout_s (up to {settings.exec_max_timeout_s:g} s; the operator can raise "
-        "CONTAINER_MCP_EXEC_MAX_TIMEOUT_S), or run the work in smaller steps. Files it wrote before the kill were "
-        f"kept.\n--- stdout (last part) ---\n{tail_out}\n--- stderr (last part) ---\n{tail_err}"
-    )
+def _hint(argv: list[str], timeout_s: float, settings: Settings, result: ExecResult) -> str | None:
+    """What the caller can do about a result that did not tell the whole story."""
+    notes: list[str] = []
+    if result.timed_out:
+        notes.append(
+            f"The command timed out after {timeout_s:g} s and was killed with all its processes: "
+            f"{shlex.join(argv)[:200]}. Pass a larger timeout_s (up to {settings.exec_max_timeout_s:g} s; the operator "
+            "can raise CONTAINER_MCP_EXEC_MAX_TIMEOUT_S), or run the work in smaller steps. Files it wrote before "
+            "the kill were kept."
+        )
+    if result.stdout_truncated or result.stderr_truncated:
+        notes.append("Output was cut to its head and tail; redirect it to a file under /mnt/data and file_read it.")
+    if result.files_truncated:
+        notes.append(
+            "Not every changed file is listed (see the *_total counts); file_list with path_prefix and "
+            "order='desc' lists them."
+        )
+    if result.files_not_kept:
+        notes.append(
+            f"{result.files_not_kept} symlinks or special files under /mnt/data were not kept (container files are "
+            "regular files): make a venv there with --copies, or keep it under $HOME, which keeps everything."
+        )
+    return " ".join(notes) or None
