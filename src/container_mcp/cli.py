@@ -45,7 +45,9 @@ def _common(p: argparse.ArgumentParser, top: bool) -> None:
     def default(value: Any) -> Any:
         return value if top else argparse.SUPPRESS
 
-    p.add_argument("--provider", choices=["local", "openai"], default=default(None), help="backend (default: local)")
+    p.add_argument(
+        "--provider", choices=["local", "openai", "docker"], default=default(None), help="backend (default: local)"
+    )
     p.add_argument(
         "--data-dir",
         default=default(None),

@@ -65,6 +65,10 @@ class Capabilities(BaseModel):
     upstream_file_ids: bool = Field(
         False, description="Whether file_ids may name backend-level files (OpenAI 'file-...' ids)."
     )
+    images: list[str] = Field(
+        default_factory=list,
+        description="Images a caller may name on create (the first is the default); empty: no image choice.",
+    )
     unsupported_create_fields: list[str] = Field(
         default_factory=lambda: list(UNSUPPORTED_CREATE_FIELDS),
         description="OpenAI create-container fields not honoured here; a request carrying one is refused "

@@ -1,0 +1,312 @@
+"""Commands and file scans in a Docker container, through the engine alone.
+
+**Running.** A command runs by the engine's exec, as the provider's user, in a small ``/bin/sh``
+wrapper that records its pid (the exec's process is a session leader, so its pid is also its
+session id), makes and enters the working directory and then ``exec``s the argv unchanged. Its
+stdin is written up the hijacked stream and closed; stdout and stderr come down it and are kept
+head and tail (``OutputCapture``). The command has ended when its output streams close (a
+background process that keeps them open keeps the call waiting until the timeout: redirect it).
+A timeout, or a cancelled call, kills every process of the command's session (``_KILL``: a scan
+of ``/proc`` run by another exec as the same user), so nothing it started survives the call
+unless it left the session. An exit by signal N shows as 128+N, as from a shell; a SIGKILL with
+the container's OOM-kill counter grown is reported as ``killed_reason="memory_limit"``.
+
+**Scanning.** ``scan_files`` tells what a command did to /mnt/data from the engine's own records,
+not from anything in the container: the container's change list (``GET /containers/{id}/changes``,
+every path of its writable layer) names the candidates, and the archive API's stat of each gives
+its size and mtime. A path is a file when the engine says it is a regular file and its name is
+a valid container path; symlinks, devices and the like are never reported. Compared with the
+rows before the command, that yields created, changed (size or mtime differ) and deleted files.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import anyio
+
+from ..errors import InvalidPath, InvalidRequest, ProviderError
+from ..paths import MOUNT, normalize_path, relative_path
+from ..sandbox.output import OutputCapture, decode_output
+from .base import ExecRequest, ExecResult, FileChanges, ProgressCallback
+from .docker_api import Engine
+from .local_registry import FileRow
+
+__all__ = ["DockerExec", "ExecLimits", "ExecOutcome", "FileScan", "scan_files"]
+
+PIDFILE = "/tmp/.container-mcp-exec.pid"
+"""Where the wrapper records the running command's pid (one command at a time per container)."""
+
+_WRAP = '[ -d "$2" ] || mkdir -p -- "$2" || exit 126; cd -- "$2" || exit 126; echo $$ > "$1"; shift 2; exec "$@"'
+
+_KILL = """
+s=$(cat "$1" 2>/dev/null); [ -n "$s" ] || exit 0
+i=0
+while [ $i -lt 100 ]; do
+  i=$((i+1)); found=
+  for f in /proc/[0-9]*/stat; do
+    read -r line < "$f" 2>/dev/null || continue
+    set -- ${line##*") "}
+    if [ "$4" = "$s" ]; then p=${f#/proc/}; kill -9 "${p%/stat}" 2>/dev/null; found=1; fi
+  done
+  [ -n "$found" ] || break
+done
+"""
+
+_OOM_COUNT = (
+    "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null | sed -n 's/^oom_kill //p'"
+)
+
+_DEFAULT_ENV = {"HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+
+# Go's os.FileMode type bits: anything but a regular file.
+_NOT_REGULAR = (1 << 31) | (1 << 27) | (1 << 26) | (1 << 25) | (1 << 24) | (1 << 21) | (1 << 19)
+
+
+@dataclass(frozen=True)
+class ExecLimits:
+    """Server-wide limits of every Docker container and command (see Settings for their meaning)."""
+
+    pids_limit: int = 256
+    cpus: float = 1.0
+    max_output_bytes: int = 64 << 10
+    kill_wait_s: float = 5.0
+    """How long a killed command's stream may take to close before the call gives up on it."""
+
+
+@dataclass
+class ExecOutcome:
+    exit_code: int | None
+    signal: int | None
+    stdout: OutputCapture
+    stderr: OutputCapture
+    duration_s: float
+    timed_out: bool
+    killed_reason: str | None
+
+    def result(self, **files: Any) -> ExecResult:
+        return ExecResult(
+            exit_code=self.exit_code,
+            signal=self.signal,
+            stdout=decode_output(self.stdout.getvalue()),
+            stderr=decode_output(self.stderr.getvalue()),
+            stdout_bytes=self.stdout.total,
+            stderr_bytes=self.stderr.total,
+            stdout_truncated=self.stdout.truncated,
+            stderr_truncated=self.stderr.truncated,
+            duration_ms=round(self.duration_s * 1000),
+            timed_out=self.timed_out,
+            killed_reason=self.killed_reason,
+            **files,
+        )
+
+
+def _workdir(workdir: str) -> str:
+    if workdir.rstrip("/") == MOUNT:
+        return MOUNT
+    if not workdir.startswith(MOUNT + "/"):
+        raise InvalidRequest(
+            f"workdir must be /mnt/data or a directory under it; got {workdir[:200]!r}.", param="workdir"
+        )
+    relative_path(workdir)
+    return normalize_path(workdir)
+
+
+class DockerExec:
+    """Runs commands in engine containers as ``user`` (see the module docstring)."""
+
+    def __init__(self, engine: Engine, *, user: str, limits: ExecLimits) -> None:
+        self._engine = engine
+        self._user = user
+        self._limits = limits
+        self._oom_seen: dict[str, int] = {}
+
+    async def run(self, name: str, request: ExecRequest, *, progress: ProgressCallback | None) -> ExecOutcome:
+        workdir = _workdir(request.workdir)
+        env = {**_DEFAULT_ENV, **request.env}
+        limit = min(request.max_output_bytes, self._limits.max_output_bytes)
+        out, err = OutputCapture(limit), OutputCapture(limit)
+        exec_id = await self._engine.exec_create(
+            name,
+            ["/bin/sh", "-c", _WRAP, "sh", PIDFILE, workdir, *request.argv],
+            user=self._user,
+            env=[f"{k}={v}" for k, v in env.items()],
+            workdir="/",
+            stdin=request.stdin is not None,
+        )
+        started = time.monotonic()
+        stream = await self._engine.exec_start(exec_id)
+        timed_out = False
+        try:
+            await stream.send_stdin(request.stdin)
+
+            async def pump() -> None:
+                async for kind, payload in stream.frames():
+                    (err if kind == 2 else out).feed(payload)
+
+            async def tick() -> None:
+                while progress is not None:
+                    await anyio.sleep(1.0)
+                    elapsed = time.monotonic() - started
+                    await progress(
+                        elapsed, f"running for {elapsed:.0f}s; {out.total + err.total} bytes of output so far"
+                    )
+
+            with anyio.move_on_after(request.timeout_s) as deadline:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(tick)
+                    await pump()
+                    tg.cancel_scope.cancel()
+            if deadline.cancelled_caught:
+                timed_out = True
+                with anyio.CancelScope(shield=True):
+                    await self.kill(name)
+                    with anyio.move_on_after(self._limits.kill_wait_s):
+                        async for kind, payload in stream.frames():
+                            (err if kind == 2 else out).feed(payload)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.kill(name)
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+        duration = time.monotonic() - started
+        if timed_out:
+            return ExecOutcome(None, 9, out, err, duration, True, "timeout")
+        code = (await self._engine.exec_inspect(exec_id)).get("ExitCode")
+        if not isinstance(code, int):
+            return ExecOutcome(None, 9, out, err, duration, False, None)
+        if 128 < code < 128 + 65:
+            reason = "memory_limit" if code == 137 and await self._oom_grew(name) else None
+            return ExecOutcome(None, code - 128, out, err, duration, False, reason)
+        return ExecOutcome(code, None, out, err, duration, False, None)
+
+    async def kill(self, name: str) -> None:
+        """Kill every process of the running command's session (see ``_KILL``)."""
+        await self._quiet(name, ["/bin/sh", "-c", _KILL, "sh", PIDFILE])
+
+    async def remove(self, name: str, rels: list[str]) -> None:
+        """Remove files under /mnt/data (relative paths) in the container."""
+        for start in range(0, len(rels), 200):
+            await self._quiet(name, ["rm", "-f", "--", *(f"{MOUNT}/{r}" for r in rels[start : start + 200])])
+
+    async def _quiet(self, name: str, argv: list[str]) -> bytes:
+        """Run a helper command to its end; returns its stdout."""
+        exec_id = await self._engine.exec_create(name, argv, user=self._user, env=[], workdir="/", stdin=False)
+        stream = await self._engine.exec_start(exec_id)
+        data = bytearray()
+        try:
+            await stream.send_stdin(None)
+            async for kind, payload in stream.frames():
+                if kind == 1:
+                    data += payload
+        finally:
+            await stream.aclose()
+        return bytes(data)
+
+    async def _oom_grew(self, name: str) -> bool:
+        try:
+            text = (await self._quiet(name, ["/bin/sh", "-c", _OOM_COUNT])).decode(errors="replace").split()
+        except ProviderError:
+            return False
+        count = int(text[0]) if text and text[0].isdigit() else 0
+        grew = count > self._oom_seen.get(name, 0)
+        self._oom_seen[name] = count
+        return grew
+
+
+def _mtime_ns(text: str) -> int:
+    """Nanoseconds of an RFC 3339 time as the engine writes it (``2026-01-02T03:04:05.123456789Z``)."""
+    head, _, rest = text.partition(".")
+    if not rest:
+        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()) * 10**9
+    digits = "".join(c for c in rest if c.isdigit())
+    zone = rest[len(digits) :]
+    seconds = datetime.fromisoformat(head + (zone.replace("Z", "+00:00") or "+00:00")).timestamp()
+    return int(seconds) * 10**9 + int((digits + "000000000")[:9])
+
+
+@dataclass
+class FileScan:
+    """What /mnt/data holds now, compared with the rows before (relative paths)."""
+
+    seen: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Every regular file now: (size, mtime_ns)."""
+    created: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def mtime_ns(stat: Mapping[str, Any]) -> int:
+        return _mtime_ns(str(stat.get("mtime", "1970-01-01T00:00:00Z")))
+
+    def changes(self, before: Mapping[str, FileRow]) -> FileChanges:
+        sizes = [self.seen[p][0] for p in (*self.created, *self.changed)]
+        delta = (
+            sum(self.seen[p][0] for p in self.created)
+            + sum(self.seen[p][0] - before[p].bytes for p in self.changed)
+            - sum(before[p].bytes for p in self.deleted)
+        )
+        return FileChanges(
+            created=[f"{MOUNT}/{p}" for p in self.created],
+            changed=[f"{MOUNT}/{p}" for p in self.changed],
+            deleted=[f"{MOUNT}/{p}" for p in self.deleted],
+            largest_file_bytes=max(sizes, default=0),
+            files_delta=len(self.created) - len(self.deleted),
+            bytes_delta=delta,
+            files_after=len(self.seen),
+            bytes_after=sum(s for s, _ in self.seen.values()),
+        )
+
+
+def _candidate(path: str) -> str | None:
+    if not path.startswith(MOUNT + "/"):
+        return None
+    try:
+        return relative_path(path)
+    except InvalidPath:
+        return None
+
+
+async def scan_files(engine: Engine, name: str, before: Mapping[str, FileRow]) -> FileScan:
+    """Compare the container's /mnt/data with ``before`` (see the module docstring)."""
+    listed = {rel for c in await engine.changes(name) if c.get("Kind") != 2 and (rel := _candidate(str(c["Path"])))}
+    candidates = sorted(listed | set(before))
+    stats: dict[str, dict[str, Any] | None] = {}
+    limiter = anyio.CapacityLimiter(16)
+
+    async def stat(rel: str) -> None:
+        async with limiter:
+            try:
+                stats[rel] = await engine.stat_path(name, f"{MOUNT}/{rel}")
+            except ProviderError as exc:
+                if exc.status is None:
+                    raise
+                stats[rel] = None  # e.g. a parent that became a file: the path names nothing
+
+    async with anyio.create_task_group() as tg:
+        for rel in candidates:
+            tg.start_soon(stat, rel)
+    scan = FileScan()
+    for rel in candidates:
+        st = stats.get(rel)
+        if st is not None and not int(st.get("mode", 0)) & _NOT_REGULAR:
+            size = int(st.get("size", 0))
+            mtime = FileScan.mtime_ns(st)
+            if not math.isfinite(size):
+                continue
+            scan.seen[rel] = (size, mtime)
+            old = before.get(rel)
+            if old is None:
+                scan.created.append(rel)
+            elif old.bytes != size or old.mtime_ns != mtime:
+                scan.changed.append(rel)
+        elif rel in before:
+            scan.deleted.append(rel)
+    return scan
