@@ -65,10 +65,18 @@ def _busybox_tar(busybox: bytes) -> bytes:
     return buf.getvalue()
 
 
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def _read(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
 async def require_engine() -> None:
     """Skip (no engine and no apt-get: this machine cannot run them) or fail (CI must have one)."""
     reason = None
-    if not Path(DOCKER_HOST.removeprefix("unix://")).exists():
+    if not _exists(DOCKER_HOST.removeprefix("unix://")):
         reason = f"no Docker engine socket at {DOCKER_HOST}"
     else:
         try:
@@ -77,7 +85,7 @@ async def require_engine() -> None:
         except ProviderError as exc:
             reason = f"the Docker engine at {DOCKER_HOST} does not answer: {exc}"
     if reason is None:
-        if not os.path.exists(BUSYBOX):
+        if not _exists(BUSYBOX):
             pytest.fail(f"{BUSYBOX} is missing: scripts/bootstrap --dev installs busybox-static")
         return
     if shutil.which("apt-get") is None:
@@ -87,7 +95,7 @@ async def require_engine() -> None:
 
 async def test_image(engine: Engine) -> str:
     """The busybox test image's tag, imported into the engine if it is not there yet."""
-    busybox = Path(BUSYBOX).read_bytes()
+    busybox = _read(BUSYBOX)
     tag = hashlib.sha256(busybox).hexdigest()[:16]
     ref = f"{_IMAGE_REPO}:{tag}"
     if await engine.image_inspect(ref) is None:

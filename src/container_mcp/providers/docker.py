@@ -235,6 +235,11 @@ class DockerProvider:
                         await self.engine.remove(str(found["Id"]))
                         log.info("removed engine container %s: no row for %s", found["Id"][:12], container_id)
                     self._locks.remove(container_id)
+        for container_id in await anyio.to_thread.run_sync(self._locks.abandoned):
+            # A holder died mid-operation: its command may still run, its files are unrecorded.
+            with contextlib.suppress(LockBusy, ContainerNotFound):
+                async with self._hold(container_id, wait=False):
+                    pass
         for container_id in self.registry.all_ids():
             row = self.registry.container(container_id)
             if row is None or row.status != "running" or container_id in engine_ids:
@@ -260,11 +265,13 @@ class DockerProvider:
             yield
 
     async def _rescan(self, container_id: str) -> None:
-        """Bring the rows in line with the engine container's /mnt/data (after a crash mid-operation)."""
+        """After a crash mid-operation: kill what is left of its command, and bring the rows in line with
+        the engine container's /mnt/data."""
         row = self.registry.container(container_id)
         if row is None or row.status != "running":
             return
         try:
+            await self._exec.kill(_engine_name(container_id))
             scan = await scan_files(self.engine, _engine_name(container_id), self.registry.files_of(container_id))
             put = await self._rows_for(container_id, scan, source="assistant")
         except ProviderError as exc:
