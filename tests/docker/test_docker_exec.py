@@ -19,7 +19,7 @@ async def accept(changes: FileChanges) -> None:
 
 
 def sh(script: str, **kw: object) -> ExecRequest:
-    return ExecRequest(argv=["/bin/sh", "-c", script], **kw)  # type: ignore[arg-type]
+    return ExecRequest(argv=["/bin/sh", "-c", script], **kw)
 
 
 async def test_output_exit_code_stdin_and_file_changes(docker: DockerProvider) -> None:
