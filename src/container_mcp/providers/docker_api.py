@@ -218,6 +218,10 @@ class Engine:
     async def start(self, ref: str) -> None:
         await self._send("POST", f"/containers/{ref}/start")
 
+    async def restart(self, ref: str) -> None:
+        """Kill every process of the container (SIGKILL, no grace) and start it again."""
+        await self._send("POST", f"/containers/{ref}/restart", params={"t": "0"})
+
     async def remove(self, ref: str) -> bool:
         """Force-remove the container and its anonymous volumes; False when it was already gone."""
         try:

@@ -8,7 +8,8 @@ head and tail (``OutputCapture``). The command has ended when its output streams
 background process that keeps them open keeps the call waiting until the timeout: redirect it).
 A timeout, or a cancelled call, kills every process of the command's session (``_KILL``: a scan
 of ``/proc`` run by another exec as the same user), so nothing it started survives the call
-unless it left the session. An exit by signal N shows as 128+N, as from a shell; a SIGKILL with
+unless it left the session; when no helper can start (every pid taken), the engine restarts the
+container instead (all processes go, files stay). An exit by signal N shows as 128+N, as from a shell; a SIGKILL with
 the container's OOM-kill counter grown is reported as ``killed_reason="memory_limit"``.
 
 **Scanning.** ``scan_files`` tells what a command did to /mnt/data from the engine's own records,
@@ -21,6 +22,7 @@ rows before the command, that yields created, changed (size or mtime differ) and
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -39,13 +41,15 @@ from .local_registry import FileRow
 
 __all__ = ["DockerExec", "ExecLimits", "ExecOutcome", "FileScan", "scan_files"]
 
+log = logging.getLogger(__name__)
+
 PIDFILE = "/tmp/.container-mcp-exec.pid"
 """Where the wrapper records the running command's pid (one command at a time per container)."""
 
 _WRAP = '[ -d "$2" ] || mkdir -p -- "$2" || exit 126; cd -- "$2" || exit 126; echo $$ > "$1"; shift 2; exec "$@"'
 
 _KILL = """
-s=$(cat "$1" 2>/dev/null); [ -n "$s" ] || exit 0
+read -r s < "$1" 2>/dev/null; [ -n "$s" ] || { echo done; exit 0; }
 i=0
 while [ $i -lt 100 ]; do
   i=$((i+1)); found=
@@ -54,7 +58,7 @@ while [ $i -lt 100 ]; do
     set -- ${line##*") "}
     if [ "$4" = "$s" ]; then p=${f#/proc/}; kill -9 "${p%/stat}" 2>/dev/null; found=1; fi
   done
-  [ -n "$found" ] || break
+  [ -n "$found" ] || { echo done; exit 0; }
 done
 """
 
@@ -188,8 +192,20 @@ class DockerExec:
         return ExecOutcome(code, None, out, err, duration, False, None)
 
     async def kill(self, name: str) -> None:
-        """Kill every process of the running command's session (see ``_KILL``)."""
-        await self._quiet(name, ["/bin/sh", "-c", _KILL, "sh", PIDFILE])
+        """Kill every process of the running command's session (see ``_KILL``).
+
+        Where that cannot be done from inside (a fork bomb holds every pid the limit allows, so no
+        helper can start), the engine restarts the container: every process goes, files stay.
+        """
+        try:
+            done = (await self._quiet(name, ["/bin/sh", "-c", _KILL, "sh", PIDFILE])).strip() == b"done"
+        except ProviderError as exc:
+            if exc.status is None:
+                raise
+            done = False
+        if not done:
+            log.warning("container %s: its command could not be killed from inside; restarting it", name)
+            await self._engine.restart(name)
 
     async def remove(self, name: str, rels: list[str]) -> None:
         """Remove files under /mnt/data (relative paths) in the container."""
