@@ -7,7 +7,7 @@ stdin is written up the hijacked stream and closed; stdout and stderr come down 
 head and tail (``OutputCapture``). The command has ended when its output streams close (a
 background process that keeps them open keeps the call waiting until the timeout: redirect it).
 A timeout, or a cancelled call, kills every process of the command's session (``_KILL``: a scan
-of ``/proc`` run by another exec as the same user), so nothing it started survives the call
+of ``/proc`` run by another exec as the same user stops them all, then kills them), so nothing it started survives the call
 unless it left the session; when no helper can start (every pid taken), the engine restarts the
 container instead (all processes go, files stay). An exit by signal N shows as 128+N, as from a shell; a SIGKILL with
 the container's OOM-kill counter grown is reported as ``killed_reason="memory_limit"``.
@@ -50,16 +50,21 @@ _WRAP = '[ -d "$2" ] || mkdir -p -- "$2" || exit 126; cd -- "$2" || exit 126; ec
 
 _KILL = """
 read -r s < "$1" 2>/dev/null; [ -n "$s" ] || { echo done; exit 0; }
-i=0
-while [ $i -lt 100 ]; do
-  i=$((i+1)); found=
+members() {
   for f in /proc/[0-9]*/stat; do
     read -r line < "$f" 2>/dev/null || continue
     set -- ${line##*") "}
-    if [ "$4" = "$s" ]; then p=${f#/proc/}; kill -9 "${p%/stat}" 2>/dev/null; found=1; fi
+    [ "$4" = "$s" ] && [ "$1" != Z ] && [ "$1" != "$skip" ] && { p=${f#/proc/}; echo "${p%/stat}"; }
   done
-  [ -n "$found" ] || { echo done; exit 0; }
+}
+i=0
+while [ $i -lt 100 ]; do
+  i=$((i+1)); skip=T; new=
+  for p in $(members); do kill -STOP "$p" 2>/dev/null; new=1; done
+  [ -n "$new" ] || break
 done
+skip=; for p in $(members); do kill -9 "$p" 2>/dev/null; done
+echo done
 """
 
 _OOM_COUNT = (
