@@ -6,11 +6,12 @@ session id), makes and enters the working directory and then ``exec``s the argv 
 stdin is written up the hijacked stream and closed; stdout and stderr come down it and are kept
 head and tail (``OutputCapture``). The command has ended when its output streams close (a
 background process that keeps them open keeps the call waiting until the timeout: redirect it).
-A timeout, or a cancelled call, kills every process of the command's session (``_KILL``: a scan
-of ``/proc`` run by another exec as the same user stops them all, then kills them), so nothing it started survives the call
-unless it left the session; when no helper can start (every pid taken), the engine restarts the
-container instead (all processes go, files stay). An exit by signal N shows as 128+N, as from a shell; a SIGKILL with
-the container's OOM-kill counter grown is reported as ``killed_reason="memory_limit"``.
+A timeout, or a cancelled call, kills every process of the command's session (``_KILL``: a
+scan of ``/proc`` run by another exec as the same user stops them all, then kills them), so
+nothing it started survives the call unless it left the session; when no helper can start
+(every pid taken), the engine restarts the container instead (all processes go, files stay).
+An exit by signal N shows as 128+N, as from a shell; a SIGKILL with the container's OOM-kill
+counter grown is reported as ``killed_reason="memory_limit"``.
 
 **Scanning.** ``scan_files`` tells what a command did to /mnt/data from the engine's own records,
 not from anything in the container: the container's change list (``GET /containers/{id}/changes``,
