@@ -31,7 +31,7 @@ from container_mcp.providers.docker import DockerProvider, instance_label
 from container_mcp.providers.docker_api import DEFAULT_DOCKER_HOST, Engine
 from container_mcp.providers.docker_exec import ExecLimits
 
-__all__ = ["BUSYBOX", "DOCKER_HOST", "docker_provider", "engine_containers", "require_engine", "test_image"]
+__all__ = ["BUSYBOX", "DOCKER_HOST", "docker_provider", "engine_containers", "require_engine", "busybox_image"]
 
 DOCKER_HOST = DEFAULT_DOCKER_HOST
 BUSYBOX = "/bin/busybox"
@@ -93,7 +93,7 @@ async def require_engine() -> None:
     pytest.fail(f"{reason}: run the tests through scripts/test, which installs docker.io and starts dockerd")
 
 
-async def test_image(engine: Engine) -> str:
+async def busybox_image(engine: Engine) -> str:
     """The busybox test image's tag, imported into the engine if it is not there yet."""
     busybox = _read(BUSYBOX)
     tag = hashlib.sha256(busybox).hexdigest()[:16]
@@ -123,7 +123,7 @@ async def docker_provider(
     """A DockerProvider on the test engine and image; its engine containers are removed afterwards."""
     await require_engine()
     async with Engine(DOCKER_HOST) as probe:
-        image = await test_image(probe)
+        image = await busybox_image(probe)
     try:
         async with DockerProvider(
             data_dir,
