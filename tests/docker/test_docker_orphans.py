@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -70,11 +72,11 @@ def _instance(data_dir: Path) -> str:
     return instance_label(data_dir / "docker")
 
 
-async def _kill_when(data_dir: Path, ready: object) -> None:
-    """SIGKILL the server once ``ready()`` (an async predicate) holds."""
+async def _kill_when(data_dir: Path, ready: Callable[[], Awaitable[bool]]) -> None:
+    """SIGKILL the server once ``ready()`` holds."""
     with anyio.fail_after(30):
         # Another process's progress shows only on the engine: there is no event to await.
-        while not await ready():  # type: ignore[operator]  # noqa: ASYNC110
+        while not await ready():  # noqa: ASYNC110
             await anyio.sleep(0.002)
     (pid,) = _server_pids(data_dir)
     os.kill(pid, signal.SIGKILL)
@@ -128,6 +130,6 @@ async def test_kill_9_during_exec_then_restart_kills_the_command_and_keeps_the_c
         await remove_all(data / "docker")
 
 
-async def _call_quietly(client: Client, tool: str, args: dict[str, object]) -> None:
+async def _call_quietly(client: Client, tool: str, args: dict[str, Any]) -> None:
     with contextlib.suppress(Exception):
         await client.call_tool(tool, args)
