@@ -48,7 +48,9 @@ from tests.docker.engine import busybox_image, remove_all
 
 
 def pct(samples: list[float], q: float) -> float:
-    return statistics.quantiles(samples, n=100, method="inclusive")[round(q * 100) - 1] if len(samples) > 1 else samples[0]
+    return (
+        statistics.quantiles(samples, n=100, method="inclusive")[round(q * 100) - 1] if len(samples) > 1 else samples[0]
+    )
 
 
 async def accept(changes: FileChanges) -> None:
@@ -132,7 +134,9 @@ async def main(runs: int, image: str | None) -> None:
                                     made = await client.call_tool("container_create", {"name": "bench"})
                                     assert made.structured_content is not None
                                     cid = made.structured_content["id"]
-                                    ran = await client.call_tool("container_exec", {"container_id": cid, "command": ["true"]})
+                                    ran = await client.call_tool(
+                                        "container_exec", {"container_id": cid, "command": ["true"]}
+                                    )
                                     assert ran.is_error is False, ran.content
                                     await client.call_tool("container_delete", {"container_id": cid})
 
@@ -150,7 +154,9 @@ async def main(runs: int, image: str | None) -> None:
                                 await timed("exec true: raw engine", lambda: raw_exec(raw, raw_ref, ["true"]))
                                 await timed("exec true: provider", lambda: docker.exec(warm.id, true, approve=accept))
                                 await timed("exec true: MCP tool", tool_exec)
-                                await timed("exec true: local bwrap", lambda: local.exec(local_warm.id, true, approve=accept))
+                                await timed(
+                                    "exec true: local bwrap", lambda: local.exec(local_warm.id, true, approve=accept)
+                                )
                                 await timed("create+exec+delete: raw engine", raw_lifecycle)
                                 await timed("create+exec+delete: provider", provider_lifecycle)
                                 await timed("create+exec+delete: MCP tool", tool_lifecycle)

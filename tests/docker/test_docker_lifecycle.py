@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from container_mcp.clock import ManualClock
-from container_mcp.errors import ContainerExpired
+from container_mcp.errors import ContainerExpired, ProviderUnavailable
 from container_mcp.models import ContainerSpec, ExpiresAfter, ListParams
 from container_mcp.providers.docker import LABEL_CONTAINER, LABEL_DATA_DIR, DockerProvider
 from container_mcp.uploads import BytesUpload
@@ -55,3 +55,16 @@ async def test_restart_removes_unrowed_engine_containers_and_expires_vanished_on
         assert (await docker.engine.inspect(f"cmcp-{kept.id}")) is not None
         assert (await docker.get_container(vanished.id)).status == "expired"
         assert (await docker.get_container(kept.id)).status == "running"
+
+
+async def test_a_missing_image_that_cannot_be_pulled_is_a_clear_error(tmp_path: Path) -> None:
+    # A registry on loopback where nothing listens: the engine's pull fails at once, and no
+    # traffic leaves the machine.
+    missing = "127.0.0.1:9/container-mcp-missing:1"
+    async with docker_provider(tmp_path / "docker") as docker:
+        docker.images.append(missing)
+        with pytest.raises(ProviderUnavailable) as caught:
+            await docker.create_container(ContainerSpec(name="img", image=missing))
+        assert missing in caught.value.message and "docker load" in caught.value.message
+        assert await engine_containers(docker.data_dir) == []
+        assert (await docker.list_containers(ListParams())).data == []

@@ -608,15 +608,29 @@ class DockerProvider:
     ) -> ExecResult:
         """Run ``request`` by the engine's exec (see ``docker_exec``); holds the container's lock."""
         async with self._hold(container_id):
-            row = await self._running(container_id, locked=True)
+            row = await self._row(container_id, touch=False, locked=True)
+            if row.status != "running":
+                raise ContainerExpired(container_id)
+            # A command is activity for as long as it runs: no expiry may strike mid-run.
             self.registry.hold(container_id, self._clock() + row.expiry_minutes * 60 + request.timeout_s + 60)
             name = _engine_name(container_id)
             before = self.registry.files_of(container_id)
-            outcome: ExecOutcome = await self._engine_call(
-                container_id, self._exec.run(name, request, progress=progress)
-            )
+            ended: ExecOutcome = await self._engine_call(container_id, self._exec.run(name, request, progress=progress))
             with anyio.CancelScope(shield=True):
-                scan = await scan_files(self.engine, name, before)
+                # The exit status and the file scan are independent questions to the engine: ask both at once.
+                outcome, scan = ended, FileScan()
+
+                async def settle() -> None:
+                    nonlocal outcome
+                    outcome = await self._exec.settle(name, ended)
+
+                async def rescan() -> None:
+                    nonlocal scan
+                    scan = await scan_files(self.engine, name, before)
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(settle)
+                    tg.start_soon(rescan)
             changes = scan.changes(before)
             try:
                 await approve(changes)
@@ -638,8 +652,9 @@ class DockerProvider:
                 raise
             with anyio.CancelScope(shield=True):
                 created, changed = await self._rows_for(container_id, scan, source="assistant")
-                self.registry.apply(container_id, [*created, *changed], scan.deleted)
-                self.registry.touch(container_id, self._clock())
+                if created or changed or scan.deleted:
+                    self.registry.apply(container_id, [*created, *changed], scan.deleted)
+                self.registry.touch(container_id, self._clock())  # the run itself was activity
             return outcome.result(
                 files_created=[r.model() for r in created],
                 files_changed=[r.model() for r in changed],

@@ -188,8 +188,14 @@ class Engine:
 
     async def image_pull(self, ref: str) -> None:
         """Pull ``ref`` (the engine's registry access); raises ``ProviderError`` with the engine's reason."""
-        name, _, tag = ref.rpartition(":") if ":" in ref.rsplit("/", 1)[-1] else (ref, "", "latest")
-        response = await self._send("POST", "/images/create", params={"fromImage": name, "tag": tag}, stream=True)
+        if "@" in ref:  # by digest: the engine takes the whole reference
+            params = {"fromImage": ref}
+        elif ":" in ref.rsplit("/", 1)[-1]:
+            name, _, tag = ref.rpartition(":")
+            params = {"fromImage": name, "tag": tag}
+        else:
+            params = {"fromImage": ref, "tag": "latest"}
+        response = await self._send("POST", "/images/create", params=params, stream=True)
         try:
             async for line in response.aiter_lines():
                 if line.strip():

@@ -98,6 +98,8 @@ class ExecOutcome:
     duration_s: float
     timed_out: bool
     killed_reason: str | None
+    exec_id: str | None = None
+    """Set while the exit status is still to be asked (``DockerExec.settle``)."""
 
     def result(self, **files: Any) -> ExecResult:
         return ExecResult(
@@ -189,7 +191,15 @@ class DockerExec:
         duration = time.monotonic() - started
         if timed_out:
             return ExecOutcome(None, 9, out, err, duration, True, "timeout")
-        code = (await self._engine.exec_inspect(exec_id)).get("ExitCode")
+        return ExecOutcome(None, None, out, err, duration, False, None, exec_id=exec_id)
+
+    async def settle(self, name: str, outcome: ExecOutcome) -> ExecOutcome:
+        """The outcome with the command's exit status, asked of the engine (a separate step, so the
+        caller can scan the files meanwhile)."""
+        if outcome.exec_id is None:
+            return outcome
+        out, err, duration = outcome.stdout, outcome.stderr, outcome.duration_s
+        code = (await self._engine.exec_inspect(outcome.exec_id)).get("ExitCode")
         if not isinstance(code, int):
             return ExecOutcome(None, 9, out, err, duration, False, None)
         if 128 < code < 128 + 65:
