@@ -32,6 +32,8 @@ from mcp import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.docker.engine import busybox_image, remove_all
+
 from container_mcp.clock import system_clock
 from container_mcp.models import ContainerSpec
 from container_mcp.providers.base import ExecRequest, FileChanges
@@ -44,7 +46,6 @@ from container_mcp.server.app import create_server
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
 from container_mcp.store import SqliteSessionStore
-from tests.docker.engine import busybox_image, remove_all
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -119,7 +120,7 @@ async def main(runs: int, image: str | None) -> None:
                         try:
                             for n in range(runs):
 
-                                async def raw_lifecycle() -> None:
+                                async def raw_lifecycle(n: int = n) -> None:
                                     ref = await raw.create_container(f"bench-raw-{root.name}-{n}", raw_config(image))
                                     await raw.start(ref)
                                     assert await raw_exec(raw, ref, ["true"]) == 0
