@@ -9,6 +9,7 @@ import anyio.to_thread
 
 from .clock import Clock, system_clock
 from .private import secure_data_dir
+from .providers.docker import DockerProvider
 from .providers.local import LocalProvider
 from .providers.registry import create_provider
 from .service import ContainerService
@@ -34,14 +35,14 @@ async def open_service(settings: Settings, *, clock: Clock = system_clock) -> As
 
     Session state (ownership, quota counters) lives in ``<data_dir>/sessions-<provider>.sqlite3``, so a
     restarted server keeps who owns what. The data dir is made private first (``secure_data_dir``).
-    With the local provider, the store's per-container counters are recomputed from what is really
+    With the local and docker providers, the store's per-container counters are recomputed from what is really
     stored at start, and after any repair of a container a crashed process left half-done.
     """
     await anyio.to_thread.run_sync(secure_data_dir, settings.data_dir)
     store = SqliteSessionStore(settings.data_dir / f"sessions-{settings.provider}.sqlite3")
     try:
         async with create_provider(settings, clock) as provider:
-            if isinstance(provider, LocalProvider):
+            if isinstance(provider, LocalProvider | DockerProvider):
                 # Counters follow the containers' real contents after any crash (see local.py).
                 provider.attach_usage_sink(store.set_usage)
                 await provider.recount()

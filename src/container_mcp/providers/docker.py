@@ -199,6 +199,14 @@ class DockerProvider:
         """From now on, tell ``sink`` each rescanned container's real usage."""
         self._usage_sink = sink
 
+    async def recount(self) -> None:
+        """Tell the usage sink every running container's usage as its rows record it (after a restart,
+        the rows a rescan fixed are the truth the counters must equal)."""
+        for container_id in self.registry.all_ids():
+            row = self.registry.container(container_id)
+            if row is not None and row.status == "running":
+                self._report_usage(container_id)
+
     async def _reap_forever(self) -> None:
         while True:
             await self._sleep(self._reaper_interval_s)
