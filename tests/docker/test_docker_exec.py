@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from container_mcp.errors import InvalidRequest, QuotaExceeded
+from container_mcp.errors import InvalidPath, InvalidRequest, QuotaExceeded
 from container_mcp.models import ContainerSpec, ListParams
 from container_mcp.providers.base import ExecRequest, FileChanges
 from container_mcp.providers.docker import DockerProvider
@@ -112,3 +112,14 @@ async def test_workdir_outside_mnt_data_is_refused(docker: DockerProvider) -> No
         await docker.exec(c.id, ExecRequest(argv=["pwd"], workdir="/etc"), approve=accept)
     made = await docker.exec(c.id, ExecRequest(argv=["pwd"], workdir="/mnt/data/sub/dir"), approve=accept)
     assert made.stdout == "/mnt/data/sub/dir\n"
+
+
+async def test_an_upload_never_goes_through_what_a_command_put_in_its_way(docker: DockerProvider) -> None:
+    c = await docker.create_container(ContainerSpec(name="inway"))
+    await docker.exec(c.id, sh("mkdir adir; echo x > afile; ln -s /etc alink"), approve=accept)
+    for path in ("/mnt/data/adir", "/mnt/data/afile/sub.txt", "/mnt/data/alink/passwd2"):
+        with pytest.raises(InvalidPath, match="cannot be written"):
+            await docker.create_file(c.id, path, BytesUpload(b"hi"))
+    ls = await docker.exec(c.id, sh("ls /etc/passwd2 2>&1; cat afile"), approve=accept)
+    assert "No such file" in ls.stdout and ls.stdout.endswith("x\n")
+    assert [f.path for f in (await docker.list_files(c.id, ListParams())).data] == ["/mnt/data/afile"]

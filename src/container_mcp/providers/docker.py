@@ -50,6 +50,7 @@ from ..errors import (
     ContainerNotFound,
     FileNotFound,
     FileTooLarge,
+    InvalidPath,
     InvalidRequest,
     ProviderError,
     ProviderUnavailable,
@@ -500,7 +501,19 @@ class DockerProvider:
                 name = _engine_name(container_id)
                 tar = tar_one_file(rel, size, _read_chunks(spool), uid=self._uid, gid=self._gid, mtime=self._clock())
                 with anyio.CancelScope(shield=True):  # once bytes go in, the row must follow
-                    await self._engine_call(container_id, self.engine.put_archive(name, MOUNT, tar))
+                    try:
+                        await self._engine_call(container_id, self.engine.put_archive(name, MOUNT, tar))
+                    except ProviderError as exc:
+                        if "cannot overwrite" not in exc.message:
+                            raise
+                        # The engine extracts nothing through a non-directory: the path names a
+                        # directory, or a file or symlink stands where a parent directory should be.
+                        raise InvalidPath(
+                            f"{MOUNT}/{rel} cannot be written: in the container, a directory is at that path, or a "
+                            "file or symlink is where one of its parent directories should be. Choose another "
+                            "path, or remove what is in the way with container_exec. Nothing was stored.",
+                            param="path",
+                        ) from None
                     stat = await self.engine.stat_path(name, f"{MOUNT}/{rel}")
                     now = self._clock()
                     row = FileRow(

@@ -129,6 +129,17 @@ def _workdir(workdir: str) -> str:
     return normalize_path(workdir)
 
 
+def _check(request: ExecRequest) -> None:
+    """Refuse what the engine would misread: NUL in argv or env, '=' in a variable's name."""
+    if any("\0" in a for a in request.argv):
+        raise InvalidRequest("argv must not contain NUL characters.", param="command")
+    for key, value in request.env.items():
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise InvalidRequest(
+                f"invalid environment variable {key[:50]!r}: names are non-empty, without '=' or NUL.", param="env"
+            )
+
+
 class DockerExec:
     """Runs commands in engine containers as ``user`` (see the module docstring)."""
 
@@ -140,6 +151,7 @@ class DockerExec:
 
     async def run(self, name: str, request: ExecRequest, *, progress: ProgressCallback | None) -> ExecOutcome:
         workdir = _workdir(request.workdir)
+        _check(request)
         env = {**_DEFAULT_ENV, **request.env}
         limit = min(request.max_output_bytes, self._limits.max_output_bytes)
         out, err = OutputCapture(limit), OutputCapture(limit)
