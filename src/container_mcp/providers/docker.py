@@ -50,6 +50,7 @@ from ..errors import (
     ContainerNotFound,
     FileNotFound,
     FileTooLarge,
+    Hint,
     InvalidPath,
     InvalidRequest,
     ProviderError,
@@ -510,8 +511,11 @@ class DockerProvider:
                         # directory, or a file or symlink stands where a parent directory should be.
                         raise InvalidPath(
                             f"{MOUNT}/{rel} cannot be written: in the container, a directory is at that path, or a "
-                            "file or symlink is where one of its parent directories should be. Choose another "
-                            "path, or remove what is in the way with container_exec. Nothing was stored.",
+                            "file or symlink is where one of its parent directories should be. Nothing was stored.",
+                            hint=Hint(
+                                mcp="Choose another path, or remove what is in the way with container_exec.",
+                                rest="Choose another path, or remove what is in the way with a command.",
+                            ),
                             param="path",
                         ) from None
                     stat = await self.engine.stat_path(name, f"{MOUNT}/{rel}")
