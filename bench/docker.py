@@ -8,8 +8,9 @@ Reproduce with (a Docker engine at /var/run/docker.sock; scripts/docker-engine s
 Series, interleaved round by round so the machine's noise spreads over all of them:
 
 * ``raw engine``: the same Engine API calls a careful client makes, through the same client
-  (``docker_api.Engine``): exec create + start (hijacked stream) + inspect for ``exec true``;
-  container create + start, that exec, and a forced remove for the lifecycle;
+  (``docker_api.Engine``): exec create + start (hijacked stream) + inspect for ``exec true``, into
+  the very container the provider series uses; container create + start, that exec, and a forced
+  remove for the lifecycle;
 * ``provider``: ``DockerProvider`` (registry, lock, /bin/sh wrapper, the change scan of /mnt/data);
 * ``MCP tool``: the tools through the official client in memory (service, quotas, JSON-RPC);
 * ``local bwrap``: the local provider's ``exec true`` and create -> exec -> delete.
@@ -152,7 +153,8 @@ async def main(runs: int, image: str | None) -> None:
                                     )
                                     assert ran.is_error is False, ran.content
 
-                                await timed("exec true: raw engine", lambda: raw_exec(raw, raw_ref, ["true"]))
+                                # Into the provider's own container: same image, limits and state.
+                                await timed("exec true: raw engine", lambda: raw_exec(raw, f"cmcp-{warm.id}", ["true"]))
                                 await timed("exec true: provider", lambda: docker.exec(warm.id, true, approve=accept))
                                 await timed("exec true: MCP tool", tool_exec)
                                 await timed(
