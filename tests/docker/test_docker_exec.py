@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import anyio
 import pytest
 
@@ -123,3 +125,34 @@ async def test_an_upload_never_goes_through_what_a_command_put_in_its_way(docker
     ls = await docker.exec(c.id, sh("ls /etc/passwd2 2>&1; cat afile"), approve=accept)
     assert "No such file" in ls.stdout and ls.stdout.endswith("x\n")
     assert [f.path for f in (await docker.list_files(c.id, ListParams())).data] == ["/mnt/data/afile"]
+
+
+async def test_large_files_stream_with_flat_memory(docker: DockerProvider) -> None:
+    import hashlib
+    import tracemalloc
+
+    size = 48 << 20
+    block = bytes(range(256)) * 4096  # 1 MiB
+
+    class Generated:
+        host_fd: int | None = None
+
+        def __init__(self) -> None:
+            self.size: int | None = None  # a stream: its size is learned while spooling
+
+        async def chunks(self) -> AsyncIterator[bytes]:
+            for _ in range(size // len(block)):
+                yield block
+
+    c = await docker.create_container(ContainerSpec(name="big"))
+    tracemalloc.start()
+    try:
+        f = await docker.create_file(c.id, "/mnt/data/big.bin", Generated())
+        digest = hashlib.sha256()
+        async for chunk in docker.read_file(c.id, f.id):
+            digest.update(chunk)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert f.bytes == size and digest.hexdigest() == f.sha256
+    assert peak < 16 << 20, f"peak {peak} bytes for a {size}-byte file"
