@@ -93,13 +93,15 @@ async def require_engine() -> None:
     pytest.fail(f"{reason}: run the tests through scripts/test, which installs docker.io and starts dockerd")
 
 
-async def busybox_image(engine: Engine) -> str:
-    """The busybox test image's tag, imported into the engine if it is not there yet."""
+async def busybox_image(engine: Engine, *, user: str | None = None) -> str:
+    """The busybox test image's tag (``user``: the variant whose image config names that user),
+    imported into the engine if it is not there yet."""
     busybox = _read(BUSYBOX)
-    tag = hashlib.sha256(busybox).hexdigest()[:16]
+    tag = hashlib.sha256(busybox).hexdigest()[:16] + (f"-{user}" if user else "")
     ref = f"{_IMAGE_REPO}:{tag}"
     if await engine.image_inspect(ref) is None:
-        await engine.image_import(_busybox_tar(busybox), _IMAGE_REPO, tag, ["ENV PATH=/bin"])
+        changes = ["ENV PATH=/bin", *([f"USER {user}"] if user else [])]
+        await engine.image_import(_busybox_tar(busybox), _IMAGE_REPO, tag, changes)
     return ref
 
 
@@ -118,17 +120,24 @@ async def remove_all(data_dir: Path) -> None:
 
 @asynccontextmanager
 async def docker_provider(
-    data_dir: Path, *, clock: Clock | None = None, limits: ExecLimits | None = None, cleanup: bool = True
+    data_dir: Path,
+    *,
+    clock: Clock | None = None,
+    limits: ExecLimits | None = None,
+    cleanup: bool = True,
+    user: str = "1000:1000",
+    image_user: str | None = None,
 ) -> AsyncIterator[DockerProvider]:
     """A DockerProvider on the test engine and image; its engine containers are removed afterwards."""
     await require_engine()
     async with Engine(DOCKER_HOST) as probe:
-        image = await busybox_image(probe)
+        image = await busybox_image(probe, user=image_user)
     try:
         async with DockerProvider(
             data_dir,
             engine=Engine(DOCKER_HOST),
             image=image,
+            user=user,
             clock=clock or ManualClock(),
             limits=limits or ExecLimits(pids_limit=64),
         ) as provider:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -12,6 +13,8 @@ from container_mcp.models import ContainerSpec, ListParams
 from container_mcp.providers.base import ExecRequest, FileChanges
 from container_mcp.providers.docker import DockerProvider
 from container_mcp.uploads import BytesUpload
+
+from .engine import docker_provider
 
 pytestmark = pytest.mark.anyio
 
@@ -156,3 +159,13 @@ async def test_large_files_stream_with_flat_memory(docker: DockerProvider) -> No
         tracemalloc.stop()
     assert f.bytes == size and digest.hexdigest() == f.sha256
     assert peak < 16 << 20, f"peak {peak} bytes for a {size}-byte file"
+
+
+async def test_the_images_own_named_user_can_use_uploaded_files(tmp_path: Path) -> None:
+    async with docker_provider(tmp_path / "docker", user="", image_user="sandbox") as docker:
+        c = await docker.create_container(ContainerSpec(name="named"))
+        up = await docker.create_file(c.id, "/mnt/data/in/up.txt", BytesUpload(b"up"))
+        ran = await docker.exec(c.id, sh("id -un; echo more >> in/up.txt; echo new > in/new.txt"), approve=accept)
+        assert (ran.exit_code, ran.stdout, ran.stderr) == (0, "sandbox\n", "")
+        assert [f.id for f in ran.files_changed] == [up.id]
+        assert [f.path for f in ran.files_created] == ["/mnt/data/in/new.txt"]

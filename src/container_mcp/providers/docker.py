@@ -101,10 +101,12 @@ def _engine_name(container_id: str) -> str:
     return f"cmcp-{container_id}"
 
 
-def _ids(user: str) -> tuple[int, int]:
-    """uid and gid of ``uid:gid`` (owner of the files we write); 0:0 when names or nothing is given."""
+def _ids(user: str) -> tuple[int, int] | None:
+    """uid and gid of a numeric ``uid[:gid]``; None for a name or '' (the image's user, not known here)."""
     uid, _, gid = user.partition(":")
-    return (int(uid), int(gid or uid)) if uid.isdigit() and (not gid or gid.isdigit()) else (0, 0)
+    if uid.isdigit() and (not gid or gid.isdigit()):
+        return int(uid), int(gid or uid)
+    return None
 
 
 class DockerProvider:
@@ -129,7 +131,11 @@ class DockerProvider:
         self.engine = engine
         self.images = list(dict.fromkeys([image, *(images or [])]))
         self.user = user
-        self._uid, self._gid = _ids(user)
+        ids = _ids(user)
+        # A user named by the image (or by name) has a uid we do not know: /mnt/data and what we
+        # write there are then writable by every user of the container (it has no other).
+        self._shared = ids is None
+        self._uid, self._gid = ids or (0, 0)
         self.limits = limits or ExecLimits()
         self._clock = clock
         self._reaper_interval_s = min(reaper_interval_s, 60.0)
@@ -427,7 +433,7 @@ class DockerProvider:
             try:
                 await self.engine.create_container(name, self._config(row.id, spec, image))
                 await self.engine.put_archive(
-                    name, "/mnt", _once(tar_dir("data", uid=self._uid, gid=self._gid, mtime=now))
+                    name, "/mnt", _once(tar_dir("data", uid=self._uid, gid=self._gid, mtime=now, shared=self._shared))
                 )
                 await self.engine.start(name)
                 self.registry.insert_container(row)
@@ -500,7 +506,15 @@ class DockerProvider:
                         )
                     )
                 name = _engine_name(container_id)
-                tar = tar_one_file(rel, size, _read_chunks(spool), uid=self._uid, gid=self._gid, mtime=self._clock())
+                tar = tar_one_file(
+                    rel,
+                    size,
+                    _read_chunks(spool),
+                    uid=self._uid,
+                    gid=self._gid,
+                    mtime=self._clock(),
+                    shared=self._shared,
+                )
                 with anyio.CancelScope(shield=True):  # once bytes go in, the row must follow
                     try:
                         await self._engine_call(container_id, self.engine.put_archive(name, MOUNT, tar))
