@@ -18,7 +18,7 @@ import anyio
 from pydantic import ValidationError
 
 from . import __version__
-from .errors import UnsafeConfiguration
+from .errors import ProviderUnavailable, UnsafeConfiguration
 from .settings import Settings
 
 __all__ = ["build_settings", "main", "parse_args"]
@@ -218,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except UnsafeConfiguration as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(2) from None
+    except ProviderUnavailable as exc:  # the backend is not there at start (e.g. no Docker engine answers)
+        print(f"container-mcp: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         pass
 

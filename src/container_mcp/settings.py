@@ -296,6 +296,20 @@ class Settings(BaseSettings):
             return [w for w in (s.strip() for s in value.split(",")) if w]
         return value
 
+    @model_validator(mode="after")
+    def _docker_host(self) -> Settings:
+        # Only the docker provider speaks to it: a DOCKER_HOST exported for the docker CLI (ssh://,
+        # say) must not stop a server on another provider.
+        if self.provider == "docker":
+            from .errors import InvalidRequest
+            from .providers.docker_api import check_docker_host
+
+            try:
+                check_docker_host(self.docker_host)
+            except InvalidRequest as exc:
+                raise ValueError(exc.message) from None
+        return self
+
     @field_validator("audit")
     @classmethod
     def _audit_target(cls, value: str) -> str:

@@ -133,3 +133,12 @@ async def test_kill_9_during_exec_then_restart_kills_the_command_and_keeps_the_c
 async def _call_quietly(client: Client, tool: str, args: dict[str, Any]) -> None:
     with contextlib.suppress(Exception):
         await client.call_tool(tool, args)
+
+
+async def test_a_server_without_an_engine_says_so_and_exits(tmp_path: Path) -> None:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DOCKER_HOST": f"unix://{tmp_path}/none.sock"}
+    argv = [console_script(), "api", "--provider", "docker", "--data-dir", str(tmp_path / "d"), "--port", "0"]
+    done = await anyio.run_process(argv, env=env, check=False)
+    assert done.returncode == 1
+    assert done.stderr.decode().strip().startswith("container-mcp: The Docker engine at unix://")
+    assert "Traceback" not in done.stderr.decode()

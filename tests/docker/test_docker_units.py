@@ -91,3 +91,13 @@ async def test_a_directory_or_truncated_archive_is_not_a_file() -> None:
         tar.addfile(info, io.BytesIO(b"y" * 1000))
     with pytest.raises(EOFError):
         await _collect(untar_one_file(_chunks(buf.getvalue()[:900])))
+
+
+def test_docker_host_is_judged_only_for_the_docker_provider() -> None:
+    from pydantic import ValidationError
+
+    from container_mcp.settings import Settings
+
+    assert Settings.isolated(docker_host="ssh://u@example.invalid").provider == "local"
+    with pytest.raises(ValidationError, match="forwarded socket"):
+        Settings.isolated(provider="docker", docker_host="ssh://u@example.invalid")

@@ -29,7 +29,7 @@ import httpx2
 
 from ..errors import InvalidRequest, ProviderError, ProviderUnavailable
 
-__all__ = ["API_VERSION", "DEFAULT_DOCKER_HOST", "Engine", "ExecStream", "engine_base"]
+__all__ = ["API_VERSION", "DEFAULT_DOCKER_HOST", "Engine", "ExecStream", "check_docker_host", "engine_base"]
 
 API_VERSION = "v1.41"
 """Docker 20.10's API: the oldest engine Debian 12 ships; newer engines and Podman accept it."""
@@ -37,6 +37,12 @@ API_VERSION = "v1.41"
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 
 _FRAME = struct.Struct(">BxxxL")
+
+
+def check_docker_host(docker_host: str) -> str:
+    """``docker_host`` if this client can speak to it; else ``InvalidRequest`` naming what to set."""
+    engine_base(docker_host)
+    return docker_host
 
 
 def engine_base(docker_host: str) -> tuple[httpx2.AsyncHTTPTransport, str]:
