@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from container_mcp.errors import InvalidPath, InvalidRequest, QuotaExceeded
+from container_mcp.errors import ContainerExpired, InvalidPath, InvalidRequest, QuotaExceeded
 from container_mcp.models import ContainerSpec, ListParams
 from container_mcp.providers.base import ExecRequest, FileChanges
 from container_mcp.providers.docker import DockerProvider
@@ -169,3 +169,25 @@ async def test_the_images_own_named_user_can_use_uploaded_files(tmp_path: Path) 
         assert (ran.exit_code, ran.stdout, ran.stderr) == (0, "sandbox\n", "")
         assert [f.id for f in ran.files_changed] == [up.id]
         assert [f.path for f in ran.files_created] == ["/mnt/data/in/new.txt"]
+
+
+async def test_progress_is_reported_while_a_command_runs(docker: DockerProvider) -> None:
+    c = await docker.create_container(ContainerSpec(name="progress"))
+    seen: list[tuple[float, str]] = []
+
+    async def progress(elapsed: float, message: str) -> None:
+        seen.append((elapsed, message))
+
+    result = await docker.exec(c.id, sh("echo start; sleep 1.3"), approve=accept, progress=progress)
+    assert result.exit_code == 0
+    assert len(seen) == 1 and seen[0][0] >= 1.0 and "6 bytes of output" in seen[0][1]
+
+
+async def test_an_engine_container_removed_behind_our_back_is_expired(docker: DockerProvider) -> None:
+    c = await docker.create_container(ContainerSpec(name="vanish"))
+    await docker.engine.remove(f"cmcp-{c.id}")
+    with pytest.raises(ContainerExpired):
+        await docker.exec(c.id, ExecRequest(argv=["true"]), approve=accept)
+    assert (await docker.get_container(c.id)).status == "expired"
+    with pytest.raises(ContainerExpired):
+        await docker.list_files(c.id, ListParams())

@@ -101,3 +101,21 @@ def test_docker_host_is_judged_only_for_the_docker_provider() -> None:
     assert Settings.isolated(docker_host="ssh://u@example.invalid").provider == "local"
     with pytest.raises(ValidationError, match="forwarded socket"):
         Settings.isolated(provider="docker", docker_host="ssh://u@example.invalid")
+
+
+def test_allowed_images_are_comma_separated_and_the_default_comes_first(tmp_path) -> None:
+    from container_mcp.settings import Settings
+
+    settings = Settings.isolated(docker_images="alpine:3.20, debian:bookworm-slim,")
+    assert settings.docker_image == "python:3.12-slim"
+    assert settings.docker_images == ["alpine:3.20", "debian:bookworm-slim"]
+    provider = DockerProvider(
+        tmp_path / "d",
+        engine=Engine("unix:///nonexistent/docker.sock"),
+        image=settings.docker_image,
+        images=[*settings.docker_images, settings.docker_image],
+    )
+    try:
+        assert provider.capabilities.images == ["python:3.12-slim", "alpine:3.20", "debian:bookworm-slim"]
+    finally:
+        provider.registry.close()
