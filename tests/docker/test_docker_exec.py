@@ -58,6 +58,15 @@ async def test_output_exit_code_stdin_and_file_changes(docker: DockerProvider) -
     assert gone.id not in {f.id for f in (await docker.list_files(c.id, ListParams())).data}
 
 
+async def test_the_file_listing_never_shows_in_the_output(docker: DockerProvider) -> None:
+    c = await docker.create_container(ContainerSpec(name="listing"))
+    result = await docker.exec(c.id, sh("printf 'no newline' >&2; printf x > made.txt"), approve=accept)
+    assert (result.stderr, result.stdout, result.stderr_bytes) == ("no newline", "", 10)
+    assert [f.path for f in result.files_created] == ["/mnt/data/made.txt"]
+    quiet = await docker.exec(c.id, sh("true"), approve=accept)
+    assert (quiet.stderr, quiet.stderr_bytes, quiet.files_created) == ("", 0, [])
+
+
 async def test_a_real_container_keeps_state_and_processes_between_commands(docker: DockerProvider) -> None:
     c = await docker.create_container(ContainerSpec(name="state"))
     await docker.exec(c.id, sh("echo kept > /tmp/state; sleep 300 >/dev/null 2>&1 </dev/null &"), approve=accept)

@@ -665,7 +665,7 @@ class DockerProvider:
 
                 async def rescan() -> None:
                     nonlocal scan
-                    scan = await scan_files(self.engine, name, before)
+                    scan = await scan_files(self.engine, name, before, ended.listed)
 
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(settle)

@@ -1,30 +1,37 @@
 """Commands and file scans in a Docker container, through the engine alone.
 
-**Running.** A command runs by the engine's exec, as the provider's user, in a small ``/bin/sh``
-wrapper that records its pid (the exec's process is a session leader, so its pid is also its
-session id), makes and enters the working directory and then ``exec``s the argv unchanged. Its
-stdin is written up the hijacked stream and closed; stdout and stderr come down it and are kept
-head and tail (``OutputCapture``). The command has ended when its output streams close (a
-background process that keeps them open keeps the call waiting until the timeout: redirect it).
-A timeout, or a cancelled call, kills every process of the command's session (``_KILL``: a
-scan of ``/proc`` run by another exec as the same user stops them all, then kills them), so
-nothing it started survives the call unless it left the session; when no helper can start
-(every pid taken), the engine restarts the container instead (all processes go, files stay).
-An exit by signal N shows as 128+N, as from a shell; a SIGKILL with the container's OOM-kill
-counter grown is reported as ``killed_reason="memory_limit"``.
+**Running.** A command runs by the engine's exec, as the provider's user, under a small
+``/bin/sh`` wrapper (``_WRAP``) that records its pid (the exec's process is a session leader, so
+its pid is also its session id), makes and enters the working directory, runs the argv unchanged
+and, once it has ended, lists the files under /mnt/data on stderr between two marker lines made
+of a random nonce; ``_Divert`` takes them out of the output. Its stdin is written up the hijacked
+stream and closed; stdout and stderr come down it and are kept head and tail (``OutputCapture``).
+The command has ended when its output streams close (a background process that keeps them open
+keeps the call waiting until the timeout: redirect it). A timeout, or a cancelled call, kills
+every process of the command's session (``_KILL``: a scan of ``/proc`` run by another exec as the
+same user stops them all, then kills them), so nothing it started survives the call unless it
+left the session; when no helper can start (every pid taken), the engine restarts the container
+instead (all processes go, files stay). An exit by signal N shows as 128+N, as from a shell; a
+SIGKILL with the container's OOM-kill counter grown is reported as ``killed_reason="memory_limit"``.
 
-**Scanning.** ``scan_files`` tells what a command did to /mnt/data from the engine's own records,
-not from anything in the container: the container's change list (``GET /containers/{id}/changes``,
-every path of its writable layer) names the candidates, and the archive API's stat of each gives
-its size and mtime. A path is a file when the engine says it is a regular file and its name is
-a valid container path; symlinks, devices and the like are never reported. Compared with the
-rows before the command, that yields created, changed (size or mtime differ) and deleted files.
+**Scanning.** ``scan_files`` tells what a command did to /mnt/data. The wrapper's listing names
+the candidate paths (without one, after a timeout, or for a repair, the engine's change list
+``GET /containers/{id}/changes`` does: exact but slow, ~10 ms on a busybox image and ~300 ms on
+a Debian one, where Docker walks the image). The engine's own stat (archive API) of each candidate
+and of every file recorded before gives size, type and mtime, and a file's bytes and hash are read
+through the engine too: the listing only says where to look. A command can hide a file from the
+listing (it is then not counted; the container's writable layer is not a disk quota anyway) but
+cannot make the server record a size or content that is not there. A path is a file when the
+engine says it is a regular file and its name is a valid container path; symlinks, devices and the
+like are never reported. Compared with the rows before the command, that yields created, changed
+(size or mtime differ) and deleted files.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,7 +54,14 @@ log = logging.getLogger(__name__)
 PIDFILE = "/tmp/.container-mcp-exec.pid"
 """Where the wrapper records the running command's pid (one command at a time per container)."""
 
-_WRAP = '[ -d "$2" ] || mkdir -p -- "$2" || exit 126; cd -- "$2" || exit 126; echo $$ > "$1"; shift 2; exec "$@"'
+_WRAP = """[ -d "$2" ] || mkdir -p -- "$2" || exit 126; cd -- "$2" || exit 126; echo $$ > "$1"; n=$3; shift 3
+"$@"; rc=$?
+if command -v find >/dev/null; then
+  { printf '\\n%s\\n' "$n"; find /mnt/data -type f -print0 2>/dev/null; printf '\\n%s.\\n' "$n"; } >&2
+fi
+exit $rc"""
+"""Records the pid, enters the workdir, runs the argv, then lists /mnt/data's files on stderr between
+two marker lines (which ``_Divert`` takes out of the output); the command's status is the exit status."""
 
 _KILL = """
 read -r s < "$1" 2>/dev/null; [ -n "$s" ] || { echo done; exit 0; }
@@ -100,6 +114,8 @@ class ExecOutcome:
     killed_reason: str | None
     exec_id: str | None = None
     """Set while the exit status is still to be asked (``DockerExec.settle``)."""
+    listed: set[str] | None = None
+    """Absolute paths of the files the wrapper found under /mnt/data after the command (None: no listing)."""
 
     def result(self, **files: Any) -> ExecResult:
         return ExecResult(
@@ -129,6 +145,41 @@ def _workdir(workdir: str) -> str:
     return normalize_path(workdir)
 
 
+class _Divert:
+    """Splits a stderr stream at a marker line: before it, the command's output; after it, the listing."""
+
+    def __init__(self, capture: OutputCapture, nonce: str) -> None:
+        self._capture = capture
+        self._start = f"\n{nonce}\n".encode()
+        self._end = f"\n{nonce}.\n".encode()
+        self._pending = bytearray()
+        self._listing: bytearray | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        if self._listing is not None:
+            self._listing += chunk
+            return
+        self._pending += chunk
+        at = self._pending.find(self._start)
+        if at >= 0:
+            self._capture.feed(bytes(self._pending[:at]))
+            self._listing = bytearray(self._pending[at + len(self._start) :])
+            self._pending.clear()
+        elif len(self._pending) >= len(self._start):
+            keep = len(self._start) - 1
+            self._capture.feed(bytes(self._pending[:-keep]))
+            del self._pending[:-keep]
+
+    def finish(self) -> set[str] | None:
+        """The absolute paths listed, or None when no complete listing came (the output is all the command's)."""
+        if self._listing is None or not self._listing.endswith(self._end):
+            if self._listing is None:
+                self._capture.feed(bytes(self._pending))
+            return None
+        body = bytes(self._listing[: -len(self._end)])
+        return {p.decode("utf-8", errors="replace") for p in body.split(b"\0") if p}
+
+
 def _check(request: ExecRequest) -> None:
     """Refuse what the engine would misread: NUL in argv or env, '=' in a variable's name."""
     if any("\0" in a for a in request.argv):
@@ -155,9 +206,11 @@ class DockerExec:
         env = {**_DEFAULT_ENV, **request.env}
         limit = min(request.max_output_bytes, self._limits.max_output_bytes)
         out, err = OutputCapture(limit), OutputCapture(limit)
+        nonce = "container-mcp-files-" + secrets.token_hex(16)
+        divert = _Divert(err, nonce)
         exec_id = await self._engine.exec_create(
             name,
-            ["/bin/sh", "-c", _WRAP, "sh", PIDFILE, workdir, *request.argv],
+            ["/bin/sh", "-c", _WRAP, "sh", PIDFILE, workdir, nonce, *request.argv],
             user=self._user,
             env=[f"{k}={v}" for k, v in env.items()],
             workdir="/",
@@ -171,7 +224,7 @@ class DockerExec:
 
             async def pump() -> None:
                 async for kind, payload in stream.frames():
-                    (err if kind == 2 else out).feed(payload)
+                    (divert if kind == 2 else out).feed(payload)
 
             async def tick() -> None:
                 while progress is not None:
@@ -192,7 +245,7 @@ class DockerExec:
                     await self.kill(name)
                     with anyio.move_on_after(self._limits.kill_wait_s):
                         async for kind, payload in stream.frames():
-                            (err if kind == 2 else out).feed(payload)
+                            (divert if kind == 2 else out).feed(payload)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self.kill(name)
@@ -201,23 +254,24 @@ class DockerExec:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
         duration = time.monotonic() - started
+        listed = divert.finish()
         if timed_out:
-            return ExecOutcome(None, 9, out, err, duration, True, "timeout")
-        return ExecOutcome(None, None, out, err, duration, False, None, exec_id=exec_id)
+            return ExecOutcome(None, 9, out, err, duration, True, "timeout", listed=listed)
+        return ExecOutcome(None, None, out, err, duration, False, None, exec_id=exec_id, listed=listed)
 
     async def settle(self, name: str, outcome: ExecOutcome) -> ExecOutcome:
         """The outcome with the command's exit status, asked of the engine (a separate step, so the
         caller can scan the files meanwhile)."""
         if outcome.exec_id is None:
             return outcome
-        out, err, duration = outcome.stdout, outcome.stderr, outcome.duration_s
+        out, err, duration, listed = outcome.stdout, outcome.stderr, outcome.duration_s, outcome.listed
         code = (await self._engine.exec_inspect(outcome.exec_id)).get("ExitCode")
         if not isinstance(code, int):
-            return ExecOutcome(None, 9, out, err, duration, False, None)
+            return ExecOutcome(None, 9, out, err, duration, False, None, listed=listed)
         if 128 < code < 128 + 65:
             reason = "memory_limit" if code == 137 and await self._oom_grew(name) else None
-            return ExecOutcome(None, code - 128, out, err, duration, False, reason)
-        return ExecOutcome(code, None, out, err, duration, False, None)
+            return ExecOutcome(None, code - 128, out, err, duration, False, reason, listed=listed)
+        return ExecOutcome(code, None, out, err, duration, False, None, listed=listed)
 
     async def kill(self, name: str) -> None:
         """Kill every process of the running command's session (see ``_KILL``).
@@ -318,10 +372,14 @@ def _candidate(path: str) -> str | None:
         return None
 
 
-async def scan_files(engine: Engine, name: str, before: Mapping[str, FileRow]) -> FileScan:
-    """Compare the container's /mnt/data with ``before`` (see the module docstring)."""
-    listed = {rel for c in await engine.changes(name) if c.get("Kind") != 2 and (rel := _candidate(str(c["Path"])))}
-    candidates = sorted(listed | set(before))
+async def scan_files(
+    engine: Engine, name: str, before: Mapping[str, FileRow], listed: set[str] | None = None
+) -> FileScan:
+    """Compare the container's /mnt/data with ``before`` (see the module docstring). ``listed``: the
+    wrapper's listing of file paths, used instead of the engine's change list to find new files."""
+    if listed is None:
+        listed = {str(c["Path"]) for c in await engine.changes(name) if c.get("Kind") != 2}
+    candidates = sorted({rel for path in listed if (rel := _candidate(path))} | set(before))
     stats: dict[str, dict[str, Any] | None] = {}
     limiter = anyio.CapacityLimiter(16)
 
