@@ -86,6 +86,13 @@ async def test_a_timeout_kills_the_whole_process_tree(docker: DockerProvider) ->
     assert left.stdout == ""
 
 
+async def test_files_a_timed_out_command_wrote_are_found_without_its_listing(docker: DockerProvider) -> None:
+    c = await docker.create_container(ContainerSpec(name="partial"))
+    result = await docker.exec(c.id, sh("echo part > part.txt; sleep 304", timeout_s=1), approve=accept)
+    assert result.timed_out  # killed before its wrapper could list: the engine's change list is used
+    assert [(f.path, f.bytes) for f in result.files_created] == [("/mnt/data/part.txt", 5)]
+
+
 async def test_a_cancelled_call_kills_its_command(docker: DockerProvider) -> None:
     c = await docker.create_container(ContainerSpec(name="cancel"))
     with anyio.move_on_after(1.0):
