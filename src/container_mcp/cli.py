@@ -18,7 +18,7 @@ import anyio
 from pydantic import ValidationError
 
 from . import __version__
-from .errors import StateUnavailable, UnsafeConfiguration
+from .errors import ProviderUnavailable, StateUnavailable, UnsafeConfiguration
 from .settings import Settings
 
 __all__ = ["build_settings", "main", "parse_args"]
@@ -45,7 +45,9 @@ def _common(p: argparse.ArgumentParser, top: bool) -> None:
     def default(value: Any) -> Any:
         return value if top else argparse.SUPPRESS
 
-    p.add_argument("--provider", choices=["local", "openai"], default=default(None), help="backend (default: local)")
+    p.add_argument(
+        "--provider", choices=["local", "openai", "docker"], default=default(None), help="backend (default: local)"
+    )
     p.add_argument(
         "--data-dir",
         default=default(None),
@@ -222,7 +224,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except UnsafeConfiguration as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(2) from None
-    except StateUnavailable as exc:
+    except (
+        StateUnavailable,
+        ProviderUnavailable,
+    ) as exc:  # the ledger or the backend (e.g. no Docker engine) is not there at start
         print(f"container-mcp: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:

@@ -166,6 +166,9 @@ class ContainerSpec(_Model):
     memory_limit: MemoryLimit = "1g"
     network_policy: NetworkPolicy = Field(default_factory=NetworkPolicy)
     file_ids: list[str] = Field(default_factory=list)
+    image: str | None = Field(
+        None, description="Image of the container (docker provider: one of capabilities.images); None: the default."
+    )
 
 
 class ListParams(_Model):

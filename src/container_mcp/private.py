@@ -91,7 +91,7 @@ def secure_data_dir(data_dir: Path) -> int:
     return fixed
 
 
-SERVER_ENTRIES = ("local", "inline", "session.key", ".session.key.*", "sessions-*.sqlite3*", "lost+found")
+SERVER_ENTRIES = ("local", "docker", "inline", "session.key", ".session.key.*", "sessions-*.sqlite3*", "lost+found")
 """Names the server (any version) makes at the top of its data dir, and a file system's own."""
 
 

@@ -12,6 +12,7 @@ from .ledger.base import Ledger, Limits
 from .ledger.redis import RedisLedger
 from .ledger.sqlite import SqliteLedger
 from .private import secure_data_dir
+from .providers.docker import DockerProvider
 from .providers.local import LocalProvider
 from .providers.registry import create_provider
 from .service import ContainerService
@@ -37,7 +38,7 @@ async def open_service(settings: Settings, *, clock: Clock = system_clock) -> As
     Session state (ownership, quota counters, the rate limit: the ledger) lives in
     ``<data_dir>/sessions-<provider>.sqlite3``, so a restarted server keeps who owns what, or with
     ``state_url`` in that Redis, shared by every process on every host using it. The data dir is
-    made private first (``secure_data_dir``). With the local provider, the per-container
+    made private first (``secure_data_dir``). With the local and docker providers, the per-container
     counters are recomputed from what is really stored at start, and after any repair of a
     container a crashed process left half-done.
     """
@@ -49,7 +50,7 @@ async def open_service(settings: Settings, *, clock: Clock = system_clock) -> As
         ledger = SqliteLedger(settings.data_dir / f"sessions-{settings.provider}.sqlite3")
     try:
         async with create_provider(settings, clock) as provider:
-            if isinstance(provider, LocalProvider):
+            if isinstance(provider, LocalProvider | DockerProvider):
                 # Counters follow the containers' real contents after any crash (see local.py).
                 provider.attach_usage_sink(ledger.set_usage, ledger.set_files)
                 await provider.recount()

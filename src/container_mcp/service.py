@@ -160,6 +160,13 @@ class ContainerService:
                 param="network_policy",
             )
         check_network_policy(spec.network_policy, self.egress)
+        if spec.image is not None and spec.image not in caps.images:
+            offered = f"choose one of {', '.join(caps.images)}" if caps.images else "omit image"
+            raise InvalidRequest(
+                f"image {spec.image[:200]!r} is not offered on the {caps.provider} provider; {offered}. "
+                "Nothing was created.",
+                param="image",
+            )
         lo, hi = caps.expiry_minutes_range
         if not lo <= spec.expires_after.minutes <= hi:
             raise InvalidRequest(

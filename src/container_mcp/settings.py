@@ -56,8 +56,10 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,
     )
 
-    provider: Literal["local", "openai"] = Field(
-        "local", description="Backend: 'local' (embedded sandbox, no account) or 'openai' (hosted API)."
+    provider: Literal["local", "openai", "docker"] = Field(
+        "local",
+        description="Backend: 'local' (embedded sandbox, no account), 'openai' (hosted API) or 'docker' "
+        "(a Docker-compatible engine at DOCKER_HOST).",
     )
     data_dir: Path = Field(
         default_factory=default_data_dir,
@@ -157,6 +159,27 @@ class Settings(BaseSettings):
         "egress proxy. Default 65534 (nobody), which some system daemons share.",
     )
     sandbox_gid: int = Field(65534, ge=1, le=2**32 - 2, description="Host gid commands run as when root.")
+
+    # --- Docker provider -------------------------------------------------------------------
+    docker_host: str = Field(
+        "unix:///var/run/docker.sock",
+        validation_alias=AliasChoices("CONTAINER_MCP_DOCKER_HOST", "DOCKER_HOST", "docker_host"),
+        description="Where the Docker Engine API is: unix:///path/to/socket or tcp://host:port.",
+    )
+    docker_image: str = Field(
+        "python:3.12-slim", min_length=1, description="Image of new containers when the caller names none."
+    )
+    docker_images: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Further images callers may choose with container_create's image (comma-separated). None "
+        "by default: only docker_image.",
+    )
+    docker_user: str = Field(
+        "1000:1000",
+        description="uid:gid commands run as inside Docker containers; '' uses the image's own user (which may "
+        "be root, with every capability dropped).",
+    )
+    docker_cpus: float = Field(1.0, gt=0, le=256, description="CPUs one Docker container may use.")
 
     # --- OpenAI provider -------------------------------------------------------------------
     openai_api_key: SecretStr | None = Field(
@@ -281,6 +304,7 @@ class Settings(BaseSettings):
     @field_validator(
         "allow_paths",
         "allowed_hosts",
+        "docker_images",
         "allowed_origins",
         "api_keys",
         "oauth_required_scopes",
@@ -292,6 +316,20 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [w for w in (s.strip() for s in value.split(",")) if w]
         return value
+
+    @model_validator(mode="after")
+    def _docker_host(self) -> Settings:
+        # Only the docker provider speaks to it: a DOCKER_HOST exported for the docker CLI (ssh://,
+        # say) must not stop a server on another provider.
+        if self.provider == "docker":
+            from .errors import InvalidRequest
+            from .providers.docker_api import check_docker_host
+
+            try:
+                check_docker_host(self.docker_host)
+            except InvalidRequest as exc:
+                raise ValueError(exc.message) from None
+        return self
 
     @field_validator("audit")
     @classmethod
@@ -358,12 +396,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _state_fits_provider(self) -> Settings:
-        if self.state_url is not None and self.provider == "local":
+        if self.state_url is not None and self.provider in ("local", "docker"):
             raise ValueError(
-                "CONTAINER_MCP_STATE_URL (a Redis ledger) is valid only with provider 'openai': local "
-                "containers live on this host, so their state must too. Run several local-provider "
-                "processes on one host with the default SQLite ledger (same --data-dir), or unset "
-                "CONTAINER_MCP_STATE_URL."
+                f"CONTAINER_MCP_STATE_URL (a Redis ledger) is valid only with provider 'openai': {self.provider} "
+                "containers are tracked in this host's data dir, so their state must be too. Run several "
+                f"{self.provider}-provider processes on one host with the default SQLite ledger (same "
+                "--data-dir), or unset CONTAINER_MCP_STATE_URL."
             )
         return self
 

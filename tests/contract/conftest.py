@@ -1,6 +1,7 @@
 """The providers the contract suite runs against.
 
-``local``: the embedded provider. ``openai-api``: the OpenAI provider talking to a live
+``local``: the embedded provider. ``docker``: the docker provider on the test engine and its busybox
+image (tests/docker/engine.py). ``openai-api``: the OpenAI provider talking to a live
 ``container-mcp api`` on 127.0.0.1 that serves the local provider (the whole OpenAI-compatible
 chain). Each yields a fresh, empty backend.
 """
@@ -16,7 +17,7 @@ from container_mcp.clock import ManualClock
 from container_mcp.providers.base import Provider
 from container_mcp.providers.local import LocalProvider
 
-PROVIDERS = ["local", "openai-api"]
+PROVIDERS = ["local", "docker", "openai-api"]
 
 
 @pytest.fixture(params=PROVIDERS)
@@ -24,6 +25,11 @@ async def provider(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     if request.param == "local":
         async with LocalProvider(tmp_path / "local", clock=ManualClock()) as local:
             yield local
+    elif request.param == "docker":
+        from tests.docker.engine import docker_provider
+
+        async with docker_provider(tmp_path / "docker") as docker:
+            yield docker
     else:
         from tests.contract.chain import openai_over_api
 

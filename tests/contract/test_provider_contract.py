@@ -167,7 +167,7 @@ async def test_copy_file_between_containers(provider: Provider) -> None:
 
 async def test_capabilities_are_data(provider: Provider) -> None:
     caps = provider.capabilities
-    assert caps.provider in {"local", "openai"}
+    assert caps.provider in {"local", "openai", "docker"}
     assert "1g" in caps.memory_limits
     assert "disabled" in caps.network_policies
     if not caps.exec:

@@ -171,10 +171,13 @@ async def test_opening_an_unreachable_redis_is_a_clear_error(tmp_path: Path) -> 
 
 
 def test_a_redis_ledger_with_the_local_provider_is_refused_at_start() -> None:
-    """Local containers live on one host: sharing their books across hosts cannot be right."""
+    """Local (and docker) containers are tracked in one host's data dir: sharing their books
+    across hosts cannot be right."""
     url = parse_args(["--state-url", "redis://127.0.0.1:6379/0"]).state_url
     with pytest.raises(ValidationError, match="valid only with provider 'openai'"):
         Settings.isolated(state_url=url)
+    with pytest.raises(ValidationError, match="valid only with provider 'openai': docker"):
+        Settings.isolated(provider="docker", state_url=url)
     with pytest.raises(ValidationError, match="must be a Redis URL"):
         Settings.isolated(provider="openai", state_url="http://127.0.0.1:6379")
     settings = Settings.isolated(provider="openai", state_url="redis://:pw@127.0.0.1:1/0")

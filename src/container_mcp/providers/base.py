@@ -89,6 +89,10 @@ class Capabilities(BaseModel):
         "every server process on this host using the same data dir",
         description="Which server processes share ownership and quotas with this one.",
     )
+    images: list[str] = Field(
+        default_factory=list,
+        description="Images a caller may name on create (the first is the default); empty: no image choice.",
+    )
     unsupported_create_fields: list[str] = Field(
         default_factory=lambda: list(UNSUPPORTED_CREATE_FIELDS),
         description="OpenAI create-container fields not honoured here; a request carrying one is refused "

@@ -23,10 +23,11 @@ from ..paths import MOUNT, normalize_path, relative_path
 from ..sandbox import Attachment, ChangeSet, Sandbox, SandboxJob, SandboxProbe, SandboxProgress, SandboxRun
 from ..sandbox.tree import adopt_tree
 from .base import ApproveChanges, ExecRequest, ExecResult, FileChanges, ProgressCallback
+from .exec_files import ending, exec_result
 from .local_fs import ContainerDir, FileStat
 from .local_registry import ContainerRow, FileRow, Registry
 
-__all__ = ["ExecLimits", "ending", "finish_run", "prepare_job", "run_exec"]
+__all__ = ["ExecLimits", "finish_run", "prepare_job", "run_exec"]
 
 log = logging.getLogger(__name__)
 
@@ -194,11 +195,11 @@ async def finish_run(
         with anyio.CancelScope(shield=True):
             applied = await run.commit()
             created, changed = await _record(registry, container, container_id, applied, clock, guess_mime)
-    created.sort(key=_relevance)
-    changed.sort(key=_relevance)
-    deleted = sorted((f.path for f in applied.deleted), key=_path_relevance)
-    truncated = max(len(created), len(changed), len(deleted)) > listed
-    return ExecResult(
+    return exec_result(
+        created,
+        changed,
+        [f.path for f in applied.deleted],
+        listed=listed,
         exit_code=run.exit_code,
         signal=run.signal,
         stdout=run.stdout_text,
@@ -210,37 +211,8 @@ async def finish_run(
         duration_ms=round(run.duration_s * 1000),
         timed_out=run.timed_out,
         killed_reason=run.killed_reason,
-        files_created=[r.model() for r in created[:listed]],
-        files_changed=[r.model() for r in changed[:listed]],
-        files_deleted=[f"{MOUNT}/{p}" for p in deleted[:listed]],
-        files_created_total=len(created),
-        files_changed_total=len(changed),
-        files_deleted_total=len(deleted),
         files_not_kept=len(applied.skipped),
-        files_truncated=truncated,
-    ).with_all_files([r.model() for r in (*created, *changed)], [f"{MOUNT}/{p}" for p in deleted])
-
-
-def ending(exit_code: int | None, signal: int | None, killed_reason: str | None) -> str:
-    """How a command ended, as the end of "The command ...": never "exit code None"."""
-    if killed_reason == "timeout":
-        return "was killed at its timeout"
-    if killed_reason == "memory_limit":
-        return "was killed for going over the container's memory_limit"
-    if killed_reason == "disk_limit":
-        return "was killed for writing more files or bytes under /mnt/data than the quotas allow"
-    if exit_code is None:
-        return f"was killed by signal {signal}" if signal is not None else "was killed"
-    return f"finished (exit code {exit_code})"
-
-
-def _path_relevance(rel: str) -> tuple[int, str]:
-    """Shallow paths first (``report.csv`` before ``venv/lib/.../x.py``), then by path."""
-    return rel.count("/"), rel
-
-
-def _relevance(row: FileRow) -> tuple[int, str]:
-    return _path_relevance(row.path)
+    )
 
 
 async def _record(

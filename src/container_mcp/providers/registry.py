@@ -48,7 +48,28 @@ def _openai(settings: Settings, clock: Clock) -> Provider:
     return OpenAIProvider.from_settings(settings)
 
 
-PROVIDERS: dict[str, Callable[[Settings, Clock], Provider]] = {"local": _local, "openai": _openai}
+def _docker(settings: Settings, clock: Clock) -> Provider:
+    from .docker import DockerProvider
+    from .docker_api import Engine
+    from .docker_exec import ExecLimits
+
+    return DockerProvider(
+        settings.data_dir / "docker",
+        engine=Engine(settings.docker_host),
+        image=settings.docker_image,
+        images=settings.docker_images,
+        user=settings.docker_user,
+        limits=ExecLimits(
+            pids_limit=settings.exec_pids_limit,
+            cpus=settings.docker_cpus,
+            max_output_bytes=settings.exec_max_output_bytes,
+        ),
+        clock=clock,
+        reaper_interval_s=settings.reaper_interval_s,
+    )
+
+
+PROVIDERS: dict[str, Callable[[Settings, Clock], Provider]] = {"local": _local, "openai": _openai, "docker": _docker}
 
 
 def create_provider(settings: Settings, clock: Clock = system_clock) -> Provider:

@@ -180,6 +180,23 @@ async def _inline_upload(ctx: Context, deps: ToolDeps, value: str, encoding: str
             spooled.close()
 
 
+CreateName = Annotated[str, Field(min_length=1, max_length=256, description="Container name.")]
+CreateExpiry = Annotated[int, Field(ge=1, le=1440, description="Idle minutes before it expires.")]
+CreateMemory = Annotated[MemoryLimit, Field(description="Memory for commands.")]
+CreatePolicy = Annotated[
+    NetworkPolicyArg | None,
+    Field(
+        description="Commands' outbound network (default: none), e.g. {'type': 'allowlist', "
+        "'allowed_domains': ['pypi.org', '*.pythonhosted.org']}: host names or public IPs, no URL or port."
+    ),
+]
+CreateImage = Annotated[
+    str | None,
+    Field(max_length=512, description="Image to run: one of container://capabilities' images (default: the first)."),
+]
+CreateFileIds = Annotated[list[str] | None, Field(description="cfile_... ids from your other containers, copied in.")]
+
+
 def _registrar(mcp: MCPServer) -> Callable[..., Callable[[ToolFn], ToolFn]]:
     """``mcp.tool`` with the boundary's error mapping applied: the one way a tool is registered here."""
 
@@ -198,38 +215,69 @@ def register_tools(mcp: MCPServer, deps: ToolDeps) -> None:
     service = deps.service
     tool = _registrar(mcp)
 
-    @tool(
-        title="Create container",
-        annotations=ToolAnnotations(
-            read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
-        ),
-    )
-    async def container_create(
+    async def create(
         ctx: Context,
-        name: Annotated[str, Field(min_length=1, max_length=256, description="Container name.")],
-        expires_after_minutes: Annotated[int, Field(ge=1, le=1440, description="Idle minutes before it expires.")] = 20,
-        memory_limit: Annotated[MemoryLimit, Field(description="Memory for commands.")] = "1g",
-        network_policy: Annotated[
-            NetworkPolicyArg | None,
-            Field(
-                description="Commands' outbound network (default: none), e.g. {'type': 'allowlist', "
-                "'allowed_domains': ['pypi.org', '*.pythonhosted.org']}: host names or public IPs, no URL or port."
-            ),
-        ] = None,
-        file_ids: Annotated[
-            list[str] | None, Field(description="cfile_... ids from your other containers, copied in.")
-        ] = None,
+        name: str,
+        expires_after_minutes: int,
+        memory_limit: MemoryLimit,
+        network_policy: NetworkPolicyArg | None,
+        file_ids: list[str] | None,
+        image: str | None,
     ) -> Container:
-        """Create an empty container with its own /mnt/data. It expires after expires_after_minutes
-        without use (any operation on it is use). Keep the returned id."""
         spec = ContainerSpec(
             name=name,
             expires_after=ExpiresAfter(minutes=expires_after_minutes),
             memory_limit=memory_limit,
             network_policy=_network_policy(network_policy),
             file_ids=file_ids or [],
+            image=image,
         )
         return await service.create_container(deps.owner(ctx), spec)
+
+    create_tool = tool(
+        title="Create container",
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+        ),
+    )
+
+    # `image` is offered only by providers that have a choice of images (docker): elsewhere the tool
+    # keeps OpenAI's arguments, and the schema names exactly what may be chosen.
+    def with_image() -> None:
+
+        @create_tool
+        async def container_create(
+            ctx: Context,
+            name: CreateName,
+            expires_after_minutes: CreateExpiry = 20,
+            memory_limit: CreateMemory = "1g",
+            network_policy: CreatePolicy = None,
+            file_ids: CreateFileIds = None,
+            image: CreateImage = None,
+        ) -> Container:
+            """Create an empty container with its own /mnt/data. It expires after expires_after_minutes
+            without use (any operation on it is use). Keep the returned id."""
+            return await create(ctx, name, expires_after_minutes, memory_limit, network_policy, file_ids, image)
+
+    def without_image() -> None:
+
+        @create_tool
+        async def container_create(
+            ctx: Context,
+            name: CreateName,
+            expires_after_minutes: CreateExpiry = 20,
+            memory_limit: CreateMemory = "1g",
+            network_policy: CreatePolicy = None,
+            file_ids: CreateFileIds = None,
+        ) -> Container:
+            """Create an empty container with its own /mnt/data. It expires after expires_after_minutes
+            without use (any operation on it is use). Keep the returned id."""
+            return await create(ctx, name, expires_after_minutes, memory_limit, network_policy, file_ids, None)
+
+    if service.capabilities.images:
+        with_image()
+    else:
+        without_image()
 
     @tool(title="List containers", annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def container_list(

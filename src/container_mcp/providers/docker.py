@@ -1,0 +1,769 @@
+"""The Docker provider: each container is a real container of a Docker-compatible engine.
+
+* Engine: the Engine API at ``DOCKER_HOST`` (``docker_api.Engine``): Docker Engine, Docker
+  Desktop, Podman's service, or a remote engine over tcp. Nothing assumes the engine shares this
+  machine's filesystem: files move as tar streams through the archive API.
+* Registry: the local provider's SQLite tables (``local_registry``) at
+  ``<data_dir>/registry.sqlite3``: containers with their expiry, files with size, mtime, sha256.
+  Per-container locks (``local_lock``) serialise uploads, deletions and commands across every
+  server process on this data dir; a lock left by a dead holder marks the container for a rescan.
+* Engine objects: one engine container per container, named ``cmcp-<id>`` and labelled with this
+  data dir (``io.container-mcp.instance`` = hash of its real path, ``io.container-mcp.data-dir``)
+  and the container id. ``/mnt/data`` lives in the container's own writable layer, so removing
+  the engine container removes every byte; no volume, bind mount or network is created.
+* Limits, by the engine: memory = ``memory_limit`` with swap equal (no swap beyond it), a pids
+  limit, a CPU quota, every capability dropped, ``no-new-privileges``, the engine's default seccomp
+  profile, never privileged, ``docker_user`` inside (uid 1000 by default), an init process as PID
+  1 that reaps orphans. ``network_policy`` ``disabled`` is ``NetworkMode: none`` (loopback only);
+  ``allowlist`` is not offered (no filtering proxy is reachable from an engine that may be remote)
+  and is refused by the service with this reason.
+* Commands: ``exec`` (``docker_exec``) through the engine's exec and its hijacked stream.
+* Lifecycle: create takes the id's lock, creates and starts the engine container, then writes the
+  row; delete removes the engine container, then the row. Expiry (on access and by the reaper,
+  with the injected clock) removes the engine container and keeps the row as ``expired``. At start
+  ``reconcile`` removes every engine container of this data dir without a row (a crash between
+  engine create and row), and marks expired every running row whose engine container is gone;
+  both under the id's lock taken without waiting, so another live process's work in progress is
+  left alone. So ``kill -9`` at any point and a restart leave no engine container behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import mimetypes
+import os
+import tempfile
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import anyio.to_thread
+
+from ..clock import Clock, system_clock
+from ..errors import (
+    ContainerExpired,
+    ContainerNotFound,
+    FileNotFound,
+    FileTooLarge,
+    Hint,
+    InvalidPath,
+    InvalidRequest,
+    ProviderError,
+    ProviderUnavailable,
+)
+from ..ids import check_container_id, check_file_id, new_container_id, new_file_id
+from ..models import (
+    MEMORY_LIMITS,
+    Container,
+    ContainerDeleted,
+    ContainerFile,
+    ContainerSpec,
+    FileDeleted,
+    ListParams,
+    Page,
+)
+from ..paths import MOUNT, relative_path
+from ..private import FILE_MODE, private_dir
+from ..uploads import CHUNK_SIZE, Upload
+from .base import ApproveChanges, Capabilities, ExecRequest, ExecResult, FileChanges, ProgressCallback
+from .docker_api import Engine
+from .docker_exec import DockerExec, ExecLimits, ExecOutcome, FileScan, scan_files
+from .docker_tar import tar_dir, tar_one_file, untar_one_file
+from .exec_files import ending
+from .local import FilesSink, UsageSink
+from .local_lock import ContainerLocks, LockBusy
+from .local_registry import ContainerRow, FileRow, Registry, policy_json
+
+__all__ = ["LABEL_CONTAINER", "LABEL_DATA_DIR", "LABEL_INSTANCE", "DockerProvider", "instance_label"]
+
+log = logging.getLogger(__name__)
+
+LABEL_INSTANCE = "io.container-mcp.instance"
+LABEL_DATA_DIR = "io.container-mcp.data-dir"
+LABEL_CONTAINER = "io.container-mcp.container"
+
+
+def instance_label(data_dir: Path) -> str:
+    """The label value naming one data dir (the same on every restart)."""
+    return hashlib.sha256(os.path.realpath(data_dir).encode()).hexdigest()[:24]
+
+
+def guess_mime(rel: str) -> str:
+    return mimetypes.guess_type(rel, strict=False)[0] or "application/octet-stream"
+
+
+def _engine_name(container_id: str) -> str:
+    return f"cmcp-{container_id}"
+
+
+def _ids(user: str) -> tuple[int, int] | None:
+    """uid and gid of a numeric ``uid[:gid]``; None for a name or '' (the image's user, not known here)."""
+    uid, _, gid = user.partition(":")
+    if uid.isdigit() and (not gid or gid.isdigit()):
+        return int(uid), int(gid or uid)
+    return None
+
+
+class DockerProvider:
+    """Containers on a Docker-compatible engine. Use as an async context manager (reconciles, reaps)."""
+
+    name = "docker"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        engine: Engine,
+        image: str,
+        images: list[str] | None = None,
+        user: str = "1000:1000",
+        limits: ExecLimits | None = None,
+        clock: Clock = system_clock,
+        reaper_interval_s: float = 30.0,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
+        self.data_dir = data_dir
+        self.engine = engine
+        self.images = list(dict.fromkeys([image, *(images or [])]))
+        self.user = user
+        ids = _ids(user)
+        # A user named by the image (or by name) has a uid we do not know: /mnt/data and what we
+        # write there are then writable by every user of the container (it has no other).
+        self._shared = ids is None
+        self._uid, self._gid = ids or (0, 0)
+        self.limits = limits or ExecLimits()
+        self._clock = clock
+        self._reaper_interval_s = min(reaper_interval_s, 60.0)
+        self._sleep = sleep
+        private_dir(data_dir)
+        private_dir(data_dir / "tmp")
+        self.instance = instance_label(data_dir)
+        self.registry = Registry(data_dir / "registry.sqlite3")
+        self._locks = ContainerLocks(data_dir / "locks", sleep=sleep)
+        self._exec = DockerExec(engine, user=user, limits=self.limits)
+        self._usage_sink: UsageSink | None = None
+        self._files_sink: FilesSink | None = None
+        self._stack: AsyncExitStack | None = None
+        self._ready_images: set[str] = set()
+        self.on_expired: Callable[[str], Awaitable[None]] | None = None
+        """Told the id of each container this provider expires (``changes.ExpiryReporting``)."""
+        self._capabilities = Capabilities(
+            provider="docker",
+            exec=True,
+            memory_limits=list(MEMORY_LIMITS),
+            memory_enforcement="docker",
+            network_policies=["disabled"],
+            network_unavailable_reason="the docker provider cannot route a container's traffic through the "
+            "filtering egress proxy, so 'allowlist' is not offered; containers have no network",
+            network_enforcement="docker network mode 'none' (loopback only)",
+            max_file_bytes=None,
+            expiry_minutes_range=(1, 1440),
+            file_paths="exact",
+            upstream_file_ids=False,
+            images=self.images,
+        )
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """The labels every engine object of this data dir carries (a filter for ``list_labelled``)."""
+        return {LABEL_INSTANCE: self.instance}
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.engine.version()
+            await self.reconcile()
+            self._stack = AsyncExitStack()
+            tg = await self._stack.enter_async_context(anyio.create_task_group())
+            tg.start_soon(self._reap_forever)
+            self._stack.callback(tg.cancel_scope.cancel)
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            await stack.aclose()
+        await self.engine.aclose()
+        self.registry.close()
+
+    def attach_usage_sink(self, sink: UsageSink, files: FilesSink | None = None) -> None:
+        """From now on, tell ``sink`` each rescanned container's real usage, and ``files`` its files."""
+        self._usage_sink = sink
+        self._files_sink = files
+
+    async def recount(self) -> None:
+        """Tell the usage sink every running container's usage as its rows record it (after a restart,
+        the rows a rescan fixed are the truth the counters must equal)."""
+        for container_id in self.registry.all_ids():
+            row = self.registry.container(container_id)
+            if row is not None and row.status == "running":
+                await self._report_usage(container_id)
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await self._sleep(self._reaper_interval_s)
+            try:
+                await self.sweep()
+            except Exception:  # the reaper must outlive one bad sweep
+                log.exception("expiry sweep failed")
+
+    async def sweep(self) -> list[str]:
+        """Expire every running container past its time (those in use are left for the next sweep)."""
+        expired: list[str] = []
+        for container_id in self.registry.due(self._clock(), limit=100_000):
+            with contextlib.suppress(LockBusy, ContainerNotFound):
+                async with self._hold(container_id, wait=False):
+                    row = self.registry.container(container_id)
+                    if row is None or row.status != "running" or row.expires_at >= self._clock():
+                        continue
+                    await self._expire(container_id)
+                    expired.append(container_id)
+        return expired
+
+    async def reconcile(self) -> None:
+        """Make engine and registry agree (see the module docstring)."""
+        await self.sweep()
+        engine_ids: set[str] = set()
+        for found in await self.engine.list_labelled(self.labels):
+            container_id = found.get("Labels", {}).get(LABEL_CONTAINER, "")
+            engine_ids.add(container_id)
+            if self.registry.container(container_id) is not None:
+                continue
+            with contextlib.suppress(LockBusy):
+                async with self._locks.hold(container_id, wait=False):
+                    if self.registry.container(container_id) is None:
+                        await self.engine.remove(str(found["Id"]))
+                        log.info("removed engine container %s: no row for %s", found["Id"][:12], container_id)
+                    self._locks.remove(container_id)
+        for container_id in await anyio.to_thread.run_sync(self._locks.abandoned):
+            # A holder died mid-operation: its command may still run, its files are unrecorded.
+            with contextlib.suppress(LockBusy, ContainerNotFound):
+                async with self._hold(container_id, wait=False):
+                    pass
+        for container_id in self.registry.all_ids():
+            row = self.registry.container(container_id)
+            if row is None or row.status != "running" or container_id in engine_ids:
+                continue
+            with contextlib.suppress(LockBusy, ContainerNotFound):
+                async with self._hold(container_id, wait=False):
+                    if await self.engine.inspect(_engine_name(container_id)) is None:
+                        log.info("container %s: its engine container is gone; marked expired", container_id)
+                        await self._expire(container_id)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _hold(self, container_id: str, *, wait: bool = True) -> AsyncIterator[None]:
+        """Hold the container across processes; rescan its files first if the previous holder crashed."""
+        check_container_id(container_id)
+        if self.registry.container(container_id) is None:
+            raise ContainerNotFound(container_id)
+        async with self._locks.hold(container_id, wait=wait) as crashed:
+            if crashed:
+                with anyio.CancelScope(shield=True):
+                    await self._rescan(container_id)
+            yield
+
+    async def _rescan(self, container_id: str) -> None:
+        """After a crash mid-operation: kill what is left of its command, and bring the rows in line with
+        the engine container's /mnt/data."""
+        row = self.registry.container(container_id)
+        if row is None or row.status != "running":
+            return
+        try:
+            await self._exec.kill(_engine_name(container_id))
+            scan = await scan_files(self.engine, _engine_name(container_id), self.registry.files_of(container_id))
+            put = await self._rows_for(container_id, scan, source="assistant")
+        except ProviderError as exc:
+            log.warning("container %s could not be rescanned: %s", container_id, exc)
+            return
+        self.registry.apply(container_id, [*put[0], *put[1]], scan.deleted)
+        await self._report_usage(container_id, files=True)
+
+    async def _report_usage(self, container_id: str, *, files: bool = False) -> None:
+        """Tell the sinks the container's files and bytes (and, with ``files``, its files: after a
+        rescan or a removal the ledger's file index must follow the rows)."""
+        if self._usage_sink is not None:
+            await self._usage_sink(container_id, *self.registry.usage_of(container_id))
+        if files and self._files_sink is not None:
+            await self._files_sink(container_id, [row.model() for row in self.registry.files_of(container_id).values()])
+
+    async def _expire(self, container_id: str) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.engine.remove(_engine_name(container_id))
+            self.registry.expire(container_id)
+        log.info("container %s expired", container_id)
+        if self.on_expired is not None:
+            await self.on_expired(container_id)
+
+    async def _expire_due(self, container_id: str, *, locked: bool) -> ContainerRow | None:
+        if locked:
+            await self._expire(container_id)
+        else:
+            with contextlib.suppress(LockBusy, ContainerNotFound):
+                async with self._hold(container_id, wait=False):
+                    row = self.registry.container(container_id)
+                    if row is not None and row.status == "running" and row.expires_at < self._clock():
+                        await self._expire(container_id)
+        return self.registry.container(container_id)
+
+    async def _row(self, container_id: str, *, touch: bool, locked: bool = False) -> ContainerRow:
+        check_container_id(container_id)
+        row = self.registry.container(container_id)
+        if row is None:
+            raise ContainerNotFound(container_id)
+        now = self._clock()
+        if row.status == "running" and row.expires_at < now:
+            fresh = await self._expire_due(container_id, locked=locked)
+            if fresh is None:
+                raise ContainerNotFound(container_id)
+            row = fresh
+        if touch and row.status == "running":
+            self.registry.touch(container_id, now)
+            row = self.registry.container(container_id)
+            assert row is not None
+        return row
+
+    async def _running(self, container_id: str, *, locked: bool = False) -> ContainerRow:
+        row = await self._row(container_id, touch=True, locked=locked)
+        if row.status != "running":
+            raise ContainerExpired(container_id)
+        return row
+
+    async def _engine_call(self, container_id: str, call: Awaitable[Any]) -> Any:
+        """Await an engine call on the container; its engine container gone means it expired."""
+        try:
+            return await call
+        except ProviderError as exc:
+            if exc.status in (404, 409) and await self.engine.inspect(_engine_name(container_id)) is None:
+                await self._expire(container_id)
+                raise ContainerExpired(container_id) from exc
+            raise
+
+    async def _ensure_image(self, ref: str) -> None:
+        if ref in self._ready_images:
+            return
+        if await self.engine.image_inspect(ref) is None:
+            try:
+                await self.engine.image_pull(ref)
+            except ProviderError as exc:
+                raise ProviderUnavailable(
+                    f"The Docker engine has no image {ref!r} and could not pull it ({exc.message}). Provide it on "
+                    f"the engine: `docker pull {ref}` where a registry is reachable, or `docker load`/`docker "
+                    "import` it, or set CONTAINER_MCP_DOCKER_IMAGE to an image the engine has."
+                ) from exc
+        self._ready_images.add(ref)
+
+    def _config(self, container_id: str, spec: ContainerSpec, image: str) -> dict[str, Any]:
+        memory = MEMORY_LIMITS[spec.memory_limit]
+        return {
+            "Image": image,
+            "Entrypoint": ["sleep"],
+            "Cmd": ["2147483647"],
+            "User": self.user,
+            "Labels": {
+                LABEL_INSTANCE: self.instance,
+                LABEL_DATA_DIR: str(self.data_dir),
+                LABEL_CONTAINER: container_id,
+            },
+            "NetworkDisabled": True,
+            "HostConfig": {
+                "NetworkMode": "none",
+                "Memory": memory,
+                "MemorySwap": memory,
+                "PidsLimit": self.limits.pids_limit,
+                "NanoCpus": int(self.limits.cpus * 1e9),
+                "CapDrop": ["ALL"],
+                "SecurityOpt": ["no-new-privileges"],
+                "Privileged": False,
+                "Init": True,
+                "IpcMode": "private",
+                "RestartPolicy": {"Name": "no"},
+                "Binds": [],
+                "Mounts": [],
+                "LogConfig": {"Type": "none"},
+            },
+        }
+
+    # --- containers ------------------------------------------------------------------------
+
+    async def create_container(self, spec: ContainerSpec) -> Container:
+        if spec.file_ids:
+            raise InvalidRequest(
+                "The docker provider copies only 'cfile_' files of your own containers; other file ids are not "
+                "known here.",
+                param="file_ids",
+            )
+        if spec.network_policy.type != "disabled":
+            raise InvalidRequest(
+                f"network_policy type {spec.network_policy.type!r} is not available: "
+                f"{self._capabilities.network_unavailable_reason}.",
+                param="network_policy",
+            )
+        image = spec.image or self.images[0]
+        if image not in self.images:
+            raise InvalidRequest(f"image {image[:200]!r} is not offered; choose one of {', '.join(self.images)}.")
+        await self._ensure_image(image)
+        now = self._clock()
+        row = ContainerRow(
+            id=new_container_id(now),
+            name=spec.name,
+            created_at=int(now),
+            last_active_at=now,
+            expiry_minutes=spec.expires_after.minutes,
+            expires_at=now + spec.expires_after.minutes * 60,
+            memory_limit=spec.memory_limit,
+            network_policy=policy_json(spec.network_policy),
+            status="running",
+        )
+        name = _engine_name(row.id)
+        async with self._locks.hold(row.id):
+            try:
+                await self.engine.create_container(name, self._config(row.id, spec, image))
+                await self.engine.put_archive(
+                    name, "/mnt", _once(tar_dir("data", uid=self._uid, gid=self._gid, mtime=now, shared=self._shared))
+                )
+                await self.engine.start(name)
+                self.registry.insert_container(row)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self.engine.remove(name)
+                    self._locks.remove(row.id)
+                raise
+        return row.model()
+
+    async def get_container(self, container_id: str, *, touch: bool = True) -> Container:
+        return (await self._row(container_id, touch=touch)).model()
+
+    async def list_containers(self, params: ListParams) -> Page[Container]:
+        rows, has_more, found = self.registry.page_containers(
+            limit=params.limit, order=params.order, after=params.after, name=params.name
+        )
+        if not found:
+            raise InvalidRequest(
+                f"'after' is {str(params.after)[:80]!r}, which is not a container id. Pass the last_id of the "
+                "previous page, or omit 'after' to start from the first page.",
+                param="after",
+            )
+        now = self._clock()
+        data: list[Container] = []
+        for row in rows:
+            if row.status == "running" and row.expires_at < now:
+                fresh = await self._expire_due(row.id, locked=False)
+                if fresh is None:
+                    continue
+                row = fresh
+            data.append(row.model())
+        return Page[Container].of(data, has_more)
+
+    async def delete_container(self, container_id: str) -> ContainerDeleted:
+        check_container_id(container_id)
+        async with self._hold(container_id):
+            with anyio.CancelScope(shield=True):
+                await self.engine.remove(_engine_name(container_id))
+                if not self.registry.delete_container(container_id):
+                    raise ContainerNotFound(container_id)
+                self._locks.remove(container_id)
+        return ContainerDeleted(id=container_id)
+
+    # --- files -----------------------------------------------------------------------------
+
+    async def create_file(
+        self,
+        container_id: str,
+        path: str,
+        upload: Upload,
+        *,
+        max_bytes: int | None = None,
+        approve: ApproveChanges | None = None,
+        source: str = "user",
+    ) -> ContainerFile:
+        rel = relative_path(path)
+        async with self._hold(container_id):
+            await self._running(container_id, locked=True)
+            async with self._spool(upload, max_bytes) as (spool, size, sha):
+                old = self.registry.file_at(container_id, rel)
+                if approve is not None:
+                    await approve(
+                        FileChanges(
+                            created=[] if old else [f"{MOUNT}/{rel}"],
+                            changed=[f"{MOUNT}/{rel}"] if old else [],
+                            largest_file_bytes=size,
+                            files_delta=0 if old else 1,
+                            bytes_delta=size - (old.bytes if old else 0),
+                        )
+                    )
+                name = _engine_name(container_id)
+                tar = tar_one_file(
+                    rel,
+                    size,
+                    _read_chunks(spool),
+                    uid=self._uid,
+                    gid=self._gid,
+                    mtime=self._clock(),
+                    shared=self._shared,
+                )
+                with anyio.CancelScope(shield=True):  # once bytes go in, the row must follow
+                    try:
+                        await self._engine_call(container_id, self.engine.put_archive(name, MOUNT, tar))
+                    except ProviderError as exc:
+                        if "cannot overwrite" not in exc.message:
+                            raise
+                        # The engine extracts nothing through a non-directory: the path names a
+                        # directory, or a file or symlink stands where a parent directory should be.
+                        raise InvalidPath(
+                            f"{MOUNT}/{rel} cannot be written: in the container, a directory is at that path, or a "
+                            "file or symlink is where one of its parent directories should be. Nothing was stored.",
+                            hint=Hint(
+                                mcp="Choose another path, or remove what is in the way with container_exec.",
+                                rest="Choose another path, or remove what is in the way with a command.",
+                            ),
+                            param="path",
+                        ) from None
+                    stat = await self.engine.stat_path(name, f"{MOUNT}/{rel}")
+                    now = self._clock()
+                    row = FileRow(
+                        id=new_file_id(now),
+                        container_id=container_id,
+                        path=rel,
+                        created_at=int(now),
+                        bytes=size,
+                        source=source,
+                        mime_type=guess_mime(rel),
+                        sha256=sha,
+                        mtime_ns=FileScan.mtime_ns(stat) if stat else 0,
+                    )
+                    self.registry.put_file(row)
+            return row.model()
+
+    @asynccontextmanager
+    async def _spool(self, upload: Upload, max_bytes: int | None) -> AsyncIterator[tuple[int, int, str]]:
+        """The upload in a private temp file (fd, size, sha256): its size must be known before the tar header."""
+        fd, name = await anyio.to_thread.run_sync(lambda: tempfile.mkstemp(dir=self.data_dir / "tmp", prefix="upload-"))
+        try:
+            os.unlink(name)  # nothing to clean after a crash: the bytes live only while the fd is open
+            os.fchmod(fd, FILE_MODE)
+            digest = hashlib.sha256()
+            size = 0
+            async for chunk in upload.chunks():
+                size += len(chunk)
+                if max_bytes is not None and size > max_bytes:
+                    raise FileTooLarge.over(max_bytes)
+                digest.update(chunk)
+                await anyio.to_thread.run_sync(_write_all, fd, chunk)
+            os.lseek(fd, 0, os.SEEK_SET)
+            yield fd, size, digest.hexdigest()
+        finally:
+            os.close(fd)
+
+    async def copy_file(
+        self,
+        src_container_id: str,
+        src_file_id: str,
+        dst_container_id: str,
+        *,
+        approve: ApproveChanges | None = None,
+    ) -> ContainerFile:
+        src = await self._file_row(src_container_id, src_file_id)
+        return await self.create_file(
+            dst_container_id,
+            f"{MOUNT}/{src.path}",
+            _StreamUpload(self.read_file(src_container_id, src_file_id), src.bytes),
+            approve=approve,
+        )
+
+    async def _file_row(self, container_id: str, file_id: str, *, locked: bool = False) -> FileRow:
+        await self._running(container_id, locked=locked)
+        check_file_id(file_id)
+        row = self.registry.file(container_id, file_id)
+        if row is None:
+            raise FileNotFound(container_id, file_id)
+        return row
+
+    async def list_files(self, container_id: str, params: ListParams) -> Page[ContainerFile]:
+        await self._running(container_id)
+        rows, has_more, found = self.registry.page_files(
+            container_id, limit=params.limit, order=params.order, after=params.after
+        )
+        if not found:
+            raise InvalidRequest(
+                f"'after' is {str(params.after)[:80]!r}, which is not a file of this container. Pass the last_id "
+                "of the previous page, or omit 'after' to start from the first page.",
+                param="after",
+            )
+        return Page[ContainerFile].of([r.model() for r in rows], has_more)
+
+    async def get_file(self, container_id: str, file_id: str) -> ContainerFile:
+        return (await self._file_row(container_id, file_id)).model()
+
+    async def delete_file(
+        self, container_id: str, file_id: str, *, approve: ApproveChanges | None = None
+    ) -> FileDeleted:
+        async with self._hold(container_id):
+            row = await self._file_row(container_id, file_id, locked=True)
+            if approve is not None:
+                await approve(FileChanges(deleted=[f"{MOUNT}/{row.path}"], files_delta=-1, bytes_delta=-row.bytes))
+            with anyio.CancelScope(shield=True):
+                await self._engine_call(container_id, self._exec.remove(_engine_name(container_id), [row.path]))
+                self.registry.delete_file(container_id, file_id)
+        return FileDeleted(id=file_id)
+
+    async def read_file(
+        self, container_id: str, file_id: str, *, offset: int = 0, length: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        row = await self._file_row(container_id, file_id)
+        try:
+            async with self.engine.get_archive(_engine_name(container_id), f"{MOUNT}/{row.path}") as stream:
+                async for chunk in untar_one_file(stream, offset=offset, length=length):
+                    yield chunk
+        except ProviderError as exc:
+            if exc.status == 404:
+                raise FileNotFound(container_id, file_id) from None  # the row outlived its bytes
+            raise
+        except (EOFError, IsADirectoryError):
+            raise FileNotFound(container_id, file_id) from None
+
+    # --- exec ------------------------------------------------------------------------------
+
+    async def exec(
+        self,
+        container_id: str,
+        request: ExecRequest,
+        *,
+        approve: ApproveChanges,
+        progress: ProgressCallback | None = None,
+    ) -> ExecResult:
+        """Run ``request`` by the engine's exec (see ``docker_exec``); holds the container's lock."""
+        async with self._hold(container_id):
+            row = await self._row(container_id, touch=False, locked=True)
+            if row.status != "running":
+                raise ContainerExpired(container_id)
+            # A command is activity for as long as it runs: no expiry may strike mid-run.
+            self.registry.hold(container_id, self._clock() + row.expiry_minutes * 60 + request.timeout_s + 60)
+            name = _engine_name(container_id)
+            before = self.registry.files_of(container_id)
+            ended: ExecOutcome = await self._engine_call(container_id, self._exec.run(name, request, progress=progress))
+            with anyio.CancelScope(shield=True):
+                # The exit status and the file scan are independent questions to the engine: ask both at once.
+                outcome, scan = ended, FileScan()
+
+                async def settle() -> None:
+                    nonlocal outcome
+                    outcome = await self._exec.settle(name, ended)
+
+                async def rescan() -> None:
+                    nonlocal scan
+                    scan = await scan_files(self.engine, name, before, ended.listed)
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(settle)
+                    tg.start_soon(rescan)
+            changes = scan.changes(before)
+            try:
+                await approve(changes)
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):
+                    # A real container cannot be rolled back: what the command wrote goes, so that nothing
+                    # unaccounted for stays stored.
+                    removed = [*scan.created, *scan.changed]
+                    if removed:
+                        await self._exec.remove(name, removed)
+                    self.registry.apply(container_id, [], [*scan.changed, *scan.deleted])
+                    await self._report_usage(container_id, files=True)
+                if hasattr(exc, "message"):
+                    how = ending(outcome.exit_code, outcome.signal, outcome.killed_reason)
+                    exc.message = (
+                        f"The command {how}, but the files it created or changed "
+                        f"were removed from /mnt/data (a container cannot be rolled back). {exc.message}"
+                    )
+                    exc.args = (exc.message,)
+                raise
+            with anyio.CancelScope(shield=True):
+                created, changed = await self._rows_for(container_id, scan, source="assistant")
+                if created or changed or scan.deleted:
+                    self.registry.apply(container_id, [*created, *changed], scan.deleted)
+                self.registry.touch(container_id, self._clock())  # the run itself was activity
+            return outcome.result(created, changed, scan.deleted, listed=request.max_listed_files)
+
+    async def _rows_for(self, container_id: str, scan: FileScan, *, source: str) -> tuple[list[FileRow], list[FileRow]]:
+        """Rows for the scan's created (new ids) and changed (same ids) files, hashing each one's bytes."""
+        existing = self.registry.files_of(container_id)
+        now = self._clock()
+        name = _engine_name(container_id)
+        out: tuple[list[FileRow], list[FileRow]] = ([], [])
+        for bucket, paths in ((out[0], scan.created), (out[1], scan.changed)):
+            for rel in paths:
+                sha = hashlib.sha256()
+                try:
+                    async with self.engine.get_archive(name, f"{MOUNT}/{rel}") as stream:
+                        async for chunk in untar_one_file(stream):
+                            sha.update(chunk)
+                except (ProviderError, EOFError, IsADirectoryError):
+                    continue  # vanished since the scan (a background process): nothing to record
+                old = existing.get(rel)
+                size, mtime_ns = scan.seen[rel]
+                bucket.append(
+                    FileRow(
+                        id=old.id if old is not None else new_file_id(now),
+                        container_id=container_id,
+                        path=rel,
+                        created_at=old.created_at if old is not None else int(now),
+                        bytes=size,
+                        source=old.source if old is not None else source,
+                        mime_type=guess_mime(rel),
+                        sha256=sha.hexdigest(),
+                        mtime_ns=mtime_ns,
+                    )
+                )
+        return out
+
+
+class _StreamUpload:
+    """A file of another container as an upload (size known from its row)."""
+
+    host_fd: int | None = None
+
+    def __init__(self, chunks: AsyncGenerator[bytes, None], size: int) -> None:
+        self._chunks = chunks
+        self.size: int | None = size
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._chunks:
+                yield chunk
+        finally:
+            await self._chunks.aclose()
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _read_chunks(fd: int) -> AsyncIterator[bytes]:
+    while data := await anyio.to_thread.run_sync(os.read, fd, CHUNK_SIZE):
+        yield data
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

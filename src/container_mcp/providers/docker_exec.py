@@ -1,0 +1,419 @@
+"""Commands and file scans in a Docker container, through the engine alone.
+
+**Running.** A command runs by the engine's exec, as the provider's user, under a small
+``/bin/sh`` wrapper (``_WRAP``) that records its pid (the exec's process is a session leader, so
+its pid is also its session id), makes and enters the working directory, runs the argv unchanged
+and, once it has ended, lists the files under /mnt/data on stderr between two marker lines made
+of a random nonce; ``_Divert`` takes them out of the output. Its stdin is written up the hijacked
+stream and closed; stdout and stderr come down it and are kept head and tail (``OutputCapture``).
+The command has ended when its output streams close (a background process that keeps them open
+keeps the call waiting until the timeout: redirect it). A timeout, or a cancelled call, kills
+every process of the command's session (``_KILL``: a scan of ``/proc`` run by another exec as the
+same user stops them all, then kills them), so nothing it started survives the call unless it
+left the session; when no helper can start (every pid taken), the engine restarts the container
+instead (all processes go, files stay). An exit by signal N shows as 128+N, as from a shell; a
+SIGKILL with the container's OOM-kill counter grown is reported as ``killed_reason="memory_limit"``.
+
+**Scanning.** ``scan_files`` tells what a command did to /mnt/data. The wrapper's listing names
+the candidate paths (without one, after a timeout, or for a repair, the engine's change list
+``GET /containers/{id}/changes`` does: exact but slow, ~10 ms on a busybox image and ~300 ms on
+a Debian one, where Docker walks the image). The engine's own stat (archive API) of each candidate
+and of every file recorded before gives size, type and mtime, and a file's bytes and hash are read
+through the engine too: the listing only says where to look. A command can hide a file from the
+listing (it is then not counted; the container's writable layer is not a disk quota anyway) but
+cannot make the server record a size or content that is not there. A path is a file when the
+engine says it is a regular file and its name is a valid container path; symlinks, devices and the
+like are never reported. Compared with the rows before the command, that yields created, changed
+(size or mtime differ) and deleted files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import anyio
+
+from ..errors import InvalidPath, InvalidRequest, ProviderError
+from ..paths import MOUNT, normalize_path, relative_path
+from ..sandbox.output import OutputCapture, decode_output
+from .base import ExecRequest, ExecResult, FileChanges, ProgressCallback
+from .docker_api import Engine
+from .exec_files import exec_result
+from .local_registry import FileRow
+
+__all__ = ["DockerExec", "ExecLimits", "ExecOutcome", "FileScan", "scan_files"]
+
+log = logging.getLogger(__name__)
+
+PIDFILE = "/tmp/.container-mcp-exec.pid"
+"""Where the wrapper records the running command's pid (one command at a time per container)."""
+
+_WRAP = """[ -d "$2" ] || mkdir -p -- "$2" || exit 126; cd -- "$2" || exit 126; echo $$ > "$1"; n=$3; shift 3
+"$@"; rc=$?
+if command -v find >/dev/null; then
+  { printf '\\n%s\\n' "$n"; find /mnt/data -type f -print0 2>/dev/null; printf '\\n%s.\\n' "$n"; } >&2
+fi
+exit $rc"""
+"""Records the pid, enters the workdir, runs the argv, then lists /mnt/data's files on stderr between
+two marker lines (which ``_Divert`` takes out of the output); the command's status is the exit status."""
+
+_KILL = """
+read -r s < "$1" 2>/dev/null; [ -n "$s" ] || { echo done; exit 0; }
+members() {
+  for f in /proc/[0-9]*/stat; do
+    read -r line < "$f" 2>/dev/null || continue
+    set -- ${line##*") "}
+    [ "$4" = "$s" ] && [ "$1" != Z ] && [ "$1" != "$skip" ] && { p=${f#/proc/}; echo "${p%/stat}"; }
+  done
+}
+i=0
+while [ $i -lt 100 ]; do
+  i=$((i+1)); skip=T; new=
+  for p in $(members); do kill -STOP "$p" 2>/dev/null; new=1; done
+  [ -n "$new" ] || break
+done
+skip=; for p in $(members); do kill -9 "$p" 2>/dev/null; done
+echo done
+"""
+
+_OOM_COUNT = (
+    "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null | sed -n 's/^oom_kill //p'"
+)
+
+_DEFAULT_ENV = {"HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+
+# Go's os.FileMode type bits: anything but a regular file.
+_NOT_REGULAR = (1 << 31) | (1 << 27) | (1 << 26) | (1 << 25) | (1 << 24) | (1 << 21) | (1 << 19)
+
+
+@dataclass(frozen=True)
+class ExecLimits:
+    """Server-wide limits of every Docker container and command (see Settings for their meaning)."""
+
+    pids_limit: int = 256
+    cpus: float = 1.0
+    max_output_bytes: int = 64 << 10
+    kill_wait_s: float = 5.0
+    """How long a killed command's stream may take to close before the call gives up on it."""
+
+
+@dataclass
+class ExecOutcome:
+    exit_code: int | None
+    signal: int | None
+    stdout: OutputCapture
+    stderr: OutputCapture
+    duration_s: float
+    timed_out: bool
+    killed_reason: str | None
+    exec_id: str | None = None
+    """Set while the exit status is still to be asked (``DockerExec.settle``)."""
+    listed: set[str] | None = None
+    """Absolute paths of the files the wrapper found under /mnt/data after the command (None: no listing)."""
+
+    def result(self, created: list[FileRow], changed: list[FileRow], deleted: list[str], *, listed: int) -> ExecResult:
+        """The command's result, its file changes bounded as every provider's are (``exec_files``)."""
+        return exec_result(
+            created,
+            changed,
+            deleted,
+            listed=listed,
+            exit_code=self.exit_code,
+            signal=self.signal,
+            stdout=decode_output(self.stdout.getvalue()),
+            stderr=decode_output(self.stderr.getvalue()),
+            stdout_bytes=self.stdout.total,
+            stderr_bytes=self.stderr.total,
+            stdout_truncated=self.stdout.truncated,
+            stderr_truncated=self.stderr.truncated,
+            duration_ms=round(self.duration_s * 1000),
+            timed_out=self.timed_out,
+            killed_reason=self.killed_reason,
+        )
+
+
+def _workdir(workdir: str) -> str:
+    if workdir.rstrip("/") == MOUNT:
+        return MOUNT
+    if not workdir.startswith(MOUNT + "/"):
+        raise InvalidRequest(
+            f"workdir must be /mnt/data or a directory under it; got {workdir[:200]!r}.", param="workdir"
+        )
+    relative_path(workdir)
+    return normalize_path(workdir)
+
+
+class _Divert:
+    """Splits a stderr stream at a marker line: before it, the command's output; after it, the listing."""
+
+    def __init__(self, capture: OutputCapture, nonce: str) -> None:
+        self._capture = capture
+        self._start = f"\n{nonce}\n".encode()
+        self._end = f"\n{nonce}.\n".encode()
+        self._pending = bytearray()
+        self._listing: bytearray | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        if self._listing is not None:
+            self._listing += chunk
+            return
+        self._pending += chunk
+        at = self._pending.find(self._start)
+        if at >= 0:
+            self._capture.feed(bytes(self._pending[:at]))
+            self._listing = bytearray(self._pending[at + len(self._start) :])
+            self._pending.clear()
+        elif len(self._pending) >= len(self._start):
+            keep = len(self._start) - 1
+            self._capture.feed(bytes(self._pending[:-keep]))
+            del self._pending[:-keep]
+
+    def finish(self) -> set[str] | None:
+        """The absolute paths listed, or None when no complete listing came (the output is all the command's)."""
+        if self._listing is None or not self._listing.endswith(self._end):
+            if self._listing is None:
+                self._capture.feed(bytes(self._pending))
+            return None
+        body = bytes(self._listing[: -len(self._end)])
+        return {p.decode("utf-8", errors="replace") for p in body.split(b"\0") if p}
+
+
+def _check(request: ExecRequest) -> None:
+    """Refuse what the engine would misread: NUL in argv or env, '=' in a variable's name."""
+    if any("\0" in a for a in request.argv):
+        raise InvalidRequest("argv must not contain NUL characters.", param="command")
+    for key, value in request.env.items():
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise InvalidRequest(
+                f"invalid environment variable {key[:50]!r}: names are non-empty, without '=' or NUL.", param="env"
+            )
+
+
+class DockerExec:
+    """Runs commands in engine containers as ``user`` (see the module docstring)."""
+
+    def __init__(self, engine: Engine, *, user: str, limits: ExecLimits) -> None:
+        self._engine = engine
+        self._user = user
+        self._limits = limits
+        self._oom_seen: dict[str, int] = {}
+
+    async def run(self, name: str, request: ExecRequest, *, progress: ProgressCallback | None) -> ExecOutcome:
+        workdir = _workdir(request.workdir)
+        _check(request)
+        env = {**_DEFAULT_ENV, **request.env}
+        limit = min(request.max_output_bytes, self._limits.max_output_bytes)
+        out, err = OutputCapture(limit), OutputCapture(limit)
+        nonce = "container-mcp-files-" + secrets.token_hex(16)
+        divert = _Divert(err, nonce)
+        exec_id = await self._engine.exec_create(
+            name,
+            ["/bin/sh", "-c", _WRAP, "sh", PIDFILE, workdir, nonce, *request.argv],
+            user=self._user,
+            env=[f"{k}={v}" for k, v in env.items()],
+            workdir="/",
+            stdin=request.stdin is not None,
+        )
+        started = time.monotonic()
+        stream = await self._engine.exec_start(exec_id)
+        timed_out = False
+        try:
+            await stream.send_stdin(request.stdin)
+
+            async def pump() -> None:
+                async for kind, payload in stream.frames():
+                    (divert if kind == 2 else out).feed(payload)
+
+            async def tick() -> None:
+                while progress is not None:
+                    await anyio.sleep(1.0)
+                    elapsed = time.monotonic() - started
+                    await progress(
+                        elapsed, f"running for {elapsed:.0f}s; {out.total + err.total} bytes of output so far"
+                    )
+
+            with anyio.move_on_after(request.timeout_s) as deadline:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(tick)
+                    await pump()
+                    tg.cancel_scope.cancel()
+            if deadline.cancelled_caught:
+                timed_out = True
+                with anyio.CancelScope(shield=True):
+                    await self.kill(name)
+                    with anyio.move_on_after(self._limits.kill_wait_s):
+                        async for kind, payload in stream.frames():
+                            (divert if kind == 2 else out).feed(payload)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.kill(name)
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+        duration = time.monotonic() - started
+        listed = divert.finish()
+        if timed_out:
+            return ExecOutcome(None, 9, out, err, duration, True, "timeout", listed=listed)
+        return ExecOutcome(None, None, out, err, duration, False, None, exec_id=exec_id, listed=listed)
+
+    async def settle(self, name: str, outcome: ExecOutcome) -> ExecOutcome:
+        """The outcome with the command's exit status, asked of the engine (a separate step, so the
+        caller can scan the files meanwhile)."""
+        if outcome.exec_id is None:
+            return outcome
+        out, err, duration, listed = outcome.stdout, outcome.stderr, outcome.duration_s, outcome.listed
+        code = (await self._engine.exec_inspect(outcome.exec_id)).get("ExitCode")
+        if not isinstance(code, int):
+            return ExecOutcome(None, 9, out, err, duration, False, None, listed=listed)
+        if 128 < code < 128 + 65:
+            reason = "memory_limit" if code == 137 and await self._oom_grew(name) else None
+            return ExecOutcome(None, code - 128, out, err, duration, False, reason, listed=listed)
+        return ExecOutcome(code, None, out, err, duration, False, None, listed=listed)
+
+    async def kill(self, name: str) -> None:
+        """Kill every process of the running command's session (see ``_KILL``).
+
+        Where that cannot be done from inside (a fork bomb holds every pid the limit allows, so no
+        helper can start), the engine restarts the container: every process goes, files stay.
+        """
+        try:
+            done = (await self._quiet(name, ["/bin/sh", "-c", _KILL, "sh", PIDFILE])).strip() == b"done"
+        except ProviderError as exc:
+            if exc.status is None:
+                raise
+            done = False
+        if not done:
+            log.warning("container %s: its command could not be killed from inside; restarting it", name)
+            await self._engine.restart(name)
+
+    async def remove(self, name: str, rels: list[str]) -> None:
+        """Remove files under /mnt/data (relative paths) in the container."""
+        for start in range(0, len(rels), 200):
+            await self._quiet(name, ["rm", "-f", "--", *(f"{MOUNT}/{r}" for r in rels[start : start + 200])])
+
+    async def _quiet(self, name: str, argv: list[str]) -> bytes:
+        """Run a helper command to its end; returns its stdout."""
+        exec_id = await self._engine.exec_create(name, argv, user=self._user, env=[], workdir="/", stdin=False)
+        stream = await self._engine.exec_start(exec_id)
+        data = bytearray()
+        try:
+            await stream.send_stdin(None)
+            async for kind, payload in stream.frames():
+                if kind == 1:
+                    data += payload
+        finally:
+            await stream.aclose()
+        return bytes(data)
+
+    async def _oom_grew(self, name: str) -> bool:
+        try:
+            text = (await self._quiet(name, ["/bin/sh", "-c", _OOM_COUNT])).decode(errors="replace").split()
+        except ProviderError:
+            return False
+        count = int(text[0]) if text and text[0].isdigit() else 0
+        grew = count > self._oom_seen.get(name, 0)
+        self._oom_seen[name] = count
+        return grew
+
+
+def _mtime_ns(text: str) -> int:
+    """Nanoseconds of an RFC 3339 time as the engine writes it (``2026-01-02T03:04:05.123456789Z``)."""
+    head, _, rest = text.partition(".")
+    if not rest:
+        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()) * 10**9
+    digits = "".join(c for c in rest if c.isdigit())
+    zone = rest[len(digits) :]
+    seconds = datetime.fromisoformat(head + (zone.replace("Z", "+00:00") or "+00:00")).timestamp()
+    return int(seconds) * 10**9 + int((digits + "000000000")[:9])
+
+
+@dataclass
+class FileScan:
+    """What /mnt/data holds now, compared with the rows before (relative paths)."""
+
+    seen: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Every regular file now: (size, mtime_ns)."""
+    created: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def mtime_ns(stat: Mapping[str, Any]) -> int:
+        return _mtime_ns(str(stat.get("mtime", "1970-01-01T00:00:00Z")))
+
+    def changes(self, before: Mapping[str, FileRow]) -> FileChanges:
+        sizes = [self.seen[p][0] for p in (*self.created, *self.changed)]
+        delta = (
+            sum(self.seen[p][0] for p in self.created)
+            + sum(self.seen[p][0] - before[p].bytes for p in self.changed)
+            - sum(before[p].bytes for p in self.deleted)
+        )
+        return FileChanges(
+            created=[f"{MOUNT}/{p}" for p in self.created],
+            changed=[f"{MOUNT}/{p}" for p in self.changed],
+            deleted=[f"{MOUNT}/{p}" for p in self.deleted],
+            largest_file_bytes=max(sizes, default=0),
+            files_delta=len(self.created) - len(self.deleted),
+            bytes_delta=delta,
+            files_after=len(self.seen),
+            bytes_after=sum(s for s, _ in self.seen.values()),
+        )
+
+
+def _candidate(path: str) -> str | None:
+    if not path.startswith(MOUNT + "/"):
+        return None
+    try:
+        return relative_path(path)
+    except InvalidPath:
+        return None
+
+
+async def scan_files(
+    engine: Engine, name: str, before: Mapping[str, FileRow], listed: set[str] | None = None
+) -> FileScan:
+    """Compare the container's /mnt/data with ``before`` (see the module docstring). ``listed``: the
+    wrapper's listing of file paths, used instead of the engine's change list to find new files."""
+    if listed is None:
+        listed = {str(c["Path"]) for c in await engine.changes(name) if c.get("Kind") != 2}
+    candidates = sorted({rel for path in listed if (rel := _candidate(path))} | set(before))
+    stats: dict[str, dict[str, Any] | None] = {}
+    limiter = anyio.CapacityLimiter(16)
+
+    async def stat(rel: str) -> None:
+        async with limiter:
+            try:
+                stats[rel] = await engine.stat_path(name, f"{MOUNT}/{rel}")
+            except ProviderError as exc:
+                if exc.status is None:
+                    raise
+                stats[rel] = None  # e.g. a parent that became a file: the path names nothing
+
+    async with anyio.create_task_group() as tg:
+        for rel in candidates:
+            tg.start_soon(stat, rel)
+    scan = FileScan()
+    for rel in candidates:
+        st = stats.get(rel)
+        if st is not None and not int(st.get("mode", 0)) & _NOT_REGULAR:
+            size = int(st.get("size", 0))
+            mtime = FileScan.mtime_ns(st)
+            if not math.isfinite(size):
+                continue
+            scan.seen[rel] = (size, mtime)
+            old = before.get(rel)
+            if old is None:
+                scan.created.append(rel)
+            elif old.bytes != size or old.mtime_ns != mtime:
+                scan.changed.append(rel)
+        elif rel in before:
+            scan.deleted.append(rel)
+    return scan

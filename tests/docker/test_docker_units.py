@@ -1,0 +1,121 @@
+"""The docker provider's pure parts: DOCKER_HOST parsing and the tar streams (no engine needed)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import AsyncIterator
+
+import pytest
+
+from container_mcp.errors import InvalidRequest, ProviderUnavailable
+from container_mcp.providers.docker import DockerProvider
+from container_mcp.providers.docker_api import Engine, engine_base
+from container_mcp.providers.docker_tar import tar_one_file, untar_one_file
+
+pytestmark = pytest.mark.anyio
+
+
+def test_docker_host_forms() -> None:
+    assert engine_base("unix:///var/run/docker.sock")[1] == "http://docker/v1.41"
+    assert engine_base("tcp://127.0.0.1:2375")[1] == "http://127.0.0.1:2375/v1.41"
+    with pytest.raises(InvalidRequest, match="ssh -nNT -L"):
+        engine_base("ssh://user@example.invalid")
+    with pytest.raises(InvalidRequest, match="not understood"):
+        engine_base("npipe:////./pipe/docker_engine")
+    with pytest.raises(InvalidRequest, match="absolute socket path"):
+        engine_base("unix://relative.sock")
+
+
+async def test_no_engine_is_a_clear_error_at_start(tmp_path) -> None:
+    provider = DockerProvider(tmp_path / "d", engine=Engine("unix:///nonexistent/docker.sock"), image="x")
+    with pytest.raises(ProviderUnavailable, match="did not answer") as caught:
+        async with provider:
+            pass
+    assert "DOCKER_HOST" in caught.value.message
+
+
+async def _chunks(data: bytes, size: int = 7) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+async def _collect(stream: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in stream])
+
+
+async def test_a_written_archive_is_what_tarfile_reads() -> None:
+    data = bytes(range(256)) * 5
+    name = "deep/dir/" + "é" * 60 + ".bin"  # non-ASCII and over 100 bytes: a PAX header
+    archive = await _collect(tar_one_file(name, len(data), _chunks(data), uid=1000, gid=1000, mtime=1.0))
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members] == ["deep", "deep/dir", name]
+        assert all(m.uid == 1000 for m in members)
+        extracted = tar.extractfile(members[-1])
+        assert extracted is not None and extracted.read() == data
+
+
+async def test_a_size_mismatch_is_refused_not_sent_corrupt() -> None:
+    with pytest.raises(ValueError, match="grew"):
+        await _collect(tar_one_file("a", 3, _chunks(b"four"), uid=0, gid=0, mtime=0))
+    with pytest.raises(ValueError, match="shrank"):
+        await _collect(tar_one_file("a", 5, _chunks(b"four"), uid=0, gid=0, mtime=0))
+
+
+@pytest.mark.parametrize(("offset", "length"), [(0, None), (3, None), (10, 5), (1000, None), (0, 0), (1279, 10)])
+async def test_reading_one_file_back_from_an_archive(offset: int, length: int | None) -> None:
+    data = bytes(range(256)) * 5
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("x" * 150)  # a PAX header before the entry, as the engine writes for long names
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    got = await _collect(untar_one_file(_chunks(buf.getvalue(), 100), offset=offset, length=length))
+    end = None if length is None else offset + length
+    assert got == data[offset:end]
+
+
+async def test_a_directory_or_truncated_archive_is_not_a_file() -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("d")
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
+    with pytest.raises(IsADirectoryError):
+        await _collect(untar_one_file(_chunks(buf.getvalue())))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("f")
+        info.size = 1000
+        tar.addfile(info, io.BytesIO(b"y" * 1000))
+    with pytest.raises(EOFError):
+        await _collect(untar_one_file(_chunks(buf.getvalue()[:900])))
+
+
+def test_docker_host_is_judged_only_for_the_docker_provider() -> None:
+    from pydantic import ValidationError
+
+    from container_mcp.settings import Settings
+
+    assert Settings.isolated(docker_host="ssh://u@example.invalid").provider == "local"
+    with pytest.raises(ValidationError, match="forwarded socket"):
+        Settings.isolated(provider="docker", docker_host="ssh://u@example.invalid")
+
+
+def test_allowed_images_are_comma_separated_and_the_default_comes_first(tmp_path) -> None:
+    from container_mcp.settings import Settings
+
+    settings = Settings.isolated(docker_images="alpine:3.20, debian:bookworm-slim,")
+    assert settings.docker_image == "python:3.12-slim"
+    assert settings.docker_images == ["alpine:3.20", "debian:bookworm-slim"]
+    provider = DockerProvider(
+        tmp_path / "d",
+        engine=Engine("unix:///nonexistent/docker.sock"),
+        image=settings.docker_image,
+        images=[*settings.docker_images, settings.docker_image],
+    )
+    try:
+        assert provider.capabilities.images == ["python:3.12-slim", "alpine:3.20", "debian:bookworm-slim"]
+    finally:
+        provider.registry.close()
