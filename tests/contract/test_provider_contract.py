@@ -13,6 +13,7 @@ import pytest
 from container_mcp.errors import ContainerNotFound, FileNotFound, FileTooLarge, QuotaExceeded
 from container_mcp.models import ContainerSpec, ExpiresAfter, ListParams, NetworkPolicy
 from container_mcp.providers.base import FileChanges, Provider
+from container_mcp.providers.docker import DockerProvider
 from container_mcp.providers.local import LocalProvider
 from container_mcp.providers.openai import OpenAIProvider
 from container_mcp.uploads import BytesUpload
@@ -52,8 +53,8 @@ async def test_create_retrieve_delete(provider: Provider) -> None:
 
 async def test_list_paging_matches_openai(provider: Provider) -> None:
     # Listing a whole backend is not part of the Provider protocol (the views read the ledger);
-    # both providers offer it, and it pages as OpenAI's does.
-    assert isinstance(provider, LocalProvider | OpenAIProvider)
+    # every provider offers it, and it pages as OpenAI's does.
+    assert isinstance(provider, LocalProvider | OpenAIProvider | DockerProvider)
     empty = await provider.list_containers(ListParams(name="nobody-has-this-name"))
     assert empty.model_dump() == {"object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False}
     ids = [(await provider.create_container(ContainerSpec(name="page"))).id for _ in range(5)]
