@@ -9,15 +9,20 @@ the TypeScript SDK writes them), answers that id with a JSON-RPC error that says
 large content instead. The server keeps serving the next line.
 
 ``run_stdio`` runs an ``MCPServer`` over it the way ``MCPServer.run_stdio_async`` does (that
-method takes no stdin argument). Like the SDK, it points fd 0 at the null device while serving, so
-child processes never read the protocol stream. When stdin ends, requests already read are
-answered before the server stops (``_Inflight``, bounded by ``drain_s``): the SDK's serving loop
-cancels handlers still running at the end of its read stream, so a client that writes its requests
-and closes stdin (``printf ... | container-mcp``) would otherwise get no answer to the last ones.
+method takes no stdin argument). Like the SDK, it points fd 0 at the null device and fd 1 at stderr
+while serving, so child processes never read the protocol stream and stray output never lands in
+it. A message costs one worker-thread call, not three: stdin is read when the event loop sees it
+readable (a regular file, which cannot be polled, in a worker thread), and each answer is written
+whole in one call (``_Stdout``; the SDK's file writes, then flushes). When stdin ends, requests
+already read are answered before the server stops (``_Inflight``, bounded by ``drain_s``): the
+SDK's serving loop cancels handlers still running at the end of its read stream, so a client that
+writes its requests and closes stdin (``printf ... | container-mcp``) would otherwise get no
+answer to the last ones.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -86,12 +91,13 @@ class BoundedLines:
         # A pipe, socket or terminal is waited on by the event loop, then read at once (what is
         # there, never more): no worker thread per message. A regular file or the null device
         # cannot be polled (PermissionError), and is read in a worker thread instead.
-        if self._pollable:
+        while self._pollable:
             try:
                 await anyio.wait_readable(self.fd)
             except PermissionError:
                 self._pollable = False
-            else:
+                break
+            with contextlib.suppress(BlockingIOError):  # a non-blocking stdin, already drained: wait again
                 return os.read(self.fd, READ_BYTES)
         return await anyio.to_thread.run_sync(os.read, self.fd, READ_BYTES, abandon_on_cancel=True)
 
