@@ -10,7 +10,9 @@ Starts, in the same run, two stdio servers through the official ``mcp`` client: 
 with ``synchronous=FULL``, the registry too), and a plain ``MCPServer`` with one echo tool. The
 calls alternate between the two, so the machine's noise falls on both; the ratio of the medians is
 what this server adds to a call (the rate limit, ownership, the provider's read, the argument
-check, structured output). ``--before REF`` measures the tree at git ``REF`` the same way in the
+check, structured output), less what its stdio transport saves: the echo server runs on the SDK's
+(three worker-thread calls a message: the read, the write, the flush), ``container-mcp`` on its own
+(``stdio.py``: one, the write). ``--before REF`` measures the tree at git ``REF`` the same way in the
 same run (its ``src`` extracted with ``git archive``), for the figure before a change.
 """
 

@@ -9,15 +9,20 @@ the TypeScript SDK writes them), answers that id with a JSON-RPC error that says
 large content instead. The server keeps serving the next line.
 
 ``run_stdio`` runs an ``MCPServer`` over it the way ``MCPServer.run_stdio_async`` does (that
-method takes no stdin argument). Like the SDK, it points fd 0 at the null device while serving, so
-child processes never read the protocol stream. When stdin ends, requests already read are
-answered before the server stops (``_Inflight``, bounded by ``drain_s``): the SDK's serving loop
-cancels handlers still running at the end of its read stream, so a client that writes its requests
-and closes stdin (``printf ... | container-mcp``) would otherwise get no answer to the last ones.
+method takes no stdin argument). Like the SDK, it points fd 0 at the null device and fd 1 at stderr
+while serving, so child processes never read the protocol stream and stray output never lands in
+it. A message costs one worker-thread call, not three: stdin is read when the event loop sees it
+readable (a regular file, which cannot be polled, in a worker thread), and each answer is written
+whole in one call (``_Stdout``; the SDK's file writes, then flushes). When stdin ends, requests
+already read are answered before the server stops (``_Inflight``, bounded by ``drain_s``): the
+SDK's serving loop cancels handlers still running at the end of its read stream, so a client that
+writes its requests and closes stdin (``printf ... | container-mcp``) would otherwise get no
+answer to the last ones.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -77,11 +82,23 @@ class BoundedLines:
         self.fd = fd
         self.limit = limit
         self.reply: Reply | None = None
+        self._pollable = True
         self.ids: deque[int | str | None] = deque()
         """The plainly visible request id of each line yielded and not yet taken by ``_Reads``: the
         SDK turns every line into exactly one message or parse error, in order."""
 
     async def _read(self) -> bytes:
+        # A pipe, socket or terminal is waited on by the event loop, then read at once (what is
+        # there, never more): no worker thread per message. A regular file or the null device
+        # cannot be polled (PermissionError), and is read in a worker thread instead.
+        while self._pollable:
+            try:
+                await anyio.wait_readable(self.fd)
+            except PermissionError:
+                self._pollable = False
+                break
+            with contextlib.suppress(BlockingIOError):  # a non-blocking stdin, already drained: wait again
+                return os.read(self.fd, READ_BYTES)
         return await anyio.to_thread.run_sync(os.read, self.fd, READ_BYTES, abandon_on_cancel=True)
 
     def __aiter__(self) -> AsyncIterator[str]:
@@ -159,6 +176,40 @@ def _claim_stdin() -> Iterator[int]:
     finally:
         # The duplicate stays open: a reader thread may still be blocked on it.
         os.dup2(private, 0)
+
+
+@contextmanager
+def _claim_stdout() -> Iterator[int]:
+    """A private duplicate of fd 1 to write the protocol to; fd 1 writes to stderr meanwhile, so
+    stray output (a library's print, a child process) never corrupts the protocol stream."""
+    private = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.dup2(2, 1)
+    try:
+        yield private
+    finally:
+        # Left open like stdin's: a writer thread may still be in the middle of a message.
+        os.dup2(private, 1)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class _Stdout:
+    """The protocol's output as the SDK's ``stdio_server`` writes it (``write``, then ``flush``):
+    each message goes whole to ``fd`` in one worker-thread call, so a slow reader never blocks the
+    event loop; the SDK's own file takes two (the write, then the flush)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    async def write(self, text: str) -> None:
+        await anyio.to_thread.run_sync(_write_all, self.fd, text.encode("utf-8"))
+
+    async def flush(self) -> None:
+        """Nothing is buffered: ``write`` returns once the message is written."""
 
 
 class _Inflight:
@@ -264,9 +315,9 @@ class _Writes:
 async def run_stdio(mcp: MCPServer, limit: int, drain_s: float = 600.0) -> None:
     """Serve ``mcp`` over stdin/stdout until stdin closes and the requests read are answered (at
     most ``drain_s`` more); messages over ``limit`` bytes are refused."""
-    with _claim_stdin() as fd:
+    with _claim_stdin() as fd, _claim_stdout() as out:
         lines = BoundedLines(fd, limit)
-        async with stdio_server(stdin=cast(Any, lines)) as (read_stream, write_stream):
+        async with stdio_server(stdin=cast(Any, lines), stdout=cast(Any, _Stdout(out))) as (read_stream, write_stream):
             lines.reply = write_stream.send
             inflight = _Inflight()
             reads, writes = _Reads(read_stream, inflight, drain_s, lines), _Writes(write_stream, inflight)

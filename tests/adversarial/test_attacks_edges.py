@@ -195,9 +195,12 @@ async def read_all_now(stream: SocketStream) -> bytes | None:
 # --- the bounded stdio reader ------------------------------------------------------------------
 
 
-async def stdio_lines(chunks: list[bytes], limit: int) -> tuple[list[str], list[SessionMessage]]:
+async def stdio_lines(
+    chunks: list[bytes], limit: int, *, blocking: bool = True
+) -> tuple[list[str], list[SessionMessage]]:
     """The lines ``BoundedLines`` yields for ``chunks`` written to a pipe, and the refusals it sends."""
     r, w = os.pipe()
+    os.set_blocking(r, blocking)
     lines: list[str] = []
     refusals: list[SessionMessage] = []
     reader = BoundedLines(r, limit)
@@ -219,6 +222,14 @@ async def stdio_lines(chunks: list[bytes], limit: int) -> tuple[list[str], list[
     finally:
         os.close(r)
     return lines, refusals
+
+
+async def test_a_non_blocking_stdin_is_read_whole() -> None:
+    """A host may hand stdin over non-blocking: every line arrives, split across writes or not."""
+    chunks = [b'{"a": 1}\n{"b"', b": 2}\n", b'{"c": 3}\n']
+    lines, refusals = await stdio_lines(chunks, limit=1000, blocking=False)
+    assert lines == ['{"a": 1}', '{"b": 2}', '{"c": 3}']
+    assert refusals == []
 
 
 @pytest.mark.parametrize(

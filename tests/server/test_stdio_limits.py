@@ -150,6 +150,36 @@ async def test_requests_written_before_stdin_closes_are_all_answered(tmp_path: P
     assert done.returncode == 0
 
 
+async def test_requests_from_a_file_are_answered_into_a_file(tmp_path: Path) -> None:
+    """``container-mcp < requests.jsonl > answers.jsonl``: a regular file cannot be waited on by the
+    event loop as a pipe is, so it is read in a worker thread; every request is answered, in full."""
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    calls = [
+        {"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "session_usage", "arguments": {}}}
+        for i in range(1, 4)
+    ]
+    script = [initialize, {"jsonrpc": "2.0", "method": "notifications/initialized"}, *calls]
+    requests, answers = tmp_path / "requests.jsonl", tmp_path / "answers.jsonl"
+    requests.write_bytes(b"".join(json.dumps(m).encode() + b"\n" for m in script))
+    with requests.open("rb") as stdin, answers.open("wb") as stdout, anyio.fail_after(60):
+        done = await anyio.run_process(
+            [console_script(), "--data-dir", str(tmp_path / "data")],
+            stdin=stdin,
+            stdout=stdout,
+            env=clean_env(),
+            check=False,
+        )
+    replies = [json.loads(line) for line in answers.read_text().splitlines()]
+    assert sorted(r["id"] for r in replies) == [0, 1, 2, 3], done.stderr.decode()[-2000:]
+    assert all("containers" in r["result"]["structuredContent"] for r in replies[1:])
+    assert done.returncode == 0
+
+
 async def test_a_line_the_sdk_cannot_parse_is_answered_with_its_id(tmp_path: Path) -> None:
     """Python refuses integers over 4,300 digits, so the SDK's parse of such a request fails and it was
     dropped without a word: the client waited for ever. It is answered (with its id when plainly

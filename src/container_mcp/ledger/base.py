@@ -14,6 +14,9 @@ and think in clear keys.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -32,6 +35,7 @@ __all__ = [
     "over_containers",
     "over_files",
     "rate_limited",
+    "session_digest",
 ]
 
 PENDING_TTL_S = 600.0
@@ -248,6 +252,15 @@ def rate_limited(calls: float, now: float, limits: Limits) -> RateLimited:
         used=int(calls),
         retry_after=retry_after,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def session_digest(key: bytes, owner: str) -> str:
+    """The HMAC-SHA256 (hex) of the session key ``owner`` under ``key``: a ledger's ``digest``.
+
+    Remembered for the most recent keys: every call hashes its caller's key two or three times (the
+    rate limit, ownership, the audit record)."""
+    return hmac.new(key, owner.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
 
 def sliding_calls(current: int, previous: int, now: float) -> float:

@@ -33,7 +33,6 @@ reply was lost would be applied twice). A transaction is never cancelled halfway
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -57,6 +56,7 @@ from .base import (
     over_containers,
     over_files,
     rate_limited,
+    session_digest,
 )
 
 __all__ = ["RedisLedger"]
@@ -482,8 +482,7 @@ class RedisLedger:
         return cls(client, key)
 
     def digest(self, owner: str) -> str:
-        mac = hmac.new(self._key, owner.encode("utf-8", "surrogatepass"), hashlib.sha256)
-        return mac.hexdigest()
+        return session_digest(self._key, owner)
 
     async def _run(self, script: Callable[..., Awaitable[_T]], *args: object) -> _T:
         """One script, shielded from cancellation; connection failures are ``StateUnavailable``."""

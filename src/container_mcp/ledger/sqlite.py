@@ -15,7 +15,6 @@ in between is finished at the next start).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 import sqlite3
@@ -41,6 +40,7 @@ from .base import (
     over_containers,
     over_files,
     rate_limited,
+    session_digest,
     sliding_calls,
 )
 
@@ -141,8 +141,7 @@ class SqliteLedger:
                 db.execute("ALTER TABLE owned ADD COLUMN indexed INTEGER NOT NULL DEFAULT 0")
 
     def digest(self, owner: str) -> str:
-        mac = hmac.new(self._key, owner.encode("utf-8", "surrogatepass"), hashlib.sha256)
-        return mac.hexdigest()
+        return session_digest(self._key, owner)
 
     def _k(self, owner: str) -> str:
         """The stored form of the session key ``owner``."""

@@ -435,9 +435,10 @@ class LocalProvider:
                 raise ContainerNotFound(container_id)
             row = fresh
         if touch and row.status == "running":
-            self.registry.touch(container_id, now)
-            row = self.registry.container(container_id)
-            assert row is not None
+            # Not running any more (another process expired it meanwhile): as it is now.
+            touched = self.registry.touch(container_id, now) or self.registry.container(container_id)
+            assert touched is not None
+            row = touched
         return row
 
     async def _running(self, container_id: str, *, locked: bool = False) -> ContainerRow:

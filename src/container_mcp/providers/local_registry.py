@@ -134,13 +134,15 @@ class Registry:
         row = self._db.execute("SELECT * FROM containers WHERE id = ?", (container_id,)).fetchone()
         return ContainerRow(**dict(row)) if row else None
 
-    def touch(self, container_id: str, now: float) -> None:
+    def touch(self, container_id: str, now: float) -> ContainerRow | None:
+        """Mark a running container active at ``now``; its row as updated, or None if it was not running."""
         with transaction(self._relaxed) as db:
-            db.execute(
+            row = db.execute(
                 "UPDATE containers SET last_active_at = ?, expires_at = ? + expiry_minutes * 60 "
-                "WHERE id = ? AND status = 'running'",
+                "WHERE id = ? AND status = 'running' RETURNING *",
                 (now, now, container_id),
-            )
+            ).fetchone()
+        return ContainerRow(**dict(row)) if row else None
 
     def hold(self, container_id: str, until: float) -> None:
         """Keep a running container from expiring before ``until`` (a command is running in it)."""
