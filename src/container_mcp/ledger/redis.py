@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeVar, cast
@@ -63,10 +64,21 @@ __all__ = ["RedisLedger"]
 
 _T = TypeVar("_T")
 
+log = logging.getLogger(__name__)
+
 _TIMEOUT_S = 5.0
 """Connect and reply timeout: a Redis that does not answer within it counts as unavailable."""
 
 _KEY = "cmcp:key"
+
+_SAME_KEY = """
+-- ARGV[1] is the SHA-1 of the secret this process hashes session keys with. Another secret (or
+-- none: the database was flushed) means its digests name nobody here: refuse, changing nothing.
+if redis.sha1hex(redis.call('GET', 'cmcp:key') or '') ~= table.remove(ARGV, 1) then
+  return redis.error_reply('CMCPKEY the session-key secret changed')
+end
+"""
+_KEY_CHANGED = "CMCPKEY"
 
 _HELPERS = """
 local function ok(k) return 'cmcp:o:' .. k end
@@ -334,11 +346,11 @@ local function row(id)
 end
 """
 
-# ARGV: owner, limit, order, after ('' for none), name ('' for none).
+# ARGV: owner, limit, order, after ('' for none), name, whether to filter by name ('1' or '0').
 # Returns {'bad-after'} or {has_more, row...}.
 _PAGE = """
 local owner, limit, asc, after, name = ARGV[1], tonumber(ARGV[2]), ARGV[3] == 'asc', ARGV[4], ARGV[5]
-local key = ok(owner) .. (name ~= '' and (':n:' .. name) or ':all')
+local key = ok(owner) .. (ARGV[6] == '1' and (':n:' .. name) or ':all')
 local ids
 if after == '' then
   if asc then ids = redis.call('ZRANGE', key, 0, limit) else ids = redis.call('ZREVRANGE', key, 0, limit) end
@@ -426,6 +438,25 @@ def _unavailable() -> StateUnavailable:
     )
 
 
+def _reset() -> StateUnavailable:
+    return StateUnavailable(
+        "The shared state store (Redis) was reset (its data flushed) while this call was made, so it was "
+        "refused; containers recorded before the reset are no longer known.",
+        hint=Hint(mcp="Retry the call.", rest="Retry the request."),
+    )
+
+
+def _foreign() -> StateUnavailable:
+    return StateUnavailable(
+        "The shared state store (Redis) holds data this server did not write under its keys (cmcp:...), "
+        "so the call was refused.",
+        hint=Hint(
+            mcp="Ask the operator to give container-mcp a Redis database of its own in CONTAINER_MCP_STATE_URL.",
+            rest="Ask the operator to give container-mcp a Redis database of its own in CONTAINER_MCP_STATE_URL.",
+        ),
+    )
+
+
 class RedisLedger:
     """``Ledger`` on one Redis. Open with ``RedisLedger.open(url)``; ``aclose()`` when done."""
 
@@ -434,9 +465,10 @@ class RedisLedger:
     def __init__(self, client: aioredis.Redis, key: bytes) -> None:
         self._redis = client
         self._key = key
+        self._key_sha1 = hashlib.sha1(key).hexdigest()
 
         def script(body: str, *parts: str) -> Callable[..., Awaitable[Any]]:
-            return cast(Callable[..., Awaitable[Any]], client.register_script("\n".join([*parts, body])))
+            return cast(Callable[..., Awaitable[Any]], client.register_script("\n".join([_SAME_KEY, *parts, body])))
 
         self._reserve = script(_RESERVE, _HELPERS)
         self._commit = script(_COMMIT, _HELPERS)
@@ -486,15 +518,43 @@ class RedisLedger:
         return mac.hexdigest()
 
     async def _run(self, script: Callable[..., Awaitable[_T]], *args: object) -> _T:
-        """One script, shielded from cancellation; connection failures are ``StateUnavailable``."""
+        """One script, shielded from cancellation; connection failures are ``StateUnavailable``.
+
+        A Redis whose secret is gone (flushed) gets this process's back and the script runs
+        again; one holding another secret (a process that started after a flush made it) is
+        followed from now on, and this call is refused, as its arguments hold digests by the old.
+        A script Redis refuses (another application's key of the wrong type) is refused too.
+        """
+        for attempt in (1, 2):
+            try:
+                with anyio.CancelScope(shield=True):
+                    return await script(keys=[], args=[self._key_sha1, *args])
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+                raise _unavailable() from None
+            except redis.exceptions.BusyLoadingError:  # restarted, still reading its append-only file
+                raise _unavailable() from None
+            except redis.exceptions.ResponseError as exc:
+                if not str(exc).startswith(_KEY_CHANGED):
+                    log.error("Redis refused a ledger script: %s", str(exc).split(" script: ")[0])
+                    raise _foreign() from None
+            if await self._follow_key() or attempt == 2:
+                raise _reset() from None
+        raise AssertionError("unreachable")
+
+    async def _follow_key(self) -> bool:
+        """Put this process's secret back if Redis has none; adopt the one it has otherwise.
+        Returns whether the secret changed."""
         try:
             with anyio.CancelScope(shield=True):
-                result = await script(keys=[], args=list(args))
+                await self._redis.set(_KEY, self._key, nx=True)
+                key = await self._redis.get(_KEY)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
             raise _unavailable() from None
-        except redis.exceptions.BusyLoadingError:  # restarted, still reading its append-only file
-            raise _unavailable() from None
-        return result
+        if not isinstance(key, bytes) or key == self._key:
+            return False
+        log.warning("The Redis ledger's session-key secret changed (the database was flushed?): following it")
+        self._key, self._key_sha1 = key, hashlib.sha1(key).hexdigest()
+        return True
 
     async def reserve(self, owner: str, name: str, now: float, limits: Limits) -> str:
         reservation = f"pending_{secrets.token_hex(16)}"
@@ -544,7 +604,9 @@ class RedisLedger:
     async def page(
         self, owner: str, *, limit: int, order: str, after: str | None, name: str | None
     ) -> tuple[list[OwnedContainer], bool]:
-        out = await self._run(self._page, self.digest(owner), limit, order, after or "", name or "")
+        out = await self._run(
+            self._page, self.digest(owner), limit, order, after or "", name or "", "0" if name is None else "1"
+        )
         if out and _text(out[0]) == "bad-after":
             assert after is not None
             raise InvalidRequest(
