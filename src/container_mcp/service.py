@@ -184,20 +184,22 @@ class ContainerService:
                     )
                 await self.ledger.put_files(container.id, [copied])
         except BaseException:
-            await self._discard(container.id)
+            await self._discard(container.id, reservation_id)
             raise
         audit.note_container(container.id)
         if spec.file_ids:
             await self.changes.publish(FilesChanged(container.id, owner))
         return container
 
-    async def _discard(self, container_id: str) -> None:
+    async def _discard(self, container_id: str, reservation_id: str) -> None:
         with anyio.CancelScope(shield=True):  # a half-made container must not outlive a cancelled create
             try:
                 await self.provider.delete_container(container_id)
             except NotFound:
                 pass
             finally:
+                # A commit that failed left the reservation held; one that ran, the container owned.
+                await self.ledger.cancel(reservation_id)
                 await self.ledger.forget(container_id)
 
     async def copy_file(self, owner: str, file_id: str, container_id: str) -> ContainerFile:

@@ -5,13 +5,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from container_mcp.errors import ContainerMCPError, QuotaExceeded, StateUnavailable
 from container_mcp.ledger.base import Limits
 from container_mcp.ledger.redis import RedisLedger
+from container_mcp.models import ContainerSpec, ListParams
+from container_mcp.providers.local import LocalProvider
+from container_mcp.service import ContainerService
+from container_mcp.uploads import BytesUpload
 
 from ..redis_server import RedisServer, redis_server
 
@@ -110,3 +117,107 @@ async def test_names_that_look_like_redis_syntax_stay_names(redis: RedisServer, 
         assert rows == []
     finally:
         await ledger.aclose()
+
+
+# --- Redis failing in the middle of an operation -------------------------------------------------
+
+
+def _lost_reply(ledger: RedisLedger, script: str, *, times: int = 1) -> list[int]:
+    """Make ``script`` run on Redis, then fail as a connection dropped before the reply would."""
+    original = getattr(ledger, script)
+    left = [times]
+
+    async def run(**kwargs: Any) -> Any:
+        result = await original(**kwargs)
+        if left[0] > 0:
+            left[0] -= 1
+            raise RedisConnectionError("Connection closed by server.")
+        return result
+
+    setattr(ledger, script, run)
+    return left
+
+
+def _refused(ledger: RedisLedger, script: str, *, times: int = 1) -> None:
+    """Make ``script`` fail before it reaches Redis (the connection was down at that moment)."""
+    original = getattr(ledger, script)
+    left = [times]
+
+    async def run(**kwargs: Any) -> Any:
+        if left[0] > 0:
+            left[0] -= 1
+            raise RedisConnectionError("Error 111 connecting to 127.0.0.1. Connection refused.")
+        return await original(**kwargs)
+
+    setattr(ledger, script, run)
+
+
+@pytest.fixture
+async def service(redis: RedisServer, tmp_path: Path) -> AsyncIterator[ContainerService]:
+    ledger = await RedisLedger.open(redis.url)
+    try:
+        async with LocalProvider(tmp_path / "local") as provider:
+            yield ContainerService(provider, ledger, ONE)
+    finally:
+        await ledger.aclose()
+
+
+def _ledger(service: ContainerService) -> RedisLedger:
+    assert isinstance(service.ledger, RedisLedger)
+    return service.ledger
+
+
+@pytest.mark.parametrize("script", ["_reserve", "_commit"])
+@pytest.mark.parametrize("fault", [_refused, _lost_reply])
+async def test_a_create_whose_ledger_call_fails_holds_no_slot(
+    service: ContainerService, fault: Any, script: str
+) -> None:
+    fault(_ledger(service), script)
+    with pytest.raises(StateUnavailable):
+        await service.create_container("s", ContainerSpec(name="a"))
+    assert (await service.usage("s")).containers.used == 0
+    made = await service.create_container("s", ContainerSpec(name="b"))  # the one slot is free
+    assert [c.id for c in (await service.list_containers("s", ListParams())).data] == [made.id]
+
+
+async def test_a_charge_whose_reply_was_lost_is_taken_back(service: ContainerService) -> None:
+    box = await service.create_container("s", ContainerSpec(name="a"))
+    _lost_reply(_ledger(service), "_charge")
+    with pytest.raises(StateUnavailable):
+        await service.create_file("s", box.id, "a.txt", BytesUpload(b"x" * 100))
+    usage = await service.usage("s")
+    assert (usage.files, usage.stored_bytes.used) == (0, 0)  # nothing was stored, nothing is counted
+    await service.create_file("s", box.id, "a.txt", BytesUpload(b"x" * 100))
+    usage = await service.usage("s")
+    assert (usage.files, usage.stored_bytes.used) == (1, 100)
+
+
+async def test_a_refund_whose_reply_was_lost_is_taken_back(service: ContainerService) -> None:
+    box = await service.create_container("s", ContainerSpec(name="a"))
+    made = await service.create_file("s", box.id, "a.txt", BytesUpload(b"x" * 100))
+    _lost_reply(_ledger(service), "_charge")  # a deletion is charged as a negative change
+    with pytest.raises(StateUnavailable):
+        await service.delete_file("s", box.id, made.id)
+    usage = await service.usage("s")
+    assert (usage.files, usage.stored_bytes.used) == (1, 100)  # the file is still there, still counted
+    assert [f.id for f in (await service.list_files("s", box.id, ListParams())).data] == [made.id]
+
+
+async def test_a_charge_that_lands_after_it_was_taken_back_changes_nothing(service: ContainerService) -> None:
+    """A script Redis runs only after the client gave up on it (a timeout) and took it back."""
+    ledger = _ledger(service)
+    box = await service.create_container("s", ContainerSpec(name="a"))
+    original = ledger._charge
+    late: list[dict[str, Any]] = []
+
+    async def give_up(**kwargs: Any) -> Any:
+        late.append(kwargs)
+        raise RedisTimeoutError("Timeout reading from 127.0.0.1:6379")
+
+    ledger._charge = give_up
+    with pytest.raises(StateUnavailable):
+        await service.create_file("s", box.id, "a.txt", BytesUpload(b"x" * 100))
+    ledger._charge = original
+    await original(**late[0])  # it arrives now
+    usage = await service.usage("s")
+    assert (usage.files, usage.stored_bytes.used) == (0, 0)

@@ -22,6 +22,9 @@ key                                type    holds
 ``cmcp:fi:<container>``            hash    file id -> path
 ``cmcp:fp:<container>``            hash    path -> file id
 ``cmcp:calls:<owner>:<minute>``    string  calls in one fixed minute (expires after two)
+``cmcp:t:<token>``                 string  a charge made (or taken back) under a one-off token,
+                                           or a reservation cancelled, for a minute (see
+                                           ``RedisLedger.charge``)
 ``cmcp:totals``                    hash    live containers, files and bytes of every owner
 =================================  ======  ==================================================
 
@@ -33,6 +36,7 @@ reply was lost would be applied twice). A transaction is never cancelled halfway
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -68,6 +72,10 @@ log = logging.getLogger(__name__)
 
 _TIMEOUT_S = 5.0
 """Connect and reply timeout: a Redis that does not answer within it counts as unavailable."""
+
+_MARK_S = 60
+"""How long a charge's token is kept: far longer than a script sent before a lost reply can take
+to run, so taking a charge back and the charge itself meet in either order."""
 
 _KEY = "cmcp:key"
 
@@ -136,6 +144,7 @@ _RESERVE = """
 local owner, name, now, ttl, max, res = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]),
   tonumber(ARGV[5]), ARGV[6]
 local pending = ok(owner) .. ':pending'
+if redis.call('EXISTS', 'cmcp:t:' .. res) == 1 then return {0, 0} end  -- cancelled before it came
 redis.call('ZREMRANGEBYSCORE', pending, '-inf', now - ttl)
 local used = redis.call('SCARD', ok(owner) .. ':live') + redis.call('ZCARD', pending)
 if used >= max then return {0, used} end
@@ -162,17 +171,23 @@ redis.call('HINCRBY', 'cmcp:totals', 'containers', 1)
 return 1
 """
 
+# ARGV: reservation, seconds to keep the mark (a reserve that arrives later holds nothing).
 _CANCEL = """
 local owner = redis.call('HGET', 'cmcp:r:' .. ARGV[1], 'owner')
 if owner then redis.call('ZREM', ok(owner) .. ':pending', ARGV[1]) end
 redis.call('DEL', 'cmcp:r:' .. ARGV[1])
+redis.call('SET', 'cmcp:t:' .. ARGV[1], 'taken back', 'EX', ARGV[2])
 return 1
 """
 
-# ARGV: owner, container, files, bytes, max files, max session bytes.
-# Returns {1} when charged (or the container is not live), {0, 'files', files} or {0, 'bytes', used}.
+# ARGV: owner, container, files, bytes, max files, max session bytes, token.
+# Returns {1} when charged (or the container is not live, or the token was taken back already),
+# {0, 'files', files} or {0, 'bytes', used}. A charge made is marked under its token for a while,
+# so a client that lost the reply can take it back (``_UNCHARGE``), whichever of the two runs first.
 _CHARGE = """
 local owner, cid, files, bytes = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local mark = 'cmcp:t:' .. ARGV[7]
+if redis.call('EXISTS', mark) == 1 then return {1} end
 local c = redis.call('HMGET', 'cmcp:c:' .. cid, 'state', 'files')
 if c[1] ~= 'live' then return {1} end
 if files > 0 and tonumber(c[2]) + files > tonumber(ARGV[5]) then return {0, 'files', tonumber(c[2])} end
@@ -181,7 +196,20 @@ if bytes > 0 then
   if used + bytes > tonumber(ARGV[6]) then return {0, 'bytes', used} end
 end
 adjust(cid, files, bytes)
+redis.call('SET', mark, 'charged', 'EX', ARGV[8])
 return {1}
+"""
+
+# ARGV: token, container, files, bytes, seconds to keep the mark. Takes back the token's charge if
+# it was made, and marks it taken back, so a charge that arrives later changes nothing.
+_UNCHARGE = """
+local mark = 'cmcp:t:' .. ARGV[1]
+local was = redis.call('GET', mark)
+redis.call('SET', mark, 'taken back', 'EX', ARGV[5])
+if was == 'charged' and redis.call('HGET', 'cmcp:c:' .. ARGV[2], 'state') == 'live' then
+  adjust(ARGV[2], 0 - tonumber(ARGV[3]), 0 - tonumber(ARGV[4]))
+end
+return 1
 """
 
 _RELEASE = """
@@ -474,6 +502,7 @@ class RedisLedger:
         self._commit = script(_COMMIT, _HELPERS)
         self._cancel = script(_CANCEL, _HELPERS)
         self._charge = script(_CHARGE, _HELPERS)
+        self._uncharge = script(_UNCHARGE, _HELPERS)
         self._release = script(_RELEASE, _HELPERS)
         self._set_usage = script(_SET_USAGE, _HELPERS)
         self._expire = script(_EXPIRE, _HELPERS)
@@ -558,9 +587,15 @@ class RedisLedger:
 
     async def reserve(self, owner: str, name: str, now: float, limits: Limits) -> str:
         reservation = f"pending_{secrets.token_hex(16)}"
-        done, used = await self._run(
-            self._reserve, self.digest(owner), name, now, PENDING_TTL_S, limits.max_containers, reservation
-        )
+        try:
+            done, used = await self._run(
+                self._reserve, self.digest(owner), name, now, PENDING_TTL_S, limits.max_containers, reservation
+            )
+        except StateUnavailable:
+            # The reply may have been lost after the slot was held: give it back (see ``charge``).
+            with contextlib.suppress(StateUnavailable):
+                await self.cancel(reservation)
+            raise
         if not done:
             raise over_containers(int(used), limits)
         return reservation
@@ -569,18 +604,29 @@ class RedisLedger:
         await self._run(self._commit, reservation, container_id, created_at, meta)
 
     async def cancel(self, reservation: str) -> None:
-        await self._run(self._cancel, reservation)
+        await self._run(self._cancel, reservation, _MARK_S)
 
     async def charge(self, owner: str, container_id: str, files: int, bytes_: int, limits: Limits) -> None:
-        out = await self._run(
-            self._charge,
-            self.digest(owner),
-            container_id,
-            files,
-            bytes_,
-            limits.max_files_per_container,
-            limits.max_session_bytes,
-        )
+        """See ``Ledger.charge``. A charge whose reply was lost (the connection dropped, or Redis
+        answered too late) may have been made: it is taken back before ``StateUnavailable`` is
+        raised, so the caller, who makes no change, is charged for none either."""
+        token = secrets.token_hex(16)
+        try:
+            out = await self._run(
+                self._charge,
+                self.digest(owner),
+                container_id,
+                files,
+                bytes_,
+                limits.max_files_per_container,
+                limits.max_session_bytes,
+                token,
+                _MARK_S,
+            )
+        except StateUnavailable:
+            with contextlib.suppress(StateUnavailable):  # still away: the charge, if made, stands
+                await self._run(self._uncharge, token, container_id, files, bytes_, _MARK_S)
+            raise
         if out[0] == 1:
             return
         if _text(out[1]) == "files":
