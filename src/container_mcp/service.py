@@ -225,7 +225,7 @@ class ContainerService:
                     param="file_id",
                 )
             copied = await self.provider.copy_file(source, file_id, container_id, approve=charges.approve)
-        await self.ledger.put_files(container_id, [copied])
+        await self.catalog.changed(container_id, put=[copied])
         await self.changes.publish(FilesChanged(container_id, owner, (copied.id,)))
         return copied
 
@@ -264,7 +264,7 @@ class ContainerService:
             made = await self.provider.create_file(
                 container_id, normalized, upload, max_bytes=self.limits.max_file_bytes, approve=charges.approve
             )
-        await self.ledger.put_files(container_id, [made])
+        await self.catalog.changed(container_id, put=[made])
         audit.note_file(made.id)
         audit.note_bytes_in(made.bytes or 0)
         # A replaced file gets a new id, and the old one's is not known here: every file of the
@@ -290,7 +290,7 @@ class ContainerService:
             check_id(file_id, "file")
             audit.note_file(file_id)
             gone = await self.provider.delete_file(container_id, file_id, approve=charges.approve)
-        await self.ledger.drop_files(container_id, file_ids=[file_id])
+        await self.catalog.changed(container_id, file_ids=[file_id])
         await self.changes.publish(FilesChanged(container_id, owner, (file_id,)))
         return gone
 
@@ -349,8 +349,9 @@ class ContainerService:
                     f"{caps.exec_unavailable_reason or 'it has no exec capability'}."
                 )
             result = await self.provider.exec(container_id, request, approve=charges.approve, progress=progress)
-        await self.ledger.put_files(container_id, [*result.files_created, *result.files_changed])
-        await self.ledger.drop_files(container_id, paths=result.files_deleted)
+        await self.catalog.changed(
+            container_id, put=[*result.files_created, *result.files_changed], paths=result.files_deleted
+        )
         audit.note_exec(result.exit_code, result.duration_ms / 1000)
         if result.files_created or result.files_changed or result.files_deleted:
             touched = tuple(f.id for f in (*result.files_created, *result.files_changed))

@@ -221,3 +221,22 @@ async def test_a_charge_that_lands_after_it_was_taken_back_changes_nothing(servi
     await original(**late[0])  # it arrives now
     usage = await service.usage("s")
     assert (usage.files, usage.stored_bytes.used) == (0, 0)
+
+
+@pytest.mark.parametrize("script", ["_put_files", "_drop_files"])
+async def test_an_operation_done_before_redis_dropped_succeeds_and_the_index_catches_up(
+    service: ContainerService, script: str
+) -> None:
+    box = await service.create_container("s", ContainerSpec(name="a"))
+    kept = await service.create_file("s", box.id, "kept.txt", BytesUpload(b"k"))
+    gone = await service.create_file("s", box.id, "gone.txt", BytesUpload(b"g"))
+    _refused(_ledger(service), script)
+    if script == "_put_files":
+        made = await service.create_file("s", box.id, "new.txt", BytesUpload(b"n"))  # stored: no 503
+        expected = {kept.id, gone.id, made.id}
+    else:
+        await service.delete_file("s", box.id, gone.id)  # deleted: no 503
+        expected = {kept.id}
+    files, _ = await service.file_index("s", after=None, limit=10)
+    assert {f.id for f in files} == expected
+    assert (await service.usage("s")).files == len(expected)
