@@ -3,10 +3,13 @@ Redis syntax. Each was a break in the first version; a real redis-server through
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import httpx2 as httpx
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -20,6 +23,7 @@ from container_mcp.providers.local import LocalProvider
 from container_mcp.service import ContainerService
 from container_mcp.uploads import BytesUpload
 
+from ..processes import console_script, started
 from ..redis_server import RedisServer, redis_server
 
 pytestmark = pytest.mark.anyio
@@ -240,3 +244,43 @@ async def test_an_operation_done_before_redis_dropped_succeeds_and_the_index_cat
     files, _ = await service.file_index("s", after=None, limit=10)
     assert {f.id for f in files} == expected
     assert (await service.usage("s")).files == len(expected)
+
+
+# --- a Redis URL with a password --------------------------------------------------------------
+
+PASSWORD = "redis-pw-9f8e7d6c5b4a"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONUNBUFFERED": "1",
+        "CONTAINER_MCP_OPENAI_API_KEY": "sk-test-unused-0123456789",
+        "CONTAINER_MCP_OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+        **extra,
+    }
+
+
+async def test_a_redis_password_never_reaches_the_log_and_on_argv_is_warned_about(
+    redis: RedisServer, raw: aioredis.Redis, tmp_path: Path
+) -> None:
+    await raw.config_set("requirepass", PASSWORD)
+    url = redis.url.replace("redis://", f"redis://:{PASSWORD}@")
+    argv = [console_script(), "api", "--provider", "openai", "--data-dir", str(tmp_path / "d"), "--port", "0",
+            "--log-level", "DEBUG", "--state-url", url]  # fmt: skip
+    async with started(argv, _env()) as server:
+        async with httpx.AsyncClient(base_url=server.origin + "/v1", trust_env=False) as http:
+            assert (await http.get("/containers")).json()["data"] == []  # it serves, from that Redis
+        seen = (await server.stop()).decode()
+    assert PASSWORD not in seen
+    assert "--state-url" in seen and "/proc/<pid>/cmdline" in seen and "CONTAINER_MCP_STATE_URL" in seen
+    # A wrong password is named as such, not as a server that cannot be reached.
+    wrong = redis.url.replace("redis://", "redis://:not-the-password@")
+    done = await anyio.run_process(
+        [console_script(), "api", "--provider", "openai", "--data-dir", str(tmp_path / "e"), "--port", "0"],
+        env=_env(CONTAINER_MCP_STATE_URL=wrong),
+        check=False,
+    )
+    err = done.stderr.decode()
+    assert done.returncode == 1 and "not-the-password" not in err and PASSWORD not in err
+    assert "refused the credentials" in err and "Traceback" not in err

@@ -466,6 +466,17 @@ def _unavailable() -> StateUnavailable:
     )
 
 
+def _bad_credentials() -> StateUnavailable:
+    return StateUnavailable(
+        "The shared state store (Redis) refused the credentials in CONTAINER_MCP_STATE_URL (a wrong or "
+        "missing password or user), so the call was refused.",
+        hint=Hint(
+            mcp="Ask the operator to correct the password in CONTAINER_MCP_STATE_URL.",
+            rest="Ask the operator to correct the password in CONTAINER_MCP_STATE_URL.",
+        ),
+    )
+
+
 def _reset() -> StateUnavailable:
     return StateUnavailable(
         "The shared state store (Redis) was reset (its data flushed) while this call was made, so it was "
@@ -536,10 +547,18 @@ class RedisLedger:
             with anyio.CancelScope(shield=True):
                 await client.set(_KEY, secrets.token_bytes(32), nx=True)
                 key = await client.get(_KEY)
+        except redis.exceptions.AuthenticationError:
+            await client.aclose()
+            raise _bad_credentials() from None
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
             await client.aclose()
             raise _unavailable() from None
-        assert isinstance(key, bytes)
+        except redis.exceptions.ResponseError:  # e.g. cmcp:key another application's hash
+            await client.aclose()
+            raise _foreign() from None
+        if not isinstance(key, bytes):
+            await client.aclose()
+            raise _foreign()
         return cls(client, key)
 
     def digest(self, owner: str) -> str:
@@ -558,6 +577,8 @@ class RedisLedger:
             try:
                 with anyio.CancelScope(shield=True):
                     return await script(keys=[], args=[self._key_sha1, *args])
+            except redis.exceptions.AuthenticationError:  # the password was changed under us
+                raise _bad_credentials() from None
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
                 raise _unavailable() from None
             except redis.exceptions.BusyLoadingError:  # restarted, still reading its append-only file
