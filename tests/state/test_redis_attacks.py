@@ -18,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from container_mcp.errors import ContainerMCPError, QuotaExceeded, StateUnavailable
 from container_mcp.ledger.base import Limits
 from container_mcp.ledger.redis import RedisLedger
-from container_mcp.models import ContainerSpec, ListParams
+from container_mcp.models import ContainerFile, ContainerSpec, ListParams
 from container_mcp.providers.local import LocalProvider
 from container_mcp.service import ContainerService
 from container_mcp.uploads import BytesUpload
@@ -284,3 +284,30 @@ async def test_a_redis_password_never_reaches_the_log_and_on_argv_is_warned_abou
     err = done.stderr.decode()
     assert done.returncode == 1 and "not-the-password" not in err and PASSWORD not in err
     assert "refused the credentials" in err and "Traceback" not in err
+
+
+async def test_the_file_views_do_no_work_per_expired_container(redis: RedisServer, raw: aioredis.Redis) -> None:
+    """resources/list, file-id resolution and the index check walked every container the owner
+    ever had: with thousands expired, each page held the one Redis every replica shares."""
+    ledger = await RedisLedger.open(redis.url)
+    try:
+        wide = Limits(10**6, 9, 9, 10**6, 10**6)
+        for i in range(300):
+            await ledger.commit(await ledger.reserve("s", "x", 0.0, wide), f"cntr_{i:04d}", i, "{}")
+            await ledger.mark_expired(f"cntr_{i:04d}")
+        await ledger.commit(await ledger.reserve("s", "x", 0.0, wide), "cntr_live", 1000, "{}")
+        await ledger.put_files("cntr_live", [_file("cntr_live", "cfile_a", "/mnt/data/a")])
+        await raw.config_resetstat()
+        page, more = await ledger.file_page("s", None, 10)
+        assert [f.id for _, f in page] == ["cfile_a"] and not more
+        assert await ledger.locate("s", "cfile_a") == "cntr_live"
+        assert await ledger.unindexed("s") == []
+        stats = await raw.info("commandstats")
+        inside = sum(v["calls"] for k, v in stats.items() if k not in ("cmdstat_evalsha", "cmdstat_config"))
+        assert inside < 40, stats  # a few calls per view, not one per container (was over 900)
+    finally:
+        await ledger.aclose()
+
+
+def _file(container_id: str, file_id: str, path: str) -> ContainerFile:
+    return ContainerFile(id=file_id, container_id=container_id, created_at=1, bytes=1, path=path, source="user")

@@ -14,7 +14,9 @@ key                                type    holds
 ``cmcp:o:<owner>:all``             zset    the owner's containers, scored by created_at (ties
                                            in id order: Redis orders equal scores by member)
 ``cmcp:o:<owner>:n:<name>``        zset    the same, by name (``container_list``'s filter)
-``cmcp:o:<owner>:live``            set     the owner's live containers
+``cmcp:o:<owner>:live``            zset    the owner's live containers, by created_at: what
+                                           the quotas and the file views walk, at most the
+                                           container limit whatever the number expired
 ``cmcp:o:<owner>:pending``         zset    reservations, scored by when they were made
 ``cmcp:r:<reservation>``           hash    a reservation's owner and name (expires with it)
 ``cmcp:f:<container>``             zset    the container's file ids (score 0: in id order)
@@ -104,7 +106,7 @@ local function adjust(cid, files, bytes)
 end
 local function drop_live(cid, owner)
   -- the container stops counting: out of the live set and the totals
-  if redis.call('SREM', ok(owner) .. ':live', cid) == 1 then
+  if redis.call('ZREM', ok(owner) .. ':live', cid) == 1 then
     local cur = redis.call('HMGET', 'cmcp:c:' .. cid, 'files', 'bytes')
     redis.call('HINCRBY', 'cmcp:totals', 'containers', -1)
     redis.call('HINCRBY', 'cmcp:totals', 'files', 0 - tonumber(cur[1]))
@@ -132,7 +134,7 @@ local function index(cid, id, path, meta)
 end
 local function stored_bytes(owner)
   local used = 0
-  for _, id in ipairs(redis.call('SMEMBERS', ok(owner) .. ':live')) do
+  for _, id in ipairs(redis.call('ZRANGE', ok(owner) .. ':live', 0, -1)) do
     used = used + tonumber(redis.call('HGET', 'cmcp:c:' .. id, 'bytes') or '0')
   end
   return used
@@ -146,7 +148,7 @@ local owner, name, now, ttl, max, res = ARGV[1], ARGV[2], tonumber(ARGV[3]), ton
 local pending = ok(owner) .. ':pending'
 if redis.call('EXISTS', 'cmcp:t:' .. res) == 1 then return {0, 0} end  -- cancelled before it came
 redis.call('ZREMRANGEBYSCORE', pending, '-inf', now - ttl)
-local used = redis.call('SCARD', ok(owner) .. ':live') + redis.call('ZCARD', pending)
+local used = redis.call('ZCARD', ok(owner) .. ':live') + redis.call('ZCARD', pending)
 if used >= max then return {0, used} end
 redis.call('ZADD', pending, now, res)
 redis.call('HSET', 'cmcp:r:' .. res, 'owner', owner, 'name', name)
@@ -166,7 +168,7 @@ redis.call('HSET', 'cmcp:c:' .. cid, 'owner', owner, 'name', name, 'created_at',
   'state', 'live', 'files', 0, 'bytes', 0, 'meta', meta, 'indexed', 1)
 redis.call('ZADD', ok(owner) .. ':all', created, cid)
 redis.call('ZADD', ok(owner) .. ':n:' .. name, created, cid)
-redis.call('SADD', ok(owner) .. ':live', cid)
+redis.call('ZADD', ok(owner) .. ':live', created, cid)
 redis.call('HINCRBY', 'cmcp:totals', 'containers', 1)
 return 1
 """
@@ -272,7 +274,7 @@ return 1
 
 _UNINDEXED = """
 local out = {}
-for _, id in ipairs(redis.call('ZRANGE', ok(ARGV[1]) .. ':all', 0, -1)) do
+for _, id in ipairs(redis.call('ZRANGE', ok(ARGV[1]) .. ':live', 0, -1)) do
   local c = redis.call('HMGET', 'cmcp:c:' .. id, 'state', 'indexed')
   if c[1] == 'live' and c[2] ~= '1' then table.insert(out, id) end
 end
@@ -282,7 +284,7 @@ return out
 # ARGV: owner, cursor created_at, cursor container, cursor file, limit ('' cursor: from the start).
 # Returns {more, created_at, meta, created_at, meta, ...}.
 _FILE_PAGE = """
-local key = ok(ARGV[1]) .. ':all'
+local key = ok(ARGV[1]) .. ':live'
 local at, cursor, fid, limit = tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
 local rank = 0
 if cursor ~= '' then
@@ -321,7 +323,7 @@ return out
 """
 
 _LOCATE = """
-for _, cid in ipairs(redis.call('ZRANGE', ok(ARGV[1]) .. ':all', 0, -1)) do
+for _, cid in ipairs(redis.call('ZRANGE', ok(ARGV[1]) .. ':live', 0, -1)) do
   local live = redis.call('HGET', 'cmcp:c:' .. cid, 'state') == 'live'
   if live and redis.call('HEXISTS', 'cmcp:fm:' .. cid, ARGV[2]) == 1 then return cid end
 end
@@ -356,7 +358,7 @@ return ''
 _USAGE = """
 local owner = ARGV[1]
 local files, bytes = 0, 0
-local live = redis.call('SMEMBERS', ok(owner) .. ':live')
+local live = redis.call('ZRANGE', ok(owner) .. ':live', 0, -1)
 for _, id in ipairs(live) do
   local c = redis.call('HMGET', 'cmcp:c:' .. id, 'files', 'bytes')
   files = files + tonumber(c[1]); bytes = bytes + tonumber(c[2])
@@ -415,7 +417,7 @@ return out
 
 _LIVE = """
 local out = {}
-for _, id in ipairs(redis.call('SMEMBERS', ok(ARGV[1]) .. ':live')) do
+for _, id in ipairs(redis.call('ZRANGE', ok(ARGV[1]) .. ':live', 0, -1)) do
   local r = row(id)
   if r then table.insert(out, r) end
 end
