@@ -65,6 +65,19 @@ class Catalog:
             await self._ledger.record(container.id, meta)
         return container
 
+    async def used(self, row: OwnedContainer, now: float) -> None:
+        """An operation on ``row``'s container just succeeded, so the backend counts it as active
+        now: the recorded ``last_active_at`` moves on to ``now`` (whole seconds: within the same
+        second nothing is written). ``_may_have_expired`` then never asks about a container still
+        in its time, which on a backend whose reads count as activity would stretch its life."""
+        if row.meta is None:
+            return
+        seen = Container.model_validate_json(row.meta)
+        at = int(now)
+        if seen.last_active_at is not None and seen.last_active_at >= at:
+            return
+        await self._ledger.record(row.container_id, seen.model_copy(update={"last_active_at": at}).model_dump_json())
+
     @staticmethod
     def view(row: OwnedContainer) -> Container:
         """The container as the ledger last saw it; an expiry the provider reported wins."""
@@ -76,11 +89,13 @@ class Catalog:
     def _may_have_expired(self, row: OwnedContainer) -> bool:
         """Whether ``row``'s container may have expired by now.
 
-        The recorded ``last_active_at`` is at most the real one (every later operation only moves
-        it on), so an estimate from it is never later than the real expiry: a container it calls
-        unexpired is live, and only the others need asking. Asking one that was not used since it
-        was recorded finds it expired (a backend expires it once ``expires_at`` is past), so even
-        a backend whose reads count as activity is never kept alive by this.
+        The recorded ``last_active_at`` is the real one (every successful operation records it,
+        ``used``) or, when the backend moved it without us (another server's call on an upstream
+        not shared through this ledger), earlier: an estimate from it is never later than the real
+        expiry, so a container it calls unexpired is live, and only the others need asking. Asking
+        one that was not used since it was recorded finds it expired (a backend expires it once
+        ``expires_at`` is past), so even a backend whose reads count as activity is never kept
+        alive by this.
         """
         if row.meta is None:
             return True

@@ -10,7 +10,8 @@ caller did not create answers ``ContainerNotFound``, exactly as an id that does 
 callers learn nothing about each other). ``charges.approve`` checks and charges a change's files
 and bytes in one ledger transaction before the provider makes it visible. If the block raises,
 whatever was charged is released, and an expiry or disappearance the provider reported is
-written to the ledger, so the views (``Catalog``) know at once without asking.
+written to the ledger, so the views (``Catalog``) know at once without asking; if it succeeds,
+the container's activity time is recorded (``Catalog.used``).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ class Charges:
         self.row = row
         """The container's ledger row as the gate found it (None within a create)."""
         self.approved: list[FileChanges] = []
+        self.fresh = False
+        """Set by an operation that recorded the container as the provider just returned it (its
+        activity then needs no recording of its own)."""
 
     @property
     def replaced(self) -> bool:
@@ -122,6 +126,8 @@ class Gate:
         row = await self.own(owner, container_id)
         async with self.charging(owner, container_id, row) as charges:
             yield charges
+        if not charges.fresh:
+            await self.catalog.used(row, self._clock())
 
     @asynccontextmanager
     async def charging(

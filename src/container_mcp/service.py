@@ -241,10 +241,12 @@ class ContainerService:
 
     async def get_container(self, owner: str, container_id: str) -> Container:
         async with self.gate.container(owner, container_id) as charges:
+            charges.fresh = True
             return await self.catalog.seen(await self.provider.get_container(container_id), charges.row)
 
     async def delete_container(self, owner: str, container_id: str) -> ContainerDeleted:
-        async with self.gate.container(owner, container_id):
+        async with self.gate.container(owner, container_id) as charges:
+            charges.fresh = True  # it is gone: no activity to record
             deleted = await self.provider.delete_container(container_id)
         await self.ledger.forget(container_id)
         await self.changes.publish(FilesChanged(container_id, owner, whole_container=True))
