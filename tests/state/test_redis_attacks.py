@@ -311,3 +311,17 @@ async def test_the_file_views_do_no_work_per_expired_container(redis: RedisServe
 
 def _file(container_id: str, file_id: str, path: str) -> ContainerFile:
     return ContainerFile(id=file_id, container_id=container_id, created_at=1, bytes=1, path=path, source="user")
+
+
+async def test_a_read_only_replica_is_a_clear_error_that_names_why(redis: RedisServer, raw: aioredis.Redis) -> None:
+    ledger = await RedisLedger.open(redis.url)
+    try:
+        await raw.replicaof("127.0.0.1", "1")  # a replica of nothing: every write is refused
+        with pytest.raises(StateUnavailable) as info:
+            await ledger.reserve("s", "x", 0.0, ONE)
+        assert "read-only replica" in str(info.value) and "READONLY" not in str(info.value)
+        assert "primary" in str(info.value.hint)
+        await raw.replicaof("NO", "ONE")
+        await ledger.reserve("s", "x", 0.0, ONE)
+    finally:
+        await ledger.aclose()

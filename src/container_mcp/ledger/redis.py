@@ -498,6 +498,22 @@ def _foreign() -> StateUnavailable:
     )
 
 
+def _refused(exc: redis.exceptions.ResponseError) -> StateUnavailable:
+    """What Redis refusing a script means for the caller: never Redis's own words (they name scripts)."""
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        why = "is a read-only replica"
+        fix = "point CONTAINER_MCP_STATE_URL at the primary"
+    elif str(exc).startswith("WRONGTYPE"):
+        return _foreign()
+    else:  # OOM (maxmemory reached), MISCONF (cannot persist), ...
+        why = "refused the update (out of memory, or unable to persist: its log says which)"
+        fix = "check the Redis server named by CONTAINER_MCP_STATE_URL"
+    text = f"Retry later; if it persists, ask the operator to {fix}."
+    return StateUnavailable(
+        f"The shared state store (Redis) {why}, so the call was refused.", hint=Hint(mcp=text, rest=text)
+    )
+
+
 class RedisLedger:
     """``Ledger`` on one Redis. Open with ``RedisLedger.open(url)``; ``aclose()`` when done."""
 
@@ -588,7 +604,7 @@ class RedisLedger:
             except redis.exceptions.ResponseError as exc:
                 if not str(exc).startswith(_KEY_CHANGED):
                     log.error("Redis refused a ledger script: %s", str(exc).split(" script: ")[0])
-                    raise _foreign() from None
+                    raise _refused(exc) from None
             if await self._follow_key() or attempt == 2:
                 raise _reset() from None
         raise AssertionError("unreachable")
