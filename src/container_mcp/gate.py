@@ -27,7 +27,7 @@ from . import audit
 from .clock import Clock
 from .errors import ContainerNotFound, FileTooLarge, Hint, InvalidId, QuotaExceeded
 from .ledger.base import Ledger, Limits, OwnedContainer
-from .providers.base import FileChanges
+from .providers.base import FileChanges, Refund
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -72,10 +72,11 @@ class Charges:
         """Whether an approved change replaced an existing file."""
         return any(change.changed for change in self.approved)
 
-    async def approve(self, changes: FileChanges) -> None:
+    async def approve(self, changes: FileChanges) -> Refund:
         """Check ``changes`` against the per-file, per-container and per-session limits and charge them.
 
-        Over a limit, raises ``FileTooLarge`` or ``QuotaExceeded`` and charges nothing. Bytes of
+        Over a limit, raises ``FileTooLarge`` or ``QuotaExceeded`` and charges nothing. Returns
+        the ``Refund`` of this charge (released at most once, by it or by the rollback). Bytes of
         containers that expired since the ledger last heard count until reconciled, so a refusal
         is retried once after reconciling.
         """
@@ -89,6 +90,13 @@ class Charges:
             await self._gate.catalog.reconcile(self._owner, skip=self.container_id)
             await ledger.charge(self._owner, self.container_id, changes.files_delta, changes.bytes_delta, limits)
         self.approved.append(changes)
+
+        async def refund() -> None:
+            if any(c is changes for c in self.approved):
+                self.approved = [c for c in self.approved if c is not changes]
+                await ledger.release(self.container_id, changes.files_delta, changes.bytes_delta)
+
+        return refund
 
     async def rollback(self) -> None:
         for changes in self.approved:

@@ -34,6 +34,7 @@ __all__ = [
     "FileChanges",
     "ProgressCallback",
     "Provider",
+    "Refund",
 ]
 
 
@@ -137,9 +138,14 @@ class ExecResult(BaseModel):
 ProgressCallback = Callable[[float, str], Awaitable[None]]
 """Called while a command runs with (elapsed seconds, message)."""
 
-ApproveChanges = Callable[[FileChanges], Awaitable[None]]
+Refund = Callable[[], Awaitable[None]]
+"""Takes back what one approval charged."""
+
+ApproveChanges = Callable[[FileChanges], Awaitable[Refund | None]]
 """Called once a command has finished and before its file changes are applied; raising (e.g.
-``QuotaExceeded``) discards every change the command made under /mnt/data."""
+``QuotaExceeded``) discards every change the command made under /mnt/data. It may return a
+``Refund``: a provider whose approved change then does not happen calls it while it still holds
+the container, so no one who takes the container next sees the charge without the change."""
 
 
 class Provider(Protocol):

@@ -62,7 +62,7 @@ from ..paths import MOUNT, relative_path
 from ..private import private_dir
 from ..sandbox import STAGE_PREFIX, Sandbox, SandboxProbe, recover_stage
 from ..uploads import CHUNK_SIZE, Upload
-from .base import ApproveChanges, Capabilities, ExecRequest, ExecResult, FileChanges, ProgressCallback
+from .base import ApproveChanges, Capabilities, ExecRequest, ExecResult, FileChanges, ProgressCallback, Refund
 from .local_exec import ExecLimits, run_exec
 from .local_fs import ContainerDir
 from .local_lock import ContainerLocks, LockBusy
@@ -481,6 +481,7 @@ class LocalProvider:
             d = self._dir(container_id)
             await anyio.to_thread.run_sync(d.existing_size, rel)  # rejects symlinked parents early
             fd, temp = await anyio.to_thread.run_sync(d.new_temp)
+            refund: Refund | None = None
             try:
                 digest = hashlib.sha256()
                 size = 0
@@ -496,7 +497,7 @@ class LocalProvider:
                     os.close(fd)
                 old = self.registry.file_at(container_id, rel)
                 if approve is not None:
-                    await approve(
+                    refund = await approve(
                         FileChanges(
                             created=[] if old else [f"{MOUNT}/{rel}"],
                             changed=[f"{MOUNT}/{rel}"] if old else [],
@@ -509,6 +510,8 @@ class LocalProvider:
             except BaseException:
                 with anyio.CancelScope(shield=True):  # a cancelled upload leaves no temp file behind
                     await anyio.to_thread.run_sync(d.discard_temp, temp)
+                    if refund is not None:  # before the lock goes: a recount now sees the truth
+                        await refund()
                 raise
             now = self._clock()
             row = FileRow(
