@@ -17,15 +17,21 @@ and cost one request per row. What keeps the ledger fresh:
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
 from .changes import ExpiryReporting
 from .clock import Clock
-from .errors import ContainerExpired, ContainerNotFound, FileNotFound, Hint, InvalidRequest
+from .errors import ContainerExpired, ContainerNotFound, FileNotFound, Hint, InvalidRequest, StateUnavailable
 from .gate import check_id
 from .ledger.base import FileCursor, Ledger, OwnedContainer, Usage
 from .models import Container, ContainerFile, ContainerStatus, ListParams, Page
 from .providers.base import Provider
 
 __all__ = ["Catalog", "FileCursor"]
+
+log = logging.getLogger(__name__)
 
 
 class Catalog:
@@ -35,6 +41,8 @@ class Catalog:
         self._provider = provider
         self._ledger = ledger
         self._clock = clock
+        self._stale: set[str] = set()
+        """Containers whose index an operation could not update (the ledger failed after it)."""
 
     async def note_failure(self, container_id: str, exc: BaseException) -> None:
         """Write what a provider's error says about ``container_id`` into the ledger."""
@@ -57,6 +65,19 @@ class Catalog:
             await self._ledger.record(container.id, meta)
         return container
 
+    async def used(self, row: OwnedContainer, now: float) -> None:
+        """An operation on ``row``'s container just succeeded, so the backend counts it as active
+        now: the recorded ``last_active_at`` moves on to ``now`` (whole seconds: within the same
+        second nothing is written). ``_may_have_expired`` then never asks about a container still
+        in its time, which on a backend whose reads count as activity would stretch its life."""
+        if row.meta is None:
+            return
+        seen = Container.model_validate_json(row.meta)
+        at = int(now)
+        if seen.last_active_at is not None and seen.last_active_at >= at:
+            return
+        await self._ledger.record(row.container_id, seen.model_copy(update={"last_active_at": at}).model_dump_json())
+
     @staticmethod
     def view(row: OwnedContainer) -> Container:
         """The container as the ledger last saw it; an expiry the provider reported wins."""
@@ -68,11 +89,13 @@ class Catalog:
     def _may_have_expired(self, row: OwnedContainer) -> bool:
         """Whether ``row``'s container may have expired by now.
 
-        The recorded ``last_active_at`` is at most the real one (every later operation only moves
-        it on), so an estimate from it is never later than the real expiry: a container it calls
-        unexpired is live, and only the others need asking. Asking one that was not used since it
-        was recorded finds it expired (a backend expires it once ``expires_at`` is past), so even
-        a backend whose reads count as activity is never kept alive by this.
+        The recorded ``last_active_at`` is the real one (every successful operation records it,
+        ``used``) or, when the backend moved it without us (another server's call on an upstream
+        not shared through this ledger), earlier: an estimate from it is never later than the real
+        expiry, so a container it calls unexpired is live, and only the others need asking. Asking
+        one that was not used since it was recorded finds it expired (a backend expires it once
+        ``expires_at`` is past), so even a backend whose reads count as activity is never kept
+        alive by this.
         """
         if row.meta is None:
             return True
@@ -179,7 +202,35 @@ class Catalog:
         (files the backend made on its own, or a crash recovery adopted, become visible to the
         views); a listing filtered by path prefix is only part of the container."""
         if params.after is None and params.path_prefix is None and not page.has_more:
-            await self._ledger.set_files(container_id, page.data)
+            with self._indexing(container_id):
+                await self._ledger.set_files(container_id, page.data)
+                self._stale.discard(container_id)
+
+    async def changed(
+        self,
+        container_id: str,
+        *,
+        put: Sequence[ContainerFile] = (),
+        file_ids: Sequence[str] = (),
+        paths: Sequence[str] = (),
+    ) -> None:
+        """Index what an operation did to the container's files: ``put`` made or replaced, the
+        files ``file_ids`` or at ``paths`` deleted.
+
+        The operation has happened, so a ledger that fails now does not fail it: the container's
+        index is rebuilt from the provider by this process's next ``file_index``.
+        """
+        with self._indexing(container_id):
+            await self._ledger.put_files(container_id, put)
+            await self._ledger.drop_files(container_id, file_ids=file_ids, paths=paths)
+
+    @contextmanager
+    def _indexing(self, container_id: str) -> Iterator[None]:
+        try:
+            yield
+        except StateUnavailable:
+            log.warning("file index of %s not updated (ledger unavailable): rebuilt by the next view", container_id)
+            self._stale.add(container_id)
 
     async def file_index(
         self, owner: str, *, after: FileCursor | None, limit: int
@@ -192,11 +243,13 @@ class Catalog:
         gone by the next page, paging goes on with the next container. A container whose index was
         never built (a ledger row an older version wrote) is listed from the provider once.
         """
-        for container_id in await self._ledger.unindexed(owner):
+        stale = [c for c in sorted(self._stale) if await self._ledger.owns(owner, c)]
+        for container_id in [*await self._ledger.unindexed(owner), *stale]:
             try:
                 await self.index(container_id)
             except (ContainerExpired, ContainerNotFound) as exc:
                 await self.note_failure(container_id, exc)
+            self._stale.discard(container_id)
         page, more = await self._ledger.file_page(owner, after, limit)
         if not more or not page:
             return [f for _, f in page], None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -187,6 +188,19 @@ ARGV_KEY_WARNING = (
 )
 
 
+ARGV_STATE_URL_WARNING = (
+    "--state-url holds a password, on the command line, where every local user can read it (ps, "
+    "/proc/<pid>/cmdline). Pass a URL with a password in CONTAINER_MCP_STATE_URL instead."
+)
+
+
+def _has_password(url: str | None) -> bool:
+    try:
+        return url is not None and urllib.parse.urlsplit(url).password is not None
+    except ValueError:  # not a URL: Settings refuses it
+        return False
+
+
 def build_settings(args: argparse.Namespace) -> Settings:
     """Settings from the environment, overridden by the flags that were given."""
     overrides: dict[str, Any] = {}
@@ -214,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if getattr(args, "api_key", None):
         log.warning(ARGV_KEY_WARNING)
+    if _has_password(getattr(args, "state_url", None)):
+        log.warning(ARGV_STATE_URL_WARNING)
     try:
         if args.command == "api":
             from .api.serve import serve_api

@@ -10,7 +10,8 @@ caller did not create answers ``ContainerNotFound``, exactly as an id that does 
 callers learn nothing about each other). ``charges.approve`` checks and charges a change's files
 and bytes in one ledger transaction before the provider makes it visible. If the block raises,
 whatever was charged is released, and an expiry or disappearance the provider reported is
-written to the ledger, so the views (``Catalog``) know at once without asking.
+written to the ledger, so the views (``Catalog``) know at once without asking; if it succeeds,
+the container's activity time is recorded (``Catalog.used``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from . import audit
 from .clock import Clock
 from .errors import ContainerNotFound, FileTooLarge, Hint, InvalidId, QuotaExceeded
 from .ledger.base import Ledger, Limits, OwnedContainer
-from .providers.base import FileChanges
+from .providers.base import FileChanges, Refund
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -62,16 +63,20 @@ class Charges:
         self.row = row
         """The container's ledger row as the gate found it (None within a create)."""
         self.approved: list[FileChanges] = []
+        self.fresh = False
+        """Set by an operation that recorded the container as the provider just returned it (its
+        activity then needs no recording of its own)."""
 
     @property
     def replaced(self) -> bool:
         """Whether an approved change replaced an existing file."""
         return any(change.changed for change in self.approved)
 
-    async def approve(self, changes: FileChanges) -> None:
+    async def approve(self, changes: FileChanges) -> Refund:
         """Check ``changes`` against the per-file, per-container and per-session limits and charge them.
 
-        Over a limit, raises ``FileTooLarge`` or ``QuotaExceeded`` and charges nothing. Bytes of
+        Over a limit, raises ``FileTooLarge`` or ``QuotaExceeded`` and charges nothing. Returns
+        the ``Refund`` of this charge (released at most once, by it or by the rollback). Bytes of
         containers that expired since the ledger last heard count until reconciled, so a refusal
         is retried once after reconciling.
         """
@@ -85,6 +90,13 @@ class Charges:
             await self._gate.catalog.reconcile(self._owner, skip=self.container_id)
             await ledger.charge(self._owner, self.container_id, changes.files_delta, changes.bytes_delta, limits)
         self.approved.append(changes)
+
+        async def refund() -> None:
+            if any(c is changes for c in self.approved):
+                self.approved = [c for c in self.approved if c is not changes]
+                await ledger.release(self.container_id, changes.files_delta, changes.bytes_delta)
+
+        return refund
 
     async def rollback(self) -> None:
         for changes in self.approved:
@@ -122,6 +134,8 @@ class Gate:
         row = await self.own(owner, container_id)
         async with self.charging(owner, container_id, row) as charges:
             yield charges
+        if not charges.fresh:
+            await self.catalog.used(row, self._clock())
 
     @asynccontextmanager
     async def charging(

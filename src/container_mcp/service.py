@@ -192,20 +192,22 @@ class ContainerService:
                     )
                 await self.ledger.put_files(container.id, [copied])
         except BaseException:
-            await self._discard(container.id)
+            await self._discard(container.id, reservation_id)
             raise
         audit.note_container(container.id)
         if spec.file_ids:
             await self.changes.publish(FilesChanged(container.id, owner))
         return container
 
-    async def _discard(self, container_id: str) -> None:
+    async def _discard(self, container_id: str, reservation_id: str) -> None:
         with anyio.CancelScope(shield=True):  # a half-made container must not outlive a cancelled create
             try:
                 await self.provider.delete_container(container_id)
             except NotFound:
                 pass
             finally:
+                # A commit that failed left the reservation held; one that ran, the container owned.
+                await self.ledger.cancel(reservation_id)
                 await self.ledger.forget(container_id)
 
     async def copy_file(self, owner: str, file_id: str, container_id: str) -> ContainerFile:
@@ -231,7 +233,7 @@ class ContainerService:
                     param="file_id",
                 )
             copied = await self.provider.copy_file(source, file_id, container_id, approve=charges.approve)
-        await self.ledger.put_files(container_id, [copied])
+        await self.catalog.changed(container_id, put=[copied])
         await self.changes.publish(FilesChanged(container_id, owner, (copied.id,)))
         return copied
 
@@ -247,10 +249,12 @@ class ContainerService:
 
     async def get_container(self, owner: str, container_id: str) -> Container:
         async with self.gate.container(owner, container_id) as charges:
+            charges.fresh = True
             return await self.catalog.seen(await self.provider.get_container(container_id), charges.row)
 
     async def delete_container(self, owner: str, container_id: str) -> ContainerDeleted:
-        async with self.gate.container(owner, container_id):
+        async with self.gate.container(owner, container_id) as charges:
+            charges.fresh = True  # it is gone: no activity to record
             deleted = await self.provider.delete_container(container_id)
         await self.ledger.forget(container_id)
         await self.changes.publish(FilesChanged(container_id, owner, whole_container=True))
@@ -270,7 +274,7 @@ class ContainerService:
             made = await self.provider.create_file(
                 container_id, normalized, upload, max_bytes=self.limits.max_file_bytes, approve=charges.approve
             )
-        await self.ledger.put_files(container_id, [made])
+        await self.catalog.changed(container_id, put=[made])
         audit.note_file(made.id)
         audit.note_bytes_in(made.bytes or 0)
         # A replaced file gets a new id, and the old one's is not known here: every file of the
@@ -302,7 +306,7 @@ class ContainerService:
             check_id(file_id, "file")
             audit.note_file(file_id)
             gone = await self.provider.delete_file(container_id, file_id, approve=charges.approve)
-        await self.ledger.drop_files(container_id, file_ids=[file_id])
+        await self.catalog.changed(container_id, file_ids=[file_id])
         await self.changes.publish(FilesChanged(container_id, owner, (file_id,)))
         return gone
 
@@ -369,8 +373,7 @@ class ContainerService:
         """A command (foreground or background) committed ``result``: its files go into the
         ledger's file index (all of them, not just the listed ones) and subscribers hear of them."""
         kept, deleted = result.all_files
-        await self.ledger.put_files(container_id, kept)
-        await self.ledger.drop_files(container_id, paths=deleted)
+        await self.catalog.changed(container_id, put=kept, paths=deleted)
         if kept or deleted:
             touched = tuple(f.id for f in kept) if not result.files_truncated else ()
             # Deleted files are named by path only, and a changed one may have a new id: the whole

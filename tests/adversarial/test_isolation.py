@@ -115,6 +115,11 @@ def _cursor(value: Any) -> str:
         lambda cid, fid, own: [cid, "cfile_" + "0" * 32],
         lambda cid, fid, own: [own, fid],
         lambda cid, fid, own: [cid, ""],
+        # the three-part position the server hands out: another session's container and file in it
+        lambda cid, fid, own: [0, cid, fid],
+        lambda cid, fid, own: [0, cid, ""],
+        lambda cid, fid, own: [0, own, fid],
+        lambda cid, fid, own: [-1, "", ""],
     ],
 )
 async def test_resources_list_forged_cursor_reveals_nothing(env_factory: EnvFactory, forge: Any) -> None:
@@ -132,7 +137,21 @@ async def test_resources_list_forged_cursor_reveals_nothing(env_factory: EnvFact
         assert not any(cid in u or fid in u for u in uris), uris
 
 
-@pytest.mark.parametrize("cursor", ["!!!", _cursor({"a": 1}), _cursor([1, 2, 3]), _cursor(None), "e30"])
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "!!!",
+        _cursor({"a": 1}),
+        _cursor([1, 2, 3]),
+        _cursor(None),
+        "e30",
+        # a created_at no ledger can compare (SQLite integers are 64-bit)
+        _cursor([2**63, "cntr_a", "cfile_a"]),
+        _cursor([-(2**63) - 1, "cntr_a", "cfile_a"]),
+        _cursor([10**300, "cntr_a", "cfile_a"]),
+        _cursor([0, "cntr_a" * 10_000, "cfile_a"]),
+    ],
+)
 async def test_resources_list_garbage_cursor_is_invalid_params(env_factory: EnvFactory, cursor: str) -> None:
     async with env_factory() as env, env.session("mallory") as m:
         try:

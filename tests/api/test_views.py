@@ -180,3 +180,16 @@ async def _file_uris(client: Client) -> list[str]:
         page = await client.list_resources(cursor=page.next_cursor)
         uris += [r.uri for r in page.resources]
     return [u for u in uris if "/files/" in u]
+
+
+async def test_usage_polled_after_a_use_does_not_stretch_the_expiry(chain: Chain) -> None:
+    """The recorded activity was the last retrieve's: after an upload it said "may have expired"
+    too early, and the read that asked refreshed a container that was still in its time."""
+    cid = (await call(chain.client, "container_create", name="used", expires_after_minutes=1))["id"]
+    chain.clock.advance(30)
+    await call(chain.client, "file_create", container_id=cid, path="a.txt", text="x")  # in use until 90
+    chain.clock.advance(31)
+    await call(chain.client, "session_usage")
+    chain.clock.advance(30)
+    assert (await chain.upstream.get_container(cid, touch=False)).status == "expired"
+    assert (await call(chain.client, "session_usage"))["containers"]["used"] == 0

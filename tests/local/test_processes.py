@@ -90,6 +90,26 @@ async def test_two_api_processes_keep_the_session_bytes_quota_exact(tmp_path: Pa
     assert seen.disk_paths == {p.removeprefix("/mnt/data/") for p in paths}
 
 
+async def test_two_api_processes_hold_exactly_the_container_limit(tmp_path: Path) -> None:
+    """Creates raced from both processes at once (and deletes freeing slots meanwhile)."""
+    data = tmp_path / "data"
+    async with api_server(data, "--max-containers", "3") as a, api_server(data, "--max-containers", "3") as b:
+        async with _http(a.origin) as ha, _http(b.origin) as hb:
+            codes: list[int] = []
+
+            async def create(http: httpx.AsyncClient) -> None:
+                codes.append((await http.post("/containers", json={"name": "race"})).status_code)
+
+            async with anyio.create_task_group() as creates:
+                for i in range(30):
+                    creates.start_soon(create, [ha, hb][i % 2])
+            assert sorted(codes) == [200] * 3 + [403] * 27
+            listed = (await hb.get("/containers", params={"limit": 100})).raise_for_status().json()["data"]
+            assert len(listed) == 3
+            usage_a = (await ha.get("/containers", params={"limit": 100})).json()["data"]
+            assert {c["id"] for c in usage_a} == {c["id"] for c in listed}
+
+
 FILES = 200
 # The command outlives the other one's start: without a cross-process lock both would run over the
 # same lower layer and both report (and charge) 200 created files.

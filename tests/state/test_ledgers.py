@@ -235,3 +235,15 @@ async def test_file_pages_go_on_past_a_deleted_cursor_container(ledger: Ledger) 
     assert [f.id for _, f in page] == ["cfile_c0", "cfile_c1", "cfile_d0"] and more
     page, more = await ledger.file_page("s", (page[-1][0], page[-1][1].container_id, page[-1][1].id), 3)
     assert [f.id for _, f in page] == ["cfile_d1"] and not more
+
+
+async def test_a_file_cursor_naming_another_owners_container_shows_only_ones_own(ledger: Ledger) -> None:
+    await _own(ledger, "alice", "cntr_b", 2)
+    await ledger.put_files("cntr_b", [_file("cntr_b", "cfile_secret", "/mnt/data/s")])
+    await _own(ledger, "mallory", "cntr_a", 1)
+    await _own(ledger, "mallory", "cntr_c", 3)
+    await ledger.put_files("cntr_c", [_file("cntr_c", "cfile_mine", "/mnt/data/m")])
+    for cursor in [(2, "cntr_b", ""), (2, "cntr_b", "cfile_a"), (0, "", ""), (2, "cntr_b", "cfile_secret")]:
+        page, more = await ledger.file_page("mallory", cursor, 10)
+        assert [f.id for _, f in page] == ["cfile_mine"] and not more
+    assert await ledger.locate("mallory", "cfile_secret") is None

@@ -14,7 +14,9 @@ key                                type    holds
 ``cmcp:o:<owner>:all``             zset    the owner's containers, scored by created_at (ties
                                            in id order: Redis orders equal scores by member)
 ``cmcp:o:<owner>:n:<name>``        zset    the same, by name (``container_list``'s filter)
-``cmcp:o:<owner>:live``            set     the owner's live containers
+``cmcp:o:<owner>:live``            zset    the owner's live containers, by created_at: what
+                                           the quotas and the file views walk, at most the
+                                           container limit whatever the number expired
 ``cmcp:o:<owner>:pending``         zset    reservations, scored by when they were made
 ``cmcp:r:<reservation>``           hash    a reservation's owner and name (expires with it)
 ``cmcp:f:<container>``             zset    the container's file ids (score 0: in id order)
@@ -22,6 +24,9 @@ key                                type    holds
 ``cmcp:fi:<container>``            hash    file id -> path
 ``cmcp:fp:<container>``            hash    path -> file id
 ``cmcp:calls:<owner>:<minute>``    string  calls in one fixed minute (expires after two)
+``cmcp:t:<token>``                 string  a charge made (or taken back) under a one-off token,
+                                           or a reservation cancelled, for a minute (see
+                                           ``RedisLedger.charge``)
 ``cmcp:totals``                    hash    live containers, files and bytes of every owner
 =================================  ======  ==================================================
 
@@ -33,7 +38,10 @@ reply was lost would be applied twice). A transaction is never cancelled halfway
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import hmac
+import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeVar, cast
@@ -63,10 +71,25 @@ __all__ = ["RedisLedger"]
 
 _T = TypeVar("_T")
 
+log = logging.getLogger(__name__)
+
 _TIMEOUT_S = 5.0
 """Connect and reply timeout: a Redis that does not answer within it counts as unavailable."""
 
+_MARK_S = 60
+"""How long a charge's token is kept: far longer than a script sent before a lost reply can take
+to run, so taking a charge back and the charge itself meet in either order."""
+
 _KEY = "cmcp:key"
+
+_SAME_KEY = """
+-- ARGV[1] is the SHA-1 of the secret this process hashes session keys with. Another secret (or
+-- none: the database was flushed) means its digests name nobody here: refuse, changing nothing.
+if redis.sha1hex(redis.call('GET', 'cmcp:key') or '') ~= table.remove(ARGV, 1) then
+  return redis.error_reply('CMCPKEY the session-key secret changed')
+end
+"""
+_KEY_CHANGED = "CMCPKEY"
 
 _HELPERS = """
 local function ok(k) return 'cmcp:o:' .. k end
@@ -84,7 +107,7 @@ local function adjust(cid, files, bytes)
 end
 local function drop_live(cid, owner)
   -- the container stops counting: out of the live set and the totals
-  if redis.call('SREM', ok(owner) .. ':live', cid) == 1 then
+  if redis.call('ZREM', ok(owner) .. ':live', cid) == 1 then
     local cur = redis.call('HMGET', 'cmcp:c:' .. cid, 'files', 'bytes')
     redis.call('HINCRBY', 'cmcp:totals', 'containers', -1)
     redis.call('HINCRBY', 'cmcp:totals', 'files', 0 - tonumber(cur[1]))
@@ -112,7 +135,7 @@ local function index(cid, id, path, meta)
 end
 local function stored_bytes(owner)
   local used = 0
-  for _, id in ipairs(redis.call('SMEMBERS', ok(owner) .. ':live')) do
+  for _, id in ipairs(redis.call('ZRANGE', ok(owner) .. ':live', 0, -1)) do
     used = used + tonumber(redis.call('HGET', 'cmcp:c:' .. id, 'bytes') or '0')
   end
   return used
@@ -124,8 +147,9 @@ _RESERVE = """
 local owner, name, now, ttl, max, res = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]),
   tonumber(ARGV[5]), ARGV[6]
 local pending = ok(owner) .. ':pending'
+if redis.call('EXISTS', 'cmcp:t:' .. res) == 1 then return {0, 0} end  -- cancelled before it came
 redis.call('ZREMRANGEBYSCORE', pending, '-inf', now - ttl)
-local used = redis.call('SCARD', ok(owner) .. ':live') + redis.call('ZCARD', pending)
+local used = redis.call('ZCARD', ok(owner) .. ':live') + redis.call('ZCARD', pending)
 if used >= max then return {0, used} end
 redis.call('ZADD', pending, now, res)
 redis.call('HSET', 'cmcp:r:' .. res, 'owner', owner, 'name', name)
@@ -145,22 +169,28 @@ redis.call('HSET', 'cmcp:c:' .. cid, 'owner', owner, 'name', name, 'created_at',
   'state', 'live', 'files', 0, 'bytes', 0, 'meta', meta, 'indexed', 1)
 redis.call('ZADD', ok(owner) .. ':all', created, cid)
 redis.call('ZADD', ok(owner) .. ':n:' .. name, created, cid)
-redis.call('SADD', ok(owner) .. ':live', cid)
+redis.call('ZADD', ok(owner) .. ':live', created, cid)
 redis.call('HINCRBY', 'cmcp:totals', 'containers', 1)
 return 1
 """
 
+# ARGV: reservation, seconds to keep the mark (a reserve that arrives later holds nothing).
 _CANCEL = """
 local owner = redis.call('HGET', 'cmcp:r:' .. ARGV[1], 'owner')
 if owner then redis.call('ZREM', ok(owner) .. ':pending', ARGV[1]) end
 redis.call('DEL', 'cmcp:r:' .. ARGV[1])
+redis.call('SET', 'cmcp:t:' .. ARGV[1], 'taken back', 'EX', ARGV[2])
 return 1
 """
 
-# ARGV: owner, container, files, bytes, max files, max session bytes.
-# Returns {1} when charged (or the container is not live), {0, 'files', files} or {0, 'bytes', used}.
+# ARGV: owner, container, files, bytes, max files, max session bytes, token.
+# Returns {1} when charged (or the container is not live, or the token was taken back already),
+# {0, 'files', files} or {0, 'bytes', used}. A charge made is marked under its token for a while,
+# so a client that lost the reply can take it back (``_UNCHARGE``), whichever of the two runs first.
 _CHARGE = """
 local owner, cid, files, bytes = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local mark = 'cmcp:t:' .. ARGV[7]
+if redis.call('EXISTS', mark) == 1 then return {1} end
 local c = redis.call('HMGET', 'cmcp:c:' .. cid, 'state', 'files')
 if c[1] ~= 'live' then return {1} end
 if files > 0 and tonumber(c[2]) + files > tonumber(ARGV[5]) then return {0, 'files', tonumber(c[2])} end
@@ -169,7 +199,20 @@ if bytes > 0 then
   if used + bytes > tonumber(ARGV[6]) then return {0, 'bytes', used} end
 end
 adjust(cid, files, bytes)
+redis.call('SET', mark, 'charged', 'EX', ARGV[8])
 return {1}
+"""
+
+# ARGV: token, container, files, bytes, seconds to keep the mark. Takes back the token's charge if
+# it was made, and marks it taken back, so a charge that arrives later changes nothing.
+_UNCHARGE = """
+local mark = 'cmcp:t:' .. ARGV[1]
+local was = redis.call('GET', mark)
+redis.call('SET', mark, 'taken back', 'EX', ARGV[5])
+if was == 'charged' and redis.call('HGET', 'cmcp:c:' .. ARGV[2], 'state') == 'live' then
+  adjust(ARGV[2], 0 - tonumber(ARGV[3]), 0 - tonumber(ARGV[4]))
+end
+return 1
 """
 
 _RELEASE = """
@@ -232,7 +275,7 @@ return 1
 
 _UNINDEXED = """
 local out = {}
-for _, id in ipairs(redis.call('ZRANGE', ok(ARGV[1]) .. ':all', 0, -1)) do
+for _, id in ipairs(redis.call('ZRANGE', ok(ARGV[1]) .. ':live', 0, -1)) do
   local c = redis.call('HMGET', 'cmcp:c:' .. id, 'state', 'indexed')
   if c[1] == 'live' and c[2] ~= '1' then table.insert(out, id) end
 end
@@ -242,7 +285,7 @@ return out
 # ARGV: owner, cursor created_at, cursor container, cursor file, limit ('' cursor: from the start).
 # Returns {more, created_at, meta, created_at, meta, ...}.
 _FILE_PAGE = """
-local key = ok(ARGV[1]) .. ':all'
+local key = ok(ARGV[1]) .. ':live'
 local at, cursor, fid, limit = tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
 local rank = 0
 if cursor ~= '' then
@@ -281,7 +324,7 @@ return out
 """
 
 _LOCATE = """
-for _, cid in ipairs(redis.call('ZRANGE', ok(ARGV[1]) .. ':all', 0, -1)) do
+for _, cid in ipairs(redis.call('ZRANGE', ok(ARGV[1]) .. ':live', 0, -1)) do
   local live = redis.call('HGET', 'cmcp:c:' .. cid, 'state') == 'live'
   if live and redis.call('HEXISTS', 'cmcp:fm:' .. cid, ARGV[2]) == 1 then return cid end
 end
@@ -316,7 +359,7 @@ return ''
 _USAGE = """
 local owner = ARGV[1]
 local files, bytes = 0, 0
-local live = redis.call('SMEMBERS', ok(owner) .. ':live')
+local live = redis.call('ZRANGE', ok(owner) .. ':live', 0, -1)
 for _, id in ipairs(live) do
   local c = redis.call('HMGET', 'cmcp:c:' .. id, 'files', 'bytes')
   files = files + tonumber(c[1]); bytes = bytes + tonumber(c[2])
@@ -334,11 +377,11 @@ local function row(id)
 end
 """
 
-# ARGV: owner, limit, order, after ('' for none), name ('' for none).
+# ARGV: owner, limit, order, after ('' for none), name, whether to filter by name ('1' or '0').
 # Returns {'bad-after'} or {has_more, row...}.
 _PAGE = """
 local owner, limit, asc, after, name = ARGV[1], tonumber(ARGV[2]), ARGV[3] == 'asc', ARGV[4], ARGV[5]
-local key = ok(owner) .. (name ~= '' and (':n:' .. name) or ':all')
+local key = ok(owner) .. (ARGV[6] == '1' and (':n:' .. name) or ':all')
 local ids
 if after == '' then
   if asc then ids = redis.call('ZRANGE', key, 0, limit) else ids = redis.call('ZREVRANGE', key, 0, limit) end
@@ -375,7 +418,7 @@ return out
 
 _LIVE = """
 local out = {}
-for _, id in ipairs(redis.call('SMEMBERS', ok(ARGV[1]) .. ':live')) do
+for _, id in ipairs(redis.call('ZRANGE', ok(ARGV[1]) .. ':live', 0, -1)) do
   local r = row(id)
   if r then table.insert(out, r) end
 end
@@ -426,6 +469,52 @@ def _unavailable() -> StateUnavailable:
     )
 
 
+def _bad_credentials() -> StateUnavailable:
+    return StateUnavailable(
+        "The shared state store (Redis) refused the credentials in CONTAINER_MCP_STATE_URL (a wrong or "
+        "missing password or user), so the call was refused.",
+        hint=Hint(
+            mcp="Ask the operator to correct the password in CONTAINER_MCP_STATE_URL.",
+            rest="Ask the operator to correct the password in CONTAINER_MCP_STATE_URL.",
+        ),
+    )
+
+
+def _reset() -> StateUnavailable:
+    return StateUnavailable(
+        "The shared state store (Redis) was reset (its data flushed) while this call was made, so it was "
+        "refused; containers recorded before the reset are no longer known.",
+        hint=Hint(mcp="Retry the call.", rest="Retry the request."),
+    )
+
+
+def _foreign() -> StateUnavailable:
+    return StateUnavailable(
+        "The shared state store (Redis) holds data this server did not write under its keys (cmcp:...), "
+        "so the call was refused.",
+        hint=Hint(
+            mcp="Ask the operator to give container-mcp a Redis database of its own in CONTAINER_MCP_STATE_URL.",
+            rest="Ask the operator to give container-mcp a Redis database of its own in CONTAINER_MCP_STATE_URL.",
+        ),
+    )
+
+
+def _refused(exc: redis.exceptions.ResponseError) -> StateUnavailable:
+    """What Redis refusing a script means for the caller: never Redis's own words (they name scripts)."""
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        why = "is a read-only replica"
+        fix = "point CONTAINER_MCP_STATE_URL at the primary"
+    elif str(exc).startswith("WRONGTYPE"):
+        return _foreign()
+    else:  # OOM (maxmemory reached), MISCONF (cannot persist), ...
+        why = "refused the update (out of memory, or unable to persist: its log says which)"
+        fix = "check the Redis server named by CONTAINER_MCP_STATE_URL"
+    text = f"Retry later; if it persists, ask the operator to {fix}."
+    return StateUnavailable(
+        f"The shared state store (Redis) {why}, so the call was refused.", hint=Hint(mcp=text, rest=text)
+    )
+
+
 class RedisLedger:
     """``Ledger`` on one Redis. Open with ``RedisLedger.open(url)``; ``aclose()`` when done."""
 
@@ -434,14 +523,16 @@ class RedisLedger:
     def __init__(self, client: aioredis.Redis, key: bytes) -> None:
         self._redis = client
         self._key = key
+        self._key_sha1 = hashlib.sha1(key).hexdigest()
 
         def script(body: str, *parts: str) -> Callable[..., Awaitable[Any]]:
-            return cast(Callable[..., Awaitable[Any]], client.register_script("\n".join([*parts, body])))
+            return cast(Callable[..., Awaitable[Any]], client.register_script("\n".join([_SAME_KEY, *parts, body])))
 
         self._reserve = script(_RESERVE, _HELPERS)
         self._commit = script(_COMMIT, _HELPERS)
         self._cancel = script(_CANCEL, _HELPERS)
         self._charge = script(_CHARGE, _HELPERS)
+        self._uncharge = script(_UNCHARGE, _HELPERS)
         self._release = script(_RELEASE, _HELPERS)
         self._set_usage = script(_SET_USAGE, _HELPERS)
         self._expire = script(_EXPIRE, _HELPERS)
@@ -475,31 +566,75 @@ class RedisLedger:
             with anyio.CancelScope(shield=True):
                 await client.set(_KEY, secrets.token_bytes(32), nx=True)
                 key = await client.get(_KEY)
+        except redis.exceptions.AuthenticationError:
+            await client.aclose()
+            raise _bad_credentials() from None
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
             await client.aclose()
             raise _unavailable() from None
-        assert isinstance(key, bytes)
+        except redis.exceptions.ResponseError:  # e.g. cmcp:key another application's hash
+            await client.aclose()
+            raise _foreign() from None
+        if not isinstance(key, bytes):
+            await client.aclose()
+            raise _foreign()
         return cls(client, key)
 
     def digest(self, owner: str) -> str:
         return session_digest(self._key, owner)
 
     async def _run(self, script: Callable[..., Awaitable[_T]], *args: object) -> _T:
-        """One script, shielded from cancellation; connection failures are ``StateUnavailable``."""
+        """One script, shielded from cancellation; connection failures are ``StateUnavailable``.
+
+        A Redis whose secret is gone (flushed) gets this process's back and the script runs
+        again; one holding another secret (a process that started after a flush made it) is
+        followed from now on, and this call is refused, as its arguments hold digests by the old.
+        A script Redis refuses (another application's key of the wrong type) is refused too.
+        """
+        for attempt in (1, 2):
+            try:
+                with anyio.CancelScope(shield=True):
+                    return await script(keys=[], args=[self._key_sha1, *args])
+            except redis.exceptions.AuthenticationError:  # the password was changed under us
+                raise _bad_credentials() from None
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+                raise _unavailable() from None
+            except redis.exceptions.BusyLoadingError:  # restarted, still reading its append-only file
+                raise _unavailable() from None
+            except redis.exceptions.ResponseError as exc:
+                if not str(exc).startswith(_KEY_CHANGED):
+                    log.error("Redis refused a ledger script: %s", str(exc).split(" script: ")[0])
+                    raise _refused(exc) from None
+            if await self._follow_key() or attempt == 2:
+                raise _reset() from None
+        raise AssertionError("unreachable")
+
+    async def _follow_key(self) -> bool:
+        """Put this process's secret back if Redis has none; adopt the one it has otherwise.
+        Returns whether the secret changed."""
         try:
             with anyio.CancelScope(shield=True):
-                result = await script(keys=[], args=list(args))
+                await self._redis.set(_KEY, self._key, nx=True)
+                key = await self._redis.get(_KEY)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
             raise _unavailable() from None
-        except redis.exceptions.BusyLoadingError:  # restarted, still reading its append-only file
-            raise _unavailable() from None
-        return result
+        if not isinstance(key, bytes) or key == self._key:
+            return False
+        log.warning("The Redis ledger's session-key secret changed (the database was flushed?): following it")
+        self._key, self._key_sha1 = key, hashlib.sha1(key).hexdigest()
+        return True
 
     async def reserve(self, owner: str, name: str, now: float, limits: Limits) -> str:
         reservation = f"pending_{secrets.token_hex(16)}"
-        done, used = await self._run(
-            self._reserve, self.digest(owner), name, now, PENDING_TTL_S, limits.max_containers, reservation
-        )
+        try:
+            done, used = await self._run(
+                self._reserve, self.digest(owner), name, now, PENDING_TTL_S, limits.max_containers, reservation
+            )
+        except StateUnavailable:
+            # The reply may have been lost after the slot was held: give it back (see ``charge``).
+            with contextlib.suppress(StateUnavailable):
+                await self.cancel(reservation)
+            raise
         if not done:
             raise over_containers(int(used), limits)
         return reservation
@@ -508,18 +643,29 @@ class RedisLedger:
         await self._run(self._commit, reservation, container_id, created_at, meta)
 
     async def cancel(self, reservation: str) -> None:
-        await self._run(self._cancel, reservation)
+        await self._run(self._cancel, reservation, _MARK_S)
 
     async def charge(self, owner: str, container_id: str, files: int, bytes_: int, limits: Limits) -> None:
-        out = await self._run(
-            self._charge,
-            self.digest(owner),
-            container_id,
-            files,
-            bytes_,
-            limits.max_files_per_container,
-            limits.max_session_bytes,
-        )
+        """See ``Ledger.charge``. A charge whose reply was lost (the connection dropped, or Redis
+        answered too late) may have been made: it is taken back before ``StateUnavailable`` is
+        raised, so the caller, who makes no change, is charged for none either."""
+        token = secrets.token_hex(16)
+        try:
+            out = await self._run(
+                self._charge,
+                self.digest(owner),
+                container_id,
+                files,
+                bytes_,
+                limits.max_files_per_container,
+                limits.max_session_bytes,
+                token,
+                _MARK_S,
+            )
+        except StateUnavailable:
+            with contextlib.suppress(StateUnavailable):  # still away: the charge, if made, stands
+                await self._run(self._uncharge, token, container_id, files, bytes_, _MARK_S)
+            raise
         if out[0] == 1:
             return
         if _text(out[1]) == "files":
@@ -543,7 +689,9 @@ class RedisLedger:
     async def page(
         self, owner: str, *, limit: int, order: str, after: str | None, name: str | None
     ) -> tuple[list[OwnedContainer], bool]:
-        out = await self._run(self._page, self.digest(owner), limit, order, after or "", name or "")
+        out = await self._run(
+            self._page, self.digest(owner), limit, order, after or "", name or "", "0" if name is None else "1"
+        )
         if out and _text(out[0]) == "bad-after":
             assert after is not None
             raise InvalidRequest(

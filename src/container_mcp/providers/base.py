@@ -39,6 +39,7 @@ __all__ = [
     "ProcessState",
     "ProgressCallback",
     "Provider",
+    "Refund",
 ]
 
 
@@ -230,9 +231,14 @@ class ProcessOutput(BaseModel):
 ProgressCallback = Callable[[float, str], Awaitable[None]]
 """Called while a command runs with (elapsed seconds, message)."""
 
-ApproveChanges = Callable[[FileChanges], Awaitable[None]]
+Refund = Callable[[], Awaitable[None]]
+"""Takes back what one approval charged."""
+
+ApproveChanges = Callable[[FileChanges], Awaitable[Refund | None]]
 """Called once a command has finished and before its file changes are applied; raising (e.g.
-``QuotaExceeded``) discards every change the command made under /mnt/data."""
+``QuotaExceeded``) discards every change the command made under /mnt/data. It may return a
+``Refund``: a provider whose approved change then does not happen calls it while it still holds
+the container, so no one who takes the container next sees the charge without the change."""
 
 
 OnExit = Callable[[ExecResult | None, BaseException | None], Awaitable[None]]

@@ -75,6 +75,7 @@ from .base import (
     ProcessInfo,
     ProcessOutput,
     ProgressCallback,
+    Refund,
 )
 from .local_exec import ExecLimits, finish_run, prepare_job, run_exec
 from .local_fs import ContainerDir
@@ -529,6 +530,7 @@ class LocalProvider:
             d = self._dir(container_id)
             await anyio.to_thread.run_sync(d.existing_size, rel)  # rejects symlinked parents early
             fd, temp = await anyio.to_thread.run_sync(d.new_temp)
+            refund: Refund | None = None
             try:
                 digest = hashlib.sha256()
                 size = 0
@@ -544,7 +546,7 @@ class LocalProvider:
                     os.close(fd)
                 old = self.registry.file_at(container_id, rel)
                 if approve is not None:
-                    await approve(
+                    refund = await approve(
                         FileChanges(
                             created=[] if old else [f"{MOUNT}/{rel}"],
                             changed=[f"{MOUNT}/{rel}"] if old else [],
@@ -557,6 +559,8 @@ class LocalProvider:
             except BaseException:
                 with anyio.CancelScope(shield=True):  # a cancelled upload leaves no temp file behind
                     await anyio.to_thread.run_sync(d.discard_temp, temp)
+                    if refund is not None:  # before the lock goes: a recount now sees the truth
+                        await refund()
                 raise
             now = self._clock()
             row = FileRow(

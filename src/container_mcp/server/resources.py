@@ -46,6 +46,8 @@ USAGE_URI = "container://usage"
 
 Middleware = Any
 
+_MAX_SAFE_INT = 2**53 - 1
+
 
 def _encode_cursor(cursor: tuple[int, str, str]) -> str:
     return base64.urlsafe_b64encode(json.dumps(list(cursor)).encode()).decode()
@@ -54,7 +56,8 @@ def _encode_cursor(cursor: tuple[int, str, str]) -> str:
 def _decode_cursor(cursor: str) -> tuple[int, str, str]:
     try:
         created_at, container_id, file_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        if not isinstance(created_at, int) or isinstance(created_at, bool):
+        # Bounded as the ledgers' orders are exact: SQLite integers are 64-bit, Redis scores doubles.
+        if not isinstance(created_at, int) or isinstance(created_at, bool) or abs(created_at) > _MAX_SAFE_INT:
             raise TypeError(created_at)
         return created_at, str(container_id), str(file_id)
     except (ValueError, TypeError, binascii.Error, RecursionError):  # RecursionError: "[[[[..." nested deep
