@@ -7,6 +7,7 @@ results, file changes as container files at once, quotas, timeouts, progress and
 from __future__ import annotations
 
 import base64
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -203,11 +204,13 @@ async def test_progress_is_reported_while_it_runs(exec_client: Client) -> None:
 
 async def test_cancellation_kills_the_command(exec_client: Client, tmp_path: Path) -> None:
     cid = (await call(exec_client, "container_create", name="cancel"))["id"]
+    # A duration no other test (or another suite on this host) runs: the check scans every process.
+    sleep = f"sleep 300.{secrets.randbelow(10**6):06d}"
     with anyio.move_on_after(1.0):
-        await exec_client.call_tool("container_exec", {"container_id": cid, "command": "sleep 300 & sleep 300"})
+        await exec_client.call_tool("container_exec", {"container_id": cid, "command": f"{sleep} & {sleep}"})
     # nothing of the command survives (the kill is asynchronous: poll, bounded)
     with anyio.fail_after(5):
-        while _survivors("sleep 300"):  # noqa: ASYNC110
+        while _survivors(sleep):  # noqa: ASYNC110
             await anyio.sleep(0.05)
     assert (await call(exec_client, "container_retrieve", container_id=cid))["status"] == "running"
 
