@@ -125,3 +125,28 @@ async def test_reads_as_the_user_keep_ranges_and_binary_bytes(docker: DockerProv
     for offset, length in [(0, None), (3, None), (10, 5), (20000, None), (0, 0), (10239, 10)]:
         got = b"".join([chunk async for chunk in docker.read_file(c.id, f.id, offset=offset, length=length)])
         assert got == data[offset : None if length is None else offset + length], (offset, length)
+
+
+async def test_a_hard_link_to_a_root_only_file_reads_nothing_root_only(docker: DockerProvider) -> None:
+    cid = await planted(docker)
+    await as_root(docker, cid, "cp /root/secret /tmp/rootfile; chmod 600 /tmp/rootfile")
+    await docker.exec(cid, sh("ln /tmp/rootfile /mnt/data/h; ln -s /tmp/rootfile /mnt/data/s; true"), approve=accept)
+    assert SECRET not in await stored_bytes(docker, cid)
+
+
+async def test_the_image_allowlist_is_exact(docker: DockerProvider) -> None:
+    from container_mcp.errors import InvalidRequest
+
+    allowed = docker.images[0]
+    name, _, tag = allowed.partition(":")
+    for image in (
+        allowed.upper(),
+        f" {allowed}",
+        f"{allowed} ",
+        f"docker.io/library/{allowed}",
+        name,
+        f"{allowed}@sha256:" + "0" * 64,
+    ):
+        with pytest.raises(InvalidRequest, match="not offered"):
+            await docker.create_container(ContainerSpec(name="img", image=image))
+    assert await docker.engine.list_labelled(docker.labels) == []
