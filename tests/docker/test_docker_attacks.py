@@ -150,3 +150,15 @@ async def test_the_image_allowlist_is_exact(docker: DockerProvider) -> None:
         with pytest.raises(InvalidRequest, match="not offered"):
             await docker.create_container(ContainerSpec(name="img", image=image))
     assert await docker.engine.list_labelled(docker.labels) == []
+
+
+async def test_a_container_name_reaches_no_engine_name_or_label(docker: DockerProvider) -> None:
+    from container_mcp.providers.docker import LABEL_CONTAINER, LABEL_DATA_DIR, LABEL_INSTANCE
+
+    hostile = 'x"\nio.container-mcp.instance=other,com.docker.compose.project=p --privileged ../'
+    c = await docker.create_container(ContainerSpec(name=hostile))
+    found = await docker.engine.inspect(f"cmcp-{c.id}")
+    assert found is not None and found["Name"] == f"/cmcp-{c.id}"
+    assert set(found["Config"]["Labels"]) == {LABEL_INSTANCE, LABEL_DATA_DIR, LABEL_CONTAINER}
+    assert found["Config"]["Labels"][LABEL_INSTANCE] == docker.instance
+    assert found["HostConfig"]["Privileged"] is False
