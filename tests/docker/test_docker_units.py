@@ -1,4 +1,5 @@
-"""The docker provider's pure parts: DOCKER_HOST parsing and the tar streams (no engine needed)."""
+"""The docker provider's pure parts: DOCKER_HOST parsing, the upload tar stream, the listing's bound
+(no engine needed)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from container_mcp.errors import InvalidRequest, ProviderUnavailable
 from container_mcp.providers.docker import DockerProvider
 from container_mcp.providers.docker_api import Engine, engine_base
-from container_mcp.providers.docker_tar import tar_one_file, untar_one_file
+from container_mcp.providers.docker_tar import tar_one_file
 
 pytestmark = pytest.mark.anyio
 
@@ -63,36 +64,6 @@ async def test_a_size_mismatch_is_refused_not_sent_corrupt() -> None:
         await _collect(tar_one_file("a", 5, _chunks(b"four"), uid=0, gid=0, mtime=0))
 
 
-@pytest.mark.parametrize(("offset", "length"), [(0, None), (3, None), (10, 5), (1000, None), (0, 0), (1279, 10)])
-async def test_reading_one_file_back_from_an_archive(offset: int, length: int | None) -> None:
-    data = bytes(range(256)) * 5
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo("x" * 150)  # a PAX header before the entry, as the engine writes for long names
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    got = await _collect(untar_one_file(_chunks(buf.getvalue(), 100), offset=offset, length=length))
-    end = None if length is None else offset + length
-    assert got == data[offset:end]
-
-
-async def test_a_directory_or_truncated_archive_is_not_a_file() -> None:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo("d")
-        info.type = tarfile.DIRTYPE
-        tar.addfile(info)
-    with pytest.raises(IsADirectoryError):
-        await _collect(untar_one_file(_chunks(buf.getvalue())))
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo("f")
-        info.size = 1000
-        tar.addfile(info, io.BytesIO(b"y" * 1000))
-    with pytest.raises(EOFError):
-        await _collect(untar_one_file(_chunks(buf.getvalue()[:900])))
-
-
 def test_docker_host_is_judged_only_for_the_docker_provider() -> None:
     from pydantic import ValidationError
 
@@ -119,3 +90,19 @@ def test_allowed_images_are_comma_separated_and_the_default_comes_first(tmp_path
         assert provider.capabilities.images == ["python:3.12-slim", "alpine:3.20", "debian:bookworm-slim"]
     finally:
         provider.registry.close()
+
+
+def test_a_listing_longer_than_its_bound_is_dropped_not_kept() -> None:
+    from container_mcp.providers import docker_exec
+    from container_mcp.sandbox.output import OutputCapture
+
+    err = OutputCapture(1024)
+    divert = docker_exec._Divert(err, "nonce")
+    divert.feed(b"said\n" + b"\nnonce\n/mnt/data/a\0")
+    for _ in range(docker_exec._MAX_LISTING // 65536 + 2):
+        divert.feed(b"x" * 65536)
+    divert.feed(b"\nnonce.\n")
+    assert divert.finish() is None and err.getvalue() == b"said\n"
+    kept = docker_exec._Divert(OutputCapture(1024), "nonce")
+    kept.feed(b"\nnonce\n/mnt/data/a\0/mnt/data/b\0\nnonce.\n")
+    assert kept.finish() == {"/mnt/data/a", "/mnt/data/b"}

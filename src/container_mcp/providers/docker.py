@@ -2,7 +2,8 @@
 
 * Engine: the Engine API at ``DOCKER_HOST`` (``docker_api.Engine``): Docker Engine, Docker
   Desktop, Podman's service, or a remote engine over tcp. Nothing assumes the engine shares this
-  machine's filesystem: files move as tar streams through the archive API.
+  machine's filesystem: uploads go in as tar streams through the archive API; files are read
+  back by a helper command as the container's user (``DockerExec.read``), never as the engine's root.
 * Registry: the local provider's SQLite tables (``local_registry``) at
   ``<data_dir>/registry.sqlite3``: containers with their expiry, files with size, mtime, sha256.
   Per-container locks (``local_lock``) serialise uploads, deletions and commands across every
@@ -73,7 +74,7 @@ from ..uploads import CHUNK_SIZE, Upload
 from .base import ApproveChanges, Capabilities, ExecRequest, ExecResult, FileChanges, ProgressCallback
 from .docker_api import Engine
 from .docker_exec import DockerExec, ExecLimits, ExecOutcome, FileScan, scan_files
-from .docker_tar import tar_dir, tar_one_file, untar_one_file
+from .docker_tar import tar_dir, tar_one_file
 from .exec_files import ending
 from .local import FilesSink, UsageSink
 from .local_lock import ContainerLocks, LockBusy
@@ -631,15 +632,14 @@ class DockerProvider:
     ) -> AsyncGenerator[bytes, None]:
         row = await self._file_row(container_id, file_id)
         try:
-            async with self.engine.get_archive(_engine_name(container_id), f"{MOUNT}/{row.path}") as stream:
-                async for chunk in untar_one_file(stream, offset=offset, length=length):
-                    yield chunk
+            async for chunk in self._exec.read(
+                _engine_name(container_id), f"{MOUNT}/{row.path}", offset=offset, length=length
+            ):
+                yield chunk
         except ProviderError as exc:
             if exc.status == 404:
                 raise FileNotFound(container_id, file_id) from None  # the row outlived its bytes
             raise
-        except (EOFError, IsADirectoryError):
-            raise FileNotFound(container_id, file_id) from None
 
     # --- exec ------------------------------------------------------------------------------
 
@@ -700,6 +700,8 @@ class DockerProvider:
                 created, changed = await self._rows_for(container_id, scan, source="assistant")
                 if created or changed or scan.deleted:
                     self.registry.apply(container_id, [*created, *changed], scan.deleted)
+                if len(created) + len(changed) < len(scan.created) + len(scan.changed):
+                    await self._report_usage(container_id, files=True)  # approved files went unrecorded
                 self.registry.touch(container_id, self._clock())  # the run itself was activity
             return outcome.result(created, changed, scan.deleted, listed=request.max_listed_files)
 
@@ -713,11 +715,10 @@ class DockerProvider:
             for rel in paths:
                 sha = hashlib.sha256()
                 try:
-                    async with self.engine.get_archive(name, f"{MOUNT}/{rel}") as stream:
-                        async for chunk in untar_one_file(stream):
-                            sha.update(chunk)
-                except (ProviderError, EOFError, IsADirectoryError):
-                    continue  # vanished since the scan (a background process): nothing to record
+                    async for chunk in self._exec.read(name, f"{MOUNT}/{rel}"):
+                        sha.update(chunk)
+                except ProviderError:
+                    continue  # vanished since the scan, or not readable by the user: nothing to record
                 old = existing.get(rel)
                 size, mtime_ns = scan.seen[rel]
                 bucket.append(

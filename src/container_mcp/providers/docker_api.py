@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import socket
 import struct
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import httpx2
 
 from ..errors import InvalidRequest, ProviderError, ProviderUnavailable
@@ -97,24 +98,32 @@ class ExecStream:
         if sock is not None:
             sock.shutdown(socket.SHUT_WR)
 
-    async def frames(self) -> AsyncIterator[tuple[int, bytes]]:
-        """(stream, payload) pairs: 1 stdout, 2 stderr; ends when the command's output ends."""
+    async def frames(self, *, idle_s: float | None = None) -> AsyncIterator[tuple[int, bytes]]:
+        """(stream, payload) pairs: 1 stdout, 2 stderr; ends when the command's output ends.
+
+        ``idle_s``: raise ``ProviderError`` (status 504) when nothing arrives for that long (a
+        helper the container's own processes stopped or blocked must not hold the call forever).
+        """
         while True:
             while len(self._buffer) < _FRAME.size:
-                if not await self._fill():
+                if not await self._fill(idle_s):
                     return
             kind, size = _FRAME.unpack_from(self._buffer)
             del self._buffer[: _FRAME.size]
             while size:
-                if not self._buffer and not await self._fill():
+                if not self._buffer and not await self._fill(idle_s):
                     return
                 take = bytes(self._buffer[:size])
                 del self._buffer[: len(take)]
                 size -= len(take)
                 yield kind, take
 
-    async def _fill(self) -> bool:
-        chunk: bytes = await self._stream.read(65536)
+    async def _fill(self, idle_s: float | None) -> bool:
+        chunk: bytes = b""
+        with anyio.move_on_after(idle_s if idle_s is not None else math.inf) as idle:
+            chunk = await self._stream.read(65536)
+        if idle.cancelled_caught:
+            raise ProviderError(f"The exec stream sent nothing for {idle_s:.0f}s; its helper was given up.", status=504)
         self._buffer += chunk
         return bool(chunk)
 
@@ -332,12 +341,3 @@ class Engine:
             return None
         result: dict[str, Any] = json.loads(base64.b64decode(header))
         return result
-
-    @asynccontextmanager
-    async def get_archive(self, ref: str, path: str) -> AsyncIterator[AsyncIterator[bytes]]:
-        """A tar stream of ``path`` in the container, read in chunks; raises ``ProviderError`` (404: absent)."""
-        response = await self._send("GET", f"/containers/{ref}/archive", params={"path": path}, stream=True)
-        try:
-            yield response.aiter_bytes()
-        finally:
-            await response.aclose()

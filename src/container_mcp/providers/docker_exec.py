@@ -10,16 +10,21 @@ The command has ended when its output streams close (a background process that k
 keeps the call waiting until the timeout: redirect it). A timeout, or a cancelled call, kills
 every process of the command's session (``_KILL``: a scan of ``/proc`` run by another exec as the
 same user stops them all, then kills them), so nothing it started survives the call unless it
-left the session; when no helper can start (every pid taken), the engine restarts the container
-instead (all processes go, files stay). An exit by signal N shows as 128+N, as from a shell; a
-SIGKILL with the container's OOM-kill counter grown is reported as ``killed_reason="memory_limit"``.
+left the session; when no helper can start (every pid taken) or it does not answer within
+``kill_wait_s`` (the command made its pid file a FIFO), the engine restarts the container instead
+(all processes go, files stay). Every helper's stream gives up after ``helper_idle_s`` of silence.
+An exit by signal N shows as 128+N, as from a shell; a SIGKILL with the container's OOM-kill counter
+grown is reported as ``killed_reason="memory_limit"``.
 
 **Scanning.** ``scan_files`` tells what a command did to /mnt/data. The wrapper's listing names
 the candidate paths (without one, after a timeout, or for a repair, the engine's change list
 ``GET /containers/{id}/changes`` does: exact but slow, ~10 ms on a busybox image and ~300 ms on
 a Debian one, where Docker walks the image). The engine's own stat (archive API) of each candidate
 and of every file recorded before gives size, type and mtime, and a file's bytes and hash are read
-through the engine too: the listing only says where to look. A command can hide a file from the
+by a helper as the container's user (``read``; the archive API would read as root, through symlinked
+parent directories): the listing only says where to look. A listing over ``_MAX_LISTING`` bytes is
+dropped for the change list (the nonce is in the wrapper's argv, which the command can read, so it
+can forge the markers: what it lists is only ever a hint). A command can hide a file from the
 listing (it is then not counted; the container's writable layer is not a disk quota anyway) but
 cannot make the server record a size or content that is not there. A path is a file when the
 engine says it is a regular file and its name is a valid container path; symlinks, devices and the
@@ -33,7 +38,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -55,14 +60,16 @@ log = logging.getLogger(__name__)
 PIDFILE = "/tmp/.container-mcp-exec.pid"
 """Where the wrapper records the running command's pid (one command at a time per container)."""
 
-_WRAP = """[ -d "$2" ] || mkdir -p -- "$2" || exit 126; cd -- "$2" || exit 126; echo $$ > "$1"; n=$3; shift 3
+_WRAP = """[ -d "$2" ] || mkdir -p -- "$2" || exit 126; cd -- "$2" || exit 126
+rm -f -- "$1"; echo $$ > "$1"; n=$3; shift 3
 "$@"; rc=$?
 if command -v find >/dev/null; then
   { printf '\\n%s\\n' "$n"; find /mnt/data -type f -print0 2>/dev/null; printf '\\n%s.\\n' "$n"; } >&2
 fi
 exit $rc"""
-"""Records the pid, enters the workdir, runs the argv, then lists /mnt/data's files on stderr between
-two marker lines (which ``_Divert`` takes out of the output); the command's status is the exit status."""
+"""Enters the workdir, records the pid (in a fresh file: a FIFO a command left there would block), runs
+the argv, then lists /mnt/data's files on stderr between two marker lines (which ``_Divert`` takes out
+of the output); the command's status is the exit status."""
 
 _KILL = """
 read -r s < "$1" 2>/dev/null; [ -n "$s" ] || { echo done; exit 0; }
@@ -83,6 +90,13 @@ skip=; for p in $(members); do kill -9 "$p" 2>/dev/null; done
 echo done
 """
 
+_READ = 'if [ "$3" -lt 0 ]; then exec tail -c +"$2" -- "$1"; fi; tail -c +"$2" -- "$1" | head -c "$3"'
+"""Writes the file's bytes from offset $2 - 1, at most $3 of them (all when negative), to stdout."""
+
+_MAX_LISTING = 16 << 20
+"""Bytes of listing kept at most (~16k paths of the longest kind); a longer one is dropped and the
+engine's change list used instead, so a command that forges the marker cannot grow the server's memory."""
+
 _OOM_COUNT = (
     "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null | sed -n 's/^oom_kill //p'"
 )
@@ -101,7 +115,11 @@ class ExecLimits:
     cpus: float = 1.0
     max_output_bytes: int = 64 << 10
     kill_wait_s: float = 5.0
-    """How long a killed command's stream may take to close before the call gives up on it."""
+    """How long a killed command's stream may take to close before the call gives up on it, and how
+    long the kill itself may take before the engine restarts the container instead."""
+    helper_idle_s: float = 30.0
+    """How long a helper (a file read, a removal) may send nothing before it is given up: the
+    container's own processes can stop or block it."""
 
 
 @dataclass
@@ -159,10 +177,15 @@ class _Divert:
         self._end = f"\n{nonce}.\n".encode()
         self._pending = bytearray()
         self._listing: bytearray | None = None
+        self._spoiled = False
 
     def feed(self, chunk: bytes) -> None:
+        if self._spoiled:
+            return
         if self._listing is not None:
             self._listing += chunk
+            if len(self._listing) > _MAX_LISTING:
+                self._spoiled, self._listing = True, bytearray()
             return
         self._pending += chunk
         at = self._pending.find(self._start)
@@ -170,13 +193,18 @@ class _Divert:
             self._capture.feed(bytes(self._pending[:at]))
             self._listing = bytearray(self._pending[at + len(self._start) :])
             self._pending.clear()
+            if len(self._listing) > _MAX_LISTING:
+                self._spoiled, self._listing = True, bytearray()
         elif len(self._pending) >= len(self._start):
             keep = len(self._start) - 1
             self._capture.feed(bytes(self._pending[:-keep]))
             del self._pending[:-keep]
 
     def finish(self) -> set[str] | None:
-        """The absolute paths listed, or None when no complete listing came (the output is all the command's)."""
+        """The absolute paths listed, or None when no complete listing came (the output is all the command's)
+        or it was too long to keep."""
+        if self._spoiled:
+            return None
         if self._listing is None or not self._listing.endswith(self._end):
             if self._listing is None:
                 self._capture.feed(bytes(self._pending))
@@ -284,12 +312,15 @@ class DockerExec:
         Where that cannot be done from inside (a fork bomb holds every pid the limit allows, so no
         helper can start), the engine restarts the container: every process goes, files stay.
         """
-        try:
-            done = (await self._quiet(name, ["/bin/sh", "-c", _KILL, "sh", PIDFILE])).strip() == b"done"
-        except ProviderError as exc:
-            if exc.status is None:
-                raise
-            done = False
+        done = False
+        # A command can make the helper wait (its pid file a FIFO, its processes stopping every new one):
+        # past the deadline, the restart is what kills.
+        with anyio.move_on_after(self._limits.kill_wait_s):
+            try:
+                done = (await self._quiet(name, ["/bin/sh", "-c", _KILL, "sh", PIDFILE])).strip() == b"done"
+            except ProviderError as exc:
+                if exc.status is None:
+                    raise
         if not done:
             log.warning("container %s: its command could not be killed from inside; restarting it", name)
             await self._engine.restart(name)
@@ -306,12 +337,34 @@ class DockerExec:
         data = bytearray()
         try:
             await stream.send_stdin(None)
-            async for kind, payload in stream.frames():
+            async for kind, payload in stream.frames(idle_s=self._limits.helper_idle_s):
                 if kind == 1:
                     data += payload
         finally:
             await stream.aclose()
         return bytes(data)
+
+    async def read(self, name: str, path: str, *, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """The bytes of the file at ``path`` (from ``offset``, at most ``length``), read by a helper as the
+        container's user, so with its permissions: the engine's archive API reads as root and follows
+        symlinked parent directories, so through it a command could have the server read a file it may
+        not. Raises ``ProviderError`` (status 404) when the helper cannot read it."""
+        if length == 0:
+            return
+        argv = ["/bin/sh", "-c", _READ, "sh", path, str(offset + 1), str(-1 if length is None else length)]
+        exec_id = await self._engine.exec_create(name, argv, user=self._user, env=[], workdir="/", stdin=False)
+        stream = await self._engine.exec_start(exec_id)
+        try:
+            await stream.send_stdin(None)
+            async for kind, payload in stream.frames(idle_s=self._limits.helper_idle_s):
+                if kind != 1:
+                    raise ProviderError(
+                        f"{path} cannot be read: {payload.decode(errors='replace').strip()[:200]}", status=404
+                    )
+                yield payload
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
 
     async def _oom_grew(self, name: str) -> bool:
         try:
