@@ -1,0 +1,63 @@
+"""Attacks on the persistent $HOME, background processes and bounded results (issue 9).
+
+Through the MCP client on the local provider's real sandbox, with small bounds for speed. Each
+test is an attack that got through the first version, now contained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+
+from container_mcp.clock import ManualClock
+from container_mcp.ledger.sqlite import SqliteLedger
+from container_mcp.providers.local import LocalProvider
+from container_mcp.providers.local_exec import ExecLimits
+from container_mcp.runtime import limits_from
+from container_mcp.server.app import create_server
+from container_mcp.service import ContainerService
+from container_mcp.settings import Settings
+
+from ..calls import call
+
+pytestmark = [pytest.mark.anyio, pytest.mark.sandbox]
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+async def env(tmp_path: Path, clock: ManualClock) -> AsyncIterator[tuple[Client, Path]]:
+    settings = Settings.isolated(data_dir=tmp_path, max_calls_per_minute=100_000)
+    limits = ExecLimits(max_home_bytes=16 * MiB, max_home_files=5_000)
+    async with LocalProvider(tmp_path / "local", clock=clock, exec_limits=limits) as provider:
+        store = SqliteLedger()
+        provider.attach_usage_sink(store.set_usage)
+        service = ContainerService(provider, store, limits_from(settings), clock=clock)
+        async with Client(create_server(service, settings)) as client:
+            yield client, tmp_path / "local" / "containers"
+
+
+async def run(client: Client, cid: str, command: str, timeout_s: float = 60) -> dict[str, Any]:
+    return await call(client, "container_exec", container_id=cid, command=command, timeout_s=timeout_s)
+
+
+async def test_a_wide_directory_is_no_disk_limit(env: tuple[Client, Path]) -> None:
+    """300 sibling directories (a node_modules) were "too deep" for the watchdog: the command was killed."""
+    client, _ = env
+    cid = (await call(client, "container_create", name="wide"))["id"]
+    wide = "mkdir -p n && cd n && mkdir $(seq -f p%g 300) && touch p300/f"
+    done = await run(client, cid, f"({wide}) && (cd ~ && {wide}) && sleep 0.8")  # the watchdog looks meanwhile
+    assert done["killed_reason"] is None and done["exit_code"] == 0
+
+
+async def test_a_wide_home_does_not_hide_bytes_from_the_home_bound(env: tuple[Client, Path]) -> None:
+    """Past 256 sibling directories the watchdog stopped looking: 1,000 of them held 40 MiB unseen."""
+    client, _ = env
+    cid = (await call(client, "container_create", name="wide-home"))["id"]
+    fill = "cd ~ && mkdir $(seq -f d%g 1000) && for d in d*; do head -c 40000 /dev/zero > $d/f; done"
+    done = await run(client, cid, f"{fill} && sleep 0.8")
+    assert done["killed_reason"] == "disk_limit"
