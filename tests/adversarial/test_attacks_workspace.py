@@ -6,10 +6,12 @@ test is an attack that got through the first version, now contained.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client
 
@@ -19,6 +21,7 @@ from container_mcp.providers.local import LocalProvider
 from container_mcp.providers.local_exec import ExecLimits
 from container_mcp.runtime import limits_from
 from container_mcp.server.app import create_server
+from container_mcp.server.results import MAX_RESULT_BYTES
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
 
@@ -61,3 +64,38 @@ async def test_a_wide_home_does_not_hide_bytes_from_the_home_bound(env: tuple[Cl
     fill = "cd ~ && mkdir $(seq -f d%g 1000) && for d in d*; do head -c 40000 /dev/zero > $d/f; done"
     done = await run(client, cid, f"{fill} && sleep 0.8")
     assert done["killed_reason"] == "disk_limit"
+
+
+async def test_reading_control_characters_from_a_process_stays_within_the_result_budget(
+    env: tuple[Client, Path],
+) -> None:
+    """16 KiB of \\x01 is 96 KiB of JSON (each escaped as \\u0001): a read result broke the 64 KiB bound."""
+    client, _ = env
+    cid = (await call(client, "container_create", name="ctl"))["id"]
+    command = "head -c 100000 /dev/zero | tr '\\0' '\\1'; printf '\\377\\376'"
+    pid = (await call(client, "container_process", container_id=cid, action="start", command=command, wait_s=20))[
+        "processes"
+    ][0]["id"]
+    offset, text = 0, ""
+    with anyio.fail_after(30):
+        while True:
+            result = await client.call_tool(
+                "container_process", {"container_id": cid, "action": "read", "process_id": pid, "offset": offset}
+            )
+            assert len(json.dumps(result.structured_content, ensure_ascii=False).encode()) <= MAX_RESULT_BYTES
+            chunk = result.structured_content["output"]  # type: ignore[index]
+            text += chunk["text"]
+            assert chunk["next_offset"] > offset or chunk["eof"]
+            offset = chunk["next_offset"]
+            if chunk["eof"]:
+                break
+    assert offset == 100_002 and text == "\x01" * 100_000 + "\ufffd\ufffd"
+
+
+async def test_a_path_prefix_with_a_lone_surrogate_is_a_clear_refusal(env: tuple[Client, Path]) -> None:
+    client, _ = env
+    cid = (await call(client, "container_create", name="sur"))["id"]
+    for prefix in ("/mnt/data/\ud800", "/mnt/data/%", "/mnt/data/_", "/mnt/data/a\x00b", "/mnt/data/" + "x" * 5000):
+        result = await client.call_tool("file_list", {"container_id": cid, "path_prefix": prefix})
+        text = result.content[0].text  # type: ignore[union-attr]
+        assert (result.is_error and "path_prefix" in text) or result.structured_content["data"] == [], text  # type: ignore[index]

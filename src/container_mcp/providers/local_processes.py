@@ -16,6 +16,7 @@ stage, an output directory) is removed by the next repair of the container (``sw
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -140,17 +141,29 @@ class BackgroundProcess:
         )
 
     def read(self, stream: Literal["stdout", "stderr"], offset: int, max_bytes: int) -> ProcessOutput:
+        """At most ``max_bytes`` of output from ``offset``, and at most that much once JSON-escaped
+        (a control character is six bytes there, an undecodable byte three): the text of a read
+        is bounded as it travels, not only as it was written."""
         log_ = self.stdout if stream == "stdout" else self.stderr
         data = log_.read(offset, max_bytes) if offset < log_.kept else b""
-        # Stop before a UTF-8 sequence cut by the bound (unless that is all there is), so the next
-        # read starts on a character.
-        if len(data) == max_bytes:
+        text = decode_output(data)
+        while len(data) > 1 and (size := _json_size(text)) > max_bytes:
+            data = data[: max(1, len(data) * max_bytes // size)]
+            text = decode_output(data)
+        # Stop before a UTF-8 sequence cut by the bound or by a write still to come (unless that is
+        # all there is), so the next read starts on a character.
+        if not (self.done.is_set() and offset + len(data) >= log_.kept):
             cut = _utf8_boundary(data)
-            data = data[:cut] if cut > 0 else data
+            if 0 < cut < len(data):
+                data = data[:cut]
+                text = decode_output(data)
         nxt = offset + len(data)
-        return ProcessOutput(
-            text=decode_output(data), offset=offset, next_offset=nxt, eof=self.done.is_set() and nxt >= log_.kept
-        )
+        return ProcessOutput(text=text, offset=offset, next_offset=nxt, eof=self.done.is_set() and nxt >= log_.kept)
+
+
+def _json_size(text: str) -> int:
+    """Bytes of ``text`` as a JSON string's content (UTF-8, escapes included)."""
+    return len(json.dumps(text, ensure_ascii=False).encode()) - 2
 
 
 def _utf8_boundary(data: bytes) -> int:
