@@ -17,6 +17,8 @@ from mcp import Client
 
 from container_mcp.clock import ManualClock
 from container_mcp.ledger.sqlite import SqliteLedger
+from container_mcp.models import ContainerSpec, ExpiresAfter
+from container_mcp.providers.base import ExecRequest, ExecResult, FileChanges
 from container_mcp.providers.local import LocalProvider
 from container_mcp.providers.local_exec import ExecLimits
 from container_mcp.runtime import limits_from
@@ -26,6 +28,7 @@ from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
 
 from ..calls import call
+from ..local.test_processes import _processes_running
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sandbox]
 
@@ -83,7 +86,7 @@ async def test_reading_control_characters_from_a_process_stays_within_the_result
                 "container_process", {"container_id": cid, "action": "read", "process_id": pid, "offset": offset}
             )
             assert len(json.dumps(result.structured_content, ensure_ascii=False).encode()) <= MAX_RESULT_BYTES
-            chunk = result.structured_content["output"]  # type: ignore[index]
+            chunk = result.structured_content["output"]
             text += chunk["text"]
             assert chunk["next_offset"] > offset or chunk["eof"]
             offset = chunk["next_offset"]
@@ -98,4 +101,42 @@ async def test_a_path_prefix_with_a_lone_surrogate_is_a_clear_refusal(env: tuple
     for prefix in ("/mnt/data/\ud800", "/mnt/data/%", "/mnt/data/_", "/mnt/data/a\x00b", "/mnt/data/" + "x" * 5000):
         result = await client.call_tool("file_list", {"container_id": cid, "path_prefix": prefix})
         text = result.content[0].text  # type: ignore[union-attr]
-        assert (result.is_error and "path_prefix" in text) or result.structured_content["data"] == [], text  # type: ignore[index]
+        assert (result.is_error and "path_prefix" in text) or result.structured_content["data"] == [], text
+
+
+async def _accept(_: FileChanges) -> None:
+    return None
+
+
+async def _ignore(_: ExecResult | None, __: BaseException | None) -> None:
+    return None
+
+
+async def test_another_server_process_neither_expires_nor_strands_a_running_process(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """Gap (e): server B's touch cut short A's hold and B's reaper expired the container under A's
+    running process; and a delete through B left A's process running (up to its lifetime) on nothing."""
+    marker = "sleep 1000.0625"
+    root = tmp_path / "local"
+    async with (
+        LocalProvider(root, clock=clock, exec_limits=ExecLimits()) as a,
+        LocalProvider(root, clock=clock, exec_limits=ExecLimits()) as b,
+    ):
+        cid = (await a.create_container(ContainerSpec(name="shared", expires_after=ExpiresAfter(minutes=1)))).id
+        await a.start_process(
+            cid, ExecRequest(argv=["sh", "-c", marker], timeout_s=600), approve=_accept, on_exit=_ignore
+        )
+        with anyio.fail_after(20):
+            while not _processes_running(marker):  # noqa: ASYNC110 (the sandbox's progress has no event)
+                await anyio.sleep(0.02)
+        await b.get_container(cid)  # any call through B touches it
+        clock.advance(10 * 60)
+        assert await b.sweep() == [] and await a.sweep() == []
+        assert (await b.get_container(cid)).status == "running" and _processes_running(marker)
+        await b.delete_container(cid)
+        await a.sweep()  # A's reaper notices: the process ends with its container
+        with anyio.fail_after(20):
+            while _processes_running(marker):  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+        assert [p.state for p in a._processes.of(cid)] in ([], ["killed"])

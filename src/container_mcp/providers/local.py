@@ -79,7 +79,7 @@ from .base import (
 from .local_exec import ExecLimits, finish_run, prepare_job, run_exec
 from .local_fs import ContainerDir
 from .local_lock import ContainerLocks, LockBusy
-from .local_processes import ProcessTable, sweep_outputs
+from .local_processes import ProcessTable, runs_anywhere, sweep_outputs
 from .local_registry import ContainerRow, FileRow, Registry, policy_json
 
 __all__ = ["LocalProvider"]
@@ -246,6 +246,12 @@ class LocalProvider:
         A container whose lock is held is in use (an upload, a running command): not idle, so it
         is left for the next sweep.
         """
+        # A process of ours whose container another server process deleted or expired ends now,
+        # not at its lifetime.
+        for container_id in self._processes.containers():
+            row = self.registry.container(container_id)
+            if row is None or row.status != "running":
+                self._processes.cancel(container_id)
         expired: list[str] = []
         for container_id in self.registry.due(self._clock(), limit=100_000):
             if self._keep_for_processes(container_id):
@@ -388,9 +394,10 @@ class LocalProvider:
             yield
 
     def _keep_for_processes(self, container_id: str) -> bool:
-        """Whether the container runs background processes here: activity, so it does not expire
-        (each process ends by its lifetime at the latest); its expiry is pushed on meanwhile."""
-        if not self._processes.running([container_id]):
+        """Whether the container runs background processes, here or in another server process on
+        this data dir: activity, so it does not expire (each process ends by its lifetime at the
+        latest); its expiry is pushed on meanwhile (another process's touch may have cut it short)."""
+        if not self._processes.running([container_id]) and not runs_anywhere(self._dir(container_id).root):
             return False
         row = self.registry.container(container_id)
         if row is not None:
