@@ -18,6 +18,7 @@ from mcp import Client
 from container_mcp.clock import ManualClock
 from container_mcp.ledger.sqlite import SqliteLedger
 from container_mcp.models import ContainerSpec, ExpiresAfter
+from container_mcp.processes import MAX_STDIN_WRITE_BYTES
 from container_mcp.providers.base import ExecRequest, ExecResult, FileChanges
 from container_mcp.providers.local import LocalProvider
 from container_mcp.providers.local_exec import ExecLimits
@@ -140,3 +141,25 @@ async def test_another_server_process_neither_expires_nor_strands_a_running_proc
             while _processes_running(marker):  # noqa: ASYNC110
                 await anyio.sleep(0.02)
         assert [p.state for p in a._processes.of(cid)] in ([], ["killed"])
+
+
+async def test_stdin_a_process_does_not_read_cannot_pile_up_in_the_server(env: tuple[Client, Path]) -> None:
+    """A write of any size a request may carry (~130 MiB) was queued in memory, 16 deep, per process."""
+    client, _ = env
+    cid = (await call(client, "container_create", name="stdin"))["id"]
+    big = "x" * (MAX_STDIN_WRITE_BYTES + 1)
+    start = await client.call_tool(
+        "container_process", {"container_id": cid, "action": "start", "command": "cat", "stdin": big}
+    )
+    assert start.is_error and "stdin" in start.content[0].text  # type: ignore[union-attr]
+    pid = (await call(client, "container_process", container_id=cid, action="start", command="cat"))["processes"][0][
+        "id"
+    ]
+    write = await client.call_tool(
+        "container_process", {"container_id": cid, "action": "write", "process_id": pid, "stdin": big}
+    )
+    assert write.is_error and f"{MAX_STDIN_WRITE_BYTES}" in write.content[0].text  # type: ignore[union-attr]
+    await call(client, "container_process", container_id=cid, action="write", process_id=pid, stdin="ok\n")
+    await call(client, "container_process", container_id=cid, action="write", process_id=pid)  # closes stdin
+    done = await call(client, "container_process", container_id=cid, action="wait", process_id=pid, wait_s=20)
+    assert done["processes"][0]["stdout_bytes"] == 3
