@@ -163,3 +163,26 @@ async def test_stdin_a_process_does_not_read_cannot_pile_up_in_the_server(env: t
     await call(client, "container_process", container_id=cid, action="write", process_id=pid)  # closes stdin
     done = await call(client, "container_process", container_id=cid, action="wait", process_id=pid, wait_s=20)
     assert done["processes"][0]["stdout_bytes"] == 3
+
+
+async def test_what_a_refused_command_left_in_its_home_is_counted_at_once(tmp_path: Path, clock: ManualClock) -> None:
+    """Gap (b) keeps a refused command's home writes (the home is written in place); they were not
+    counted until some later command or the reaper's recount: stored bytes said less than the disk."""
+    settings = Settings.isolated(data_dir=tmp_path, max_files_per_container=3, max_calls_per_minute=100_000)
+    async with LocalProvider(tmp_path / "local", clock=clock, exec_limits=ExecLimits()) as provider:
+        store = SqliteLedger()
+        provider.attach_usage_sink(store.set_usage)
+        service = ContainerService(provider, store, limits_from(settings), clock=clock)
+        async with Client(create_server(service, settings)) as client:
+            cid = (await call(client, "container_create", name="refused"))["id"]
+            over = "head -c 3000000 /dev/zero > ~/blob; for i in $(seq 10); do echo $i > f$i; done"
+            result = await client.call_tool("container_exec", {"container_id": cid, "command": over})
+            assert result.is_error and "CONTAINER_MCP_MAX_FILES_PER_CONTAINER" in result.content[0].text  # type: ignore[union-attr]
+            assert (await call(client, "session_usage"))["stored_bytes"]["used"] >= 3_000_000
+            started = await call(
+                client, "container_process", container_id=cid, action="start", command=over.replace("blob", "blob2")
+            )
+            pid = started["processes"][0]["id"]
+            ended = await call(client, "container_process", container_id=cid, action="wait", process_id=pid, wait_s=30)
+            assert ended["processes"][0]["state"] == "failed"
+            assert (await call(client, "session_usage"))["stored_bytes"]["used"] >= 6_000_000

@@ -677,22 +677,26 @@ class LocalProvider:
             row = await self._running(container_id, locked=True)
             # A command is activity for as long as it runs: no expiry may strike mid-run.
             self.registry.hold(container_id, self._clock() + row.expiry_minutes * 60 + request.timeout_s + 60)
-            result = await run_exec(
-                sandbox=self._sandbox,
-                probe=self._probe,
-                registry=self.registry,
-                container=self._dir(container_id),
-                row=row,
-                request=request,
-                limits=self._exec_limits,
-                approve=approve,
-                progress=progress,
-                clock=self._clock,
-                guess_mime=guess_mime,
-            )
-            self.registry.touch(container_id, self._clock())  # the run itself was activity
-            await self._report_usage(container_id)  # what it left in its home counts too
-            return result
+            try:
+                return await run_exec(
+                    sandbox=self._sandbox,
+                    probe=self._probe,
+                    registry=self.registry,
+                    container=self._dir(container_id),
+                    row=row,
+                    request=request,
+                    limits=self._exec_limits,
+                    approve=approve,
+                    progress=progress,
+                    clock=self._clock,
+                    guess_mime=guess_mime,
+                )
+            finally:
+                with anyio.CancelScope(shield=True):
+                    self.registry.touch(container_id, self._clock())  # the run itself was activity
+                    # What it left in its home counts too, however it ended: the home is written in
+                    # place, so even a refused or failed command's home writes stay.
+                    await self._report_usage(container_id)
 
     # --- background processes (``ProcessProvider``; see local_processes) ---------------------
 
@@ -735,18 +739,20 @@ class LocalProvider:
                 async with run:
                     async with self._hold(container_id):
                         await self._running(container_id, locked=True)
-                        result = await finish_run(
-                            run,
-                            registry=self.registry,
-                            container=d,
-                            container_id=container_id,
-                            listed=request.max_listed_files,
-                            approve=approve,
-                            clock=self._clock,
-                            guess_mime=guess_mime,
-                        )
-                        await self._report_usage(container_id)
-                return result
+                        try:
+                            return await finish_run(
+                                run,
+                                registry=self.registry,
+                                container=d,
+                                container_id=container_id,
+                                listed=request.max_listed_files,
+                                approve=approve,
+                                clock=self._clock,
+                                guess_mime=guess_mime,
+                            )
+                        finally:
+                            with anyio.CancelScope(shield=True):  # its home writes stay however it ended
+                                await self._report_usage(container_id)
             finally:
                 # However it ended, its hold ends with it: the container idles from now on.
                 self.registry.touch(container_id, self._clock())
