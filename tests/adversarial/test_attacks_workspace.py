@@ -7,6 +7,10 @@ test is an attack that got through the first version, now contained.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -186,3 +190,80 @@ async def test_what_a_refused_command_left_in_its_home_is_counted_at_once(tmp_pa
             ended = await call(client, "container_process", container_id=cid, action="wait", process_id=pid, wait_s=30)
             assert ended["processes"][0]["state"] == "failed"
             assert (await call(client, "session_usage"))["stored_bytes"]["used"] >= 6_000_000
+
+
+async def test_a_timed_out_command_half_way_through_a_file_is_charged_exactly_what_it_kept(
+    env: tuple[Client, Path],
+) -> None:
+    client, _ = env
+    cid = (await call(client, "container_create", name="partial"))["id"]
+    command = "head -c 1000000 /dev/zero > a; while :; do echo line >> b; done"
+    result = await run(client, cid, command, timeout_s=0.5)
+    assert result["timed_out"] is True and result["files_created_total"] == 2
+    files = (await call(client, "file_list", container_id=cid))["data"]
+    usage = await call(client, "session_usage")
+    assert usage["files"] == 2 and usage["stored_bytes"]["used"] == sum(f["bytes"] for f in files)
+
+
+async def test_links_fifos_and_locked_directories_in_home_reach_nothing_outside(
+    env: tuple[Client, Path], clock: ManualClock, tmp_path: Path
+) -> None:
+    client, containers = env
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("host file")
+    cid = (await call(client, "container_create", name="links", expires_after_minutes=1))["id"]
+    plant = (
+        f"ln -s {outside} ~/host; ln -s {outside}/keep ~/host-file; ln -s / ~/root; mkfifo ~/fifo; "
+        "ln /mnt/data/x ~/hard 2>&1 | grep -q 'No such\\|cross-device\\|Invalid' && echo nolink; "
+        "mkdir -p ~/locked/in && echo x > ~/locked/in/f && chmod 000 ~/locked/in ~/locked"
+    )
+    assert (await run(client, cid, "echo x > /mnt/data/x"))["exit_code"] == 0
+    planted = await run(client, cid, plant)
+    assert planted["exit_code"] == 0, planted
+    assert (await run(client, cid, "ln /mnt/data/x ~/hard"))["exit_code"] != 0  # another mount: no hard link
+    await call(client, "session_usage")  # the home was measured (lstat only, no fifo opened) after each
+    clock.advance(120)
+    assert (await call(client, "container_retrieve", container_id=cid))["status"] == "expired"
+    home = containers / cid / "home"
+    assert not home.exists() or not any(home.iterdir())
+    assert (outside / "keep").read_text() == "host file" and os.listdir(outside) == ["keep"]
+    await call(client, "container_delete", container_id=cid)
+    assert not (containers / cid).exists() and (outside / "keep").exists()
+
+
+LOCKED_HOME = """
+import os, sys
+from pathlib import Path
+from container_mcp.providers.local_fs import ContainerDir
+c = ContainerDir(Path(sys.argv[1]) / "c")
+c.create()
+for sub in (c.home, c.files):
+    (sub / "locked" / "in").mkdir(parents=True)
+    (sub / "locked" / "in" / "f").write_text("x")
+    os.chmod(sub / "locked" / "in", 0)
+    os.chmod(sub / "locked", 0)
+c.clear_files()
+print(os.path.lexists(c.home / "locked"), os.path.lexists(c.files / "locked"))
+c.home.mkdir(exist_ok=True)
+(c.home / "locked").mkdir(mode=0)
+c.destroy()
+print(os.path.lexists(c.root))
+"""
+
+
+async def test_a_locked_directory_does_not_outlive_its_container_on_an_unprivileged_server() -> None:
+    """A chmod 000 directory in $HOME (written in place) survived expiry and delete when the server
+    is not root: the container's directory stayed on disk, uncounted, after every delete."""
+    top = Path(tempfile.mkdtemp(prefix="locked-home-"))
+    try:
+        drop: list[str] = []
+        if os.geteuid() == 0:  # as the unprivileged server would run
+            os.chown(top, 65534, 65534)
+            drop = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--"]
+        done = await anyio.run_process([*drop, sys.executable, "-c", LOCKED_HOME, str(top)], check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        assert done.stdout.decode().split() == ["False", "False", "False"]
+    finally:
+        await anyio.run_process(["chmod", "-R", "u+rwx", str(top)], check=False)
+        shutil.rmtree(top, ignore_errors=True)
