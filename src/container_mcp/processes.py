@@ -75,6 +75,7 @@ class Processes:
         # The charges outlive this call: they are approved when the process exits, and released
         # then if the exit commits nothing.
         charges = Charges(service.gate, owner, cid)
+        request = request.model_copy(update={"max_home_growth_bytes": await service.home_room(owner)})
 
         async def on_exit(result: ExecResult | None, error: BaseException | None) -> None:
             with anyio.CancelScope(shield=True):  # an exit must settle its charges even when cancelled

@@ -144,6 +144,9 @@ async def test_another_server_process_neither_expires_nor_strands_a_running_proc
         with anyio.fail_after(20):
             while _processes_running(marker):  # noqa: ASYNC110
                 await anyio.sleep(0.02)
+        with anyio.fail_after(20):
+            for p in a._processes.of(cid):
+                await p.done.wait()
         assert [p.state for p in a._processes.of(cid)] in ([], ["killed"])
 
 
@@ -267,3 +270,30 @@ async def test_a_locked_directory_does_not_outlive_its_container_on_an_unprivile
     finally:
         await anyio.run_process(["chmod", "-R", "u+rwx", str(top)], check=False)
         shutil.rmtree(top, ignore_errors=True)
+
+
+async def test_homes_of_many_containers_stay_within_the_session_bytes(tmp_path: Path, clock: ManualClock) -> None:
+    """Gap (a): each container's home was bounded on its own (1 GiB) and counted after the fact, so a
+    session of 10 containers could hold 10 GiB against its 1 GiB quota. Now a command's home may grow
+    by the session's room only (one watchdog tick of writes may still land over it)."""
+    settings = Settings.isolated(data_dir=tmp_path, max_session_bytes=8 * MiB, max_calls_per_minute=100_000)
+    limits = ExecLimits(max_home_bytes=64 * MiB)
+    async with LocalProvider(tmp_path / "local", clock=clock, exec_limits=limits) as provider:
+        store = SqliteLedger()
+        provider.attach_usage_sink(store.set_usage)
+        service = ContainerService(provider, store, limits_from(settings), clock=clock)
+        async with Client(create_server(service, settings)) as client:
+            fill = "head -c 6000000 /dev/zero > ~/blob; sleep 0.8"  # the watchdog looks meanwhile
+            first = (await call(client, "container_create", name="h1"))["id"]
+            assert (await run(client, first, fill))["killed_reason"] is None  # within the room
+            second = (await call(client, "container_create", name="h2"))["id"]
+            assert (await run(client, second, fill))["killed_reason"] == "disk_limit"  # the room is 2 MB
+            third = (await call(client, "container_create", name="h3"))["id"]
+            started = await call(client, "container_process", container_id=third, action="start", command=fill)
+            pid = started["processes"][0]["id"]
+            ended = await call(
+                client, "container_process", container_id=third, action="wait", process_id=pid, wait_s=30
+            )
+            assert ended["processes"][0]["state"] == "killed"
+            # what is already there can always be removed
+            assert (await run(client, first, "rm ~/blob; sleep 0.5"))["exit_code"] == 0

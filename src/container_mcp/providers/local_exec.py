@@ -124,6 +124,7 @@ async def prepare_job(
         home_dir=container.home,
         max_home_bytes=limits.max_home_bytes,
         max_home_files=limits.max_home_files,
+        max_home_growth_bytes=request.max_home_growth_bytes,
         adopt=not adopted,
         attach=attach,
     )
