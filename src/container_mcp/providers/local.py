@@ -151,6 +151,10 @@ class LocalProvider:
         """Told the id of each container this provider expires (``changes.ExpiryReporting``)."""
         self._exec_limits = exec_limits
         limits = exec_limits or ExecLimits()
+        self._home_bytes: dict[str, int] = {}
+        """Each container's home as last measured (``_report_usage``, after every command): the base
+        of a run's home growth bound, so a run does not walk the home first (another server process
+        may have changed it since: the bound is then off by that much, one run)."""
         self._processes = ProcessTable(
             max_per_container=limits.max_processes_per_container, max_output_bytes=limits.process_max_output_bytes
         )
@@ -371,6 +375,7 @@ class LocalProvider:
         if self._usage_sink is not None:
             files, bytes_ = self.registry.usage_of(container_id)
             home = await anyio.to_thread.run_sync(self._dir(container_id).home_usage)
+            self._home_bytes[container_id] = home
             await self._usage_sink(container_id, files, bytes_ + home)
 
     # --- helpers ---------------------------------------------------------------------------
@@ -408,6 +413,7 @@ class LocalProvider:
         self._processes.cancel(container_id)  # killed; each discards its own stage
         self.registry.expire(container_id)
         await anyio.to_thread.run_sync(self._dir(container_id).clear_files)
+        self._home_bytes.pop(container_id, None)
         log.info("container %s expired", container_id)
         if self.on_expired is not None:
             await self.on_expired(container_id)
@@ -514,6 +520,7 @@ class LocalProvider:
                 raise ContainerNotFound(container_id)
             await anyio.to_thread.run_sync(self._dir(container_id).destroy)
             self._locks.remove(container_id)
+            self._home_bytes.pop(container_id, None)
         await self._processes.stop(container_id)
         return ContainerDeleted(id=container_id)
 
@@ -690,6 +697,7 @@ class LocalProvider:
                     progress=progress,
                     clock=self._clock,
                     guess_mime=guess_mime,
+                    home_bytes=self._home_bytes.get(container_id),
                 )
             finally:
                 with anyio.CancelScope(shield=True):
@@ -723,6 +731,7 @@ class LocalProvider:
                     limits=limits,
                     attach=Attachment(output=proc.output, stdin=proc.stdin_source, started=proc.started),
                     adopt_now=(cfg.sandbox_uid, cfg.sandbox_gid) if probe.mode == "root" else None,
+                    home_bytes=self._home_bytes.get(container_id),
                 )
             except BaseException:
                 self._processes.forget(proc)

@@ -79,8 +79,6 @@ class SandboxJob:
     max_home_bytes: int | None = None
     max_home_files: int | None = None
     """Kill the run (``disk_limit``) once ``home_dir`` holds more than this (checked like the stage)."""
-    max_home_growth_bytes: int | None = None
-    """Likewise once ``home_dir`` holds this many bytes more than when the run began."""
     attach: Attachment | None = None
     """Set for a background run: output, stdin and signals while it runs (``stdin`` is then unused)."""
     adopt: bool = True

@@ -127,11 +127,6 @@ async def _tick(
     max_bytes = job.max_stage_bytes if job.max_stage_bytes is not None else 1 << 62
     max_home_files = job.max_home_files if job.max_home_files is not None else 1 << 62
     max_home_bytes = job.max_home_bytes if job.max_home_bytes is not None else 1 << 62
-    if home is not None and job.max_home_growth_bytes is not None:
-        # The home is written in place and counted only after the run: its growth is bounded by
-        # the room the session has left, from what it held as the run began.
-        at_start = (await anyio.to_thread.run_sync(lambda: tree_usage(home, max_entries=max_home_files + 1)))[0]
-        max_home_bytes = min(max_home_bytes, at_start + job.max_home_growth_bytes)
     next_report = job.progress_interval_s
     while True:
         await anyio.sleep(min(WATCHDOG_INTERVAL_S, job.progress_interval_s) if watchdog else next_report)
