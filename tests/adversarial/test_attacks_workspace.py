@@ -26,6 +26,7 @@ from container_mcp.processes import MAX_STDIN_WRITE_BYTES
 from container_mcp.providers.base import ExecRequest, ExecResult, FileChanges
 from container_mcp.providers.local import LocalProvider
 from container_mcp.providers.local_exec import ExecLimits
+from container_mcp.providers.local_processes import KEEP_ENDED
 from container_mcp.runtime import limits_from
 from container_mcp.server.app import create_server
 from container_mcp.server.results import MAX_RESULT_BYTES
@@ -297,3 +298,24 @@ async def test_homes_of_many_containers_stay_within_the_session_bytes(tmp_path: 
             assert ended["processes"][0]["state"] == "killed"
             # what is already there can always be removed
             assert (await run(client, first, "rm ~/blob; sleep 0.5"))["exit_code"] == 0
+
+
+async def test_every_container_process_result_stays_within_the_budget(env: tuple[Client, Path]) -> None:
+    """The longest list (every remembered process, commands of escaped characters) and odd reads."""
+    client, _ = env
+    cid = (await call(client, "container_create", name="many"))["id"]
+    command = "echo done; exit 3 #" + "\x01" * 400
+    for _ in range(4 + KEEP_ENDED):
+        await call(client, "container_process", container_id=cid, action="start", command=command, wait_s=20)
+    listed = await client.call_tool("container_process", {"container_id": cid, "action": "list"})
+    processes = listed.structured_content["processes"]  # type: ignore[index]
+    assert KEEP_ENDED <= len(processes) <= KEEP_ENDED + 4 and {p["exit_code"] for p in processes} == {3}
+    assert len(json.dumps(listed.structured_content, ensure_ascii=False).encode()) <= MAX_RESULT_BYTES
+    pid = processes[-1]["id"]
+    far = await call(client, "container_process", container_id=cid, action="read", process_id=pid, offset=10**30)
+    assert far["output"]["text"] == "" and far["output"]["eof"] is True
+    for bad in ({"offset": -1}, {"wait_s": 10**9}, {"process_id": "proc_" + "0" * 10_000}, {"signal": 9}):
+        result = await client.call_tool(
+            "container_process", {"container_id": cid, "action": "wait", "process_id": pid, **bad}
+        )
+        assert result.is_error, bad
