@@ -308,7 +308,7 @@ async def test_every_container_process_result_stays_within_the_budget(env: tuple
     for _ in range(4 + KEEP_ENDED):
         await call(client, "container_process", container_id=cid, action="start", command=command, wait_s=20)
     listed = await client.call_tool("container_process", {"container_id": cid, "action": "list"})
-    processes = listed.structured_content["processes"]  # type: ignore[index]
+    processes = listed.structured_content["processes"]
     assert KEEP_ENDED <= len(processes) <= KEEP_ENDED + 4 and {p["exit_code"] for p in processes} == {3}
     assert len(json.dumps(listed.structured_content, ensure_ascii=False).encode()) <= MAX_RESULT_BYTES
     pid = processes[-1]["id"]
