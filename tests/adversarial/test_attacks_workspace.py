@@ -319,3 +319,22 @@ async def test_every_container_process_result_stays_within_the_budget(env: tuple
             "container_process", {"container_id": cid, "action": "wait", "process_id": pid, **bad}
         )
         assert result.is_error, bad
+
+
+async def test_a_command_and_a_background_process_share_the_home_both_ways(env: tuple[Client, Path]) -> None:
+    """Gap (d): both mount the home as upper layer at once (``index=off``); each sees what the other
+    wrote (a name the process looked up before it existed may stay unseen by it: see the README)."""
+    client, _ = env
+    cid = (await call(client, "container_create", name="shared-home"))["id"]
+    waiter = "echo hi > ~/from-bg; echo old > ~/both; read go; cat ~/from-fg ~/both"
+    started = await call(client, "container_process", container_id=cid, action="start", command=waiter)
+    pid = started["processes"][0]["id"]
+    with anyio.fail_after(20):
+        while (await run(client, cid, "cat ~/from-bg"))["stdout"] != "hi\n":  # noqa: ASYNC110
+            await anyio.sleep(0.02)  # (the sandbox's progress has no event)
+    assert (await run(client, cid, "echo fg > ~/from-fg; echo new > ~/both"))["exit_code"] == 0
+    await call(client, "container_process", container_id=cid, action="write", process_id=pid, stdin="go\n")
+    done = await call(client, "container_process", container_id=cid, action="wait", process_id=pid, wait_s=20)
+    assert done["processes"][0]["exit_code"] == 0
+    out = await call(client, "container_process", container_id=cid, action="read", process_id=pid)
+    assert out["output"]["text"] == "fg\nnew\n"
