@@ -90,7 +90,13 @@ def relative_path(path: str) -> str:
 
 def check_path_prefix(prefix: str) -> None:
     """Refuse a file_list ``path_prefix`` that no file path could start with (it must be under /mnt/data)."""
-    if not (prefix == MOUNT or prefix.startswith(MOUNT + "/")) or len(prefix.encode()) > MAX_PATH_BYTES:
+    try:
+        size = len(prefix.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidPath(
+            "path_prefix is not valid UTF-8 text (it holds a lone surrogate).", param="path_prefix"
+        ) from None
+    if not (prefix == MOUNT or prefix.startswith(MOUNT + "/")) or size > MAX_PATH_BYTES:
         raise InvalidPath(
             f"path_prefix must start with {MOUNT}/ (e.g. {MOUNT}/out/); got {prefix[:200]!r}.", param="path_prefix"
         )

@@ -22,12 +22,25 @@ from .providers.base import ExecRequest, ExecResult, ProcessInfo, ProcessOutput,
 if TYPE_CHECKING:
     from .service import ContainerService
 
-__all__ = ["SIGNALS", "Processes"]
+__all__ = ["MAX_STDIN_WRITE_BYTES", "SIGNALS", "Processes"]
 
 T = TypeVar("T")
 
 SIGNALS = {name: int(getattr(signals, f"SIG{name}")) for name in ("TERM", "INT", "HUP", "KILL", "QUIT", "USR1", "USR2")}
 """The signals a caller may send, by name."""
+
+MAX_STDIN_WRITE_BYTES = 1 << 20
+"""Bytes of stdin one start or write may bring: what a process has not read yet waits in the
+server's memory (a few writes deep), so a write is bounded far below what a request may carry."""
+
+
+def _check_stdin(data: bytes | None) -> None:
+    if data is not None and len(data) > MAX_STDIN_WRITE_BYTES:
+        raise InvalidRequest(
+            f"stdin is {len(data)} bytes; one start or write takes at most {MAX_STDIN_WRITE_BYTES}. Write it in "
+            "pieces, or put it in a file under /mnt/data and have the command read that.",
+            param="stdin",
+        )
 
 
 class Processes:
@@ -47,6 +60,7 @@ class Processes:
     async def start(self, request: ExecRequest) -> ProcessInfo:
         """Start ``request`` in the background; its file changes are charged when it exits."""
         service, owner, cid = self._service, self._owner, self._container_id
+        _check_stdin(request.stdin)
         if self._per_session is not None:
             live = await service.catalog.live_ids(owner)
             if self._provider.running_processes(live) >= self._per_session:
@@ -61,6 +75,7 @@ class Processes:
         # The charges outlive this call: they are approved when the process exits, and released
         # then if the exit commits nothing.
         charges = Charges(service.gate, owner, cid)
+        request = request.model_copy(update={"max_home_growth_bytes": await service.home_room(owner)})
 
         async def on_exit(result: ExecResult | None, error: BaseException | None) -> None:
             with anyio.CancelScope(shield=True):  # an exit must settle its charges even when cancelled
@@ -89,6 +104,7 @@ class Processes:
         )
 
     async def write(self, process_id: str, data: bytes, *, close: bool) -> ProcessInfo:
+        _check_stdin(data)
         return await self._guarded(self._provider.write_process(self._container_id, process_id, data, close=close))
 
     async def signal(self, process_id: str, name: str) -> ProcessInfo:

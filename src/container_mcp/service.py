@@ -364,10 +364,19 @@ class ContainerService:
                     f"The {caps.provider} provider cannot run commands: "
                     f"{caps.exec_unavailable_reason or 'it has no exec capability'}."
                 )
+            request = request.model_copy(update={"max_home_growth_bytes": await self.home_room(owner)})
             result = await self.provider.exec(container_id, request, approve=charges.approve, progress=progress)
         audit.note_exec(result.exit_code, result.duration_ms / 1000)
         await self.ran(owner, container_id, result)
         return result
+
+    async def home_room(self, owner: str) -> int:
+        """Bytes a command may add to its container's home: the session's stored-bytes room (the
+        home is written in place and counted after the fact, so this bounds it up front)."""
+        # From the ledger as it stands (no reconcile): bytes of a container that expired since the
+        # ledger last heard still count, which only makes the room smaller.
+        used = (await self.ledger.usage(owner, self._clock())).bytes
+        return max(0, self.limits.max_session_bytes - used)
 
     async def ran(self, owner: str, container_id: str, result: ExecResult) -> None:
         """A command (foreground or background) committed ``result``: its files go into the

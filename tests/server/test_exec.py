@@ -160,7 +160,7 @@ async def test_refused_changes_of_a_killed_command_say_how_it_ended(tmp_path: Pa
             message = await error(
                 client, "container_exec", container_id=cid, command="for i in $(seq 50); do : > f$i; done; sleep 30"
             )
-    assert "was killed for writing more files or bytes under /mnt/data than the quotas allow" in message
+    assert "was killed for writing more files or bytes (under /mnt/data or in $HOME) than the quotas allow" in message
     assert "None" not in message and "CONTAINER_MCP_MAX_FILES_PER_CONTAINER" in message
 
 

@@ -117,6 +117,12 @@ class ExecRequest(BaseModel):
     max_listed_files: int = Field(
         20, ge=0, description="Files listed per kind (created, changed, deleted) in the result; totals count all."
     )
+    max_home_growth_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="Bytes the command may add to the container's home, which is written in place and counted "
+        "after the fact (the service passes its session's stored-bytes room); None: only the home's own bound.",
+    )
 
 
 class FileChanges(BaseModel):

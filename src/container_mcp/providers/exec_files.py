@@ -57,7 +57,7 @@ def ending(exit_code: int | None, signal: int | None, killed_reason: str | None)
     if killed_reason == "memory_limit":
         return "was killed for going over the container's memory_limit"
     if killed_reason == "disk_limit":
-        return "was killed for writing more files or bytes under /mnt/data than the quotas allow"
+        return "was killed for writing more files or bytes (under /mnt/data or in $HOME) than the quotas allow"
     if exit_code is None:
         return f"was killed by signal {signal}" if signal is not None else "was killed"
     return f"finished (exit code {exit_code})"

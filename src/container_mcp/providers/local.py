@@ -80,7 +80,7 @@ from .base import (
 from .local_exec import ExecLimits, finish_run, prepare_job, run_exec
 from .local_fs import ContainerDir
 from .local_lock import ContainerLocks, LockBusy
-from .local_processes import ProcessTable, sweep_outputs
+from .local_processes import ProcessTable, runs_anywhere, sweep_outputs
 from .local_registry import ContainerRow, FileRow, Registry, policy_json
 
 __all__ = ["LocalProvider"]
@@ -152,6 +152,10 @@ class LocalProvider:
         """Told the id of each container this provider expires (``changes.ExpiryReporting``)."""
         self._exec_limits = exec_limits
         limits = exec_limits or ExecLimits()
+        self._home_bytes: dict[str, int] = {}
+        """Each container's home as last measured (``_report_usage``, after every command): the base
+        of a run's home growth bound, so a run does not walk the home first (another server process
+        may have changed it since: the bound is then off by that much, one run)."""
         self._processes = ProcessTable(
             max_per_container=limits.max_processes_per_container, max_output_bytes=limits.process_max_output_bytes
         )
@@ -247,6 +251,12 @@ class LocalProvider:
         A container whose lock is held is in use (an upload, a running command): not idle, so it
         is left for the next sweep.
         """
+        # A process of ours whose container another server process deleted or expired ends now,
+        # not at its lifetime.
+        for container_id in self._processes.containers():
+            row = self.registry.container(container_id)
+            if row is None or row.status != "running":
+                self._processes.cancel(container_id)
         expired: list[str] = []
         for container_id in self.registry.due(self._clock(), limit=100_000):
             if self._keep_for_processes(container_id):
@@ -366,6 +376,7 @@ class LocalProvider:
         if self._usage_sink is not None:
             files, bytes_ = self.registry.usage_of(container_id)
             home = await anyio.to_thread.run_sync(self._dir(container_id).home_usage)
+            self._home_bytes[container_id] = home
             await self._usage_sink(container_id, files, bytes_ + home)
 
     # --- helpers ---------------------------------------------------------------------------
@@ -389,9 +400,10 @@ class LocalProvider:
             yield
 
     def _keep_for_processes(self, container_id: str) -> bool:
-        """Whether the container runs background processes here: activity, so it does not expire
-        (each process ends by its lifetime at the latest); its expiry is pushed on meanwhile."""
-        if not self._processes.running([container_id]):
+        """Whether the container runs background processes, here or in another server process on
+        this data dir: activity, so it does not expire (each process ends by its lifetime at the
+        latest); its expiry is pushed on meanwhile (another process's touch may have cut it short)."""
+        if not self._processes.running([container_id]) and not runs_anywhere(self._dir(container_id).root):
             return False
         row = self.registry.container(container_id)
         if row is not None:
@@ -402,6 +414,7 @@ class LocalProvider:
         self._processes.cancel(container_id)  # killed; each discards its own stage
         self.registry.expire(container_id)
         await anyio.to_thread.run_sync(self._dir(container_id).clear_files)
+        self._home_bytes.pop(container_id, None)
         log.info("container %s expired", container_id)
         if self.on_expired is not None:
             await self.on_expired(container_id)
@@ -509,6 +522,7 @@ class LocalProvider:
                 raise ContainerNotFound(container_id)
             await anyio.to_thread.run_sync(self._dir(container_id).destroy)
             self._locks.remove(container_id)
+            self._home_bytes.pop(container_id, None)
         await self._processes.stop(container_id)
         return ContainerDeleted(id=container_id)
 
@@ -675,22 +689,27 @@ class LocalProvider:
             row = await self._running(container_id, locked=True)
             # A command is activity for as long as it runs: no expiry may strike mid-run.
             self.registry.hold(container_id, self._clock() + row.expiry_minutes * 60 + request.timeout_s + 60)
-            result = await run_exec(
-                sandbox=self._sandbox,
-                probe=self._probe,
-                registry=self.registry,
-                container=self._dir(container_id),
-                row=row,
-                request=request,
-                limits=self._exec_limits,
-                approve=approve,
-                progress=progress,
-                clock=self._clock,
-                guess_mime=guess_mime,
-            )
-            self.registry.touch(container_id, self._clock())  # the run itself was activity
-            await self._report_usage(container_id)  # what it left in its home counts too
-            return result
+            try:
+                return await run_exec(
+                    sandbox=self._sandbox,
+                    probe=self._probe,
+                    registry=self.registry,
+                    container=self._dir(container_id),
+                    row=row,
+                    request=request,
+                    limits=self._exec_limits,
+                    approve=approve,
+                    progress=progress,
+                    clock=self._clock,
+                    guess_mime=guess_mime,
+                    home_bytes=self._home_bytes.get(container_id),
+                )
+            finally:
+                with anyio.CancelScope(shield=True):
+                    self.registry.touch(container_id, self._clock())  # the run itself was activity
+                    # What it left in its home counts too, however it ended: the home is written in
+                    # place, so even a refused or failed command's home writes stay.
+                    await self._report_usage(container_id)
 
     # --- background processes (``ProcessProvider``; see local_processes) ---------------------
 
@@ -717,6 +736,7 @@ class LocalProvider:
                     limits=limits,
                     attach=Attachment(output=proc.output, stdin=proc.stdin_source, started=proc.started),
                     adopt_now=(cfg.sandbox_uid, cfg.sandbox_gid) if probe.mode == "root" else None,
+                    home_bytes=self._home_bytes.get(container_id),
                 )
             except BaseException:
                 self._processes.forget(proc)
@@ -733,18 +753,20 @@ class LocalProvider:
                 async with run:
                     async with self._hold(container_id):
                         await self._running(container_id, locked=True)
-                        result = await finish_run(
-                            run,
-                            registry=self.registry,
-                            container=d,
-                            container_id=container_id,
-                            listed=request.max_listed_files,
-                            approve=approve,
-                            clock=self._clock,
-                            guess_mime=guess_mime,
-                        )
-                        await self._report_usage(container_id)
-                return result
+                        try:
+                            return await finish_run(
+                                run,
+                                registry=self.registry,
+                                container=d,
+                                container_id=container_id,
+                                listed=request.max_listed_files,
+                                approve=approve,
+                                clock=self._clock,
+                                guess_mime=guess_mime,
+                            )
+                        finally:
+                            with anyio.CancelScope(shield=True):  # its home writes stay however it ended
+                                await self._report_usage(container_id)
             finally:
                 # However it ended, its hold ends with it: the container idles from now on.
                 self.registry.touch(container_id, self._clock())

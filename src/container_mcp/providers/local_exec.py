@@ -91,8 +91,12 @@ async def prepare_job(
     limits: ExecLimits,
     attach: Attachment | None = None,
     adopt_now: tuple[int, int] | None = None,
+    home_bytes: int | None = None,
 ) -> SandboxJob:
     """The sandbox job for ``request`` in ``row``'s container; the caller holds its lock.
+
+    ``home_bytes``: what the home holds now, as last measured (None: measured here, a walk), the
+    base of ``request.max_home_growth_bytes``.
 
     ``adopt_now`` (root mode, a background run that will not hold the lock while its stage is
     made): hand the container's tree to that uid/gid here, under the lock, and not in the run.
@@ -100,6 +104,8 @@ async def prepare_job(
     if not probe.available:
         raise SandboxUnavailable(f"Commands cannot run here: {probe.reason}.")
     workdir = await anyio.to_thread.run_sync(_workdir, container, request.workdir)
+    if request.max_home_growth_bytes is not None and home_bytes is None:
+        home_bytes = await anyio.to_thread.run_sync(container.home_usage)
     adopted = await anyio.to_thread.run_sync(container.adopted)
     if adopt_now is not None and not adopted:
         await anyio.to_thread.run_sync(adopt_tree, container.files, *adopt_now)
@@ -122,11 +128,18 @@ async def prepare_job(
         max_stage_bytes=limits.max_stage_bytes,
         stage_root=container.root,
         home_dir=container.home,
-        max_home_bytes=limits.max_home_bytes,
+        max_home_bytes=_home_bound(limits.max_home_bytes, request.max_home_growth_bytes, home_bytes),
         max_home_files=limits.max_home_files,
         adopt=not adopted,
         attach=attach,
     )
+
+
+def _home_bound(limit: int, growth: int | None, home_bytes: int | None) -> int:
+    """The home's bound for one run: its own, or what it holds plus the growth allowed, if less."""
+    if growth is None or home_bytes is None:
+        return limit
+    return min(limit, home_bytes + growth)
 
 
 async def run_exec(
@@ -142,9 +155,12 @@ async def run_exec(
     progress: ProgressCallback | None,
     clock: Callable[[], float],
     guess_mime: Callable[[str], str],
+    home_bytes: int | None = None,
 ) -> ExecResult:
     """Run ``request`` in ``row``'s container; see the module docstring. The caller holds its lock."""
-    job = await prepare_job(probe=probe, container=container, row=row, request=request, limits=limits)
+    job = await prepare_job(
+        probe=probe, container=container, row=row, request=request, limits=limits, home_bytes=home_bytes
+    )
 
     async def report(p: SandboxProgress) -> None:
         if progress is not None:

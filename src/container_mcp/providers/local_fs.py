@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..errors import InvalidPath
 from ..private import DIR_MODE, FILE_MODE
-from ..sandbox.tree import tree_usage
+from ..sandbox.tree import remove_tree, tree_usage
 
 __all__ = ["ContainerDir", "FileStat"]
 
@@ -277,10 +277,20 @@ class ContainerDir:
     def clear_files(self) -> None:
         """Delete every file (expiry): the directory stays, empty."""
         self._unadopt()
-        shutil.rmtree(self.files, ignore_errors=True)
-        shutil.rmtree(self.home, ignore_errors=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        for d in (self.files, self.home, self.tmp):
+            _remove(d)
         self.files.mkdir(mode=DIR_MODE, exist_ok=True)
 
     def destroy(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        _remove(self.root)
+
+
+def _remove(path: Path) -> None:
+    """Remove the tree at ``path`` whatever its permission bits: a command may ``chmod 000`` a
+    directory in its home (written in place), which only root could otherwise walk into."""
+    try:
+        remove_tree(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)

@@ -16,6 +16,7 @@ stage, an output directory) is removed by the next repair of the container (``sw
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -35,7 +36,7 @@ from ..sandbox.cgroups import pid_alive
 from ..sandbox.output import decode_output
 from .base import ExecResult, OnExit, ProcessInfo, ProcessOutput, ProcessState
 
-__all__ = ["OUTPUTS", "BackgroundProcess", "ProcessTable", "sweep_outputs"]
+__all__ = ["OUTPUTS", "BackgroundProcess", "ProcessTable", "runs_anywhere", "sweep_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ OUTPUTS = "procs"
 
 KEEP_ENDED = 20
 """Ended processes remembered per container (with their output); older ones are forgotten."""
+
+RUNNING = "running"
+"""A file in a process's output directory while it runs: how another server process on the same
+data dir knows the container is in use (``runs_anywhere``) though no lock is held."""
 
 
 class _Log:
@@ -140,17 +145,29 @@ class BackgroundProcess:
         )
 
     def read(self, stream: Literal["stdout", "stderr"], offset: int, max_bytes: int) -> ProcessOutput:
+        """At most ``max_bytes`` of output from ``offset``, and at most that much once JSON-escaped
+        (a control character is six bytes there, an undecodable byte three): the text of a read
+        is bounded as it travels, not only as it was written."""
         log_ = self.stdout if stream == "stdout" else self.stderr
         data = log_.read(offset, max_bytes) if offset < log_.kept else b""
-        # Stop before a UTF-8 sequence cut by the bound (unless that is all there is), so the next
-        # read starts on a character.
-        if len(data) == max_bytes:
+        text = decode_output(data)
+        while len(data) > 1 and (size := _json_size(text)) > max_bytes:
+            data = data[: max(1, len(data) * max_bytes // size)]
+            text = decode_output(data)
+        # Stop before a UTF-8 sequence cut by the bound or by a write still to come (unless that is
+        # all there is), so the next read starts on a character.
+        if not (self.done.is_set() and offset + len(data) >= log_.kept):
             cut = _utf8_boundary(data)
-            data = data[:cut] if cut > 0 else data
+            if 0 < cut < len(data):
+                data = data[:cut]
+                text = decode_output(data)
         nxt = offset + len(data)
-        return ProcessOutput(
-            text=decode_output(data), offset=offset, next_offset=nxt, eof=self.done.is_set() and nxt >= log_.kept
-        )
+        return ProcessOutput(text=text, offset=offset, next_offset=nxt, eof=self.done.is_set() and nxt >= log_.kept)
+
+
+def _json_size(text: str) -> int:
+    """Bytes of ``text`` as a JSON string's content (UTF-8, escapes included)."""
+    return len(json.dumps(text, ensure_ascii=False).encode()) - 2
 
 
 def _utf8_boundary(data: bytes) -> int:
@@ -213,6 +230,7 @@ class ProcessTable:
         pid = f"proc_{secrets.token_hex(12)}"
         directory = root / OUTPUTS / f"{os.getpid()}-{pid}"
         directory.mkdir(parents=True, mode=0o700)
+        (directory / RUNNING).touch(mode=0o600)
         send, receive = anyio.create_memory_object_stream[bytes](16)
         proc = BackgroundProcess(
             id=pid,
@@ -238,6 +256,10 @@ class ProcessTable:
         proc.stdout.close()
         proc.stderr.close()
         shutil.rmtree(proc.directory, ignore_errors=True)
+
+    def containers(self) -> list[str]:
+        """The containers with a running process here."""
+        return [cid for cid in self._by_container if self.running([cid])]
 
     def _forget_old(self, container_id: str) -> None:
         ended = [p for p in self.of(container_id) if p.done.is_set()]
@@ -278,6 +300,8 @@ class ProcessTable:
                 proc.exit_code, proc.signal = result.exit_code, result.signal
                 proc.state = "killed" if result.killed_reason or result.signal else "exited"
             proc.ended_mono = proc.ended_mono or time.monotonic()
+            with contextlib.suppress(FileNotFoundError):
+                (proc.directory / RUNNING).unlink()
             proc.stdout.close()
             proc.stderr.close()
             if proc.stdin is not None:
@@ -303,6 +327,17 @@ class ProcessTable:
         for proc in self.cancel(container_id):
             await proc.done.wait()
         self._by_container.pop(container_id, None)
+
+
+def runs_anywhere(container_root: Path) -> bool:
+    """Whether a live server process (this one or another on the data dir) runs a background
+    process in the container. Blocking (a few stats)."""
+    with contextlib.suppress(FileNotFoundError):
+        for entry in (container_root / OUTPUTS).iterdir():
+            pid = entry.name.split("-", 1)[0]
+            if pid.isdigit() and (entry / RUNNING).exists() and pid_alive(int(pid)):
+                return True
+    return False
 
 
 def sweep_outputs(container_root: Path) -> int:

@@ -161,6 +161,13 @@ def home_fstab(overlay_mountpoint: str) -> bytes:
     ``overlay_mountpoint``, and in it two overlays: ``data`` (the stage, as without a home) and
     ``home``, whose upper layer is the persistent home itself (the stage's ``home`` link; its lower
     layer an empty directory), so writes there land in place. Both name only stage-relative paths.
+
+    A background process and a foreground command of the same container mount the same home as
+    upper layer at once. The kernel allows that with ``index=off`` only (with ``index=on``, a host
+    default on some distributions, the second mount fails with EBUSY), warning that the two views
+    are undefined: each overlay caches its own dentries, so one sandbox may briefly see a stale
+    name the other changed. The lower layer is empty, so nothing is ever copied up, whited out or
+    redirected: every operation is a plain one on the home's own files, and stays inside it.
     """
     if any(c.isspace() for c in overlay_mountpoint):
         raise ValueError("the overlay mount point must not contain whitespace")
@@ -168,7 +175,8 @@ def home_fstab(overlay_mountpoint: str) -> bytes:
     return (
         f"mounts {overlay_mountpoint} tmpfs size=16k,mode=0755 0 0\n"
         f"overlay {overlay_mountpoint}/data overlay lowerdir=lower,upperdir=upper,workdir=work,{mkdir} 0 0\n"
-        f"overlay {overlay_mountpoint}/home overlay lowerdir=home-lower,upperdir=home,workdir=home-work,{mkdir} 0 0\n"
+        f"overlay {overlay_mountpoint}/home overlay lowerdir=home-lower,upperdir=home,workdir=home-work,index=off,"
+        f"{mkdir} 0 0\n"
     ).encode()
 
 

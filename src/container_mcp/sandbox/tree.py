@@ -12,6 +12,7 @@ import errno
 import itertools
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["DirFds", "Remover", "adopt_tree", "remove_tree", "strip_overlay_xattrs", "tree_usage"]
@@ -135,6 +136,9 @@ def remove_tree(path: Path) -> None:
 def tree_usage(path: Path, *, max_entries: int) -> tuple[int, int, bool]:
     """(bytes allocated, entries, deeper than the fd budget) below ``path``, stopping after ``max_entries``.
 
+    Depth first, one open directory per level: the fds held follow the tree's depth (at most
+    ``MAX_OPEN_DEPTH * 4``; what is deeper is not walked and reported), never its breadth, so a
+    directory of thousands of subdirectories (a ``node_modules``) is walked whole.
     Used while a command runs, so entries may vanish under it; those are skipped.
     """
     total = entries = 0
@@ -143,29 +147,43 @@ def tree_usage(path: Path, *, max_entries: int) -> tuple[int, int, bool]:
         top = os.open(path, DIR_FLAGS)
     except OSError:
         return 0, 0, False
-    stack = [top]
+    stack: list[tuple[int, Iterator[os.DirEntry[str]]]] = []
+    try:
+        stack.append((top, os.scandir(top)))
+    except OSError:
+        os.close(top)
+        return 0, 0, False
     try:
         while stack and entries <= max_entries:
-            fd = stack.pop()
-            try:
-                with os.scandir(fd) as it:
-                    for e in it:
-                        entries += 1
-                        try:
-                            st = e.stat(follow_symlinks=False)
-                        except OSError:
-                            continue
-                        total += st.st_blocks * 512
-                        if stat.S_ISDIR(st.st_mode):
-                            if len(stack) >= MAX_OPEN_DEPTH * 4:
-                                too_deep = True
-                                continue
-                            with contextlib.suppress(OSError):
-                                stack.append(os.open(e.name, DIR_FLAGS, dir_fd=fd))
-            finally:
+            fd, it = stack[-1]
+            e = next(it, None)
+            if e is None:
+                stack.pop()
+                it.close()  # type: ignore[attr-defined]
                 os.close(fd)
+                continue
+            entries += 1
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            total += st.st_blocks * 512
+            if not stat.S_ISDIR(st.st_mode):
+                continue
+            if len(stack) >= MAX_OPEN_DEPTH * 4:
+                too_deep = True
+                continue
+            try:
+                child = os.open(e.name, DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                continue
+            try:
+                stack.append((child, os.scandir(child)))
+            except OSError:
+                os.close(child)
     finally:
-        for fd in stack:
+        for fd, it in stack:
+            it.close()  # type: ignore[attr-defined]
             os.close(fd)
     return total, entries, too_deep
 
