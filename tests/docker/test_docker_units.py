@@ -28,6 +28,13 @@ def test_docker_host_forms() -> None:
         engine_base("unix://relative.sock")
 
 
+@pytest.mark.parametrize("host", ["tcp://admin:s3cret-pw@127.0.0.1:2375", "ssh://admin:s3cret-pw@127.0.0.1"])
+def test_credentials_in_docker_host_are_refused_and_never_shown(host: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        engine_base(host)
+    assert "s3cret-pw" not in str(caught.value) and "***@" in str(caught.value)
+
+
 async def test_no_engine_is_a_clear_error_at_start(tmp_path) -> None:
     provider = DockerProvider(tmp_path / "d", engine=Engine("unix:///nonexistent/docker.sock"), image="x")
     with pytest.raises(ProviderUnavailable, match="did not answer") as caught:

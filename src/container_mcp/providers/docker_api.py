@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import socket
 import struct
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
@@ -40,6 +41,12 @@ DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 _FRAME = struct.Struct(">BxxxL")
 
 
+def shown(docker_host: str) -> str:
+    """``docker_host`` as messages may show it: any ``user:password@`` part masked, at most 100
+    characters (an operator's URL may carry credentials; they never reach logs or tool output)."""
+    return re.sub(r"//[^/]*@", "//***@", docker_host)[:100]
+
+
 def check_docker_host(docker_host: str) -> str:
     """``docker_host`` if this client can speak to it; else ``InvalidRequest`` naming what to set."""
     engine_base(docker_host)
@@ -52,22 +59,24 @@ def engine_base(docker_host: str) -> tuple[httpx2.AsyncHTTPTransport, str]:
         path = docker_host.removeprefix("unix://")
         if not path.startswith("/"):
             raise InvalidRequest(
-                f"DOCKER_HOST {docker_host!r} must name an absolute socket path, e.g. {DEFAULT_DOCKER_HOST}."
+                f"DOCKER_HOST {shown(docker_host)!r} must name an absolute socket path, e.g. {DEFAULT_DOCKER_HOST}."
             )
         return httpx2.AsyncHTTPTransport(uds=path), f"http://docker/{API_VERSION}"
     if docker_host.startswith("tcp://"):
         hostport = docker_host.removeprefix("tcp://").rstrip("/")
-        if not hostport or "/" in hostport:
-            raise InvalidRequest(f"DOCKER_HOST {docker_host!r} must look like tcp://host:2375.")
+        if not hostport or "/" in hostport or "@" in hostport:
+            raise InvalidRequest(
+                f"DOCKER_HOST {shown(docker_host)!r} must look like tcp://host:2375 (no path, no credentials)."
+            )
         return httpx2.AsyncHTTPTransport(), f"http://{hostport}/{API_VERSION}"
     if docker_host.startswith("ssh://"):
         raise InvalidRequest(
-            f"DOCKER_HOST {docker_host!r}: ssh:// engines are reached through a forwarded socket here. Run "
+            f"DOCKER_HOST {shown(docker_host)!r}: ssh:// engines are reached through a forwarded socket here. Run "
             "`ssh -nNT -L /tmp/remote-docker.sock:/var/run/docker.sock user@host` and set "
             "DOCKER_HOST=unix:///tmp/remote-docker.sock."
         )
     raise InvalidRequest(
-        f"DOCKER_HOST {docker_host[:100]!r} is not understood: use unix:///path/to/docker.sock or tcp://host:port "
+        f"DOCKER_HOST {shown(docker_host)!r} is not understood: use unix:///path/to/docker.sock or tcp://host:port "
         "(on Windows, Docker Desktop's 'Expose daemon on tcp://localhost:2375')."
     )
 
@@ -168,7 +177,7 @@ class Engine:
             response = await self._client.send(request, stream=stream)
         except httpx2.TransportError as exc:
             raise ProviderUnavailable(
-                f"The Docker engine at {self.docker_host} did not answer ({type(exc).__name__}). Start it "
+                f"The Docker engine at {shown(self.docker_host)} did not answer ({type(exc).__name__}). Start it "
                 "(Docker Desktop, `sudo systemctl start docker`, `podman system service`) or set DOCKER_HOST."
             ) from exc
         if response.status_code >= 400:
