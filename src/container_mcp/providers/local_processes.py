@@ -9,8 +9,10 @@ kept, the rest only counted, so neither memory nor disk grows with a chatty proc
 
 Everything a process holds is released when it ends, and it is made to end (killed, its changes
 discarded) when its container is deleted or expires, or the provider closes. A server that
-crashes takes its sandboxes with it (bubblewrap's ``--die-with-parent``); what stays on disk (a
-stage, an output directory) is removed by the next repair of the container (``sweep_outputs``).
+crashes usually takes its sandboxes with it (bubblewrap's ``--die-with-parent``); bubblewrap's
+PID 1 can outlive it, and is killed at the next start through the dead server's cgroups
+(``Cgroups.sweep``); what stays on disk (a stage, an output directory) is removed by the next
+repair of the container (``sweep_outputs``).
 """
 
 from __future__ import annotations
