@@ -57,7 +57,7 @@ from ..errors import (
     ProviderError,
     ProviderUnavailable,
 )
-from ..ids import check_container_id, check_file_id, new_container_id, new_file_id
+from ..ids import check_container_id, new_container_id, new_file_id
 from ..models import (
     MEMORY_LIMITS,
     Container,
@@ -65,8 +65,6 @@ from ..models import (
     ContainerFile,
     ContainerSpec,
     FileDeleted,
-    ListParams,
-    Page,
 )
 from ..paths import MOUNT, relative_path
 from ..private import FILE_MODE, private_dir
@@ -79,6 +77,7 @@ from .exec_files import ending
 from .local import FilesSink, UsageSink
 from .local_lock import ContainerLocks, LockBusy
 from .local_registry import ContainerRow, FileRow, Registry, policy_json
+from .registry_backed import RegistryBacked
 
 __all__ = ["LABEL_CONTAINER", "LABEL_DATA_DIR", "LABEL_INSTANCE", "DockerProvider", "instance_label"]
 
@@ -110,7 +109,7 @@ def _ids(user: str) -> tuple[int, int] | None:
     return None
 
 
-class DockerProvider:
+class DockerProvider(RegistryBacked):
     """Containers on a Docker-compatible engine. Use as an async context manager (reconciles, reaps)."""
 
     name = "docker"
@@ -218,14 +217,6 @@ class DockerProvider:
             if row is not None and row.status == "running":
                 await self._report_usage(container_id)
 
-    async def _reap_forever(self) -> None:
-        while True:
-            await self._sleep(self._reaper_interval_s)
-            try:
-                await self.sweep()
-            except Exception:  # the reaper must outlive one bad sweep
-                log.exception("expiry sweep failed")
-
     async def sweep(self) -> list[str]:
         """Expire every running container past its time (those in use are left for the next sweep)."""
         expired: list[str] = []
@@ -271,19 +262,10 @@ class DockerProvider:
 
     # --- helpers ---------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _hold(self, container_id: str, *, wait: bool = True) -> AsyncIterator[None]:
-        """Hold the container across processes; rescan its files first if the previous holder crashed."""
-        check_container_id(container_id)
-        if self.registry.container(container_id) is None:
-            raise ContainerNotFound(container_id)
-        async with self._locks.hold(container_id, wait=wait) as crashed:
-            if crashed:
-                with anyio.CancelScope(shield=True):
-                    await self._rescan(container_id)
-            yield
+    async def _reap(self) -> None:
+        await self.sweep()
 
-    async def _rescan(self, container_id: str) -> None:
+    async def _repair(self, container_id: str) -> None:
         """After a crash mid-operation: kill what is left of its command, and bring the rows in line with
         the engine container's /mnt/data."""
         row = self.registry.container(container_id)
@@ -314,40 +296,6 @@ class DockerProvider:
         log.info("container %s expired", container_id)
         if self.on_expired is not None:
             await self.on_expired(container_id)
-
-    async def _expire_due(self, container_id: str, *, locked: bool) -> ContainerRow | None:
-        if locked:
-            await self._expire(container_id)
-        else:
-            with contextlib.suppress(LockBusy, ContainerNotFound):
-                async with self._hold(container_id, wait=False):
-                    row = self.registry.container(container_id)
-                    if row is not None and row.status == "running" and row.expires_at < self._clock():
-                        await self._expire(container_id)
-        return self.registry.container(container_id)
-
-    async def _row(self, container_id: str, *, touch: bool, locked: bool = False) -> ContainerRow:
-        check_container_id(container_id)
-        row = self.registry.container(container_id)
-        if row is None:
-            raise ContainerNotFound(container_id)
-        now = self._clock()
-        if row.status == "running" and row.expires_at < now:
-            fresh = await self._expire_due(container_id, locked=locked)
-            if fresh is None:
-                raise ContainerNotFound(container_id)
-            row = fresh
-        if touch and row.status == "running":
-            self.registry.touch(container_id, now)
-            row = self.registry.container(container_id)
-            assert row is not None
-        return row
-
-    async def _running(self, container_id: str, *, locked: bool = False) -> ContainerRow:
-        row = await self._row(container_id, touch=True, locked=locked)
-        if row.status != "running":
-            raise ContainerExpired(container_id)
-        return row
 
     async def _engine_call(self, container_id: str, call: Awaitable[Any]) -> Any:
         """Await an engine call on the container; its engine container gone means it expired."""
@@ -450,30 +398,6 @@ class DockerProvider:
                     self._locks.remove(row.id)
                 raise
         return row.model()
-
-    async def get_container(self, container_id: str, *, touch: bool = True) -> Container:
-        return (await self._row(container_id, touch=touch)).model()
-
-    async def list_containers(self, params: ListParams) -> Page[Container]:
-        rows, has_more, found = self.registry.page_containers(
-            limit=params.limit, order=params.order, after=params.after, name=params.name
-        )
-        if not found:
-            raise InvalidRequest(
-                f"'after' is {str(params.after)[:80]!r}, which is not a container id. Pass the last_id of the "
-                "previous page, or omit 'after' to start from the first page.",
-                param="after",
-            )
-        now = self._clock()
-        data: list[Container] = []
-        for row in rows:
-            if row.status == "running" and row.expires_at < now:
-                fresh = await self._expire_due(row.id, locked=False)
-                if fresh is None:
-                    continue
-                row = fresh
-            data.append(row.model())
-        return Page[Container].of(data, has_more)
 
     async def delete_container(self, container_id: str) -> ContainerDeleted:
         check_container_id(container_id)
@@ -590,30 +514,6 @@ class DockerProvider:
             _StreamUpload(self.read_file(src_container_id, src_file_id), src.bytes),
             approve=approve,
         )
-
-    async def _file_row(self, container_id: str, file_id: str, *, locked: bool = False) -> FileRow:
-        await self._running(container_id, locked=locked)
-        check_file_id(file_id)
-        row = self.registry.file(container_id, file_id)
-        if row is None:
-            raise FileNotFound(container_id, file_id)
-        return row
-
-    async def list_files(self, container_id: str, params: ListParams) -> Page[ContainerFile]:
-        await self._running(container_id)
-        rows, has_more, found = self.registry.page_files(
-            container_id, limit=params.limit, order=params.order, after=params.after
-        )
-        if not found:
-            raise InvalidRequest(
-                f"'after' is {str(params.after)[:80]!r}, which is not a file of this container. Pass the last_id "
-                "of the previous page, or omit 'after' to start from the first page.",
-                param="after",
-            )
-        return Page[ContainerFile].of([r.model() for r in rows], has_more)
-
-    async def get_file(self, container_id: str, file_id: str) -> ContainerFile:
-        return (await self._file_row(container_id, file_id)).model()
 
     async def delete_file(
         self, container_id: str, file_id: str, *, approve: ApproveChanges | None = None

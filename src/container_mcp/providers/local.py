@@ -31,7 +31,7 @@ import os
 import shlex
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
@@ -41,14 +41,13 @@ import anyio.to_thread
 
 from ..clock import Clock, system_clock
 from ..errors import (
-    ContainerExpired,
     ContainerNotFound,
     FileNotFound,
     FileTooLarge,
     InvalidRequest,
     Unsupported,
 )
-from ..ids import check_container_id, check_file_id, new_container_id, new_file_id
+from ..ids import check_container_id, new_container_id, new_file_id
 from ..models import (
     MEMORY_LIMITS,
     Container,
@@ -56,8 +55,6 @@ from ..models import (
     ContainerFile,
     ContainerSpec,
     FileDeleted,
-    ListParams,
-    Page,
 )
 from ..paths import MOUNT, relative_path
 from ..private import private_dir
@@ -82,6 +79,7 @@ from .local_fs import ContainerDir
 from .local_lock import ContainerLocks, LockBusy
 from .local_processes import ProcessTable, runs_anywhere, sweep_outputs
 from .local_registry import ContainerRow, FileRow, Registry, policy_json
+from .registry_backed import RegistryBacked
 
 __all__ = ["LocalProvider"]
 
@@ -118,7 +116,7 @@ class _FdUpload:
             os.close(fd)
 
 
-class LocalProvider:
+class LocalProvider(RegistryBacked):
     """Containers in ``data_dir``. Use as an async context manager (starts recovery and the reaper)."""
 
     name = "local"
@@ -234,17 +232,6 @@ class LocalProvider:
             await stack.aclose()
         self.registry.close()
 
-    async def _reap_forever(self) -> None:
-        while True:
-            await self._sleep(self._reaper_interval_s)
-            try:
-                await self.sweep()
-                await self.repair_abandoned()
-                if self._usage_sink is not None:
-                    await self.recount()  # converges whatever drift an interleaving left
-            except Exception:  # the reaper must outlive one bad sweep
-                log.exception("expiry sweep failed")
-
     async def sweep(self) -> list[str]:
         """Expire every running container past its time; returns their ids.
 
@@ -319,6 +306,12 @@ class LocalProvider:
                 async with self._hold(entry.name, wait=False):
                     await self._repair(entry.name)
 
+    async def _reap(self) -> None:
+        await self.sweep()
+        await self.repair_abandoned()
+        if self._usage_sink is not None:
+            await self.recount()  # converges whatever drift an interleaving left
+
     async def _repair(self, container_id: str) -> None:
         """Make one container's disk and registry agree (see the module docstring). Hold its lock."""
         d = self._dir(container_id)
@@ -384,21 +377,6 @@ class LocalProvider:
     def _dir(self, container_id: str) -> ContainerDir:
         return ContainerDir(self._containers_root / container_id)
 
-    @asynccontextmanager
-    async def _hold(self, container_id: str, *, wait: bool = True) -> AsyncIterator[None]:
-        """Hold the container across processes; first repair it if the previous holder crashed.
-
-        Raises ``ContainerNotFound`` for an id that names no container (no lock file is made for it).
-        """
-        check_container_id(container_id)
-        if self.registry.container(container_id) is None:
-            raise ContainerNotFound(container_id)
-        async with self._locks.hold(container_id, wait=wait) as crashed:
-            if crashed:
-                with anyio.CancelScope(shield=True):
-                    await self._repair(container_id)
-            yield
-
     def _keep_for_processes(self, container_id: str) -> bool:
         """Whether the container runs background processes, here or in another server process on
         this data dir: activity, so it does not expire (each process ends by its lifetime at the
@@ -418,48 +396,6 @@ class LocalProvider:
         log.info("container %s expired", container_id)
         if self.on_expired is not None:
             await self.on_expired(container_id)
-
-    async def _expire_due(self, container_id: str, *, locked: bool) -> ContainerRow | None:
-        """Expire the container if its time is up; returns its row (None once deleted).
-
-        ``locked``: the caller holds its lock. Otherwise the lock is taken for the expiry, without
-        waiting: a container another task or process holds is in use, so not idle, and stays.
-        """
-        if self._keep_for_processes(container_id):
-            pass
-        elif locked:
-            await self._expire(container_id)
-        else:
-            with contextlib.suppress(LockBusy, ContainerNotFound):
-                async with self._hold(container_id, wait=False):
-                    row = self.registry.container(container_id)
-                    if row is not None and row.status == "running" and row.expires_at < self._clock():
-                        await self._expire(container_id)
-        return self.registry.container(container_id)
-
-    async def _row(self, container_id: str, *, touch: bool, locked: bool = False) -> ContainerRow:
-        check_container_id(container_id)
-        row = self.registry.container(container_id)
-        if row is None:
-            raise ContainerNotFound(container_id)
-        now = self._clock()
-        if row.status == "running" and row.expires_at < now:
-            fresh = await self._expire_due(container_id, locked=locked)
-            if fresh is None:
-                raise ContainerNotFound(container_id)
-            row = fresh
-        if touch and row.status == "running":
-            # Not running any more (another process expired it meanwhile): as it is now.
-            touched = self.registry.touch(container_id, now) or self.registry.container(container_id)
-            assert touched is not None
-            row = touched
-        return row
-
-    async def _running(self, container_id: str, *, locked: bool = False) -> ContainerRow:
-        row = await self._row(container_id, touch=True, locked=locked)
-        if row.status != "running":
-            raise ContainerExpired(container_id)
-        return row
 
     # --- containers ------------------------------------------------------------------------
 
@@ -485,32 +421,6 @@ class LocalProvider:
         await anyio.to_thread.run_sync(self._dir(row.id).create)
         self.registry.insert_container(row)
         return row.model()
-
-    async def get_container(self, container_id: str, *, touch: bool = True) -> Container:
-        return (await self._row(container_id, touch=touch)).model()
-
-    async def list_containers(self, params: ListParams) -> Page[Container]:
-        """Every container on this data dir, cursor-paged (not part of the ``Provider`` protocol: the
-        service's views read the ledger)."""
-        rows, has_more, found = self.registry.page_containers(
-            limit=params.limit, order=params.order, after=params.after, name=params.name
-        )
-        if not found:
-            raise InvalidRequest(
-                f"'after' is {str(params.after)[:80]!r}, which is not a container id. Pass the last_id of the "
-                "previous page, or omit 'after' to start from the first page.",
-                param="after",
-            )
-        now = self._clock()
-        data: list[Container] = []
-        for row in rows:
-            if row.status == "running" and row.expires_at < now:
-                fresh = await self._expire_due(row.id, locked=False)
-                if fresh is None:
-                    continue  # deleted meanwhile by another process
-                row = fresh
-            data.append(row.model())
-        return Page[Container].of(data, has_more)
 
     async def delete_container(self, container_id: str) -> ContainerDeleted:
         check_container_id(container_id)
@@ -613,35 +523,6 @@ class LocalProvider:
         except (FileNotFoundError, NotADirectoryError):
             # The row outlived its bytes (changed behind our back): it is gone for the caller too.
             raise FileNotFound(container_id, row.id) from None
-
-    async def _file_row(self, container_id: str, file_id: str, *, locked: bool = False) -> FileRow:
-        await self._running(container_id, locked=locked)
-        check_file_id(file_id)
-        row = self.registry.file(container_id, file_id)
-        if row is None:
-            raise FileNotFound(container_id, file_id)
-        return row
-
-    async def list_files(self, container_id: str, params: ListParams) -> Page[ContainerFile]:
-        await self._running(container_id)
-        prefix = params.path_prefix
-        rows, has_more, found = self.registry.page_files(
-            container_id,
-            limit=params.limit,
-            order=params.order,
-            after=params.after,
-            prefix=None if prefix is None else prefix.removeprefix(MOUNT).lstrip("/"),
-        )
-        if not found:
-            raise InvalidRequest(
-                f"'after' is {str(params.after)[:80]!r}, which is not a file of this container. Pass the last_id "
-                "of the previous page, or omit 'after' to start from the first page.",
-                param="after",
-            )
-        return Page[ContainerFile].of([r.model() for r in rows], has_more)
-
-    async def get_file(self, container_id: str, file_id: str) -> ContainerFile:
-        return (await self._file_row(container_id, file_id)).model()
 
     async def delete_file(
         self, container_id: str, file_id: str, *, approve: ApproveChanges | None = None
