@@ -119,6 +119,7 @@ async def test_a_background_job_is_polled_fed_signalled_and_commits_its_files(en
     assert "signal must be one of TERM, INT, HUP, KILL, QUIT, USR1, USR2" in bad
     assert "needs the process_id" in await refused(client, cid, "read")
     assert "needs a command" in await refused(client, cid, "start")
+    assert "command is empty" in await refused(client, cid, "start", command=[""])
 
 
 async def test_start_with_wait_s_hands_back_a_short_job_finished(env: Env) -> None:

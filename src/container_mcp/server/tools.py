@@ -469,9 +469,7 @@ def _register_exec(mcp: MCPServer, deps: ToolDeps) -> None:
                 "CONTAINER_MCP_EXEC_MAX_TIMEOUT_S.",
                 param="timeout_s",
             )
-        argv = ["sh", "-c", command] if isinstance(command, str) else list(command)
-        if not argv or not argv[0]:
-            raise InvalidRequest("command is empty; give an argv list or a shell string.", param="command")
+        argv = _argv(command)
         request = ExecRequest(
             argv=argv,
             timeout_s=timeout_s,
@@ -527,11 +525,10 @@ def _register_processes(mcp: MCPServer, deps: ToolDeps) -> None:
         if action == "list":
             return ProcessView(processes=await procs.list())
         if action == "start":
-            if command is None or not command:
+            if not command:
                 raise InvalidRequest("start needs a command (an argv list or a shell string).", param="command")
-            argv = ["sh", "-c", command] if isinstance(command, str) else list(command)
             request = ExecRequest(
-                argv=argv,
+                argv=_argv(command),
                 timeout_s=settings.exec_process_max_lifetime_s,
                 stdin=_utf8(stdin, "stdin") if stdin is not None else None,
                 max_output_bytes=settings.exec_max_output_bytes,
@@ -555,6 +552,14 @@ def _register_processes(mcp: MCPServer, deps: ToolDeps) -> None:
 
 PROCESS_READ_BYTES = 16 * 1024
 """Bytes of output one read returns at most (text; the result stays far below 64 KiB)."""
+
+
+def _argv(command: list[str] | str) -> list[str]:
+    """The argv of a command given as an argv list or a shell string (run with ``sh -c``)."""
+    argv = ["sh", "-c", command] if isinstance(command, str) else list(command)
+    if not argv or not argv[0]:
+        raise InvalidRequest("command is empty; give an argv list or a shell string.", param="command")
+    return argv
 
 
 def _env(variables: list[EnvVar]) -> dict[str, str]:
