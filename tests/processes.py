@@ -20,7 +20,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import Process
 
-__all__ = ["LISTENING", "ServerProcess", "console_script", "started"]
+__all__ = ["LISTENING", "ServerProcess", "console_script", "processes_running", "server_pids", "started"]
 
 LISTENING = re.compile(rb"listening on (http://127\.0\.0\.1:(\d+))(/\S*)")
 """The line every HTTP entry point logs once bound: origin, port and path."""
@@ -95,3 +95,32 @@ async def started(argv: Sequence[str], env: dict[str, str]) -> AsyncIterator[Ser
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def processes_running(command: str) -> list[int]:
+    """Live (not zombie) processes whose command line holds ``command``."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes()
+                state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+            except (OSError, IndexError):
+                continue
+            if command.encode() in argv and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def server_pids(data_dir: Path) -> list[int]:
+    """Pids of the server processes started on ``data_dir`` (found by their command line)."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if str(data_dir).encode() in argv and any(a.endswith(b"container-mcp") for a in argv[:2]):
+                found.append(int(entry.name))
+    return found

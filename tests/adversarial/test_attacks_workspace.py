@@ -13,7 +13,6 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -34,7 +33,8 @@ from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
 
 from ..calls import call
-from ..local.test_processes import _processes_running
+from ..local.test_workspace import run, workspace
+from ..processes import processes_running
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sandbox]
 
@@ -43,18 +43,8 @@ MiB = 1 << 20
 
 @pytest.fixture
 async def env(tmp_path: Path, clock: ManualClock) -> AsyncIterator[tuple[Client, Path]]:
-    settings = Settings.isolated(data_dir=tmp_path, max_calls_per_minute=100_000)
-    limits = ExecLimits(max_home_bytes=16 * MiB, max_home_files=5_000)
-    async with LocalProvider(tmp_path / "local", clock=clock, exec_limits=limits) as provider:
-        store = SqliteLedger()
-        provider.attach_usage_sink(store.set_usage)
-        service = ContainerService(provider, store, limits_from(settings), clock=clock)
-        async with Client(create_server(service, settings)) as client:
-            yield client, tmp_path / "local" / "containers"
-
-
-async def run(client: Client, cid: str, command: str, timeout_s: float = 60) -> dict[str, Any]:
-    return await call(client, "container_exec", container_id=cid, command=command, timeout_s=timeout_s)
+    async with workspace(tmp_path, clock, home_bytes=16 * MiB) as made:
+        yield made
 
 
 async def test_a_wide_directory_is_no_disk_limit(env: tuple[Client, Path]) -> None:
@@ -134,16 +124,16 @@ async def test_another_server_process_neither_expires_nor_strands_a_running_proc
             cid, ExecRequest(argv=["sh", "-c", marker], timeout_s=600), approve=_accept, on_exit=_ignore
         )
         with anyio.fail_after(20):
-            while not _processes_running(marker):  # noqa: ASYNC110 (the sandbox's progress has no event)
+            while not processes_running(marker):  # noqa: ASYNC110 (the sandbox's progress has no event)
                 await anyio.sleep(0.02)
         await b.get_container(cid)  # any call through B touches it
         clock.advance(10 * 60)
         assert await b.sweep() == [] and await a.sweep() == []
-        assert (await b.get_container(cid)).status == "running" and _processes_running(marker)
+        assert (await b.get_container(cid)).status == "running" and processes_running(marker)
         await b.delete_container(cid)
         await a.sweep()  # A's reaper notices: the process ends with its container
         with anyio.fail_after(20):
-            while _processes_running(marker):  # noqa: ASYNC110
+            while processes_running(marker):  # noqa: ASYNC110
                 await anyio.sleep(0.02)
         with anyio.fail_after(20):
             for p in a._processes.of(cid):

@@ -23,7 +23,7 @@ from container_mcp.providers.docker_exec import PIDFILE
 from container_mcp.providers.local_registry import Registry
 
 from ..calls import call
-from ..processes import console_script
+from ..processes import console_script, server_pids
 from .engine import DOCKER_HOST, busybox_image, engine_containers, remove_all, require_engine
 
 pytestmark = pytest.mark.anyio
@@ -37,19 +37,6 @@ async def _params(data_dir: Path) -> StdioServerParameters:
     return StdioServerParameters(
         command=console_script(), args=["--provider", "docker", "--data-dir", str(data_dir)], env=env
     )
-
-
-def _server_pids(data_dir: Path) -> list[int]:
-    found: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if str(data_dir).encode() in argv and any(a.endswith(b"container-mcp") for a in argv[:2]):
-                found.append(int(entry.name))
-    return found
 
 
 def _running_rows(data_dir: Path) -> set[str]:
@@ -78,7 +65,7 @@ async def _kill_when(data_dir: Path, ready: Callable[[], Awaitable[bool]]) -> No
         # Another process's progress shows only on the engine: there is no event to await.
         while not await ready():  # noqa: ASYNC110
             await anyio.sleep(0.002)
-    (pid,) = _server_pids(data_dir)
+    (pid,) = server_pids(data_dir)
     os.kill(pid, signal.SIGKILL)
 
 

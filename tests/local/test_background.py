@@ -34,8 +34,8 @@ from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
 
 from ..calls import call
+from ..processes import processes_running, server_pids
 from .servers import stdio_params
-from .test_processes import _processes_running, _server_pids
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sandbox]
 
@@ -182,10 +182,10 @@ async def test_delete_kills_its_processes_and_leaves_nothing(env: Env) -> None:
     escape = f"(setsid nohup sleep 1000.125 >/dev/null 2>&1 &); {marker}; echo escaped > /mnt/data/late.txt"
     await proc(client, cid, "start", command=escape)
     with anyio.fail_after(20):
-        while not (_processes_running(marker) and _processes_running("sleep 1000.125")):  # noqa: ASYNC110
+        while not (processes_running(marker) and processes_running("sleep 1000.125")):  # noqa: ASYNC110
             await anyio.sleep(0.02)  # (the sandbox's progress has no event)
     await call(client, "container_delete", container_id=cid)
-    assert _processes_running(marker) == [] and _processes_running("sleep 1000.125") == []
+    assert processes_running(marker) == [] and processes_running("sleep 1000.125") == []
     assert not (env.containers / cid).exists()
 
 
@@ -204,7 +204,7 @@ async def test_a_running_process_keeps_its_container_and_expiry_kills_it_once_id
     await proc(client, cid, "wait", process_id=pid, wait_s=20)
     clock.advance(2 * 60)
     assert await env.provider.sweep() == [cid]
-    assert _processes_running("sleep 1000.5") == []
+    assert processes_running("sleep 1000.5") == []
     assert not any(p.name.startswith(STAGE_PREFIX) for p in (env.containers / cid).iterdir())
 
 
@@ -212,12 +212,12 @@ async def test_expiry_of_a_container_kills_what_runs_in_it(env: Env) -> None:
     cid = (await call(env.client, "container_create", name="exp"))["id"]
     await proc(env.client, cid, "start", command="sleep 1000.625")
     with anyio.fail_after(20):
-        while not _processes_running("sleep 1000.625"):  # noqa: ASYNC110
+        while not processes_running("sleep 1000.625"):  # noqa: ASYNC110
             await anyio.sleep(0.02)
     async with env.provider._hold(cid):  # what the reaper does once a container's time is up
         await env.provider._expire(cid)
     with anyio.fail_after(20):
-        while _processes_running("sleep 1000.625"):  # noqa: ASYNC110
+        while processes_running("sleep 1000.625"):  # noqa: ASYNC110
             await anyio.sleep(0.02)
 
 
@@ -229,9 +229,9 @@ async def test_stopping_the_provider_kills_its_processes(tmp_path: Path, clock: 
         cid = (await service.create_container(owner, ContainerSpec(name="stop"))).id
         await (await service.processes(owner, cid)).start(ExecRequest(argv=["sleep", "1000.75"], timeout_s=600))
         with anyio.fail_after(20):
-            while not _processes_running("1000.75"):  # noqa: ASYNC110
+            while not processes_running("1000.75"):  # noqa: ASYNC110
                 await anyio.sleep(0.02)
-    assert _processes_running("1000.75") == []
+    assert processes_running("1000.75") == []
     assert not any(p.name.startswith(STAGE_PREFIX) for p in (tmp_path / "local" / "containers" / cid).iterdir())
 
 
@@ -243,16 +243,16 @@ async def test_kill_9_of_the_server_leaves_no_process_and_the_next_start_cleans_
             cid = (await call(client, "container_create", name="crash"))["id"]
             await call(client, "container_process", container_id=cid, action="start", command=marker)
             with anyio.fail_after(20):
-                while not _processes_running(marker):  # noqa: ASYNC110
+                while not processes_running(marker):  # noqa: ASYNC110
                     await anyio.sleep(0.02)
-            (server,) = _server_pids(tmp_path)
+            (server,) = server_pids(tmp_path)
             os.kill(server, signal.SIGKILL)
     root = tmp_path / "local" / "containers" / cid
     # bubblewrap's PID 1 can outlive a kill -9 of the server (about one run in three here): the
     # next start kills what is left in a dead server's cgroups (``Cgroups.sweep``).
     async with Client(params) as client:  # the next start repairs the container
         with anyio.fail_after(20):
-            while _processes_running(marker):  # noqa: ASYNC110
+            while processes_running(marker):  # noqa: ASYNC110
                 await anyio.sleep(0.02)
         assert (await call(client, "container_process", container_id=cid, action="list"))["processes"] == []
         assert not any(p.name.startswith(STAGE_PREFIX) for p in root.iterdir())

@@ -23,6 +23,7 @@ from mcp import Client
 from container_mcp.sandbox.changes import STAGE_PREFIX
 
 from ..calls import call as structured
+from ..processes import processes_running, server_pids
 from .servers import KEY, api_server, stdio_params, stored
 
 pytestmark = pytest.mark.anyio
@@ -177,35 +178,6 @@ MAKE_MANY = (
 )
 
 
-def _processes_running(command: str) -> list[int]:
-    """Live (not zombie) processes whose command line holds ``command``."""
-    found: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes()
-                state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
-            except (OSError, IndexError):
-                continue
-            if command.encode() in argv and state != "Z":
-                found.append(int(entry.name))
-    return found
-
-
-def _server_pids(data_dir: Path) -> list[int]:
-    """Pids of the server processes started on ``data_dir`` (found by their command line)."""
-    found: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if str(data_dir).encode() in argv and any(a.endswith(b"container-mcp") for a in argv[:2]):
-                found.append(int(entry.name))
-    return found
-
-
 async def _exec_until_killed(client: Client, container_id: str) -> None:
     with contextlib.suppress(Exception):  # the server dies under the call
         await client.call_tool("container_exec", {"container_id": container_id, "command": MAKE_MANY})
@@ -231,7 +203,7 @@ async def test_kill_9_during_a_large_commit_lands_all_of_it_or_none(tmp_path: Pa
         delay = rng.uniform(0.0, 0.01)
         try:
             async with Client(params) as client:
-                pids = _server_pids(tmp_path)
+                pids = server_pids(tmp_path)
                 assert len(pids) == 1, pids
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_exec_until_killed, client, cid)
@@ -253,7 +225,7 @@ async def test_kill_9_during_a_large_commit_lands_all_of_it_or_none(tmp_path: Pa
         async with Client(params) as client:  # a new server: recovery rolls the commit forward or back
             # ... and kills what is left of the dead server's command (bubblewrap's PID 1 can
             # outlive it, its overlay still mounted over the container).
-            assert _processes_running(MAKE_MANY) == [], f"trial {trial}: an orphaned sandbox survived"
+            assert processes_running(MAKE_MANY) == [], f"trial {trial}: an orphaned sandbox survived"
             usage = await structured(client, "session_usage")
             listed = await structured(client, "file_list", container_id=cid, limit=1)
             ls = await structured(client, "container_exec", container_id=cid, command="find . -type f | wc -l")
@@ -278,13 +250,13 @@ async def test_a_live_process_repairs_what_a_killed_peer_left_before_using_the_c
     params = stdio_params(tmp_path)
     files_dir: Path | None = None
     async with Client(params) as a:
-        (a_pid,) = _server_pids(tmp_path)
+        (a_pid,) = server_pids(tmp_path)
         cid = (await structured(a, "container_create", name="peer"))["id"]
         await structured(a, "file_create", container_id=cid, path="seed0.txt", text="seed")
         files_dir = tmp_path / "local" / "containers" / cid / "files"
         try:
             async with Client(params) as b:
-                (b_pid,) = set(_server_pids(tmp_path)) - {a_pid}
+                (b_pid,) = set(server_pids(tmp_path)) - {a_pid}
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_exec_until_killed, b, cid)
                     with anyio.fail_after(30):

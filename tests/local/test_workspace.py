@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,16 +50,24 @@ with zipfile.ZipFile(sys.argv[1], "w") as z:
 """
 
 
-@pytest.fixture
-async def env(tmp_path: Path, clock: ManualClock) -> AsyncIterator[tuple[Client, Path]]:
+@asynccontextmanager
+async def workspace(tmp_path: Path, clock: ManualClock, *, home_bytes: int) -> AsyncIterator[tuple[Client, Path]]:
+    """An MCP client of a local-provider server whose homes hold ``home_bytes`` (5,000 entries),
+    and the directory of its containers."""
     settings = Settings.isolated(data_dir=tmp_path, max_calls_per_minute=100_000)
-    limits = ExecLimits(max_home_bytes=64 * MiB, max_home_files=5_000)
+    limits = ExecLimits(max_home_bytes=home_bytes, max_home_files=5_000)
     async with LocalProvider(tmp_path / "local", clock=clock, exec_limits=limits) as provider:
         store = SqliteLedger()
         provider.attach_usage_sink(store.set_usage)
         service = ContainerService(provider, store, limits_from(settings), clock=clock)
         async with Client(create_server(service, settings)) as client:
             yield client, tmp_path / "local" / "containers"
+
+
+@pytest.fixture
+async def env(tmp_path: Path, clock: ManualClock) -> AsyncIterator[tuple[Client, Path]]:
+    async with workspace(tmp_path, clock, home_bytes=64 * MiB) as made:
+        yield made
 
 
 async def run(client: Client, cid: str, command: str, timeout_s: float = 60) -> dict[str, Any]:
