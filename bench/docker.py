@@ -5,7 +5,8 @@ Reproduce with (a Docker engine at /var/run/docker.sock; scripts/docker-engine s
     .venv/bin/python bench/docker.py               # 30 rounds, the busybox test image
     .venv/bin/python bench/docker.py --runs 50 --image cmcp-test-debian:bookworm-python3
 
-Series, interleaved round by round so the machine's noise spreads over all of them:
+Series, interleaved round by round, their order rotated each round (an exec right after another
+pays for the engine's teardown of the first), so the machine's noise spreads over all of them:
 
 * ``raw engine``: the same Engine API calls a careful client makes, through the same client
   (``docker_api.Engine``): exec create + start (hijacked stream) + inspect for ``exec true``, into
@@ -154,16 +155,24 @@ async def main(runs: int, image: str | None) -> None:
                                     assert ran.is_error is False, ran.content
 
                                 # Into the provider's own container: same image, limits and state.
-                                await timed("exec true: raw engine", lambda: raw_exec(raw, f"cmcp-{warm.id}", ["true"]))
-                                await timed("exec true: provider", lambda: docker.exec(warm.id, true, approve=accept))
-                                await timed("exec true: MCP tool", tool_exec)
-                                await timed(
-                                    "exec true: local bwrap", lambda: local.exec(local_warm.id, true, approve=accept)
-                                )
-                                await timed("create+exec+delete: raw engine", raw_lifecycle)
-                                await timed("create+exec+delete: provider", provider_lifecycle)
-                                await timed("create+exec+delete: MCP tool", tool_lifecycle)
-                                await timed("create+exec+delete: local bwrap", local_lifecycle)
+                                execs: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+                                    ("exec true: raw engine", lambda: raw_exec(raw, f"cmcp-{warm.id}", ["true"])),
+                                    ("exec true: provider", lambda: docker.exec(warm.id, true, approve=accept)),
+                                    ("exec true: MCP tool", tool_exec),
+                                    ("exec true: local bwrap", lambda: local.exec(local_warm.id, true, approve=accept)),
+                                ]
+                                lifecycles: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+                                    ("create+exec+delete: raw engine", raw_lifecycle),
+                                    ("create+exec+delete: provider", provider_lifecycle),
+                                    ("create+exec+delete: MCP tool", tool_lifecycle),
+                                    ("create+exec+delete: local bwrap", local_lifecycle),
+                                ]
+                                # The engine keeps working for a few ms after an exec returns (the exec's
+                                # teardown): whichever series follows another exec pays for it. Rotating
+                                # the order each round makes every series follow every other equally.
+                                for series in (execs, lifecycles):
+                                    for name, step in series[n % len(series) :] + series[: n % len(series)]:
+                                        await timed(name, step)
                         finally:
                             await raw.remove(raw_ref)
             finally:

@@ -145,8 +145,11 @@ class Registry:
         return ContainerRow(**dict(row)) if row else None
 
     def hold(self, container_id: str, until: float) -> None:
-        """Keep a running container from expiring before ``until`` (a command is running in it)."""
-        with self.tx() as db:
+        """Keep a running container from expiring before ``until`` (a command is running in it).
+
+        Not synced to disk (like ``touch``): a hold only matters while its command runs, and a commit
+        survives the process being killed; only an OS crash can lose it, and takes the command with it."""
+        with transaction(self._relaxed) as db:
             db.execute(
                 "UPDATE containers SET expires_at = max(expires_at, ?) WHERE id = ? AND status = 'running'",
                 (until, container_id),
