@@ -3,7 +3,7 @@
 Reproduce with (a Docker engine at /var/run/docker.sock; scripts/docker-engine start makes one)::
 
     .venv/bin/python bench/docker.py               # 30 rounds, the busybox test image
-    .venv/bin/python bench/docker.py --runs 50 --image cmcp-test-debian:bookworm-python3
+    .venv/bin/python bench/docker.py --runs 50 --image container-mcp-test-debian:bookworm-python3
 
 Series, interleaved round by round, their order rotated each round (an exec right after another
 pays for the engine's teardown of the first), so the machine's noise spreads over all of them:

@@ -6,6 +6,10 @@ and imported through the Engine API (``docker import``, ~0.1 s), tagged by the b
 it is built once per busybox version: a shell, coreutils-like applets, ``/etc/passwd`` with user
 ``sandbox`` (uid 1000), ``/tmp`` 1777. No registry is needed or contacted.
 
+``debian_image()`` is the real-distribution case: Debian bookworm with python3 (``mmdebstrap
+--variant=apt``, from the machine's apt sources, ~1 min once, then cached by tag), whose ``/bin/sh`` is
+dash, as in the default ``python:3.12-slim``: the provider's shell scripts must hold on both shells.
+
 ``require_engine()`` skips only where neither an engine answers nor ``apt-get`` exists (a machine
 that cannot run these tests); where ``apt-get`` exists, a missing engine is a failure: CI must
 have one.
@@ -19,10 +23,12 @@ import os
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 import pytest
 
 from container_mcp.clock import Clock, ManualClock
@@ -31,11 +37,21 @@ from container_mcp.providers.docker import DockerProvider, instance_label
 from container_mcp.providers.docker_api import DEFAULT_DOCKER_HOST, Engine
 from container_mcp.providers.docker_exec import ExecLimits
 
-__all__ = ["BUSYBOX", "DOCKER_HOST", "docker_provider", "engine_containers", "require_engine", "busybox_image"]
+__all__ = [
+    "BUSYBOX",
+    "DOCKER_HOST",
+    "busybox_image",
+    "debian_image",
+    "docker_provider",
+    "engine_containers",
+    "require_engine",
+]
 
 DOCKER_HOST = DEFAULT_DOCKER_HOST
 BUSYBOX = "/bin/busybox"
 _IMAGE_REPO = "container-mcp-test-busybox"
+DEBIAN_IMAGE = "container-mcp-test-debian:bookworm-python3"
+_DEBIAN_BUILD = ["mmdebstrap", "--quiet", "--variant=apt", "--include=python3", "bookworm", "-"]
 
 
 def _busybox_tar(busybox: bytes) -> bytes:
@@ -105,6 +121,23 @@ async def busybox_image(engine: Engine, *, user: str | None = None) -> str:
     return ref
 
 
+async def debian_image(engine: Engine) -> str:
+    """The Debian test image's tag, built with mmdebstrap and imported (streamed) if the engine lacks it."""
+    if await engine.image_inspect(DEBIAN_IMAGE) is not None:
+        return DEBIAN_IMAGE
+    if shutil.which("mmdebstrap") is None:
+        pytest.fail("mmdebstrap is missing: scripts/bootstrap --dev installs it")
+    repo, tag = DEBIAN_IMAGE.split(":")
+    with tempfile.TemporaryFile() as log:
+        async with await anyio.open_process(_DEBIAN_BUILD, stdin=subprocess.DEVNULL, stderr=log) as build:
+            assert build.stdout is not None
+            await engine.image_import(build.stdout, repo, tag, ["ENV PATH=/usr/local/bin:/usr/bin:/bin"])
+        if build.returncode != 0:
+            log.seek(0)
+            pytest.fail(f"{' '.join(_DEBIAN_BUILD)} failed: {log.read()[-2000:].decode(errors='replace')}")
+    return DEBIAN_IMAGE
+
+
 async def engine_containers(data_dir: Path) -> list[str]:
     """Engine ids of every container (running or not) labelled with ``data_dir``'s instance."""
     async with Engine(DOCKER_HOST) as engine:
@@ -127,11 +160,12 @@ async def docker_provider(
     cleanup: bool = True,
     user: str = "1000:1000",
     image_user: str | None = None,
+    image: str | None = None,
 ) -> AsyncIterator[DockerProvider]:
     """A DockerProvider on the test engine and image; its engine containers are removed afterwards."""
     await require_engine()
     async with Engine(DOCKER_HOST) as probe:
-        image = await busybox_image(probe, user=image_user)
+        image = image or await busybox_image(probe, user=image_user)
     try:
         async with DockerProvider(
             data_dir,

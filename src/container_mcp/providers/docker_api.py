@@ -229,8 +229,8 @@ class Engine:
         finally:
             await response.aclose()
 
-    async def image_import(self, tar: bytes, repo: str, tag: str, changes: list[str]) -> None:
-        """Import a root filesystem tarball as ``repo:tag`` (``docker import``), offline."""
+    async def image_import(self, tar: bytes | AsyncIterable[bytes], repo: str, tag: str, changes: list[str]) -> None:
+        """Import a root filesystem tarball (bytes, or streamed) as ``repo:tag`` (``docker import``), offline."""
         await self._json(
             "POST",
             "/images/create",
