@@ -21,7 +21,8 @@ the candidate paths; without one (after a timeout, or for a repair, once the com
 are killed) ``DockerExec.listing`` does: the engine's change list ``GET /containers/{id}/changes``
 (exact but slow, ~10 ms on a busybox image and ~300 ms on a Debian one, where Docker walks the
 image), read to at most ``_MAX_LISTING`` bytes, since a command that made a million files in /tmp
-makes it that long; past that, a helper lists /mnt/data's files as the container's user, kept to
+makes it that long (and one that nested directories past the engine's PATH_MAX makes it fail);
+past that, a helper lists /mnt/data's files as the container's user, kept to
 ``_MAX_LISTING`` bytes too (files past the cap go unrecorded, as hidden ones do). The engine's own
 stat (archive API) of each candidate and of every file recorded before gives size, type and
 mtime, and a file's bytes and hash are read
@@ -38,10 +39,10 @@ like are never reported. Compared with the rows before the command, that yields 
 **Writing.** ``write`` stores an upload as the container's user, never through the archive API
 (which writes as root and resolves the destination's parent directories itself, so a command
 swapping a folder for a symlink to /etc or /root at the right instant would have the server write
-where the user may not). A helper (``_WRITE``) makes the parent directories with ``mkdir -p``,
-enters them with ``cd -P`` and checks that the directory it is in is really /mnt/data/<parent>
-(from then on, swapping path components cannot move where it writes: it writes relative to its
-working directory), copies its stdin into a fresh temporary file there (``set -C``: created, never
+where the user may not). A helper (``_WRITE``) makes and enters each parent directory in turn (``mkdir``,
+``cd -P``) and checks that the directory it is in is really /mnt/data/<parent so far> (from then
+on, swapping path components cannot move where it writes: it writes relative to its working
+directory), copies its stdin into a fresh temporary file there (``set -C``: created, never
 an existing one opened), checks its type and that its size is the size sent, and renames it over
 the destination (``mv -T``: atomic, a symlink or FIFO at the destination is replaced, never
 followed or opened). Whatever a command does meanwhile, the helper acts with the user's rights
@@ -50,6 +51,7 @@ only, and a cut or short upload (the server killed mid-stream: stdin ends early)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
@@ -109,18 +111,25 @@ echo done
 _READ = 'if [ "$3" -lt 0 ]; then exec tail -c +"$2" -- "$1"; fi; tail -c +"$2" -- "$1" | head -c "$3"'
 """Writes the file's bytes from offset $2 - 1, at most $3 of them (all when negative), to stdout."""
 
-_WRITE = """umask "$5"; cd /mnt/data || { echo parent; exit; }
-if [ -n "$1" ]; then mkdir -p -- "$1" 2>/dev/null; cd -P -- "$1" 2>/dev/null || { echo parent; exit; }; fi
-[ "$(pwd -P)" = "/mnt/data${1:+/$1}" ] || { echo parent; exit; }
-[ -d "$2" ] && { echo directory; exit; }
-t=.container-mcp-upload-$3; set -C
-cat > "$t" 2>/dev/null || { [ -w . ] && echo failed || echo unwritable; rm -f -- "$t"; exit; }
-[ -f "$t" ] && [ ! -L "$t" ] && [ "$(($(wc -c < "$t")))" = "$4" ] || { echo short; rm -f -- "$t"; exit; }
-mv -f -T -- "$t" "$2" 2>/dev/null || { echo directory; rm -f -- "$t"; exit; }
+_WRITE = """umask "$5"; parents=$1 dest=$2 t=.container-mcp-upload-$3 size=$4
+cd /mnt/data || { echo parent; exit; }
+set -f; w=/mnt/data; IFS=/
+for c in $parents; do
+  mkdir -- "$c" 2>/dev/null; cd -P -- "$c" 2>/dev/null || { echo parent; exit; }; w=$w/$c
+  [ "$(pwd -P)" = "$w" ] || { echo parent; exit; }
+done
+unset IFS; [ -d "$dest" ] && { echo directory; exit; }
+set -C; cat > "$t" 2>/dev/null || { [ -w . ] && echo failed || echo unwritable; rm -f -- "$t"; exit; }
+[ -f "$t" ] && [ ! -L "$t" ] && set -- $(ls -ln -- "$t") && [ "$5" = "$size" ] || { echo short; rm -f -- "$t"; exit; }
+[ -L "$dest" ] && rm -f -- "$dest"
+mv -f -T -- "$t" "$dest" 2>/dev/null || { [ -d "$dest" ] && echo directory || echo failed; rm -f -- "$t"; exit; }
 echo stored"""
 """Stores stdin at /mnt/data/$1/$2 ($3: a nonce for the temporary name, $4: the size sent, $5: the
 umask) and says on stdout how it ended (see the module docstring; its status is not asked of the
-engine, which may not know it yet when the stream closes)."""
+engine, which may not know it yet when the stream closes). Each parent is made and entered one at a
+time, relative to the directory just checked, so no directory is ever made outside /mnt/data. A
+symlink at the destination is removed first (it is no file of ours; busybox's ``mv`` cannot
+replace one whose target the user may not stat)."""
 
 _LIST = """if command -v find >/dev/null; then exec find /mnt/data -type f -print0 2>/dev/null; fi
 walk() { for f in "$1"/* "$1"/.[!.]* "$1"/..?*; do
@@ -392,13 +401,15 @@ class DockerExec:
                         try:
                             async for chunk in chunks:
                                 with anyio.move_on_after(idle) as blocked:
-                                    await stream.write(chunk)
+                                    try:
+                                        await stream.write(chunk)
+                                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                                        return  # the helper ended early: what it said tells why
                                 if blocked.cancelled_caught:  # the container's processes stopped the helper
                                     waiting.cancel()
                                     return
-                            stream.close_stdin()
-                        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                            pass  # the helper ended early: what it said tells why
+                            with contextlib.suppress(OSError):
+                                stream.close_stdin()
                         except Exception as exc:  # the source failed: the helper, cut short, stores nothing
                             failed = exc
                             waiting.cancel()
@@ -462,10 +473,15 @@ class DockerExec:
         change list while it is at most ``_MAX_LISTING`` bytes, else a helper's listing as the user,
         cut at ``_MAX_LISTING`` bytes (see the module docstring). Run it once the command's processes
         are gone (killed, or ended), so what it lists stays put."""
-        found = await self._engine.changes(name, max_bytes=_MAX_LISTING, under=MOUNT)
+        try:
+            found = await self._engine.changes(name, max_bytes=_MAX_LISTING, under=MOUNT)
+        except ProviderError as exc:
+            if exc.status is None:
+                raise
+            found = None  # e.g. paths past the engine's own PATH_MAX make it fail: a command can do that
+            log.warning("container %s: no change list (%s); listing /mnt/data as its user", name, exc.message[:200])
         if found is not None:
             return found
-        log.warning("container %s: its change list is over %d bytes; listing /mnt/data as its user", name, _MAX_LISTING)
         exec_id = await self._engine.exec_create(
             name, ["/bin/sh", "-c", _LIST], user=self._user, env=[], workdir="/", stdin=False
         )
@@ -478,6 +494,7 @@ class DockerExec:
                 if kind != 1:
                     continue
                 if len(data) + len(payload) > _MAX_LISTING:
+                    data += payload[: _MAX_LISTING - len(data)]
                     cut = True
                     break
                 data += payload
