@@ -115,7 +115,7 @@ _WRITE = """umask "$5"; parents=$1 dest=$2 t=.container-mcp-upload-$3 size=$4
 cd /mnt/data || { echo parent; exit; }
 set -f; w=/mnt/data; IFS=/
 for c in $parents; do
-  mkdir -- "$c" 2>/dev/null; cd -P -- "$c" 2>/dev/null || { echo parent; exit; }; w=$w/$c
+  mkdir -- "$c" 2>/dev/null; cd -P -- "./$c" 2>/dev/null || { echo parent; exit; }; w=$w/$c
   [ "$(pwd -P)" = "$w" ] || { echo parent; exit; }
 done
 unset IFS; [ -d "$dest" ] && { echo directory; exit; }
