@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tracemalloc
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -20,7 +21,10 @@ from container_mcp.models import ContainerSpec, ListParams
 from container_mcp.providers import docker_exec
 from container_mcp.providers.base import ExecRequest, FileChanges
 from container_mcp.providers.docker import DockerProvider
+from container_mcp.providers.docker_exec import ExecLimits
 from container_mcp.uploads import BytesUpload
+
+from .engine import docker_provider
 
 pytestmark = pytest.mark.anyio
 
@@ -224,3 +228,21 @@ async def test_the_users_listing_is_cut_at_the_cap_to_whole_paths(
     listed = await docker._exec.listing(f"cmcp-{c.id}")
     assert 0 < len(listed) < 40
     assert all(p.startswith("/mnt/data/file-") and p.removeprefix("/mnt/data/file-").isdigit() for p in listed)
+
+
+async def test_a_helper_stopped_by_the_containers_processes_is_given_up_and_stores_nothing(tmp_path: Path) -> None:
+    async with docker_provider(tmp_path / "docker", limits=ExecLimits(pids_limit=64, helper_idle_s=1)) as docker:
+        c = await docker.create_container(ContainerSpec(name="stopped"))
+        stopper = (
+            "{ while [ ! -e /tmp/stop ]; do for p in $(pidof cat); do kill -STOP $p; done; done; "
+            "for p in $(pidof cat); do kill -CONT $p; done; touch /tmp/stopped; } > /dev/null 2>&1 &"
+        )
+        await docker.exec(c.id, sh(stopper), approve=accept)
+        with anyio.fail_after(30), pytest.raises(ProviderError, match="took no data") as caught:
+            await docker.create_file(c.id, "/mnt/data/big.bin", BytesUpload(b"\xa5" * (64 << 20)))
+        assert "Nothing was stored" in caught.value.message
+        await docker.exec(c.id, sh("touch /tmp/stop; while [ ! -e /tmp/stopped ]; do :; done"), approve=accept)
+        with anyio.fail_after(10):  # continued, the helper finds its stdin cut short and removes its file
+            while await as_root(docker, c.id, "find /mnt/data -name '.container-mcp-upload-*'"):  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+        assert await rows(docker, c.id) == await stored(docker, c.id) == {}
