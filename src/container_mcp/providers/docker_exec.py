@@ -16,22 +16,21 @@ left the session; when no helper can start (every pid taken) or it does not answ
 An exit by signal N shows as 128+N, as from a shell; a SIGKILL with the container's OOM-kill counter
 grown is reported as ``killed_reason="memory_limit"``.
 
-**Scanning.** ``scan_files`` tells what a command did to /mnt/data. The wrapper's listing names
-the candidate paths; without one (after a timeout, or for a repair, once the command's processes
-are killed) ``DockerExec.listing`` does: the engine's change list ``GET /containers/{id}/changes``
+**Scanning.** ``scan_files`` tells what a command did to /mnt/data. The wrapper's listing names the
+candidate paths; without one (after a timeout, or for a repair, once the command's processes are
+killed) ``DockerExec.listing`` does: the engine's change list ``GET /containers/{id}/changes``
 (exact but slow, ~10 ms on a busybox image and ~300 ms on a Debian one, where Docker walks the
 image), read to at most ``_MAX_LISTING`` bytes, since a command that made a million files in /tmp
-makes it that long (and one that nested directories past the engine's PATH_MAX makes it fail);
-past that, a helper lists /mnt/data's files as the container's user, kept to
-``_MAX_LISTING`` bytes too (files past the cap go unrecorded, as hidden ones do). The engine's own
-stat (archive API) of each candidate and of every file recorded before gives size, type and
-mtime, and a file's bytes and hash are read
-by a helper as the container's user (``read``; the archive API would read as root, through symlinked
-parent directories): the listing only says where to look. A listing over ``_MAX_LISTING`` bytes is
-dropped for the change list (the nonce is in the wrapper's argv, which the command can read, so it
-can forge the markers: what it lists is only ever a hint). A command can hide a file from the
-listing (it is then not counted; the container's writable layer is not a disk quota anyway) but
-cannot make the server record a size or content that is not there. A path is a file when the
+makes it that long (and one that nested directories past the engine's PATH_MAX makes it fail); past
+that, a helper lists /mnt/data's files as the container's user, kept to ``_MAX_LISTING`` bytes too
+(files past the cap go unrecorded, as hidden ones do). The engine's own stat (archive API) of each
+candidate and of every file recorded before gives size, type and mtime, and a file's bytes and hash
+are read by a helper as the container's user (``read``; the archive API would read as root, through
+symlinked parent directories): the listing only says where to look. A listing over ``_MAX_LISTING``
+bytes is dropped for the change list (the nonce is in the wrapper's argv, which the command can
+read, so it can forge the markers: what it lists is only ever a hint). A command can hide a file
+from the listing (it is then not counted; the container's writable layer is not a disk quota anyway)
+but cannot make the server record a size or content that is not there. A path is a file when the
 engine says it is a regular file and its name is a valid container path; symlinks, devices and the
 like are never reported. Compared with the rows before the command, that yields created, changed
 (size or mtime differ) and deleted files.
@@ -39,12 +38,12 @@ like are never reported. Compared with the rows before the command, that yields 
 **Writing.** ``write`` stores an upload as the container's user, never through the archive API
 (which writes as root and resolves the destination's parent directories itself, so a command
 swapping a folder for a symlink to /etc or /root at the right instant would have the server write
-where the user may not). A helper (``_WRITE``) makes and enters each parent directory in turn (``mkdir``,
-``cd -P``) and checks that the directory it is in is really /mnt/data/<parent so far> (from then
-on, swapping path components cannot move where it writes: it writes relative to its working
-directory), copies its stdin into a fresh temporary file there (``set -C``: created, never
-an existing one opened), checks its type and that its size is the size sent, and renames it over
-the destination (``mv -T``: atomic, a symlink or FIFO at the destination is replaced, never
+where the user may not). A helper (``_WRITE``) makes and enters each parent directory in turn
+(``mkdir``, ``cd -P``) and checks that the directory it is in is really /mnt/data/<parents so
+far> (from then on, swapping path components cannot move where it writes: it writes relative to
+its working directory), copies its stdin into a fresh temporary file there (``set -C``: created,
+never an existing one opened), checks its type and that its size is the size sent, and renames it
+over the destination (``mv -T``: atomic; a symlink or FIFO at the destination is replaced, never
 followed or opened). Whatever a command does meanwhile, the helper acts with the user's rights
 only, and a cut or short upload (the server killed mid-stream: stdin ends early) leaves nothing.
 """
@@ -458,8 +457,8 @@ class DockerExec:
             )
         if stalled:
             raise ProviderError(
-                f"{where} could not be written: the container's helper took no data for {idle:.0f}s (its processes "
-                "stopped or blocked it). Nothing was stored.",
+                f"{where} could not be written: the container's helper stalled for {idle:.0f}s (its processes "
+                "stopped or blocked it). Nothing was recorded; the next command's file scan records whatever it left.",
                 status=504,
             )
         raise ProviderError(
@@ -475,13 +474,15 @@ class DockerExec:
         are gone (killed, or ended), so what it lists stays put."""
         try:
             found = await self._engine.changes(name, max_bytes=_MAX_LISTING, under=MOUNT)
+            why = f"over {_MAX_LISTING} bytes"
         except ProviderError as exc:
             if exc.status is None:
                 raise
             found = None  # e.g. paths past the engine's own PATH_MAX make it fail: a command can do that
-            log.warning("container %s: no change list (%s); listing /mnt/data as its user", name, exc.message[:200])
+            why = exc.message[:200]
         if found is not None:
             return found
+        log.warning("container %s: its change list is not usable (%s); listing /mnt/data as its user", name, why)
         exec_id = await self._engine.exec_create(
             name, ["/bin/sh", "-c", _LIST], user=self._user, env=[], workdir="/", stdin=False
         )
