@@ -1,4 +1,5 @@
-"""``kill -9`` of a real docker-provider server mid-create and mid-exec, then a restart: no orphans.
+"""``kill -9`` of a real docker-provider server mid-create, mid-exec and mid-upload, then a restart: no orphans,
+and the rows equal what is stored.
 
 The server is the console script (stdio, through the official client) with ``--provider docker``
 on the test engine and image. What is left is read from the engine (containers carrying this
@@ -113,6 +114,48 @@ async def test_kill_9_during_exec_then_restart_kills_the_command_and_keeps_the_c
             ps = await call(client, "container_exec", container_id=cid, command="ps -o args | grep -c '^sleep 1000'")
             assert ps["stdout"].strip() == "0"  # the dead server's command went with the repair
         assert len(await engine_containers(data / "docker")) == 1
+    finally:
+        await remove_all(data / "docker")
+
+
+async def test_kill_9_during_an_upload_then_restart_leaves_the_rows_equal_to_what_is_stored(tmp_path: Path) -> None:
+    data, host = tmp_path / "data", tmp_path / "host"
+    host.mkdir()
+    (host / "big.bin").write_bytes(bytes(range(256)) * (4096 * 48))  # 48 MiB: the helper is mid-stream a while
+    base = await _params(data)
+    params = StdioServerParameters(command=base.command, args=[*base.args, "--allow-path", str(host)], env=base.env)
+    try:
+        async with Client(params) as client:
+            cid = (await call(client, "container_create", name="upload"))["id"]
+            await call(client, "file_create", container_id=cid, path="kept.txt", text="kept\n")
+
+        async def helper_writing() -> bool:
+            async with Engine(DOCKER_HOST) as engine:
+                changed = await engine.changes(f"cmcp-{cid}", max_bytes=1 << 20, under="/mnt/data")
+            return any(".container-mcp-upload-" in path for path in changed or ())
+
+        killed = False
+        with contextlib.suppress(Exception):
+            async with Client(params) as client:
+                async with anyio.create_task_group() as tg:
+                    args = {"container_id": cid, "path": "big.bin", "source_path": str(host / "big.bin")}
+                    tg.start_soon(_call_quietly, client, "file_create", args)
+                    await _kill_when(data, helper_writing)
+                    killed = True
+        assert killed, "the server was not killed while its helper wrote"
+        with anyio.fail_after(10):  # the helper, its stdin cut, removes its temporary file
+            while await helper_writing():  # noqa: ASYNC110 - the engine has no event for it
+                await anyio.sleep(0.02)
+        async with Client(params) as client:
+            listed = await call(client, "file_list", container_id=cid)
+            rows = {f["path"]: f["bytes"] for f in listed["data"]}
+            usage = await call(client, "session_usage")
+            assert (usage["files"], usage["stored_bytes"]["used"]) == (len(rows), sum(rows.values()))
+        async with Engine(DOCKER_HOST) as engine:
+            stored = await engine.changes(f"cmcp-{cid}", max_bytes=1 << 20, under="/mnt/data")
+            sizes = {p: (await engine.stat_path(f"cmcp-{cid}", p) or {}).get("size") for p in stored or ()}
+        assert rows == {p: size for p, size in sizes.items() if p != "/mnt/data"}
+        assert "/mnt/data/kept.txt" in rows and rows.get("/mnt/data/big.bin") in (None, 48 << 20)
     finally:
         await remove_all(data / "docker")
 

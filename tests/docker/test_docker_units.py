@@ -1,18 +1,12 @@
-"""The docker provider's pure parts: DOCKER_HOST parsing, the upload tar stream, the listing's bound
-(no engine needed)."""
+"""The docker provider's pure parts: DOCKER_HOST parsing, the listing's bound (no engine needed)."""
 
 from __future__ import annotations
-
-import io
-import tarfile
-from collections.abc import AsyncIterator
 
 import pytest
 
 from container_mcp.errors import InvalidRequest, ProviderUnavailable
 from container_mcp.providers.docker import DockerProvider
 from container_mcp.providers.docker_api import Engine, engine_base
-from container_mcp.providers.docker_tar import tar_one_file
 
 pytestmark = pytest.mark.anyio
 
@@ -41,34 +35,6 @@ async def test_no_engine_is_a_clear_error_at_start(tmp_path) -> None:
         async with provider:
             pass
     assert "DOCKER_HOST" in caught.value.message
-
-
-async def _chunks(data: bytes, size: int = 7) -> AsyncIterator[bytes]:
-    for start in range(0, len(data), size):
-        yield data[start : start + size]
-
-
-async def _collect(stream: AsyncIterator[bytes]) -> bytes:
-    return b"".join([chunk async for chunk in stream])
-
-
-async def test_a_written_archive_is_what_tarfile_reads() -> None:
-    data = bytes(range(256)) * 5
-    name = "deep/dir/" + "é" * 60 + ".bin"  # non-ASCII and over 100 bytes: a PAX header
-    archive = await _collect(tar_one_file(name, len(data), _chunks(data), uid=1000, gid=1000, mtime=1.0))
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        members = tar.getmembers()
-        assert [m.name for m in members] == ["deep", "deep/dir", name]
-        assert all(m.uid == 1000 for m in members)
-        extracted = tar.extractfile(members[-1])
-        assert extracted is not None and extracted.read() == data
-
-
-async def test_a_size_mismatch_is_refused_not_sent_corrupt() -> None:
-    with pytest.raises(ValueError, match="grew"):
-        await _collect(tar_one_file("a", 3, _chunks(b"four"), uid=0, gid=0, mtime=0))
-    with pytest.raises(ValueError, match="shrank"):
-        await _collect(tar_one_file("a", 5, _chunks(b"four"), uid=0, gid=0, mtime=0))
 
 
 def test_docker_host_is_judged_only_for_the_docker_provider() -> None:

@@ -2,8 +2,10 @@
 
 * Engine: the Engine API at ``DOCKER_HOST`` (``docker_api.Engine``): Docker Engine, Docker
   Desktop, Podman's service, or a remote engine over tcp. Nothing assumes the engine shares this
-  machine's filesystem: uploads go in as tar streams through the archive API; files are read
-  back by a helper command as the container's user (``DockerExec.read``), never as the engine's root.
+  machine's filesystem: uploads are streamed up a helper command's stdin and stored by it as the
+  container's user (``DockerExec.write``), and files are read back by a helper as that user
+  (``DockerExec.read``), never as the engine's root (the archive API, which resolves paths as root,
+  only makes /mnt/data at create, before any process runs, and stats files).
 * Registry: the local provider's SQLite tables (``local_registry``) at
   ``<data_dir>/registry.sqlite3``: containers with their expiry, files with size, mtime, sha256.
   Per-container locks (``local_lock``) serialise uploads, deletions and commands across every
@@ -51,8 +53,6 @@ from ..errors import (
     ContainerNotFound,
     FileNotFound,
     FileTooLarge,
-    Hint,
-    InvalidPath,
     InvalidRequest,
     ProviderError,
     ProviderUnavailable,
@@ -72,7 +72,7 @@ from ..uploads import CHUNK_SIZE, Upload
 from .base import ApproveChanges, Capabilities, ExecRequest, ExecResult, FileChanges, ProgressCallback
 from .docker_api import Engine
 from .docker_exec import DockerExec, ExecLimits, ExecOutcome, FileScan, scan_files
-from .docker_tar import tar_dir, tar_one_file
+from .docker_tar import tar_dir
 from .exec_files import ending
 from .local import FilesSink, UsageSink
 from .local_lock import ContainerLocks, LockBusy
@@ -272,8 +272,10 @@ class DockerProvider(RegistryBacked):
         if row is None or row.status != "running":
             return
         try:
-            await self._exec.kill(_engine_name(container_id))
-            scan = await scan_files(self.engine, _engine_name(container_id), self.registry.files_of(container_id))
+            name = _engine_name(container_id)
+            await self._exec.kill(name)
+            listed = await self._exec.listing(name)
+            scan = await scan_files(self.engine, name, self.registry.files_of(container_id), listed)
             put = await self._rows_for(container_id, scan, source="assistant")
         except ProviderError as exc:
             log.warning("container %s could not be rescanned: %s", container_id, exc)
@@ -437,33 +439,13 @@ class DockerProvider(RegistryBacked):
                         )
                     )
                 name = _engine_name(container_id)
-                tar = tar_one_file(
-                    rel,
-                    size,
-                    _read_chunks(spool),
-                    uid=self._uid,
-                    gid=self._gid,
-                    mtime=self._clock(),
-                    shared=self._shared,
-                )
                 with anyio.CancelScope(shield=True):  # once bytes go in, the row must follow
-                    try:
-                        await self._engine_call(container_id, self.engine.put_archive(name, MOUNT, tar))
-                    except ProviderError as exc:
-                        if "cannot overwrite" not in exc.message:
-                            raise
-                        # The engine extracts nothing through a non-directory: the path names a
-                        # directory, or a file or symlink stands where a parent directory should be.
-                        raise InvalidPath(
-                            f"{MOUNT}/{rel} cannot be written: in the container, a directory is at that path, or a "
-                            "file or symlink is where one of its parent directories should be. Nothing was stored.",
-                            hint=Hint(
-                                mcp="Choose another path, or remove what is in the way with container_exec.",
-                                rest="Choose another path, or remove what is in the way with a command.",
-                            ),
-                            param="path",
-                        ) from None
+                    await self._engine_call(
+                        container_id, self._exec.write(name, rel, size, _read_chunks(spool), shared=self._shared)
+                    )
                     stat = await self.engine.stat_path(name, f"{MOUNT}/{rel}")
+                    if stat is not None and int(stat.get("size", -1)) != size:
+                        stat = None  # a command changed it since: no mtime, so the next scan rereads it
                     now = self._clock()
                     row = FileRow(
                         id=new_file_id(now),
@@ -481,7 +463,8 @@ class DockerProvider(RegistryBacked):
 
     @asynccontextmanager
     async def _spool(self, upload: Upload, max_bytes: int | None) -> AsyncIterator[tuple[int, int, str]]:
-        """The upload in a private temp file (fd, size, sha256): its size must be known before the tar header."""
+        """The upload in a private temp file (fd, size, sha256): its size and hash are known before the quota
+        check, which comes before any byte goes into the container."""
         fd, name = await anyio.to_thread.run_sync(lambda: tempfile.mkstemp(dir=self.data_dir / "tmp", prefix="upload-"))
         try:
             os.unlink(name)  # nothing to clean after a crash: the bytes live only while the fd is open
@@ -571,7 +554,8 @@ class DockerProvider(RegistryBacked):
 
                 async def rescan() -> None:
                     nonlocal scan
-                    scan = await scan_files(self.engine, name, before, ended.listed)
+                    listed = ended.listed if ended.listed is not None else await self._exec.listing(name)
+                    scan = await scan_files(self.engine, name, before, listed)
 
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(settle)

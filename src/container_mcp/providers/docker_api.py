@@ -102,7 +102,15 @@ class ExecStream:
     async def send_stdin(self, data: bytes | None) -> None:
         """Write ``data`` (if any) and close our half, so the command sees end of input."""
         if data:
-            await self._stream.write(data)
+            await self.write(data)
+        self.close_stdin()
+
+    async def write(self, data: bytes) -> None:
+        """Write ``data`` up the command's stdin; more may follow, until ``close_stdin``."""
+        await self._stream.write(data)
+
+    def close_stdin(self) -> None:
+        """Close our half of the connection: the command sees end of input."""
         sock = self._stream.get_extra_info("socket")
         if sock is not None:
             sock.shutdown(socket.SHUT_WR)
@@ -279,10 +287,28 @@ class Engine:
         )
         return result
 
-    async def changes(self, ref: str) -> list[dict[str, Any]]:
-        """Paths of the container's filesystem changed since its creation (Kind 0 modified, 1 added, 2 deleted)."""
-        result = await self._json("GET", f"/containers/{ref}/changes")
-        return list(result or [])
+    async def changes(self, ref: str, *, max_bytes: int, under: str) -> set[str] | None:
+        """Paths under ``under`` that the container's filesystem added or modified since its creation;
+        None when the engine's answer is longer than ``max_bytes`` (a command can make it any length)."""
+        response = await self._send("GET", f"/containers/{ref}/changes", stream=True)
+        body = bytearray()
+        try:
+            async for chunk in response.aiter_bytes():
+                if len(body) + len(chunk) > max_bytes:
+                    return None
+                body += chunk
+        finally:
+            await response.aclose()
+        prefix = under.rstrip("/") + "/"
+
+        def keep(change: dict[str, Any]) -> str | None:  # each entry dropped as parsed: memory follows the kept
+            path = change.get("Path")
+            return path if isinstance(path, str) and path.startswith(prefix) and change.get("Kind") != 2 else None
+
+        text = body.decode("utf-8", errors="replace")
+        body.clear()
+        found = json.loads(text, object_hook=keep) if text.strip() else None
+        return {p for p in found or [] if isinstance(p, str)}
 
     # --- exec ------------------------------------------------------------------------------
 

@@ -16,36 +16,53 @@ left the session; when no helper can start (every pid taken) or it does not answ
 An exit by signal N shows as 128+N, as from a shell; a SIGKILL with the container's OOM-kill counter
 grown is reported as ``killed_reason="memory_limit"``.
 
-**Scanning.** ``scan_files`` tells what a command did to /mnt/data. The wrapper's listing names
-the candidate paths (without one, after a timeout, or for a repair, the engine's change list
-``GET /containers/{id}/changes`` does: exact but slow, ~10 ms on a busybox image and ~300 ms on
-a Debian one, where Docker walks the image). The engine's own stat (archive API) of each candidate
-and of every file recorded before gives size, type and mtime, and a file's bytes and hash are read
-by a helper as the container's user (``read``; the archive API would read as root, through symlinked
-parent directories): the listing only says where to look. A listing over ``_MAX_LISTING`` bytes is
-dropped for the change list (the nonce is in the wrapper's argv, which the command can read, so it
-can forge the markers: what it lists is only ever a hint). A command can hide a file from the
-listing (it is then not counted; the container's writable layer is not a disk quota anyway) but
-cannot make the server record a size or content that is not there. A path is a file when the
+**Scanning.** ``scan_files`` tells what a command did to /mnt/data. The wrapper's listing names the
+candidate paths; without one (after a timeout, or for a repair, once the command's processes are
+killed) ``DockerExec.listing`` does: the engine's change list ``GET /containers/{id}/changes``
+(exact but slow, ~10 ms on a busybox image and ~300 ms on a Debian one, where Docker walks the
+image), read to at most ``_MAX_LISTING`` bytes, since a command that made a million files in /tmp
+makes it that long (and one that nested directories past the engine's PATH_MAX makes it fail); past
+that, a helper lists /mnt/data's files as the container's user, kept to ``_MAX_LISTING`` bytes too
+(files past the cap go unrecorded, as hidden ones do). The engine's own stat (archive API) of each
+candidate and of every file recorded before gives size, type and mtime, and a file's bytes and hash
+are read by a helper as the container's user (``read``; the archive API would read as root, through
+symlinked parent directories): the listing only says where to look. A listing over ``_MAX_LISTING``
+bytes is dropped for the change list (the nonce is in the wrapper's argv, which the command can
+read, so it can forge the markers: what it lists is only ever a hint). A command can hide a file
+from the listing (it is then not counted; the container's writable layer is not a disk quota anyway)
+but cannot make the server record a size or content that is not there. A path is a file when the
 engine says it is a regular file and its name is a valid container path; symlinks, devices and the
 like are never reported. Compared with the rows before the command, that yields created, changed
 (size or mtime differ) and deleted files.
+
+**Writing.** ``write`` stores an upload as the container's user, never through the archive API
+(which writes as root and resolves the destination's parent directories itself, so a command
+swapping a folder for a symlink to /etc or /root at the right instant would have the server write
+where the user may not). A helper (``_WRITE``) makes and enters each parent directory in turn
+(``mkdir``, ``cd -P``) and checks that the directory it is in is really /mnt/data/<parents so
+far> (from then on, swapping path components cannot move where it writes: it writes relative to
+its working directory), copies its stdin into a fresh temporary file there (``set -C``: created,
+never an existing one opened), checks its type and that its size is the size sent, and renames it
+over the destination (``mv -T``: atomic; a symlink or FIFO at the destination is replaced, never
+followed or opened). Whatever a command does meanwhile, the helper acts with the user's rights
+only, and a cut or short upload (the server killed mid-stream: stdin ends early) leaves nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import anyio
 
-from ..errors import InvalidPath, InvalidRequest, ProviderError
+from ..errors import Hint, InvalidPath, InvalidRequest, ProviderError
 from ..paths import MOUNT, normalize_path, relative_path
 from ..sandbox.output import OutputCapture, decode_output
 from .base import ExecRequest, ExecResult, FileChanges, ProgressCallback
@@ -92,6 +109,33 @@ echo done
 
 _READ = 'if [ "$3" -lt 0 ]; then exec tail -c +"$2" -- "$1"; fi; tail -c +"$2" -- "$1" | head -c "$3"'
 """Writes the file's bytes from offset $2 - 1, at most $3 of them (all when negative), to stdout."""
+
+_WRITE = """umask "$5"; parents=$1 dest=$2 t=.container-mcp-upload-$3 size=$4
+cd /mnt/data || { echo parent; exit; }
+set -f; w=/mnt/data; IFS=/
+for c in $parents; do
+  mkdir -- "$c" 2>/dev/null; cd -P -- "./$c" 2>/dev/null || { echo parent; exit; }; w=$w/$c
+  [ "$(pwd -P)" = "$w" ] || { echo parent; exit; }
+done
+unset IFS; [ -d "$dest" ] && { echo directory; exit; }
+set -C; cat > "$t" 2>/dev/null || { [ -w . ] && echo failed || echo unwritable; rm -f -- "$t"; exit; }
+[ -f "$t" ] && [ ! -L "$t" ] && set -- $(ls -ln -- "$t") && [ "$5" = "$size" ] || { echo short; rm -f -- "$t"; exit; }
+[ -L "$dest" ] && rm -f -- "$dest"
+mv -f -T -- "$t" "$dest" 2>/dev/null || { [ -d "$dest" ] && echo directory || echo failed; rm -f -- "$t"; exit; }
+echo stored"""
+"""Stores stdin at /mnt/data/$1/$2 ($3: a nonce for the temporary name, $4: the size sent, $5: the
+umask) and says on stdout how it ended (see the module docstring; its status is not asked of the
+engine, which may not know it yet when the stream closes). Each parent is made and entered one at a
+time, relative to the directory just checked, so no directory is ever made outside /mnt/data. A
+symlink at the destination is removed first (it is no file of ours; busybox's ``mv`` cannot
+replace one whose target the user may not stat)."""
+
+_LIST = """if command -v find >/dev/null; then exec find /mnt/data -type f -print0 2>/dev/null; fi
+walk() { for f in "$1"/* "$1"/.[!.]* "$1"/..?*; do
+  if [ -L "$f" ]; then :; elif [ -d "$f" ]; then walk "$f"; elif [ -f "$f" ]; then printf '%s\\000' "$f"; fi
+done; }
+walk /mnt/data"""
+"""Lists /mnt/data's regular files, NUL-terminated (``find`` where the image has it, else the shell)."""
 
 _MAX_LISTING = 16 << 20
 """Bytes of listing kept at most (~16k paths of the longest kind); a longer one is dropped and the
@@ -330,6 +374,141 @@ class DockerExec:
         for start in range(0, len(rels), 200):
             await self._quiet(name, ["rm", "-f", "--", *(f"{MOUNT}/{r}" for r in rels[start : start + 200])])
 
+    async def write(self, name: str, rel: str, size: int, chunks: AsyncIterable[bytes], *, shared: bool) -> None:
+        """Store ``size`` bytes from ``chunks`` at /mnt/data/``rel`` as the container's user (see the module
+        docstring), replacing what is there; ``shared``: writable by every user of the container.
+
+        Streams the bytes up the helper's stdin (flat memory). Raises ``InvalidPath`` when the path
+        cannot be written as the user (a file or symlink where a parent directory should be, a
+        directory at the path, a directory the user may not write), ``ProviderError`` when the bytes
+        stored are not the bytes sent; nothing is stored then.
+        """
+        parent, _, base = rel.rpartition("/")
+        umask = "000" if shared else "022"
+        argv = ["/bin/sh", "-c", _WRITE, "sh", parent, base, secrets.token_hex(16), str(size), umask]
+        exec_id = await self._engine.exec_create(name, argv, user=self._user, env=[], workdir="/", stdin=True)
+        stream = await self._engine.exec_start(exec_id)
+        idle = self._limits.helper_idle_s
+        said = bytearray()
+        failed: Exception | None = None
+        try:
+            with anyio.CancelScope() as waiting:
+                async with anyio.create_task_group() as tg:
+
+                    async def send() -> None:
+                        nonlocal failed
+                        try:
+                            async for chunk in chunks:
+                                with anyio.move_on_after(idle) as blocked:
+                                    try:
+                                        await stream.write(chunk)
+                                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                                        return  # the helper ended early: what it said tells why
+                                if blocked.cancelled_caught:  # the container's processes stopped the helper
+                                    waiting.cancel()
+                                    return
+                            with contextlib.suppress(OSError):
+                                stream.close_stdin()
+                        except Exception as exc:  # the source failed: the helper, cut short, stores nothing
+                            failed = exc
+                            waiting.cancel()
+                        finally:
+                            waiting.deadline = min(waiting.deadline, anyio.current_time() + idle)
+
+                    tg.start_soon(send)
+                    async for kind, payload in stream.frames():
+                        if kind == 1 and len(said) < 64:
+                            said += payload
+                    tg.cancel_scope.cancel()  # it ended: nothing more it could take is wanted
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+        if failed is not None:
+            raise failed
+        stalled = waiting.cancelled_caught
+        where = f"{MOUNT}/{rel}"
+        outcome = bytes(said).strip().decode(errors="replace")
+        if outcome == "stored":
+            return
+        hint = Hint(
+            mcp="Choose another path, or fix what is in the way with container_exec.",
+            rest="Choose another path, or fix what is in the way with a command.",
+        )
+        if outcome == "parent":
+            raise InvalidPath(
+                f"{where} cannot be written: in the container, a file or symlink is where one of its parent "
+                "directories should be, or the container's user may not make them. Nothing was stored.",
+                hint=hint,
+                param="path",
+            )
+        if outcome == "directory":
+            raise InvalidPath(
+                f"{where} cannot be written: in the container, a directory (or a symlink to one) is at that path. "
+                "Nothing was stored.",
+                hint=hint,
+                param="path",
+            )
+        if outcome == "unwritable":
+            raise InvalidPath(
+                f"{where} cannot be written: its directory in the container is not writable by the container's "
+                "user (a command changed its permissions; `chmod u+w` it). Nothing was stored.",
+                hint=hint,
+                param="path",
+            )
+        if stalled:
+            raise ProviderError(
+                f"{where} could not be written: the container's helper stalled for {idle:.0f}s (its processes "
+                "stopped or blocked it). Nothing was recorded; the next command's file scan records whatever it left.",
+                status=504,
+            )
+        raise ProviderError(
+            f"{where} could not be written in the container ({outcome or 'the helper ended without a word'}: the "
+            "upload was cut, the disk is full, or a command changed the file while it was written). Nothing was "
+            "stored."
+        )
+
+    async def listing(self, name: str) -> set[str]:
+        """Absolute paths of /mnt/data's files, for a scan without the wrapper's listing: the engine's
+        change list while it is at most ``_MAX_LISTING`` bytes, else a helper's listing as the user,
+        cut at ``_MAX_LISTING`` bytes (see the module docstring). Run it once the command's processes
+        are gone (killed, or ended), so what it lists stays put."""
+        try:
+            found = await self._engine.changes(name, max_bytes=_MAX_LISTING, under=MOUNT)
+            why = f"over {_MAX_LISTING} bytes"
+        except ProviderError as exc:
+            if exc.status is None:
+                raise
+            found = None  # e.g. paths past the engine's own PATH_MAX make it fail: a command can do that
+            why = exc.message[:200]
+        if found is not None:
+            return found
+        log.warning("container %s: its change list is not usable (%s); listing /mnt/data as its user", name, why)
+        exec_id = await self._engine.exec_create(
+            name, ["/bin/sh", "-c", _LIST], user=self._user, env=[], workdir="/", stdin=False
+        )
+        stream = await self._engine.exec_start(exec_id)
+        data = bytearray()
+        cut = False
+        try:
+            await stream.send_stdin(None)
+            async for kind, payload in stream.frames(idle_s=self._limits.helper_idle_s):
+                if kind != 1:
+                    continue
+                if len(data) + len(payload) > _MAX_LISTING:
+                    data += payload[: _MAX_LISTING - len(data)]
+                    cut = True
+                    break
+                data += payload
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+        if cut:  # the last entry may be a part of a path
+            log.warning(
+                "container %s: its /mnt/data listing is over %d bytes; files past it go unrecorded", name, _MAX_LISTING
+            )
+            del data[data.rfind(b"\0") + 1 :]
+        return {p.decode("utf-8", errors="replace") for p in bytes(data).split(b"\0") if p}
+
     async def _quiet(self, name: str, argv: list[str]) -> bytes:
         """Run a helper command to its end; returns its stdout."""
         exec_id = await self._engine.exec_create(name, argv, user=self._user, env=[], workdir="/", stdin=False)
@@ -430,13 +609,9 @@ def _candidate(path: str) -> str | None:
         return None
 
 
-async def scan_files(
-    engine: Engine, name: str, before: Mapping[str, FileRow], listed: set[str] | None = None
-) -> FileScan:
-    """Compare the container's /mnt/data with ``before`` (see the module docstring). ``listed``: the
-    wrapper's listing of file paths, used instead of the engine's change list to find new files."""
-    if listed is None:
-        listed = {str(c["Path"]) for c in await engine.changes(name) if c.get("Kind") != 2}
+async def scan_files(engine: Engine, name: str, before: Mapping[str, FileRow], listed: set[str]) -> FileScan:
+    """Compare the container's /mnt/data with ``before`` (see the module docstring). ``listed``: absolute
+    paths where new files may be (the wrapper's listing, or ``DockerExec.listing``'s)."""
     candidates = sorted({rel for path in listed if (rel := _candidate(path))} | set(before))
     stats: dict[str, dict[str, Any] | None] = {}
     limiter = anyio.CapacityLimiter(16)
