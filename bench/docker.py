@@ -170,9 +170,9 @@ async def main(runs: int, image: str | None) -> None:
                                 # The engine keeps working for a few ms after an exec returns (the exec's
                                 # teardown): whichever series follows another exec pays for it. Rotating
                                 # the order each round makes every series follow every other equally.
-                                for series in (execs, lifecycles):
-                                    for name, step in series[n % len(series) :] + series[: n % len(series)]:
-                                        await timed(name, step)
+                                for order in (execs, lifecycles):
+                                    for label, step in order[n % len(order) :] + order[: n % len(order)]:
+                                        await timed(label, step)
                         finally:
                             await raw.remove(raw_ref)
             finally:

@@ -16,9 +16,10 @@ import pytest
 from container_mcp.models import ContainerSpec, ListParams
 from container_mcp.providers.base import ExecRequest, FileChanges
 from container_mcp.providers.docker import DockerProvider
+from container_mcp.providers.docker_api import Engine
 from container_mcp.uploads import BytesUpload
 
-from .engine import DOCKER_HOST, Engine, debian_image, docker_provider, require_engine
+from .engine import DOCKER_HOST, debian_image, docker_provider, require_engine
 
 # The first test of a fresh machine builds the image (~1 min on 2 cores, more on a slow mirror).
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(600)]
