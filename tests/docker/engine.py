@@ -33,7 +33,7 @@ from container_mcp.providers.docker_exec import ExecLimits
 
 __all__ = ["BUSYBOX", "DOCKER_HOST", "docker_provider", "engine_containers", "require_engine", "busybox_image"]
 
-DOCKER_HOST = DEFAULT_DOCKER_HOST
+DOCKER_HOST = os.environ.get("CONTAINER_MCP_TEST_DOCKER_HOST", DEFAULT_DOCKER_HOST)
 BUSYBOX = "/bin/busybox"
 _IMAGE_REPO = "container-mcp-test-busybox"
 

@@ -450,7 +450,8 @@ class DockerProvider(RegistryBacked):
                     try:
                         await self._engine_call(container_id, self.engine.put_archive(name, MOUNT, tar))
                     except ProviderError as exc:
-                        if "cannot overwrite" not in exc.message:
+                        # Docker says "cannot overwrite"; Podman's copier "error creating ...: file exists".
+                        if "cannot overwrite" not in exc.message and "file exists" not in exc.message:
                             raise
                         # The engine extracts nothing through a non-directory: the path names a
                         # directory, or a file or symlink stands where a parent directory should be.

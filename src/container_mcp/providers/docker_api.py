@@ -231,10 +231,12 @@ class Engine:
 
     async def image_import(self, tar: bytes, repo: str, tag: str, changes: list[str]) -> None:
         """Import a root filesystem tarball as ``repo:tag`` (``docker import``), offline."""
+        # The tag travels inside ``repo``, as the docker CLI sends it: Podman's compat API ignores a
+        # separate ``tag`` and would name the image ``repo:latest``.
         await self._json(
             "POST",
             "/images/create",
-            params={"fromSrc": "-", "repo": repo, "tag": tag, "changes": changes},
+            params={"fromSrc": "-", "repo": f"{repo}:{tag}", "changes": changes},
             content=tar,
             headers={"Content-Type": "application/x-tar"},
         )
