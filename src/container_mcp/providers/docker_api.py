@@ -196,6 +196,11 @@ class Engine:
 
     # --- engine and images -----------------------------------------------------------------
 
+    async def ping(self) -> None:
+        """Raises unless the engine answers. ``/_ping``, not ``/version``: Podman's version runs its
+        conmon and OCI runtime binaries to report theirs (~0.5 s a call)."""
+        await self._send("GET", "/_ping")
+
     async def version(self) -> dict[str, Any]:
         result: dict[str, Any] = await self._json("GET", "/version")
         return result
