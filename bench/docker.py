@@ -90,7 +90,7 @@ def raw_config(image: str) -> dict[str, object]:
     }
 
 
-async def main(runs: int, image: str | None) -> None:
+async def main(runs: int, image: str | None, host: str) -> None:
     results: dict[str, list[float]] = {}
 
     async def timed(name: str, step: Callable[[], Awaitable[object]]) -> None:
@@ -100,14 +100,14 @@ async def main(runs: int, image: str | None) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        async with Engine(DEFAULT_DOCKER_HOST) as raw:
+        async with Engine(host) as raw:
             image = image or await busybox_image(raw)
             settings = Settings.isolated(data_dir=root / "data", provider="docker", max_calls_per_minute=10**6)
             store = SqliteLedger()
             docker_dir = root / "data" / "docker"
             try:
                 async with (
-                    DockerProvider(docker_dir, engine=Engine(DEFAULT_DOCKER_HOST), image=image) as docker,
+                    DockerProvider(docker_dir, engine=Engine(host), image=image) as docker,
                     LocalProvider(root / "local", clock=system_clock, exec_limits=LocalLimits()) as local,
                 ):
                     service = ContainerService(docker, store, limits_from(settings))
@@ -177,9 +177,9 @@ async def main(runs: int, image: str | None) -> None:
                             await raw.remove(raw_ref)
             finally:
                 store.close()
-                await remove_all(docker_dir)
+                await remove_all(docker_dir, host)
 
-    print(f"# {runs} rounds, image {image}; command: .venv/bin/python bench/docker.py --runs {runs}")
+    print(f"# {runs} rounds, image {image}, engine {host}; command: .venv/bin/python bench/docker.py --runs {runs}")
     print(f"{'series':34s} {'p50 ms':>8s} {'p95 ms':>8s}")
     for name, samples in results.items():
         print(f"{name:34s} {pct(samples, 0.5):8.2f} {pct(samples, 0.95):8.2f}")
@@ -194,5 +194,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--image", default=None, help="an image the engine has (default: the busybox test image)")
+    parser.add_argument(
+        "--host", default=DEFAULT_DOCKER_HOST, help="the engine's DOCKER_HOST, e.g. a Podman service's socket"
+    )
     args = parser.parse_args()
-    anyio.run(main, args.runs, args.image)
+    anyio.run(main, args.runs, args.image, args.host)

@@ -18,6 +18,8 @@ from container_mcp.server.app import create_server
 from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
 
+from .docker.podman import podman_host  # noqa: F401  (one session Podman service, shared by tests/docker and tests/contract)
+
 HOSTILE_ENVIRONMENT = {
     "CONTAINER_MCP_MAX_CALLS_PER_MINUTE": "2",
     "CONTAINER_MCP_MAX_CONTAINERS": "1",

@@ -1,9 +1,12 @@
 """The Docker engine the docker tests run against, and their image, built offline.
 
 The engine is the one at the default socket (scripts/test starts a ``dockerd`` there when none
-answers). The test image is built here from the host's static busybox (Debian ``busybox-static``)
-and imported through the Engine API (``docker import``, ~0.1 s), tagged by the binary's digest so
-it is built once per busybox version: a shell, coreutils-like applets, ``/etc/passwd`` with user
+answers), or the one ``CONTAINER_MCP_TEST_DOCKER_HOST`` names (read by the tests only, to run the
+whole directory against another engine); every helper also takes a ``host`` (the ``engine_host``
+fixture: docker, or the session's own Podman service, tests/docker/podman.py). The test image is
+built here from the host's static busybox (Debian ``busybox-static``) and imported through the
+Engine API (``docker import``, ~0.1 s), tagged by the binary's digest so it is built once per
+busybox version and engine: a shell, coreutils-like applets, ``/etc/passwd`` with user
 ``sandbox`` (uid 1000), ``/tmp`` 1777. No registry is needed or contacted.
 
 ``debian_image()`` is the real-distribution case: Debian bookworm with python3 (``mmdebstrap
@@ -47,7 +50,7 @@ __all__ = [
     "require_engine",
 ]
 
-DOCKER_HOST = DEFAULT_DOCKER_HOST
+DOCKER_HOST = os.environ.get("CONTAINER_MCP_TEST_DOCKER_HOST", DEFAULT_DOCKER_HOST)
 BUSYBOX = "/bin/busybox"
 _IMAGE_REPO = "container-mcp-test-busybox"
 DEBIAN_IMAGE = "container-mcp-test-debian:bookworm-python3"
@@ -89,17 +92,17 @@ def _read(path: str) -> bytes:
     return Path(path).read_bytes()
 
 
-async def require_engine() -> None:
+async def require_engine(host: str = DOCKER_HOST) -> None:
     """Skip (no engine and no apt-get: this machine cannot run them) or fail (CI must have one)."""
     reason = None
-    if not _exists(DOCKER_HOST.removeprefix("unix://")):
-        reason = f"no Docker engine socket at {DOCKER_HOST}"
+    if not _exists(host.removeprefix("unix://")):
+        reason = f"no Docker engine socket at {host}"
     else:
         try:
-            async with Engine(DOCKER_HOST, timeout_s=10) as engine:
-                await engine.version()
+            async with Engine(host, timeout_s=10) as engine:
+                await engine.ping()
         except ProviderError as exc:
-            reason = f"the Docker engine at {DOCKER_HOST} does not answer: {exc}"
+            reason = f"the Docker engine at {host} does not answer: {exc}"
     if reason is None:
         if not _exists(BUSYBOX):
             pytest.fail(f"{BUSYBOX} is missing: scripts/bootstrap --dev installs busybox-static")
@@ -138,15 +141,15 @@ async def debian_image(engine: Engine) -> str:
     return DEBIAN_IMAGE
 
 
-async def engine_containers(data_dir: Path) -> list[str]:
+async def engine_containers(data_dir: Path, host: str = DOCKER_HOST) -> list[str]:
     """Engine ids of every container (running or not) labelled with ``data_dir``'s instance."""
-    async with Engine(DOCKER_HOST) as engine:
+    async with Engine(host) as engine:
         found = await engine.list_labelled({"io.container-mcp.instance": instance_label(data_dir)})
     return [str(c["Id"]) for c in found]
 
 
-async def remove_all(data_dir: Path) -> None:
-    async with Engine(DOCKER_HOST) as engine:
+async def remove_all(data_dir: Path, host: str = DOCKER_HOST) -> None:
+    async with Engine(host) as engine:
         for c in await engine.list_labelled({"io.container-mcp.instance": instance_label(data_dir)}):
             await engine.remove(str(c["Id"]))
 
@@ -161,15 +164,16 @@ async def docker_provider(
     user: str = "1000:1000",
     image_user: str | None = None,
     image: str | None = None,
+    host: str = DOCKER_HOST,
 ) -> AsyncIterator[DockerProvider]:
-    """A DockerProvider on the test engine and image; its engine containers are removed afterwards."""
-    await require_engine()
-    async with Engine(DOCKER_HOST) as probe:
+    """A DockerProvider on the test engine (``host``) and image; its engine containers are removed afterwards."""
+    await require_engine(host)
+    async with Engine(host) as probe:
         image = image or await busybox_image(probe, user=image_user)
     try:
         async with DockerProvider(
             data_dir,
-            engine=Engine(DOCKER_HOST),
+            engine=Engine(host),
             image=image,
             user=user,
             clock=clock or ManualClock(),
@@ -178,4 +182,4 @@ async def docker_provider(
             yield provider
     finally:
         if cleanup:
-            await remove_all(data_dir)
+            await remove_all(data_dir, host)

@@ -17,6 +17,7 @@ from container_mcp.uploads import BytesUpload
 from .engine import docker_provider
 
 pytestmark = pytest.mark.anyio
+ENGINES = ["docker", "podman"]
 
 
 async def accept(changes: FileChanges) -> None:
@@ -177,8 +178,8 @@ async def test_large_files_stream_with_flat_memory(docker: DockerProvider) -> No
     assert peak < 16 << 20, f"peak {peak} bytes for a {size}-byte file"
 
 
-async def test_the_images_own_named_user_can_use_uploaded_files(tmp_path: Path) -> None:
-    async with docker_provider(tmp_path / "docker", user="", image_user="sandbox") as docker:
+async def test_the_images_own_named_user_can_use_uploaded_files(tmp_path: Path, engine_host: str) -> None:
+    async with docker_provider(tmp_path / "docker", user="", image_user="sandbox", host=engine_host) as docker:
         c = await docker.create_container(ContainerSpec(name="named"))
         up = await docker.create_file(c.id, "/mnt/data/in/up.txt", BytesUpload(b"up"))
         ran = await docker.exec(c.id, sh("id -un; echo more >> in/up.txt; echo new > in/new.txt"), approve=accept)

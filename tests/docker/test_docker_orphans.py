@@ -34,7 +34,11 @@ async def _params(data_dir: Path) -> StdioServerParameters:
     await require_engine()
     async with Engine(DOCKER_HOST) as engine:
         image = await busybox_image(engine)
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CONTAINER_MCP_DOCKER_IMAGE": image}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "CONTAINER_MCP_DOCKER_IMAGE": image,
+        "DOCKER_HOST": DOCKER_HOST,
+    }
     return StdioServerParameters(
         command=console_script(), args=["--provider", "docker", "--data-dir", str(data_dir)], env=env
     )

@@ -181,7 +181,7 @@ class DockerProvider(RegistryBacked):
 
     async def __aenter__(self) -> Self:
         try:
-            await self.engine.version()
+            await self.engine.ping()
             await self.reconcile()
             self._stack = AsyncExitStack()
             tg = await self._stack.enter_async_context(anyio.create_task_group())

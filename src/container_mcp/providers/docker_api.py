@@ -204,6 +204,11 @@ class Engine:
 
     # --- engine and images -----------------------------------------------------------------
 
+    async def ping(self) -> None:
+        """Raises unless the engine answers. ``/_ping``, not ``/version``: Podman's version runs its
+        conmon and OCI runtime binaries to report theirs (~0.5 s a call)."""
+        await self._send("GET", "/_ping")
+
     async def version(self) -> dict[str, Any]:
         result: dict[str, Any] = await self._json("GET", "/version")
         return result
@@ -239,10 +244,12 @@ class Engine:
 
     async def image_import(self, tar: bytes | AsyncIterable[bytes], repo: str, tag: str, changes: list[str]) -> None:
         """Import a root filesystem tarball (bytes, or streamed) as ``repo:tag`` (``docker import``), offline."""
+        # The tag travels inside ``repo``, as the docker CLI sends it: Podman's compat API ignores a
+        # separate ``tag`` and would name the image ``repo:latest``.
         await self._json(
             "POST",
             "/images/create",
-            params={"fromSrc": "-", "repo": repo, "tag": tag, "changes": changes},
+            params={"fromSrc": "-", "repo": f"{repo}:{tag}", "changes": changes},
             content=tar,
             headers={"Content-Type": "application/x-tar"},
         )

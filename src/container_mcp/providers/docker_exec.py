@@ -7,12 +7,13 @@ and, once it has ended, lists the files under /mnt/data on stderr between two ma
 of a random nonce; ``_Divert`` takes them out of the output. Its stdin is written up the hijacked
 stream and closed; stdout and stderr come down it and are kept head and tail (``OutputCapture``).
 The command has ended when its output streams close (a background process that keeps them open
-keeps the call waiting until the timeout: redirect it). A timeout, or a cancelled call, kills
-every process of the command's session (``_KILL``: a scan of ``/proc`` run by another exec as the
-same user stops them all, then kills them), so nothing it started survives the call unless it
-left the session; when no helper can start (every pid taken) or it does not answer within
-``kill_wait_s`` (the command made its pid file a FIFO), the engine restarts the container instead
-(all processes go, files stay). Every helper's stream gives up after ``helper_idle_s`` of silence.
+keeps the call waiting until the timeout: redirect it); on Podman, whose exec ends with its main
+process, when the wrapper has exited (such a process then outlives the call instead). A timeout,
+or a cancelled call, kills every process of the command's session (``_KILL``: a scan of ``/proc``
+run by another exec as the same user stops them all, then kills them), so nothing it started
+survives the call unless it left the session; when no helper can start (every pid taken) or it
+does not answer within ``kill_wait_s`` (the command made its pid file a FIFO), the engine restarts
+the container instead (all processes go, files stay). Every helper's stream gives up after ``helper_idle_s`` of silence.
 An exit by signal N shows as 128+N, as from a shell; a SIGKILL with the container's OOM-kill counter
 grown is reported as ``killed_reason="memory_limit"``.
 
