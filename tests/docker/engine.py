@@ -28,7 +28,7 @@ import pytest
 from container_mcp.clock import Clock, ManualClock
 from container_mcp.errors import ProviderError
 from container_mcp.providers.docker import DockerProvider, instance_label
-from container_mcp.providers.docker_api import DEFAULT_DOCKER_HOST, Engine
+from container_mcp.providers.docker_api import DEFAULT_DOCKER_HOST, Engine, EngineOptions
 from container_mcp.providers.docker_exec import ExecLimits
 
 __all__ = ["BUSYBOX", "DOCKER_HOST", "docker_provider", "engine_containers", "require_engine", "busybox_image"]
@@ -127,15 +127,19 @@ async def docker_provider(
     cleanup: bool = True,
     user: str = "1000:1000",
     image_user: str | None = None,
+    docker_host: str = DOCKER_HOST,
+    options: EngineOptions | None = None,
 ) -> AsyncIterator[DockerProvider]:
-    """A DockerProvider on the test engine and image; its engine containers are removed afterwards."""
+    """A DockerProvider on the test engine and image; its engine containers are removed afterwards.
+
+    ``docker_host`` / ``options``: reach that same engine another way (a TLS relay, ssh)."""
     await require_engine()
     async with Engine(DOCKER_HOST) as probe:
         image = await busybox_image(probe, user=image_user)
     try:
         async with DockerProvider(
             data_dir,
-            engine=Engine(DOCKER_HOST),
+            engine=Engine(docker_host, options=options),
             image=image,
             user=user,
             clock=clock or ManualClock(),
