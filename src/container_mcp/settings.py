@@ -361,8 +361,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _docker_host(self) -> Settings:
-        # Only the docker provider speaks to it: a DOCKER_HOST exported for the docker CLI (ssh://,
-        # say) must not stop a server on another provider.
+        # Only the docker provider speaks to it: a DOCKER_HOST (or DOCKER_CERT_PATH) exported for the
+        # docker CLI, in a form or state this client refuses, must not stop a server on another provider.
         if self.provider == "docker":
             from .errors import InvalidRequest
             from .providers.docker_transport import check_docker_host

@@ -25,7 +25,7 @@ import re
 import shutil
 import ssl
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -58,7 +58,7 @@ class EngineOptions:
     tls: bool = False
     cert_path: Path | None = None
     ssh_config: Path | None = None
-    ssh_program: str = field(default="ssh")
+    ssh_program: str = "ssh"
 
 
 def shown(docker_host: str) -> str:
@@ -70,8 +70,7 @@ def shown(docker_host: str) -> str:
 def check_docker_host(docker_host: str, options: EngineOptions | None = None) -> str:
     """``docker_host`` if this client can speak to it with ``options`` (certificate files
     readable, an ssh client present); else ``InvalidRequest`` naming what to set."""
-    transport, _ = engine_base(docker_host, options or EngineOptions(), quiet=True)
-    del transport
+    engine_base(docker_host, options or EngineOptions(), quiet=True)
     return docker_host
 
 
@@ -197,9 +196,9 @@ def _protected(key: Path) -> None:
     if os.name != "posix":  # Windows has no mode bits to judge; its ACLs are the user's own
         return
     mode = key.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):  # ssh's rule for private keys: the owner's alone
         raise InvalidRequest(
-            f"DOCKER_CERT_PATH: {key} may be read by other users (mode {stat.S_IMODE(mode):o}); it grants root on "
+            f"DOCKER_CERT_PATH: {key} is open to other users (mode {stat.S_IMODE(mode):o}); it grants root on "
             f"the engine's host. Run `chmod 600 {key}`."
         )
 
