@@ -16,7 +16,9 @@ ssh's stderr goes to an unnamed temporary file and only its last lines reach an 
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
+import signal
 import ssl
 import subprocess
 import tempfile
@@ -153,8 +155,12 @@ class SSHStream(httpcore2.AsyncNetworkStream):
         self._closed = True
         with anyio.CancelScope(shield=True):
             if self._process.returncode is None:
+                # os.kill, not Process.kill: Popen's kill first reaps an exited ssh itself, racing the event
+                # loop's child watcher (which then warns "Unknown child process"). The pid cannot be reused
+                # before the watcher's reap reaches the loop, which has not happened while returncode is None
+                # but in the instant between the two, far too short for the pids to wrap around.
                 with contextlib.suppress(ProcessLookupError):
-                    self._process.kill()
+                    os.kill(self._process.pid, getattr(signal, "SIGKILL", signal.SIGTERM))  # Windows: SIGTERM
             await self._process.aclose()
         self._stderr.close()
 
