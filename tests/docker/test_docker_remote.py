@@ -215,3 +215,23 @@ def test_ssh_argv_carries_no_secret_and_passes_the_users_config(tmp_path: Path) 
         with pytest.raises(InvalidRequest) as caught:
             engine_base(bad)
         assert "pw@" not in caught.value.message
+
+
+async def test_the_server_builds_its_engine_from_the_tls_and_ssh_settings(tmp_path: Path, certs: Certificates) -> None:
+    from container_mcp.providers.registry import create_provider
+
+    config = tmp_path / "ssh_config"
+    config.write_text("")
+    for values in [
+        {"docker_host": "tcp://127.0.0.1:2376", "docker_tls_verify": "1", "docker_cert_path": certs.good},
+        {"docker_host": "ssh://u@127.0.0.1:2222", "docker_ssh_config": config},
+    ]:
+        settings = Settings.isolated(provider="docker", data_dir=tmp_path / "data", **values)
+        provider = create_provider(settings)
+        assert isinstance(provider, DockerProvider)
+        try:
+            assert provider.engine.options == settings.docker_engine_options()
+            assert provider.engine.docker_host == values["docker_host"]
+        finally:
+            provider.registry.close()
+            await provider.engine.aclose()
