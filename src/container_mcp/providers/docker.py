@@ -1,8 +1,9 @@
 """The Docker provider: each container is a real container of a Docker-compatible engine.
 
 * Engine: the Engine API at ``DOCKER_HOST`` (``docker_api.Engine``): Docker Engine, Docker
-  Desktop, Podman's service, or a remote engine over tcp. Nothing assumes the engine shares this
-  machine's filesystem: uploads go in as tar streams through the archive API; files are read
+  Desktop, Podman's service, or a remote engine (tcp:// with TLS, ssh://; ``docker_transport``).
+  Nothing assumes the engine shares this machine's filesystem: uploads go in as tar streams
+  through the archive API; files are read
   back by a helper command as the container's user (``DockerExec.read``), never as the engine's root.
 * Registry: the local provider's SQLite tables (``local_registry``) at
   ``<data_dir>/registry.sqlite3``: containers with their expiry, files with size, mtime, sha256.
