@@ -155,6 +155,10 @@ def test_plain_tcp_to_another_host_warns_and_loopback_does_not(caplog: pytest.Lo
         assert caplog.text == ""
         engine_base("tcp://192.0.2.7:2375")  # built, never dialled: no traffic leaves loopback
     assert "plain HTTP to another host" in caplog.text and "DOCKER_TLS_VERIFY" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        engine_base("tcp://127.0.0.1:2375", EngineOptions(cert_path=Path("/nonexistent")))
+    assert "DOCKER_CERT_PATH is set but neither" in caplog.text  # certificates meant for TLS, left unused
 
 
 # --- ssh:// ------------------------------------------------------------------------------------

@@ -116,6 +116,12 @@ def _tcp(docker_host: str, options: EngineOptions, *, quiet: bool) -> tuple[http
     netloc = f"[{host}]" if ":" in host else host
     netloc += f":{port or (2376 if tls else 2375)}"
     if not tls:
+        if not quiet and options.cert_path is not None:
+            log.warning(
+                "DOCKER_CERT_PATH is set but neither DOCKER_TLS_VERIFY nor DOCKER_TLS: %s is spoken in plain HTTP "
+                "(as the docker CLI would). Set DOCKER_TLS_VERIFY=1 to use the certificates.",
+                shown(docker_host),
+            )
         if not quiet and not _loopback(host):
             log.warning(
                 "DOCKER_HOST %s is plain HTTP to another host: anyone who reaches that port controls the engine "
