@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .netpolicy import DEFAULT_PORTS, EgressRules
+
+if TYPE_CHECKING:
+    from .providers.docker_transport import EngineOptions
 
 __all__ = ["ASYMMETRIC_ALGORITHMS", "MiB", "Settings", "default_data_dir"]
 
@@ -164,7 +167,26 @@ class Settings(BaseSettings):
     docker_host: str = Field(
         "unix:///var/run/docker.sock",
         validation_alias=AliasChoices("CONTAINER_MCP_DOCKER_HOST", "DOCKER_HOST", "docker_host"),
-        description="Where the Docker Engine API is: unix:///path/to/socket or tcp://host:port.",
+        description="Where the Docker Engine API is: unix:///path/to/socket, tcp://host:port or ssh://user@host.",
+    )
+    docker_tls_verify: bool = Field(
+        False,
+        validation_alias=AliasChoices("CONTAINER_MCP_DOCKER_TLS_VERIFY", "DOCKER_TLS_VERIFY", "docker_tls_verify"),
+        description="tcp:// over TLS, the engine verified against docker_cert_path/ca.pem. As for the docker CLI, "
+        "any non-empty value turns it on (even 0).",
+    )
+    docker_tls: bool = Field(
+        False,
+        validation_alias=AliasChoices("CONTAINER_MCP_DOCKER_TLS", "DOCKER_TLS", "docker_tls"),
+        description="tcp:// over TLS without verifying the engine (warned about). Any non-empty value turns it on.",
+    )
+    docker_cert_path: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("CONTAINER_MCP_DOCKER_CERT_PATH", "DOCKER_CERT_PATH", "docker_cert_path"),
+        description="Folder of ca.pem, cert.pem and key.pem for TLS (default ~/.docker).",
+    )
+    docker_ssh_config: Path | None = Field(
+        None, description="ssh client config file (ssh -F) for ssh:// engines; by default the user's own."
     )
     docker_image: str = Field(
         "python:3.12-slim", min_length=1, description="Image of new containers when the caller names none."
@@ -317,16 +339,36 @@ class Settings(BaseSettings):
             return [w for w in (s.strip() for s in value.split(",")) if w]
         return value
 
+    @field_validator("docker_tls_verify", "docker_tls", mode="before")
+    @classmethod
+    def _set_means_on(cls, value: object) -> object:
+        # The docker CLI's reading: set to anything but the empty string means on (DOCKER_TLS_VERIFY=0
+        # verifies there too), so an environment made for it never gets less security here.
+        if isinstance(value, str):
+            return value != ""
+        return value
+
+    def docker_engine_options(self) -> EngineOptions:
+        """How the docker provider reaches a remote engine (TLS files, ssh config)."""
+        from .providers.docker_transport import EngineOptions
+
+        return EngineOptions(
+            tls_verify=self.docker_tls_verify,
+            tls=self.docker_tls,
+            cert_path=self.docker_cert_path,
+            ssh_config=self.docker_ssh_config,
+        )
+
     @model_validator(mode="after")
     def _docker_host(self) -> Settings:
-        # Only the docker provider speaks to it: a DOCKER_HOST exported for the docker CLI (ssh://,
-        # say) must not stop a server on another provider.
+        # Only the docker provider speaks to it: a DOCKER_HOST (or DOCKER_CERT_PATH) exported for the
+        # docker CLI, in a form or state this client refuses, must not stop a server on another provider.
         if self.provider == "docker":
             from .errors import InvalidRequest
-            from .providers.docker_api import check_docker_host
+            from .providers.docker_transport import check_docker_host
 
             try:
-                check_docker_host(self.docker_host)
+                check_docker_host(self.docker_host, self.docker_engine_options())
             except InvalidRequest as exc:
                 raise ValueError(exc.message) from None
         return self

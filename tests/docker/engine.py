@@ -37,7 +37,7 @@ import pytest
 from container_mcp.clock import Clock, ManualClock
 from container_mcp.errors import ProviderError
 from container_mcp.providers.docker import DockerProvider, instance_label
-from container_mcp.providers.docker_api import DEFAULT_DOCKER_HOST, Engine
+from container_mcp.providers.docker_api import DEFAULT_DOCKER_HOST, Engine, EngineOptions
 from container_mcp.providers.docker_exec import ExecLimits
 
 __all__ = [
@@ -165,15 +165,19 @@ async def docker_provider(
     image_user: str | None = None,
     image: str | None = None,
     host: str = DOCKER_HOST,
+    docker_host: str | None = None,
+    options: EngineOptions | None = None,
 ) -> AsyncIterator[DockerProvider]:
-    """A DockerProvider on the test engine (``host``) and image; its engine containers are removed afterwards."""
+    """A DockerProvider on the test engine (``host``) and image; its engine containers are removed afterwards.
+
+    ``docker_host`` / ``options``: reach that same engine another way (a TLS relay, ssh)."""
     await require_engine(host)
     async with Engine(host) as probe:
         image = image or await busybox_image(probe, user=image_user)
     try:
         async with DockerProvider(
             data_dir,
-            engine=Engine(host),
+            engine=Engine(docker_host or host, options=options),
             image=image,
             user=user,
             clock=clock or ManualClock(),

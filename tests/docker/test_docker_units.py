@@ -6,7 +6,8 @@ import pytest
 
 from container_mcp.errors import InvalidRequest, ProviderUnavailable
 from container_mcp.providers.docker import DockerProvider
-from container_mcp.providers.docker_api import Engine, engine_base
+from container_mcp.providers.docker_api import Engine
+from container_mcp.providers.docker_transport import engine_base
 
 pytestmark = pytest.mark.anyio
 
@@ -14,8 +15,6 @@ pytestmark = pytest.mark.anyio
 def test_docker_host_forms() -> None:
     assert engine_base("unix:///var/run/docker.sock")[1] == "http://docker/v1.41"
     assert engine_base("tcp://127.0.0.1:2375")[1] == "http://127.0.0.1:2375/v1.41"
-    with pytest.raises(InvalidRequest, match="ssh -nNT -L"):
-        engine_base("ssh://user@example.invalid")
     with pytest.raises(InvalidRequest, match="not understood"):
         engine_base("npipe:////./pipe/docker_engine")
     with pytest.raises(InvalidRequest, match="absolute socket path"):
@@ -42,9 +41,9 @@ def test_docker_host_is_judged_only_for_the_docker_provider() -> None:
 
     from container_mcp.settings import Settings
 
-    assert Settings.isolated(docker_host="ssh://u@example.invalid").provider == "local"
-    with pytest.raises(ValidationError, match="forwarded socket"):
-        Settings.isolated(provider="docker", docker_host="ssh://u@example.invalid")
+    assert Settings.isolated(docker_host="npipe:////./pipe/docker_engine").provider == "local"
+    with pytest.raises(ValidationError, match="not understood"):
+        Settings.isolated(provider="docker", docker_host="npipe:////./pipe/docker_engine")
 
 
 def test_allowed_images_are_comma_separated_and_the_default_comes_first(tmp_path) -> None:

@@ -1,11 +1,12 @@
 """The Docker provider: each container is a real container of a Docker-compatible engine.
 
 * Engine: the Engine API at ``DOCKER_HOST`` (``docker_api.Engine``): Docker Engine, Docker
-  Desktop, Podman's service, or a remote engine over tcp. Nothing assumes the engine shares this
-  machine's filesystem: uploads are streamed up a helper command's stdin and stored by it as the
-  container's user (``DockerExec.write``), and files are read back by a helper as that user
-  (``DockerExec.read``), never as the engine's root (the archive API, which resolves paths as root,
-  only makes /mnt/data at create, before any process runs, and stats files).
+  Desktop, Podman's service, or a remote engine (tcp:// with TLS, ssh://; ``docker_transport``).
+  Nothing assumes the engine shares this machine's filesystem: uploads are streamed up a helper
+  command's stdin and stored by it as the container's user (``DockerExec.write``), and files are
+  read back by a helper as that user (``DockerExec.read``), never as the engine's root (the archive
+  API, which resolves paths as root, only makes /mnt/data at create, before any process runs, and
+  stats files).
 * Registry: the local provider's SQLite tables (``local_registry``) at
   ``<data_dir>/registry.sqlite3``: containers with their expiry, files with size, mtime, sha256.
   Per-container locks (``local_lock``) serialise uploads, deletions and commands across every

@@ -1,9 +1,9 @@
 """A small async client of the Docker Engine API (v1.41), spoken with httpx2 over the engine's socket.
 
 Docker Engine, Docker Desktop (macOS, Windows, Linux) and Podman's compatible service all speak
-this API; ``DOCKER_HOST`` names where: ``unix:///path`` (default ``/var/run/docker.sock``) or
-``tcp://host:port``. ``ssh://`` is refused with the one-line way to reach the engine instead
-(forward its socket), because speaking it would mean running ``ssh`` subprocesses per connection.
+this API; ``DOCKER_HOST`` names where: ``unix:///path`` (default ``/var/run/docker.sock``),
+``tcp://host:port`` (TLS with ``DOCKER_TLS_VERIFY``) or ``ssh://user@host``; ``docker_transport``
+turns it into a transport.
 
 Every failure becomes a ``ProviderError`` (``status`` = the engine's HTTP status, None for a
 transport failure: ``ProviderUnavailable``), with the engine's own message; callers that expect
@@ -20,8 +20,8 @@ from __future__ import annotations
 import base64
 import json
 import math
-import re
 import socket
+import ssl
 import struct
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import Any
@@ -29,56 +29,32 @@ from typing import Any
 import anyio
 import httpx2
 
-from ..errors import InvalidRequest, ProviderError, ProviderUnavailable
+from ..errors import ProviderError, ProviderUnavailable
+from .docker_ssh import SSHFailure
+from .docker_transport import DEFAULT_DOCKER_HOST, EngineOptions, cert_dir, engine_base, shown
 
-__all__ = ["API_VERSION", "DEFAULT_DOCKER_HOST", "Engine", "ExecStream", "check_docker_host", "engine_base"]
-
-API_VERSION = "v1.41"
-"""Docker 20.10's API: the oldest engine Debian 12 ships; newer engines and Podman accept it."""
-
-DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+__all__ = ["DEFAULT_DOCKER_HOST", "Engine", "EngineOptions", "ExecStream"]
 
 _FRAME = struct.Struct(">BxxxL")
 
-
-def shown(docker_host: str) -> str:
-    """``docker_host`` as messages may show it: any ``user:password@`` part masked, at most 100
-    characters (an operator's URL may carry credentials; they never reach logs or tool output)."""
-    return re.sub(r"//[^/]*@", "//***@", docker_host)[:100]
-
-
-def check_docker_host(docker_host: str) -> str:
-    """``docker_host`` if this client can speak to it; else ``InvalidRequest`` naming what to set."""
-    engine_base(docker_host)
-    return docker_host
+_CLIENT_CERT_ALERTS = (
+    "CERTIFICATE_REQUIRED",
+    "BAD_CERTIFICATE",
+    "UNKNOWN_CA",
+    "HANDSHAKE_FAILURE",
+    "CERTIFICATE_UNKNOWN",
+)
+"""OpenSSL reasons of a server's alert that it did not accept our client certificate (or its lack)."""
 
 
-def engine_base(docker_host: str) -> tuple[httpx2.AsyncHTTPTransport, str]:
-    """The transport and base URL for ``docker_host``; raises ``InvalidRequest`` naming what to set."""
-    if docker_host.startswith("unix://"):
-        path = docker_host.removeprefix("unix://")
-        if not path.startswith("/"):
-            raise InvalidRequest(
-                f"DOCKER_HOST {shown(docker_host)!r} must name an absolute socket path, e.g. {DEFAULT_DOCKER_HOST}."
-            )
-        return httpx2.AsyncHTTPTransport(uds=path), f"http://docker/{API_VERSION}"
-    if docker_host.startswith("tcp://"):
-        hostport = docker_host.removeprefix("tcp://").rstrip("/")
-        if not hostport or "/" in hostport or "@" in hostport:
-            raise InvalidRequest(
-                f"DOCKER_HOST {shown(docker_host)!r} must look like tcp://host:2375 (no path, no credentials)."
-            )
-        return httpx2.AsyncHTTPTransport(), f"http://{hostport}/{API_VERSION}"
-    if docker_host.startswith("ssh://"):
-        raise InvalidRequest(
-            f"DOCKER_HOST {shown(docker_host)!r}: ssh:// engines are reached through a forwarded socket here. Run "
-            "`ssh -nNT -L /tmp/remote-docker.sock:/var/run/docker.sock user@host` and set "
-            "DOCKER_HOST=unix:///tmp/remote-docker.sock."
-        )
-    raise InvalidRequest(
-        f"DOCKER_HOST {shown(docker_host)!r} is not understood: use unix:///path/to/docker.sock or tcp://host:port "
-        "(on Windows, Docker Desktop's 'Expose daemon on tcp://localhost:2375')."
-    )
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it, outermost first (httpx2 wraps httpcore, which wraps ssl)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
 
 
 def _message(response: httpx2.Response) -> str:
@@ -103,14 +79,19 @@ class ExecStream:
         """Write ``data`` (if any) and close our half, so the command sees end of input."""
         if data:
             await self.write(data)
-        self.close_stdin()
+        await self.close_stdin()
 
     async def write(self, data: bytes) -> None:
         """Write ``data`` up the command's stdin; more may follow, until ``close_stdin``."""
         await self._stream.write(data)
 
-    def close_stdin(self) -> None:
+    async def close_stdin(self) -> None:
         """Close our half of the connection: the command sees end of input."""
+        close_write = self._stream.get_extra_info("close_write")  # an ssh:// connection's pipe
+        if close_write is not None:
+            await close_write()
+            return
+        # Over TLS this ends the TCP half without a close_notify; the engine reads it as end of input.
         sock = self._stream.get_extra_info("socket")
         if sock is not None:
             sock.shutdown(socket.SHUT_WR)
@@ -149,10 +130,14 @@ class ExecStream:
 
 
 class Engine:
-    """One engine at ``docker_host``. An async context manager; ``aclose()`` closes its connections."""
+    """One engine at ``docker_host`` (reached as ``options`` say). An async context manager;
+    ``aclose()`` closes its connections (over ssh: kills their ssh processes)."""
 
-    def __init__(self, docker_host: str = DEFAULT_DOCKER_HOST, *, timeout_s: float = 60.0) -> None:
-        transport, base = engine_base(docker_host)
+    def __init__(
+        self, docker_host: str = DEFAULT_DOCKER_HOST, *, options: EngineOptions | None = None, timeout_s: float = 60.0
+    ) -> None:
+        self.options = options or EngineOptions()
+        transport, base = engine_base(docker_host, self.options)
         self.docker_host = docker_host
         self._client = httpx2.AsyncClient(
             transport=transport, base_url=base, timeout=httpx2.Timeout(timeout_s, connect=5.0)
@@ -183,11 +168,8 @@ class Engine:
         request = self._client.build_request(method, path, params=params, json=body, content=content, headers=headers)
         try:
             response = await self._client.send(request, stream=stream)
-        except httpx2.TransportError as exc:
-            raise ProviderUnavailable(
-                f"The Docker engine at {shown(self.docker_host)} did not answer ({type(exc).__name__}). Start it "
-                "(Docker Desktop, `sudo systemctl start docker`, `podman system service`) or set DOCKER_HOST."
-            ) from exc
+        except (httpx2.TransportError, ssl.SSLError) as exc:  # a TLS alert read mid-request escapes httpcore raw
+            raise ProviderUnavailable(self._unreachable(exc)) from exc
         if response.status_code >= 400:
             if stream:
                 await response.aread()
@@ -197,6 +179,46 @@ class Engine:
                 status=response.status_code,
             )
         return response
+
+    def _unreachable(self, exc: Exception) -> str:
+        """What to tell the operator when the engine could not be reached (never a key or a URL's credentials)."""
+        where = shown(self.docker_host)
+        for cause in _causes(exc):
+            if isinstance(cause, SSHFailure):
+                return f"The Docker engine at {where} could not be reached: {cause}"
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                return (
+                    f"The Docker engine at {where} failed TLS verification ({cause.verify_message or cause.reason}): "
+                    f"its certificate must be signed by the CA in {cert_dir(self.options) / 'ca.pem'} "
+                    "(DOCKER_CERT_PATH) and name the host in DOCKER_HOST."
+                )
+            if isinstance(cause, ssl.SSLError) and any(w in str(cause.reason) for w in _CLIENT_CERT_ALERTS):
+                return (
+                    f"The Docker engine at {where} refused the TLS connection ({cause.reason}): it wants a client "
+                    f"certificate signed by its CA, as cert.pem and key.pem in {cert_dir(self.options)} "
+                    "(DOCKER_CERT_PATH)."
+                )
+            if isinstance(cause, ssl.SSLError):
+                return (
+                    f"The TLS connection to the Docker engine at {where} failed ({cause.reason or cause}): check that "
+                    "the engine serves TLS on that port (dockerd --tlsverify) and DOCKER_CERT_PATH."
+                )
+        if (
+            self._client.base_url.scheme == "https"
+            and not isinstance(exc, httpx2.ConnectError)
+            and not (cert_dir(self.options) / "cert.pem").exists()
+        ):
+            # TLS 1.3: the engine judges our certificate after our handshake ended; its alert may be lost
+            # to the reset of the connection it closes, leaving only a dropped connection to go by.
+            return (
+                f"The Docker engine at {where} dropped the TLS connection ({type(exc).__name__}); engines started "
+                f"with --tlsverify want a client certificate signed by their CA, and {cert_dir(self.options)} "
+                "(DOCKER_CERT_PATH) has no cert.pem and key.pem."
+            )
+        return (
+            f"The Docker engine at {where} did not answer ({type(exc).__name__}). Start it "
+            "(Docker Desktop, `sudo systemctl start docker`, `podman system service`) or set DOCKER_HOST."
+        )
 
     async def _json(self, method: str, path: str, **kw: Any) -> Any:
         response = await self._send(method, path, **kw)

@@ -409,7 +409,7 @@ class DockerExec:
                                     waiting.cancel()
                                     return
                             with contextlib.suppress(OSError):
-                                stream.close_stdin()
+                                await stream.close_stdin()
                         except Exception as exc:  # the source failed: the helper, cut short, stores nothing
                             failed = exc
                             waiting.cancel()

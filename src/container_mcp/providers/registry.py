@@ -55,7 +55,7 @@ def _docker(settings: Settings, clock: Clock) -> Provider:
 
     return DockerProvider(
         settings.data_dir / "docker",
-        engine=Engine(settings.docker_host),
+        engine=Engine(settings.docker_host, options=settings.docker_engine_options()),
         image=settings.docker_image,
         images=settings.docker_images,
         user=settings.docker_user,
