@@ -246,3 +246,31 @@ async def test_a_helper_stopped_by_the_containers_processes_is_given_up_and_stor
             while await as_root(docker, c.id, "find /mnt/data -name '.container-mcp-upload-*'"):  # noqa: ASYNC110
                 await anyio.sleep(0.02)
         assert await rows(docker, c.id) == await stored(docker, c.id) == {}
+
+
+async def test_the_helper_says_how_it_ended_in_its_status_too(docker: DockerProvider) -> None:
+    # Podman can lose the last output of a process that exits at once: the status is the fallback.
+    c = await docker.create_container(ContainerSpec(name="status"))
+    await docker.exec(c.id, sh("mkdir adir; ln -s /etc alink; mkdir ro; chmod 555 ro"), approve=accept)
+    engine, by_word = docker.engine, {word: code for code, word in docker_exec._WRITTEN.items()}
+    for parents, base, data, word in [
+        ("", "new.txt", b"hi", "stored"),
+        ("alink", "x", b"hi", "parent"),
+        ("", "adir", b"hi", "directory"),
+        ("ro", "x", b"hi", "unwritable"),
+    ]:
+        argv = ["/bin/sh", "-c", docker_exec._WRITE, "sh", parents, base, "n0nce", "2", "022"]
+        exec_id = await engine.exec_create(f"cmcp-{c.id}", argv, user="1000:1000", env=[], workdir="/", stdin=True)
+        stream = await engine.exec_start(exec_id)
+        said = bytearray()
+        try:
+            await stream.send_stdin(data)
+            async for kind, payload in stream.frames():
+                said += payload if kind == 1 else b""
+        finally:
+            await stream.aclose()
+        assert said.decode().strip() == word
+        assert (
+            await docker._exec._written(exec_id) == word
+            and by_word[word] == (await engine.exec_inspect(exec_id))["ExitCode"]
+        )

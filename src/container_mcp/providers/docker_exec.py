@@ -112,24 +112,30 @@ _READ = 'if [ "$3" -lt 0 ]; then exec tail -c +"$2" -- "$1"; fi; tail -c +"$2" -
 """Writes the file's bytes from offset $2 - 1, at most $3 of them (all when negative), to stdout."""
 
 _WRITE = """umask "$5"; parents=$1 dest=$2 t=.container-mcp-upload-$3 size=$4
-cd /mnt/data || { echo parent; exit; }
+end() { echo "$1"; exit "$2"; }
+cd /mnt/data || end parent 3
 set -f; w=/mnt/data; IFS=/
 for c in $parents; do
-  mkdir -- "$c" 2>/dev/null; cd -P -- "./$c" 2>/dev/null || { echo parent; exit; }; w=$w/$c
-  [ "$(pwd -P)" = "$w" ] || { echo parent; exit; }
+  mkdir -- "$c" 2>/dev/null; cd -P -- "./$c" 2>/dev/null || end parent 3; w=$w/$c
+  [ "$(pwd -P)" = "$w" ] || end parent 3
 done
-unset IFS; [ -d "$dest" ] && { echo directory; exit; }
-set -C; cat > "$t" 2>/dev/null || { [ -w . ] && echo failed || echo unwritable; rm -f -- "$t"; exit; }
-[ -f "$t" ] && [ ! -L "$t" ] && set -- $(ls -ln -- "$t") && [ "$5" = "$size" ] || { echo short; rm -f -- "$t"; exit; }
+unset IFS; [ -d "$dest" ] && end directory 4
+set -C; cat > "$t" 2>/dev/null || { rm -f -- "$t"; [ -w . ] && end failed 7; end unwritable 5; }
+[ -f "$t" ] && [ ! -L "$t" ] && set -- $(ls -ln -- "$t") && [ "$5" = "$size" ] || { rm -f -- "$t"; end short 6; }
 [ -L "$dest" ] && rm -f -- "$dest"
-mv -f -T -- "$t" "$dest" 2>/dev/null || { [ -d "$dest" ] && echo directory || echo failed; rm -f -- "$t"; exit; }
+mv -f -T -- "$t" "$dest" 2>/dev/null || { rm -f -- "$t"; [ -d "$dest" ] && end directory 4; end failed 7; }
 echo stored"""
 """Stores stdin at /mnt/data/$1/$2 ($3: a nonce for the temporary name, $4: the size sent, $5: the
-umask) and says on stdout how it ended (see the module docstring; its status is not asked of the
-engine, which may not know it yet when the stream closes). Each parent is made and entered one at a
+umask) and says on stdout how it ended (see the module docstring), and in its status too
+(``_WRITTEN``): the engine may not know the status yet when the stream closes, and Podman can lose
+the last output of a process that exits at once, so the word is read first and the status asked
+only when no word came. Each parent is made and entered one at a
 time, relative to the directory just checked, so no directory is ever made outside /mnt/data. A
 symlink at the destination is removed first (it is no file of ours; busybox's ``mv`` cannot
 replace one whose target the user may not stat)."""
+
+_WRITTEN = {0: "stored", 3: "parent", 4: "directory", 5: "unwritable", 6: "short", 7: "failed"}
+"""``_WRITE``'s exit statuses, by the word it says."""
 
 _LIST = """if command -v find >/dev/null; then exec find /mnt/data -type f -print0 2>/dev/null; fi
 walk() { for f in "$1"/* "$1"/.[!.]* "$1"/..?*; do
@@ -429,6 +435,8 @@ class DockerExec:
         stalled = waiting.cancelled_caught
         where = f"{MOUNT}/{rel}"
         outcome = bytes(said).strip().decode(errors="replace")
+        if not outcome and not stalled:
+            outcome = await self._written(exec_id)
         if outcome == "stored":
             return
         hint = Hint(
@@ -467,6 +475,15 @@ class DockerExec:
             "upload was cut, the disk is full, or a command changed the file while it was written). Nothing was "
             "stored."
         )
+
+    async def _written(self, exec_id: str) -> str:
+        """``_WRITE``'s outcome by its exit status, once the engine knows it (within about a second)."""
+        for _ in range(20):
+            state = await self._engine.exec_inspect(exec_id)
+            if not state.get("Running") and isinstance(code := state.get("ExitCode"), int):
+                return _WRITTEN.get(code, "")
+            await anyio.sleep(0.05)
+        return ""
 
     async def listing(self, name: str) -> set[str]:
         """Absolute paths of /mnt/data's files, for a scan without the wrapper's listing: the engine's
