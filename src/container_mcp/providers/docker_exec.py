@@ -8,8 +8,8 @@ of a random nonce; ``_Divert`` takes them out of the output. Its stdin is writte
 stream and closed; stdout and stderr come down it and are kept head and tail (``OutputCapture``).
 The command has ended when its output streams close (a background process that keeps them open
 keeps the call waiting until the timeout: redirect it). A timeout, or a cancelled call, kills
-every process of the command's session (``_KILL``: a scan of ``/proc`` run by another exec as the
-same user stops them all, then kills them), so nothing it started survives the call unless it
+every process of the command's session (``_KILL``: scans of ``/proc`` run by another exec as the
+same user kill them until none is left), so nothing it started survives the call unless it
 left the session; when no helper can start (every pid taken) or it does not answer within
 ``kill_wait_s`` (the command made its pid file a FIFO), the engine restarts the container instead
 (all processes go, files stay). Every helper's stream gives up after ``helper_idle_s`` of silence.
@@ -77,18 +77,20 @@ members() {
   for f in /proc/[0-9]*/stat; do
     read -r line < "$f" 2>/dev/null || continue
     set -- ${line##*") "}
-    [ "$4" = "$s" ] && [ "$1" != Z ] && [ "$1" != "$skip" ] && { p=${f#/proc/}; echo "${p%/stat}"; }
+    [ "$4" = "$s" ] && [ "$1" != Z ] && { p=${f#/proc/}; echo "${p%/stat}"; }
   done
 }
 i=0
 while [ $i -lt 100 ]; do
-  i=$((i+1)); skip=T; new=
-  for p in $(members); do kill -STOP "$p" 2>/dev/null; new=1; done
-  [ -n "$new" ] || break
+  i=$((i+1)); found=
+  for p in $(members); do kill -9 "$p" 2>/dev/null; found=1; done
+  [ -n "$found" ] || break
 done
-skip=; for p in $(members); do kill -9 "$p" 2>/dev/null; done
 echo done
 """
+"""Kills every process of the command's session, pass after pass until a scan finds none: a child forked
+between a scan and its parent's death is found by the next pass (stop signals, which would freeze the tree
+first, are refused in these containers: ``docker_seccomp``)."""
 
 _READ = 'if [ "$3" -lt 0 ]; then exec tail -c +"$2" -- "$1"; fi; tail -c +"$2" -- "$1" | head -c "$3"'
 """Writes the file's bytes from offset $2 - 1, at most $3 of them (all when negative), to stdout."""
@@ -241,12 +243,10 @@ class DockerExec:
         out, err = OutputCapture(limit), OutputCapture(limit)
         nonce = "container-mcp-files-" + secrets.token_hex(16)
         divert = _Divert(err, nonce)
-        exec_id = await self._engine.exec_create(
+        exec_id = await self._exec_create(
             name,
             ["/bin/sh", "-c", _WRAP, "sh", PIDFILE, workdir, nonce, *request.argv],
-            user=self._user,
             env=[f"{k}={v}" for k, v in env.items()],
-            workdir="/",
             stdin=request.stdin is not None,
         )
         started = time.monotonic()
@@ -306,6 +306,21 @@ class DockerExec:
             return ExecOutcome(None, code - 128, out, err, duration, False, reason, listed=listed)
         return ExecOutcome(code, None, out, err, duration, False, None, listed=listed)
 
+    async def _exec_create(
+        self, name: str, argv: list[str], *, env: list[str] | None = None, stdin: bool = False
+    ) -> str:
+        """An exec of ``argv`` as the user. A container whose main process has ended (a command killed every
+        process it may signal: ``kill -9 -1``) is started again first: its processes are gone either way,
+        its files stay."""
+        try:
+            return await self._engine.exec_create(name, argv, user=self._user, env=env or [], workdir="/", stdin=stdin)
+        except ProviderError as exc:
+            if exc.status != 409 or "not running" not in exc.message:
+                raise
+        log.warning("container %s: its main process had ended; starting it again", name)
+        await self._engine.start(name)
+        return await self._engine.exec_create(name, argv, user=self._user, env=env or [], workdir="/", stdin=stdin)
+
     async def kill(self, name: str) -> None:
         """Kill every process of the running command's session (see ``_KILL``).
 
@@ -313,7 +328,7 @@ class DockerExec:
         helper can start), the engine restarts the container: every process goes, files stay.
         """
         done = False
-        # A command can make the helper wait (its pid file a FIFO, its processes stopping every new one):
+        # A command can make the helper wait (its pid file a FIFO, a ptrace loop holding every new process):
         # past the deadline, the restart is what kills.
         with anyio.move_on_after(self._limits.kill_wait_s):
             try:
@@ -332,7 +347,7 @@ class DockerExec:
 
     async def _quiet(self, name: str, argv: list[str]) -> bytes:
         """Run a helper command to its end; returns its stdout."""
-        exec_id = await self._engine.exec_create(name, argv, user=self._user, env=[], workdir="/", stdin=False)
+        exec_id = await self._exec_create(name, argv)
         stream = await self._engine.exec_start(exec_id)
         data = bytearray()
         try:
@@ -352,7 +367,7 @@ class DockerExec:
         if length == 0:
             return
         argv = ["/bin/sh", "-c", _READ, "sh", path, str(offset + 1), str(-1 if length is None else length)]
-        exec_id = await self._engine.exec_create(name, argv, user=self._user, env=[], workdir="/", stdin=False)
+        exec_id = await self._exec_create(name, argv)
         stream = await self._engine.exec_start(exec_id)
         try:
             await stream.send_stdin(None)
