@@ -2,8 +2,9 @@
 
 A process of the container's user that stops every process it may signal also stops ``runc
 init`` of each later exec, and the engine then hangs on that container (exec, kill, rm -f). The
-containers' seccomp profile refuses stop signals (``docker_seccomp``). Each test runs the attack
-as a caller's command would, with every wait bounded, and ends with no engine container left.
+containers' seccomp profile refuses stop signals (``docker_seccomp``); its neighbours (a kill loop,
+a ptrace loop) must end every call and never wedge the engine. Each test runs the attack as a
+caller's command would, with every wait bounded, and ends with no engine container left.
 """
 
 from __future__ import annotations
@@ -168,6 +169,29 @@ async def test_stop_signals_cannot_be_smuggled_in_high_bits_or_sent_through_f_se
         *("kill-high=1", "tgkill-high=1", "kill=1", "setsig=1", "setsig-high-cmd=1", "setsig-high-sig=1"),
         *("kill-cont=0", "setsig-cont=0"),
     ]
+
+
+PTRACE_LOOP = _elf(bytes.fromhex("bb02000000bf1000000089de31d24531d2b8650000000f05ffc381fb000400007ce3ebdc"))
+"""for (;;) for (pid = 2; pid < 1024; pid++) ptrace(PTRACE_ATTACH, pid, 0, 0): every process it may trace
+is stopped and stays so (its tracer never lets it go on)."""
+
+
+async def test_a_ptrace_loop_bounds_every_call_and_delete_removes_it(tmp_path: Path) -> None:
+    # runc init is not dumpable, so the loop cannot hold it: the engine stays usable. The commands it
+    # does catch (dumpable once they run) end at their timeout, and a fresh container is untouched.
+    async with docker_provider(tmp_path / "docker", limits=LIMITS) as docker:
+        if (await docker.engine.version()).get("Arch") != "amd64":
+            pytest.skip("the attack program is x86-64 machine code")
+        c = await docker.create_container(ContainerSpec(name="traced"))
+        await docker.create_file(c.id, "/mnt/data/tracer", BytesUpload(PTRACE_LOOP))
+        await run(docker, c.id, "chmod +x tracer; setsid ./tracer >/dev/null 2>&1 </dev/null & echo started", 2)
+        await run(docker, c.id, "echo alive", timeout_s=2)  # ends, by itself or at its timeout
+        fresh = await docker.create_container(ContainerSpec(name="fresh"))
+        assert (await run(docker, fresh.id, "echo fresh")).stdout == "fresh\n"
+        with anyio.fail_after(BOUND_S):
+            await docker.delete_container(c.id)
+            await docker.delete_container(fresh.id)
+        assert await engine_containers(docker.data_dir) == []
 
 
 @pytest.mark.parametrize("signal", ["KILL", "SEGV"])
