@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from container_mcp.providers import docker_seccomp
+from container_mcp.providers.docker import _is_podman
 from container_mcp.providers.docker_seccomp import (
     F_SETSIG,
     MOBY_VERSION,
@@ -80,3 +81,9 @@ def test_f_setsig_refuses_the_stop_signals_and_every_other_fcntl_runs() -> None:
             for sig in (0, 10, 18, 19, 22, 23, 64, 1 << 32 | 19):
                 refused = cmd & 0xFFFF_FFFF == F_SETSIG and (sig & 0xFFFF_FFFF in STOP_SIGNALS)
                 assert _allows(rules, name, {1: cmd, 2: sig}) != refused, (name, hex(cmd), hex(sig))
+
+
+def test_podman_is_told_from_its_version_and_docker_is_not() -> None:
+    assert _is_podman({"Components": [{"Name": "Podman Engine", "Version": "4.9.3"}]})
+    assert not _is_podman({"Components": [{"Name": "Engine", "Version": "20.10.24"}, {"Name": "containerd"}]})
+    assert not _is_podman({})
