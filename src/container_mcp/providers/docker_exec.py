@@ -13,6 +13,10 @@ same user kill them until none is left), so nothing it started survives the call
 left the session; when no helper can start (every pid taken) or it does not answer within
 ``kill_wait_s`` (the command made its pid file a FIFO), the engine restarts the container instead
 (all processes go, files stay). Every helper's stream gives up after ``helper_idle_s`` of silence.
+A container whose main process a command killed (``kill -9 -1`` reaches it: same user) has stopped;
+the next exec starts it again (files stay), and an exec that the engine accepted as it was stopping,
+but never ran, is a clear error asking to run the command again. Stop signals cannot be sent at
+all (``docker_seccomp``): a stopped ``runc init`` would hang the engine on the container.
 An exit by signal N shows as 128+N, as from a shell; a SIGKILL with the container's OOM-kill counter
 grown is reported as ``killed_reason="memory_limit"``.
 
@@ -98,6 +102,11 @@ _READ = 'if [ "$3" -lt 0 ]; then exec tail -c +"$2" -- "$1"; fi; tail -c +"$2" -
 _MAX_LISTING = 16 << 20
 """Bytes of listing kept at most (~16k paths of the longest kind); a longer one is dropped and the
 engine's change list used instead, so a command that forges the marker cannot grow the server's memory."""
+
+_NOT_STARTED = (
+    "The command did not start: every process of the container had just ended (a command killed every process "
+    "it may, e.g. `kill -9 -1`). Run it again: the next command starts the container again, with its files."
+)
 
 _OOM_COUNT = (
     "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null | sed -n 's/^oom_kill //p'"
@@ -243,14 +252,19 @@ class DockerExec:
         out, err = OutputCapture(limit), OutputCapture(limit)
         nonce = "container-mcp-files-" + secrets.token_hex(16)
         divert = _Divert(err, nonce)
-        exec_id = await self._exec_create(
-            name,
-            ["/bin/sh", "-c", _WRAP, "sh", PIDFILE, workdir, nonce, *request.argv],
-            env=[f"{k}={v}" for k, v in env.items()],
-            stdin=request.stdin is not None,
-        )
-        started = time.monotonic()
-        stream = await self._engine.exec_start(exec_id)
+        argv = ["/bin/sh", "-c", _WRAP, "sh", PIDFILE, workdir, nonce, *request.argv]
+        environ, stdin = [f"{k}={v}" for k, v in env.items()], request.stdin is not None
+        try:
+            exec_id = await self._exec_create(name, argv, env=environ, stdin=stdin)
+            started = time.monotonic()
+            stream = await self._engine.exec_start(exec_id)
+        except ProviderError as exc:
+            if not _not_running(exc):
+                raise
+            # The container stopped between the exec's create and its start (see ``_exec_create``).
+            exec_id = await self._exec_create(name, argv, env=environ, stdin=stdin, stopped=True)
+            started = time.monotonic()
+            stream = await self._engine.exec_start(exec_id)
         timed_out = False
         try:
             await stream.send_stdin(request.stdin)
@@ -298,7 +312,10 @@ class DockerExec:
         if outcome.exec_id is None:
             return outcome
         out, err, duration, listed = outcome.stdout, outcome.stderr, outcome.duration_s, outcome.listed
-        code = (await self._engine.exec_inspect(outcome.exec_id)).get("ExitCode")
+        found = await self._engine.exec_inspect(outcome.exec_id)
+        code = found.get("ExitCode")
+        if found.get("Pid") == 0 and code == 126:
+            raise ProviderError(_NOT_STARTED)
         if not isinstance(code, int):
             return ExecOutcome(None, 9, out, err, duration, False, None, listed=listed)
         if 128 < code < 128 + 65:
@@ -307,19 +324,27 @@ class DockerExec:
         return ExecOutcome(code, None, out, err, duration, False, None, listed=listed)
 
     async def _exec_create(
-        self, name: str, argv: list[str], *, env: list[str] | None = None, stdin: bool = False
+        self, name: str, argv: list[str], *, env: list[str] | None = None, stdin: bool = False, stopped: bool = False
     ) -> str:
         """An exec of ``argv`` as the user. A container whose main process has ended (a command killed every
-        process it may signal: ``kill -9 -1``) is started again first: its processes are gone either way,
-        its files stay."""
+        process it may signal: ``kill -9 -1``) is started again first (``stopped``: known to be so): its
+        processes are gone either way, its files stay."""
+        if not stopped:
+            try:
+                return await self._engine.exec_create(
+                    name, argv, user=self._user, env=env or [], workdir="/", stdin=stdin
+                )
+            except ProviderError as exc:
+                if not _not_running(exc):
+                    raise
+        log.warning("container %s: its main process had ended; starting it again", name)
         try:
+            await self._engine.start(name)
             return await self._engine.exec_create(name, argv, user=self._user, env=env or [], workdir="/", stdin=stdin)
         except ProviderError as exc:
-            if exc.status != 409 or "not running" not in exc.message:
+            if not _not_running(exc):
                 raise
-        log.warning("container %s: its main process had ended; starting it again", name)
-        await self._engine.start(name)
-        return await self._engine.exec_create(name, argv, user=self._user, env=env or [], workdir="/", stdin=stdin)
+            raise ProviderError(_NOT_STARTED) from exc  # still stopping: the next try starts it
 
     async def kill(self, name: str) -> None:
         """Kill every process of the running command's session (see ``_KILL``).
@@ -390,6 +415,10 @@ class DockerExec:
         grew = count > self._oom_seen.get(name, 0)
         self._oom_seen[name] = count
         return grew
+
+
+def _not_running(exc: ProviderError) -> bool:
+    return exc.status == 409 and "not running" in exc.message
 
 
 def _mtime_ns(text: str) -> int:
