@@ -14,6 +14,7 @@ import pytest
 from container_mcp.models import ContainerSpec
 from container_mcp.providers.base import ExecRequest, FileChanges
 from container_mcp.providers.docker import LABEL_CONTAINER, DockerProvider
+from container_mcp.providers.docker_seccomp import security_opt
 from container_mcp.uploads import BytesUpload
 
 pytestmark = pytest.mark.anyio
@@ -46,7 +47,7 @@ async def test_the_engine_applies_every_limit_and_no_privilege(docker: DockerPro
     # capability sets (CapEff and CapBnd 0, below) are what holds on both.
     assert host["CapDrop"] == ["ALL"] or "CHOWN" in host["CapDrop"]
     assert not host.get("CapAdd")
-    assert host["SecurityOpt"] == ["no-new-privileges"] and host["Privileged"] is False
+    assert host["SecurityOpt"] == ["no-new-privileges", security_opt()] and host["Privileged"] is False
     assert host["NetworkMode"] == "none" and not host.get("Binds") and found["Mounts"] == []
     assert found["Config"]["Labels"][LABEL_CONTAINER] == c.id
     status, _ = await run(docker, c.id, "id -u; grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status")

@@ -9,10 +9,11 @@ import pytest
 from container_mcp.clock import ManualClock
 from container_mcp.errors import ContainerExpired, ProviderUnavailable
 from container_mcp.models import ContainerSpec, ExpiresAfter, ListParams
-from container_mcp.providers.docker import LABEL_CONTAINER, LABEL_DATA_DIR, DockerProvider
+from container_mcp.providers.docker import LABEL_CONTAINER, LABEL_DATA_DIR, DockerProvider, is_podman
+from container_mcp.providers.docker_seccomp import security_opt
 from container_mcp.uploads import BytesUpload
 
-from .engine import docker_provider, engine_containers
+from .engine import DOCKER_HOST, docker_provider, engine_containers
 
 pytestmark = pytest.mark.anyio
 ENGINES = ["docker", "podman"]
@@ -71,3 +72,17 @@ async def test_a_missing_image_that_cannot_be_pulled_is_a_clear_error(tmp_path: 
         assert missing in caught.value.message and "docker load" in caught.value.message
         assert await engine_containers(docker.data_dir, docker.engine.docker_host) == []
         assert (await docker.list_containers(ListParams())).data == []
+
+
+async def test_the_stop_signal_profile_is_on_where_the_engine_takes_it(
+    docker: DockerProvider, engine_host: str
+) -> None:
+    # Docker takes the profile inline; Podman would read it as a path on its host (create fails), so
+    # the provider tells Podman from its /_ping and leaves Podman's own default profile on.
+    c = await docker.create_container(ContainerSpec(name="profile"))
+    inspected = await docker.engine.inspect(f"cmcp-{c.id}")
+    assert inspected is not None
+    host = inspected["HostConfig"]
+    podman = is_podman(await docker.engine.ping())
+    assert podman == (engine_host != DOCKER_HOST)
+    assert (security_opt() in (host.get("SecurityOpt") or [])) is not podman

@@ -17,8 +17,11 @@
   the engine container removes every byte; no volume, bind mount or network is created.
 * Limits, by the engine: memory = ``memory_limit`` with swap equal (no swap beyond it), a pids
   limit, a CPU quota, every capability dropped, ``no-new-privileges``, the engine's default seccomp
-  profile, never privileged, ``docker_user`` inside (uid 1000 by default), an init process as PID
-  1 that reaps orphans. ``network_policy`` ``disabled`` is ``NetworkMode: none`` (loopback only);
+  profile with the stop signals refused (``docker_seccomp``: a stopped ``runc init`` would wedge the
+  engine on the container; not on Podman, whose API takes no inline profile), never privileged,
+  ``docker_user`` inside (uid 1000 by default), an init process as PID 1 that reaps orphans; a
+  container whose main process a command killed is started again by the next command.
+  ``network_policy`` ``disabled`` is ``NetworkMode: none`` (loopback only);
   ``allowlist`` is not offered (no filtering proxy is reachable from an engine that may be remote)
   and is refused by the service with this reason.
 * Commands: ``exec`` (``docker_exec``) through the engine's exec and its hijacked stream.
@@ -39,7 +42,7 @@ import logging
 import mimetypes
 import os
 import tempfile
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -73,6 +76,7 @@ from ..uploads import CHUNK_SIZE, Upload
 from .base import ApproveChanges, Capabilities, ExecRequest, ExecResult, FileChanges, ProgressCallback
 from .docker_api import Engine
 from .docker_exec import DockerExec, ExecLimits, ExecOutcome, FileScan, scan_files
+from .docker_seccomp import security_opt
 from .docker_tar import tar_dir
 from .exec_files import ending
 from .local import FilesSink, UsageSink
@@ -100,6 +104,11 @@ def guess_mime(rel: str) -> str:
 
 def _engine_name(container_id: str) -> str:
     return f"cmcp-{container_id}"
+
+
+def is_podman(ping: Mapping[str, str]) -> bool:
+    """Whether the engine that answered ``/_ping`` with these headers is Podman (it adds its own)."""
+    return any(key.lower().startswith("libpod-") for key in ping)
 
 
 def _ids(user: str) -> tuple[int, int] | None:
@@ -151,6 +160,7 @@ class DockerProvider(RegistryBacked):
         self._files_sink: FilesSink | None = None
         self._stack: AsyncExitStack | None = None
         self._ready_images: set[str] = set()
+        self._seccomp: str | None = security_opt()
         self.on_expired: Callable[[str], Awaitable[None]] | None = None
         """Told the id of each container this provider expires (``changes.ExpiryReporting``)."""
         self._capabilities = Capabilities(
@@ -182,7 +192,11 @@ class DockerProvider(RegistryBacked):
 
     async def __aenter__(self) -> Self:
         try:
-            await self.engine.ping()
+            if is_podman(await self.engine.ping()):
+                # Podman's Docker API reads a seccomp= value as a path on its host, not inline JSON:
+                # its own default profile applies, stop signals included (README: the hazard).
+                log.warning("the engine is Podman: its default seccomp profile applies; stop signals are not refused")
+                self._seccomp = None
             await self.reconcile()
             self._stack = AsyncExitStack()
             tg = await self._stack.enter_async_context(anyio.create_task_group())
@@ -344,7 +358,7 @@ class DockerProvider(RegistryBacked):
                 "PidsLimit": self.limits.pids_limit,
                 "NanoCpus": int(self.limits.cpus * 1e9),
                 "CapDrop": ["ALL"],
-                "SecurityOpt": ["no-new-privileges"],
+                "SecurityOpt": ["no-new-privileges", *([self._seccomp] if self._seccomp else [])],
                 "Privileged": False,
                 "Init": True,
                 "IpcMode": "private",

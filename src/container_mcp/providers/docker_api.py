@@ -226,10 +226,10 @@ class Engine:
 
     # --- engine and images -----------------------------------------------------------------
 
-    async def ping(self) -> None:
-        """Raises unless the engine answers. ``/_ping``, not ``/version``: Podman's version runs its
-        conmon and OCI runtime binaries to report theirs (~0.5 s a call)."""
-        await self._send("GET", "/_ping")
+    async def ping(self) -> dict[str, str]:
+        """The engine's answer headers; raises unless it answers. ``/_ping``, not ``/version``: Podman's
+        version runs its conmon and OCI runtime binaries to report theirs (~0.5 s a call)."""
+        return dict((await self._send("GET", "/_ping")).headers)
 
     async def version(self) -> dict[str, Any]:
         result: dict[str, Any] = await self._json("GET", "/version")

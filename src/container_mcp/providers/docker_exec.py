@@ -9,11 +9,16 @@ stream and closed; stdout and stderr come down it and are kept head and tail (``
 The command has ended when its output streams close (a background process that keeps them open
 keeps the call waiting until the timeout: redirect it); on Podman, whose exec ends with its main
 process, when the wrapper has exited (such a process then outlives the call instead). A timeout,
-or a cancelled call, kills every process of the command's session (``_KILL``: a scan of ``/proc``
-run by another exec as the same user stops them all, then kills them), so nothing it started
+or a cancelled call, kills every process of the command's session (``_KILL``: scans of ``/proc``
+run by another exec as the same user kill them until none is left), so nothing it started
 survives the call unless it left the session; when no helper can start (every pid taken) or it
 does not answer within ``kill_wait_s`` (the command made its pid file a FIFO), the engine restarts
-the container instead (all processes go, files stay). Every helper's stream gives up after ``helper_idle_s`` of silence.
+the container instead (all processes go, files stay). Every helper's stream gives up after
+``helper_idle_s`` of silence. A container whose main process a command killed (``kill -9 -1``
+reaches it: same user) has stopped; the next exec starts it again (files stay), and an exec that
+the engine accepted as it was stopping, but never ran, is a clear error asking to run the command
+again. Stop signals cannot be sent at all (``docker_seccomp``): a stopped ``runc init`` would hang
+the engine on the container.
 An exit by signal N shows as 128+N, as from a shell; a SIGKILL with the container's OOM-kill counter
 grown is reported as ``killed_reason="memory_limit"``.
 
@@ -95,18 +100,20 @@ members() {
   for f in /proc/[0-9]*/stat; do
     read -r line < "$f" 2>/dev/null || continue
     set -- ${line##*") "}
-    [ "$4" = "$s" ] && [ "$1" != Z ] && [ "$1" != "$skip" ] && { p=${f#/proc/}; echo "${p%/stat}"; }
+    [ "$4" = "$s" ] && [ "$1" != Z ] && { p=${f#/proc/}; echo "${p%/stat}"; }
   done
 }
 i=0
 while [ $i -lt 100 ]; do
-  i=$((i+1)); skip=T; new=
-  for p in $(members); do kill -STOP "$p" 2>/dev/null; new=1; done
-  [ -n "$new" ] || break
+  i=$((i+1)); found=
+  for p in $(members); do kill -9 "$p" 2>/dev/null; found=1; done
+  [ -n "$found" ] || break
 done
-skip=; for p in $(members); do kill -9 "$p" 2>/dev/null; done
 echo done
 """
+"""Kills every process of the command's session, pass after pass until a scan finds none: a child forked
+between a scan and its parent's death is found by the next pass (stop signals, which would freeze the tree
+first, are refused in these containers: ``docker_seccomp``)."""
 
 _READ = 'if [ "$3" -lt 0 ]; then exec tail -c +"$2" -- "$1"; fi; tail -c +"$2" -- "$1" | head -c "$3"'
 """Writes the file's bytes from offset $2 - 1, at most $3 of them (all when negative), to stdout."""
@@ -147,6 +154,11 @@ walk /mnt/data"""
 _MAX_LISTING = 16 << 20
 """Bytes of listing kept at most (~16k paths of the longest kind); a longer one is dropped and the
 engine's change list used instead, so a command that forges the marker cannot grow the server's memory."""
+
+_NOT_STARTED = (
+    "The command did not start: every process of the container had just ended (a command killed every process "
+    "it may, e.g. `kill -9 -1`). Run it again: the next command starts the container again, with its files."
+)
 
 _OOM_COUNT = (
     "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null | sed -n 's/^oom_kill //p'"
@@ -292,16 +304,19 @@ class DockerExec:
         out, err = OutputCapture(limit), OutputCapture(limit)
         nonce = "container-mcp-files-" + secrets.token_hex(16)
         divert = _Divert(err, nonce)
-        exec_id = await self._engine.exec_create(
-            name,
-            ["/bin/sh", "-c", _WRAP, "sh", PIDFILE, workdir, nonce, *request.argv],
-            user=self._user,
-            env=[f"{k}={v}" for k, v in env.items()],
-            workdir="/",
-            stdin=request.stdin is not None,
-        )
-        started = time.monotonic()
-        stream = await self._engine.exec_start(exec_id)
+        argv = ["/bin/sh", "-c", _WRAP, "sh", PIDFILE, workdir, nonce, *request.argv]
+        environ, stdin = [f"{k}={v}" for k, v in env.items()], request.stdin is not None
+        try:
+            exec_id = await self._exec_create(name, argv, env=environ, stdin=stdin)
+            started = time.monotonic()
+            stream = await self._engine.exec_start(exec_id)
+        except ProviderError as exc:
+            if not _not_running(exc):
+                raise
+            # The container stopped between the exec's create and its start (see ``_exec_create``).
+            exec_id = await self._exec_create(name, argv, env=environ, stdin=stdin, stopped=True)
+            started = time.monotonic()
+            stream = await self._engine.exec_start(exec_id)
         timed_out = False
         try:
             await stream.send_stdin(request.stdin)
@@ -349,13 +364,39 @@ class DockerExec:
         if outcome.exec_id is None:
             return outcome
         out, err, duration, listed = outcome.stdout, outcome.stderr, outcome.duration_s, outcome.listed
-        code = (await self._engine.exec_inspect(outcome.exec_id)).get("ExitCode")
+        found = await self._engine.exec_inspect(outcome.exec_id)
+        code = found.get("ExitCode")
+        if found.get("Pid") == 0 and code == 126:
+            raise ProviderError(_NOT_STARTED)
         if not isinstance(code, int):
             return ExecOutcome(None, 9, out, err, duration, False, None, listed=listed)
         if 128 < code < 128 + 65:
             reason = "memory_limit" if code == 137 and await self._oom_grew(name) else None
             return ExecOutcome(None, code - 128, out, err, duration, False, reason, listed=listed)
         return ExecOutcome(code, None, out, err, duration, False, None, listed=listed)
+
+    async def _exec_create(
+        self, name: str, argv: list[str], *, env: list[str] | None = None, stdin: bool = False, stopped: bool = False
+    ) -> str:
+        """An exec of ``argv`` as the user. A container whose main process has ended (a command killed every
+        process it may signal: ``kill -9 -1``) is started again first (``stopped``: known to be so): its
+        processes are gone either way, its files stay."""
+        if not stopped:
+            try:
+                return await self._engine.exec_create(
+                    name, argv, user=self._user, env=env or [], workdir="/", stdin=stdin
+                )
+            except ProviderError as exc:
+                if not _not_running(exc):
+                    raise
+        log.warning("container %s: its main process had ended; starting it again", name)
+        try:
+            await self._engine.start(name)
+            return await self._engine.exec_create(name, argv, user=self._user, env=env or [], workdir="/", stdin=stdin)
+        except ProviderError as exc:
+            if not _not_running(exc):
+                raise
+            raise ProviderError(_NOT_STARTED) from exc  # still stopping: the next try starts it
 
     async def kill(self, name: str) -> None:
         """Kill every process of the running command's session (see ``_KILL``).
@@ -364,7 +405,7 @@ class DockerExec:
         helper can start), the engine restarts the container: every process goes, files stay.
         """
         done = False
-        # A command can make the helper wait (its pid file a FIFO, its processes stopping every new one):
+        # A command can make the helper wait (its pid file a FIFO, a ptrace loop holding every new process):
         # past the deadline, the restart is what kills.
         with anyio.move_on_after(self._limits.kill_wait_s):
             try:
@@ -529,7 +570,7 @@ class DockerExec:
 
     async def _quiet(self, name: str, argv: list[str]) -> bytes:
         """Run a helper command to its end; returns its stdout."""
-        exec_id = await self._engine.exec_create(name, argv, user=self._user, env=[], workdir="/", stdin=False)
+        exec_id = await self._exec_create(name, argv)
         stream = await self._engine.exec_start(exec_id)
         data = bytearray()
         try:
@@ -549,7 +590,7 @@ class DockerExec:
         if length == 0:
             return
         argv = ["/bin/sh", "-c", _READ, "sh", path, str(offset + 1), str(-1 if length is None else length)]
-        exec_id = await self._engine.exec_create(name, argv, user=self._user, env=[], workdir="/", stdin=False)
+        exec_id = await self._exec_create(name, argv)
         stream = await self._engine.exec_start(exec_id)
         try:
             await stream.send_stdin(None)
@@ -572,6 +613,10 @@ class DockerExec:
         grew = count > self._oom_seen.get(name, 0)
         self._oom_seen[name] = count
         return grew
+
+
+def _not_running(exc: ProviderError) -> bool:
+    return exc.status == 409 and "not running" in exc.message
 
 
 def _mtime_ns(text: str) -> int:
