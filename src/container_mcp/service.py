@@ -25,7 +25,6 @@ from .catalog import Catalog, FileCursor
 from .changes import ChangeFeed, ExpiryReporting, FilesChanged
 from .clock import Clock, system_clock
 from .errors import (
-    ContainerMCPError,
     FileTooLarge,
     Hint,
     InvalidRequest,
@@ -33,7 +32,6 @@ from .errors import (
     Unsupported,
 )
 from .gate import Gate, check_id
-from .groups import leaves
 from .ledger.base import Ledger, Limits
 from .models import (
     Container,
@@ -72,12 +70,6 @@ class SessionUsage(BaseModel):
     files: int = Field(description="Files across live containers.")
     max_files_per_container: int
     max_file_bytes: int
-
-
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first non-group exception in ``group`` (a ContainerMCPError if there is one)."""
-    found = leaves(group)
-    return next((e for e in found if isinstance(e, ContainerMCPError)), found[0])
 
 
 async def _counted(chunks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:

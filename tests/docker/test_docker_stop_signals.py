@@ -24,6 +24,7 @@ from container_mcp.providers.docker_exec import ExecLimits
 from container_mcp.uploads import BytesUpload
 
 from .engine import docker_provider, engine_containers
+from .programs import PTRACE_LOOP, elf
 
 pytestmark = pytest.mark.anyio
 
@@ -103,15 +104,6 @@ async def test_a_stop_loop_left_running_wedges_nothing_and_delete_and_expiry_rem
         assert await engine_containers(docker.data_dir) == []
 
 
-def _elf(code: bytes) -> bytes:
-    """A static x86-64 Linux executable of ``code`` alone (one loaded segment, no libc)."""
-    base, head = 0x400000, 64 + 56
-    ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
-    header = ident + struct.pack("<HHIQQQIHHHHHH", 2, 0x3E, 1, base + head, 64, 0, 0, 64, 56, 1, 0, 0, 0)
-    segment = struct.pack("<IIQQQQQQ", 1, 5, 0, base, base, head + len(code), head + len(code), 0x1000)
-    return header + segment + code
-
-
 _EXIT_WITH_ERRNO = bytes.fromhex("4889c748f7dfb83c0000000f05")
 """mov rdi, rax; neg rdi; mov eax, 60; syscall: exit with the last syscall's errno (0 on success)."""
 
@@ -123,7 +115,7 @@ def signal_parent(nr: int, sig: int) -> bytes:
         args = b"\x48\xbe" + struct.pack("<Q", sig)  # movabs rsi, sig
     else:
         args = bytes.fromhex("4889c6") + b"\x48\xba" + struct.pack("<Q", sig)  # mov rsi, rax; movabs rdx, sig
-    return _elf(getppid + args + b"\xb8" + struct.pack("<I", nr) + b"\x0f\x05" + _EXIT_WITH_ERRNO)
+    return elf(getppid + args + b"\xb8" + struct.pack("<I", nr) + b"\x0f\x05" + _EXIT_WITH_ERRNO)
 
 
 def sigio_parent(cmd: int, sig: int) -> bytes:
@@ -141,7 +133,7 @@ def sigio_parent(cmd: int, sig: int) -> bytes:
         "8b7c24044889e6ba01000000b8010000000f05"  # write(wfd, rsp, 1)
         "31c0"  # xor eax, eax
     )
-    return _elf(code + _EXIT_WITH_ERRNO)
+    return elf(code + _EXIT_WITH_ERRNO)
 
 
 async def test_stop_signals_cannot_be_smuggled_in_high_bits_or_sent_through_f_setsig(docker: DockerProvider) -> None:
@@ -170,11 +162,6 @@ async def test_stop_signals_cannot_be_smuggled_in_high_bits_or_sent_through_f_se
         *("kill-high=1", "tgkill-high=1", "kill=1", "setsig=1", "setsig-high-cmd=1", "setsig-high-sig=1"),
         *("kill-cont=0", "setsig-cont=0"),
     ]
-
-
-PTRACE_LOOP = _elf(bytes.fromhex("bb02000000bf1000000089de31d24531d2b8650000000f05ffc381fb000400007ce3ebdc"))
-"""for (;;) for (pid = 2; pid < 1024; pid++) ptrace(PTRACE_ATTACH, pid, 0, 0): every process it may trace
-is stopped and stays so (its tracer never lets it go on)."""
 
 
 async def test_a_ptrace_loop_bounds_every_call_and_delete_removes_it(tmp_path: Path) -> None:

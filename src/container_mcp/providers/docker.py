@@ -61,6 +61,7 @@ from ..errors import (
     ProviderError,
     ProviderUnavailable,
 )
+from ..groups import first_error
 from ..ids import check_container_id, new_container_id, new_file_id
 from ..models import (
     MEMORY_LIMITS,
@@ -572,9 +573,12 @@ class DockerProvider(RegistryBacked):
                     listed = ended.listed if ended.listed is not None else await self._exec.listing(name)
                     scan = await scan_files(self.engine, name, before, listed)
 
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(settle)
-                    tg.start_soon(rescan)
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(settle)
+                        tg.start_soon(rescan)
+                except BaseExceptionGroup as group:
+                    raise first_error(group) from None
             changes = scan.changes(before)
             try:
                 await approve(changes)
