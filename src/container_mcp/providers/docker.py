@@ -53,6 +53,7 @@ from ..errors import (
     ContainerNotFound,
     FileNotFound,
     FileTooLarge,
+    InvalidPath,
     InvalidRequest,
     ProviderError,
     ProviderUnavailable,
@@ -86,6 +87,11 @@ log = logging.getLogger(__name__)
 LABEL_INSTANCE = "io.container-mcp.instance"
 LABEL_DATA_DIR = "io.container-mcp.data-dir"
 LABEL_CONTAINER = "io.container-mcp.container"
+
+MAX_DEPTH = 200
+"""Names a stored file's path may have below /mnt/data. Docker's archive API (the engine's stat) fails on
+paths of more than 256 names (Docker 20.10: its scoped symlink walk stops there), so a file stored deeper
+could never be scanned: it would stay stored and uncounted."""
 
 
 def instance_label(data_dir: Path) -> str:
@@ -424,6 +430,12 @@ class DockerProvider(RegistryBacked):
         source: str = "user",
     ) -> ContainerFile:
         rel = relative_path(path)
+        if rel.count("/") >= MAX_DEPTH:
+            raise InvalidPath(
+                f"{MOUNT}/{rel[:80]}... is {rel.count('/') + 1} names deep; the docker provider stores files at most "
+                f"{MAX_DEPTH} names below {MOUNT} (the engine cannot look deeper). Use a shallower path.",
+                param="path",
+            )
         async with self._hold(container_id):
             await self._running(container_id, locked=True)
             async with self._spool(upload, max_bytes) as (spool, size, sha):
@@ -443,7 +455,12 @@ class DockerProvider(RegistryBacked):
                     await self._engine_call(
                         container_id, self._exec.write(name, rel, size, _read_chunks(spool), shared=self._shared)
                     )
-                    stat = await self.engine.stat_path(name, f"{MOUNT}/{rel}")
+                    try:
+                        stat = await self.engine.stat_path(name, f"{MOUNT}/{rel}")
+                    except ProviderError as exc:
+                        if exc.status is None:
+                            raise
+                        stat = None  # stored all the same: recorded without an mtime, the next scan rereads it
                     if stat is not None and int(stat.get("size", -1)) != size:
                         stat = None  # a command changed it since: no mtime, so the next scan rereads it
                     now = self._clock()
@@ -514,9 +531,12 @@ class DockerProvider(RegistryBacked):
         self, container_id: str, file_id: str, *, offset: int = 0, length: int | None = None
     ) -> AsyncGenerator[bytes, None]:
         row = await self._file_row(container_id, file_id)
+        # The row's size bounds the read: a background process can grow the file (sparse, without end)
+        # after the last scan, and the caller was told (and a copy's quota checked) that size.
+        end = row.bytes if length is None else min(row.bytes, offset + length)
         try:
             async for chunk in self._exec.read(
-                _engine_name(container_id), f"{MOUNT}/{row.path}", offset=offset, length=length
+                _engine_name(container_id), f"{MOUNT}/{row.path}", offset=offset, length=max(0, end - offset)
             ):
                 yield chunk
         except ProviderError as exc:
@@ -598,13 +618,19 @@ class DockerProvider(RegistryBacked):
         for bucket, paths in ((out[0], scan.created), (out[1], scan.changed)):
             for rel in paths:
                 sha = hashlib.sha256()
+                size, mtime_ns = scan.seen[rel]
+                got = 0
                 try:
-                    async for chunk in self._exec.read(name, f"{MOUNT}/{rel}"):
+                    # At most the size the engine stated (and the approval saw): a process left running can
+                    # grow the file without end while it is read.
+                    async for chunk in self._exec.read(name, f"{MOUNT}/{rel}", length=size):
                         sha.update(chunk)
+                        got += len(chunk)
                 except ProviderError:
                     continue  # vanished since the scan, or not readable by the user: nothing to record
+                if got != size:
+                    continue  # shrunk since the scan: the next scan records what it holds then
                 old = existing.get(rel)
-                size, mtime_ns = scan.seen[rel]
                 bucket.append(
                     FileRow(
                         id=old.id if old is not None else new_file_id(now),

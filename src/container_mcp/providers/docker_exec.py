@@ -28,8 +28,11 @@ that, a helper lists /mnt/data's files as the container's user, kept to ``_MAX_L
 candidate and of every file recorded before gives size, type and mtime, and a file's bytes and hash
 are read by a helper as the container's user (``read``; the archive API would read as root, through
 symlinked parent directories): the listing only says where to look. A listing over ``_MAX_LISTING``
-bytes is dropped for the change list (the nonce is in the wrapper's argv, which the command can
-read, so it can forge the markers: what it lists is only ever a hint). A command can hide a file
+bytes or ``_MAX_NEW_PATHS`` paths is dropped for the change list (the nonce is in the wrapper's argv,
+which the command can read, so it can forge the markers: what it lists is only ever a hint), and
+one scan stats at most ``_MAX_NEW_PATHS`` new paths (each stat costs the engine ~1.5 ms). A file's
+bytes are read up to the size stated, never further (a process left running can grow it without
+end while it is read; the row's size also bounds every later read). A command can hide a file
 from the listing (it is then not counted; the container's writable layer is not a disk quota anyway)
 but cannot make the server record a size or content that is not there. A path is a file when the
 engine says it is a regular file and its name is a valid container path; symlinks, devices and the
@@ -141,6 +144,11 @@ walk /mnt/data"""
 _MAX_LISTING = 16 << 20
 """Bytes of listing kept at most (~16k paths of the longest kind); a longer one is dropped and the
 engine's change list used instead, so a command that forges the marker cannot grow the server's memory."""
+
+_MAX_NEW_PATHS = 16_384
+"""New paths (not recorded before) one scan looks at, at most: each costs an engine stat (~1.5 ms, and a
+listing of short names under ``_MAX_LISTING`` bytes names a million), so a wrapper's listing naming more is
+dropped for the change list (it names only what is there), and past it files go unrecorded."""
 
 _OOM_COUNT = (
     "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null | sed -n 's/^oom_kill //p'"
@@ -255,6 +263,8 @@ class _Divert:
                 self._capture.feed(bytes(self._pending))
             return None
         body = bytes(self._listing[: -len(self._end)])
+        if body.count(b"\0") > _MAX_NEW_PATHS:
+            return None  # forged, or a flood: the change list names only real paths
         return {p.decode("utf-8", errors="replace") for p in body.split(b"\0") if p}
 
 
@@ -613,7 +623,15 @@ def _candidate(path: str) -> str | None:
 async def scan_files(engine: Engine, name: str, before: Mapping[str, FileRow], listed: set[str]) -> FileScan:
     """Compare the container's /mnt/data with ``before`` (see the module docstring). ``listed``: absolute
     paths where new files may be (the wrapper's listing, or ``DockerExec.listing``'s)."""
-    candidates = sorted({rel for path in listed if (rel := _candidate(path))} | set(before))
+    new = sorted({rel for path in listed if (rel := _candidate(path))} - set(before))
+    if len(new) > _MAX_NEW_PATHS:
+        log.warning(
+            "container %s: %d new paths under /mnt/data; past the first %d they go unrecorded",
+            name,
+            len(new),
+            _MAX_NEW_PATHS,
+        )
+    candidates = sorted([*new[:_MAX_NEW_PATHS], *before])
     stats: dict[str, dict[str, Any] | None] = {}
     limiter = anyio.CapacityLimiter(16)
 
