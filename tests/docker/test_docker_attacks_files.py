@@ -117,11 +117,11 @@ async def test_a_path_deeper_than_the_engine_can_stat_is_refused_before_anything
     assert await as_root(docker, c.id, "ls /mnt/data") == b""
 
 
-# Once the server's read helper (`tail`) runs, a process the command left grows the file 1 GiB at a
+# Once the server's read helper (`head`) runs, a process the command left grows the file 1 GiB at a
 # time (sparse: no disk), up to 8 GiB: a reader that reads to the end never catches up with it.
 GROWER = (
     "dd if=/dev/zero of=big bs=1M count=0 seek=16 2>/dev/null; "
-    "{ until pidof tail; do :; done; i=1; while [ $i -le 8 ]; do "
+    "{ until pidof head; do :; done; i=1; while [ $i -le 8 ]; do "
     "dd if=/dev/null of=big bs=1M count=0 seek=$((i*1024)) 2>/dev/null; i=$((i+1)); done; } > /dev/null 2>&1 &"
 )
 
@@ -191,3 +191,32 @@ async def test_a_flood_of_real_files_is_scanned_to_the_cap_and_counters_follow_t
     await docker.exec(c.id, sh("true"), approve=accept)
     await docker.exec(c.id, sh("true"), approve=accept)
     assert await rows(docker, c.id) == await stored(docker, c.id)
+
+
+async def test_thousands_of_new_files_are_hashed_by_a_few_helpers_and_each_digest_is_its_own_on_both_shells(
+    shell_provider: DockerProvider,
+) -> None:
+    """A helper per file (~75 ms each) let a command buy minutes of the server's time per thousand files."""
+    docker = shell_provider
+    c = await docker.create_container(ContainerSpec(name="hashes"))
+    execs = 0
+    exec_create = docker.engine.exec_create
+
+    async def counted(*args: Any, **kw: Any) -> str:
+        nonlocal execs
+        execs += 1
+        return await exec_create(*args, **kw)
+
+    docker.engine.exec_create = counted  # type: ignore[method-assign]  # counted, still the engine's own
+    make = (
+        "i=0; while [ $i -lt 3000 ]; do echo $i > f$i; i=$((i+1)); done; "
+        "echo hidden > unreadable; chmod 000 unreadable; : > empty; mkfifo fifo"
+    )
+    result = await docker.exec(c.id, sh(make), approve=accept)
+    assert result.exit_code == 0
+    assert execs < 10, execs
+    recorded = {row.path: row for row in docker.registry.files_of(c.id).values()}
+    assert "unreadable" not in recorded and "fifo" not in recorded and len(recorded) == 3001
+    assert recorded["empty"].sha256 == hashlib.sha256(b"").hexdigest()
+    for i in range(3000):
+        assert recorded[f"f{i}"].sha256 == hashlib.sha256(f"{i}\n".encode()).hexdigest(), i

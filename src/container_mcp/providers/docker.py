@@ -615,21 +615,15 @@ class DockerProvider(RegistryBacked):
         now = self._clock()
         name = _engine_name(container_id)
         out: tuple[list[FileRow], list[FileRow]] = ([], [])
+        digests = await self._exec.digests(
+            name, [(f"{MOUNT}/{rel}", scan.seen[rel][0]) for rel in (*scan.created, *scan.changed)]
+        )
         for bucket, paths in ((out[0], scan.created), (out[1], scan.changed)):
             for rel in paths:
-                sha = hashlib.sha256()
                 size, mtime_ns = scan.seen[rel]
-                got = 0
-                try:
-                    # At most the size the engine stated (and the approval saw): a process left running can
-                    # grow the file without end while it is read.
-                    async for chunk in self._exec.read(name, f"{MOUNT}/{rel}", length=size):
-                        sha.update(chunk)
-                        got += len(chunk)
-                except ProviderError:
-                    continue  # vanished since the scan, or not readable by the user: nothing to record
-                if got != size:
-                    continue  # shrunk since the scan: the next scan records what it holds then
+                digest = digests.get(f"{MOUNT}/{rel}")
+                if digest is None:
+                    continue  # vanished or shrunk since the scan, or not readable by the user: nothing to record
                 old = existing.get(rel)
                 bucket.append(
                     FileRow(
@@ -640,7 +634,7 @@ class DockerProvider(RegistryBacked):
                         bytes=size,
                         source=old.source if old is not None else source,
                         mime_type=guess_mime(rel),
-                        sha256=sha.hexdigest(),
+                        sha256=digest,
                         mtime_ns=mtime_ns,
                     )
                 )

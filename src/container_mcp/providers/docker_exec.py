@@ -25,9 +25,9 @@ image), read to at most ``_MAX_LISTING`` bytes, since a command that made a mill
 makes it that long (and one that nested directories past the engine's PATH_MAX makes it fail); past
 that, a helper lists /mnt/data's files as the container's user, kept to ``_MAX_LISTING`` bytes too
 (files past the cap go unrecorded, as hidden ones do). The engine's own stat (archive API) of each
-candidate and of every file recorded before gives size, type and mtime, and a file's bytes and hash
-are read by a helper as the container's user (``read``; the archive API would read as root, through
-symlinked parent directories): the listing only says where to look. A listing over ``_MAX_LISTING``
+candidate and of every file recorded before gives size, type and mtime, and the files' bytes are
+hashed from helpers run as the container's user (``digests``: one per ~64 KiB of paths; the archive
+API would read as root, through symlinked parent directories): the listing only says where to look. A listing over ``_MAX_LISTING``
 bytes or ``_MAX_NEW_PATHS`` paths is dropped for the change list (the nonce is in the wrapper's argv,
 which the command can read, so it can forge the markers: what it lists is only ever a hint), and
 one scan stats at most ``_MAX_NEW_PATHS`` new paths (each stat costs the engine ~1.5 ms). A file's
@@ -55,6 +55,7 @@ only, and a cut or short upload (the server killed mid-stream: stdin ends early)
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import secrets
@@ -113,6 +114,20 @@ echo done
 
 _READ = 'if [ "$3" -lt 0 ]; then exec tail -c +"$2" -- "$1"; fi; tail -c +"$2" -- "$1" | head -c "$3"'
 """Writes the file's bytes from offset $2 - 1, at most $3 of them (all when negative), to stdout."""
+
+_DIGEST = """set -f; fifth() { echo "$5"; }
+while [ $# -gt 1 ]; do
+  f=$1 n=$2; shift 2
+  [ -f "$f" ] && [ -r "$f" ] && echo ok || { echo no; continue; }
+  { head -c "$n" < "$f" 2>/dev/null; head -c "$n" /dev/zero; } | head -c "$n"
+  fifth $(ls -ln -- "$f" 2>/dev/null || echo - - - - -1)
+done"""
+"""For each (path, size) pair of its arguments: ``no``, or ``ok``, exactly size bytes (the file's first ones,
+padded with zeros if it shrank) and the file's size after (-1 when it went), each line ended by a newline
+(the size from ``ls``: busybox's ``wc -c`` counts in 32 bits, and would read a sparse file through)."""
+
+_DIGEST_ARGV_BYTES = 64 << 10
+"""Bytes of paths one ``_DIGEST`` helper is given at most (well inside every kernel's ARG_MAX)."""
 
 _WRITE = """umask "$5"; parents=$1 dest=$2 t=.container-mcp-upload-$3 size=$4
 cd /mnt/data || { echo parent; exit; }
@@ -552,6 +567,71 @@ class DockerExec:
                         f"{path} cannot be read: {payload.decode(errors='replace').strip()[:200]}", status=404
                     )
                 yield payload
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def digests(self, name: str, files: list[tuple[str, int]]) -> dict[str, str]:
+        """sha256 (hex) of each file's first ``size`` bytes, read as the container's user by a few helpers
+        (one per ~64 KiB of paths: a helper per file costs ~75 ms, and a command can make thousands of
+        files); a file the user cannot read, or that went or shrank meanwhile, is left out. Never more
+        than ``size`` bytes of a file are read (a process left running can grow it without end)."""
+        found: dict[str, str] = {}
+        start = 0
+        while start < len(files):
+            end, argv_bytes = start, 0
+            while end < len(files) and (end == start or argv_bytes + len(files[end][0]) < _DIGEST_ARGV_BYTES):
+                argv_bytes += len(files[end][0].encode()) + 24
+                end += 1
+            try:
+                await self._digest_batch(name, files[start:end], found)
+            except ProviderError as exc:
+                if exc.status is None:
+                    raise
+                # stalled (a FIFO swapped in, its processes stopped it): the rest of the batch goes unrecorded
+                log.warning("container %s: a digest helper failed (%s)", name, exc.message[:200])
+            start = end
+        return found
+
+    async def _digest_batch(self, name: str, files: list[tuple[str, int]], found: dict[str, str]) -> None:
+        argv = ["/bin/sh", "-c", _DIGEST, "sh", *(x for path, size in files for x in (path, str(size)))]
+        exec_id = await self._engine.exec_create(name, argv, user=self._user, env=[], workdir="/", stdin=False)
+        stream = await self._engine.exec_start(exec_id)
+        pending = iter(files)
+        buf = bytearray()
+        state, left, sha, current = "head", 0, hashlib.sha256(), ("", 0)
+        try:
+            await stream.send_stdin(None)
+            async for kind, payload in stream.frames(idle_s=self._limits.helper_idle_s):
+                if kind != 1:
+                    continue
+                buf += payload
+                while True:
+                    if state == "body":
+                        take = min(left, len(buf))
+                        sha.update(buf[:take])
+                        del buf[:take]
+                        left -= take
+                        if left:
+                            break
+                        state = "tail"
+                    at = buf.find(b"\n")
+                    if at < 0:
+                        if len(buf) > 64:  # not the helper's words: another process wrote into its output
+                            return
+                        break
+                    word = bytes(buf[:at])
+                    del buf[: at + 1]
+                    if state == "tail":
+                        if word.isdigit() and int(word) >= current[1]:
+                            found[current[0]] = sha.hexdigest()
+                        state = "head"
+                        continue
+                    current = next(pending, ("", -1))
+                    if current[1] < 0 or word not in (b"ok", b"no"):
+                        return
+                    if word == b"ok":
+                        state, left, sha = "body", current[1], hashlib.sha256()
         finally:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
