@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from container_mcp.errors import InvalidPath
@@ -220,3 +221,27 @@ async def test_thousands_of_new_files_are_hashed_by_a_few_helpers_and_each_diges
     assert recorded["empty"].sha256 == hashlib.sha256(b"").hexdigest()
     for i in range(3000):
         assert recorded[f"f{i}"].sha256 == hashlib.sha256(f"{i}\n".encode()).hexdigest(), i
+
+
+async def test_uploads_racing_to_one_path_from_two_server_processes_leave_one_row_equal_to_the_bytes(
+    tmp_path: Path,
+) -> None:
+    async with (
+        docker_provider(tmp_path / "docker") as first,
+        docker_provider(tmp_path / "docker", cleanup=False) as second,
+    ):
+        c = await first.create_container(ContainerSpec(name="race"))
+        bodies = [bytes([i]) * (1000 + i) for i in range(12)]
+
+        async def put(docker: DockerProvider, body: bytes) -> None:
+            await docker.create_file(c.id, "/mnt/data/same/path.bin", BytesUpload(body))
+
+        async with anyio.create_task_group() as tg:
+            for i, body in enumerate(bodies):
+                tg.start_soon(put, (first, second)[i % 2], body)
+        assert await rows(first, c.id) == await rows(second, c.id) == await stored(first, c.id)
+        (row,) = (await second.list_files(c.id, ListParams())).data
+        data = b"".join([chunk async for chunk in second.read_file(c.id, row.id)])
+        assert data in bodies and first.registry.file_at(c.id, "same/path.bin").sha256 == (  # type: ignore[union-attr]
+            hashlib.sha256(data).hexdigest()
+        )
