@@ -57,6 +57,7 @@ from ..errors import (
     ContainerNotFound,
     FileNotFound,
     FileTooLarge,
+    InvalidPath,
     InvalidRequest,
     ProviderError,
     ProviderUnavailable,
@@ -92,6 +93,11 @@ log = logging.getLogger(__name__)
 LABEL_INSTANCE = "io.container-mcp.instance"
 LABEL_DATA_DIR = "io.container-mcp.data-dir"
 LABEL_CONTAINER = "io.container-mcp.container"
+
+MAX_DEPTH = 200
+"""Names a stored file's path may have below /mnt/data. Docker's archive API (the engine's stat) fails on
+paths of more than 256 names (Docker 20.10: its scoped symlink walk stops there), so a file stored deeper
+could never be scanned: it would stay stored and uncounted."""
 
 
 def instance_label(data_dir: Path) -> str:
@@ -440,6 +446,12 @@ class DockerProvider(RegistryBacked):
         source: str = "user",
     ) -> ContainerFile:
         rel = relative_path(path)
+        if rel.count("/") >= MAX_DEPTH:
+            raise InvalidPath(
+                f"{MOUNT}/{rel[:80]}... is {rel.count('/') + 1} names deep; the docker provider stores files at most "
+                f"{MAX_DEPTH} names below {MOUNT} (the engine cannot look deeper). Use a shallower path.",
+                param="path",
+            )
         async with self._hold(container_id):
             await self._running(container_id, locked=True)
             async with self._spool(upload, max_bytes) as (spool, size, sha):
@@ -459,7 +471,12 @@ class DockerProvider(RegistryBacked):
                     await self._engine_call(
                         container_id, self._exec.write(name, rel, size, _read_chunks(spool), shared=self._shared)
                     )
-                    stat = await self.engine.stat_path(name, f"{MOUNT}/{rel}")
+                    try:
+                        stat = await self.engine.stat_path(name, f"{MOUNT}/{rel}")
+                    except ProviderError as exc:
+                        if exc.status is None:
+                            raise
+                        stat = None  # stored all the same: recorded without an mtime, the next scan rereads it
                     if stat is not None and int(stat.get("size", -1)) != size:
                         stat = None  # a command changed it since: no mtime, so the next scan rereads it
                     now = self._clock()
@@ -530,9 +547,12 @@ class DockerProvider(RegistryBacked):
         self, container_id: str, file_id: str, *, offset: int = 0, length: int | None = None
     ) -> AsyncGenerator[bytes, None]:
         row = await self._file_row(container_id, file_id)
+        # The row's size bounds the read: a background process can grow the file (sparse, without end)
+        # after the last scan, and the caller was told (and a copy's quota checked) that size.
+        end = row.bytes if length is None else min(row.bytes, offset + length)
         try:
             async for chunk in self._exec.read(
-                _engine_name(container_id), f"{MOUNT}/{row.path}", offset=offset, length=length
+                _engine_name(container_id), f"{MOUNT}/{row.path}", offset=offset, length=max(0, end - offset)
             ):
                 yield chunk
         except ProviderError as exc:
@@ -614,16 +634,16 @@ class DockerProvider(RegistryBacked):
         now = self._clock()
         name = _engine_name(container_id)
         out: tuple[list[FileRow], list[FileRow]] = ([], [])
+        digests = await self._exec.digests(
+            name, [(f"{MOUNT}/{rel}", scan.seen[rel][0]) for rel in (*scan.created, *scan.changed)]
+        )
         for bucket, paths in ((out[0], scan.created), (out[1], scan.changed)):
             for rel in paths:
-                sha = hashlib.sha256()
-                try:
-                    async for chunk in self._exec.read(name, f"{MOUNT}/{rel}"):
-                        sha.update(chunk)
-                except ProviderError:
-                    continue  # vanished since the scan, or not readable by the user: nothing to record
-                old = existing.get(rel)
                 size, mtime_ns = scan.seen[rel]
+                digest = digests.get(f"{MOUNT}/{rel}")
+                if digest is None:
+                    continue  # vanished or shrunk since the scan, or not readable by the user: nothing to record
+                old = existing.get(rel)
                 bucket.append(
                     FileRow(
                         id=old.id if old is not None else new_file_id(now),
@@ -633,7 +653,7 @@ class DockerProvider(RegistryBacked):
                         bytes=size,
                         source=old.source if old is not None else source,
                         mime_type=guess_mime(rel),
-                        sha256=sha.hexdigest(),
+                        sha256=digest,
                         mtime_ns=mtime_ns,
                     )
                 )

@@ -30,15 +30,19 @@ image), read to at most ``_MAX_LISTING`` bytes, since a command that made a mill
 makes it that long (and one that nested directories past the engine's PATH_MAX makes it fail); past
 that, a helper lists /mnt/data's files as the container's user, kept to ``_MAX_LISTING`` bytes too
 (files past the cap go unrecorded, as hidden ones do). The engine's own stat (archive API) of each
-candidate and of every file recorded before gives size, type and mtime, and a file's bytes and hash
-are read by a helper as the container's user (``read``; the archive API would read as root, through
-symlinked parent directories): the listing only says where to look. A listing over ``_MAX_LISTING``
-bytes is dropped for the change list (the nonce is in the wrapper's argv, which the command can
-read, so it can forge the markers: what it lists is only ever a hint). A command can hide a file
-from the listing (it is then not counted; the container's writable layer is not a disk quota anyway)
-but cannot make the server record a size or content that is not there. A path is a file when the
-engine says it is a regular file and its name is a valid container path; symlinks, devices and the
-like are never reported. Compared with the rows before the command, that yields created, changed
+candidate and of every file recorded before gives size, type and mtime, and the files' bytes are
+hashed from helpers run as the container's user (``digests``: one per ~64 KiB of paths; the archive
+API would read as root, through symlinked parent directories): the listing only says where to
+look. A listing over ``_MAX_LISTING`` bytes or ``_MAX_NEW_PATHS`` paths is dropped for the change
+list (the nonce is in the wrapper's argv, which the command can read, so it can forge the markers:
+what it lists is only ever a hint), and one scan stats at most ``_MAX_NEW_PATHS`` new paths (each
+stat costs the engine ~1.5 ms). A file's bytes are read up to the size stated, never further (a
+process left running can grow it without end while it is read; the row's size also bounds every
+later read). A command can hide a file from the listing (it is then not counted; the container's
+writable layer is not a disk quota anyway) but cannot make the server record a size or content that
+is not there. A path is a file when the engine says it is a regular file and its name is a valid
+container path; symlinks, devices and the like are never reported. Compared with the rows before the
+command, that yields created, changed
 (size or mtime differ) and deleted files.
 
 **Writing.** ``write`` stores an upload as the container's user, never through the archive API
@@ -57,6 +61,7 @@ only, and a cut or short upload (the server killed mid-stream: stdin ends early)
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import secrets
@@ -118,6 +123,20 @@ first, are refused in these containers: ``docker_seccomp``)."""
 _READ = 'if [ "$3" -lt 0 ]; then exec tail -c +"$2" -- "$1"; fi; tail -c +"$2" -- "$1" | head -c "$3"'
 """Writes the file's bytes from offset $2 - 1, at most $3 of them (all when negative), to stdout."""
 
+_DIGEST = """set -f; fifth() { echo "$5"; }
+while [ $# -gt 1 ]; do
+  f=$1 n=$2; shift 2
+  [ -f "$f" ] && [ -r "$f" ] && echo ok || { echo no; continue; }
+  { head -c "$n" < "$f" 2>/dev/null; head -c "$n" /dev/zero; } | head -c "$n"
+  fifth $(ls -ln -- "$f" 2>/dev/null || echo - - - - -1)
+done"""
+"""For each (path, size) pair of its arguments: ``no``, or ``ok``, exactly size bytes (the file's first ones,
+padded with zeros if it shrank) and the file's size after (-1 when it went), each line ended by a newline
+(the size from ``ls``: busybox's ``wc -c`` counts in 32 bits, and would read a sparse file through)."""
+
+_DIGEST_ARGV_BYTES = 64 << 10
+"""Bytes of paths one ``_DIGEST`` helper is given at most (well inside every kernel's ARG_MAX)."""
+
 _WRITE = """umask "$5"; parents=$1 dest=$2 t=.container-mcp-upload-$3 size=$4
 end() { echo "$1"; exit "$2"; }
 cd /mnt/data || end parent 3
@@ -159,6 +178,11 @@ _NOT_STARTED = (
     "The command did not start: every process of the container had just ended (a command killed every process "
     "it may, e.g. `kill -9 -1`). Run it again: the next command starts the container again, with its files."
 )
+
+_MAX_NEW_PATHS = 16_384
+"""New paths (not recorded before) one scan looks at, at most: each costs an engine stat (~1.5 ms, and a
+listing of short names under ``_MAX_LISTING`` bytes names a million), so a wrapper's listing naming more is
+dropped for the change list (it names only what is there), and past it files go unrecorded."""
 
 _OOM_COUNT = (
     "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null | sed -n 's/^oom_kill //p'"
@@ -273,6 +297,8 @@ class _Divert:
                 self._capture.feed(bytes(self._pending))
             return None
         body = bytes(self._listing[: -len(self._end)])
+        if body.count(b"\0") > _MAX_NEW_PATHS:
+            return None  # forged, or a flood: the change list names only real paths
         return {p.decode("utf-8", errors="replace") for p in body.split(b"\0") if p}
 
 
@@ -604,6 +630,71 @@ class DockerExec:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
 
+    async def digests(self, name: str, files: list[tuple[str, int]]) -> dict[str, str]:
+        """sha256 (hex) of each file's first ``size`` bytes, read as the container's user by a few helpers
+        (one per ~64 KiB of paths: a helper per file costs ~75 ms, and a command can make thousands of
+        files); a file the user cannot read, or that went or shrank meanwhile, is left out. Never more
+        than ``size`` bytes of a file are read (a process left running can grow it without end)."""
+        found: dict[str, str] = {}
+        start = 0
+        while start < len(files):
+            end, argv_bytes = start, 0
+            while end < len(files) and (end == start or argv_bytes + len(files[end][0]) < _DIGEST_ARGV_BYTES):
+                argv_bytes += len(files[end][0].encode()) + 24
+                end += 1
+            try:
+                await self._digest_batch(name, files[start:end], found)
+            except ProviderError as exc:
+                if exc.status is None:
+                    raise
+                # stalled (a FIFO swapped in, its processes stopped it): the rest of the batch goes unrecorded
+                log.warning("container %s: a digest helper failed (%s)", name, exc.message[:200])
+            start = end
+        return found
+
+    async def _digest_batch(self, name: str, files: list[tuple[str, int]], found: dict[str, str]) -> None:
+        argv = ["/bin/sh", "-c", _DIGEST, "sh", *(x for path, size in files for x in (path, str(size)))]
+        exec_id = await self._engine.exec_create(name, argv, user=self._user, env=[], workdir="/", stdin=False)
+        stream = await self._engine.exec_start(exec_id)
+        pending = iter(files)
+        buf = bytearray()
+        state, left, sha, current = "head", 0, hashlib.sha256(), ("", 0)
+        try:
+            await stream.send_stdin(None)
+            async for kind, payload in stream.frames(idle_s=self._limits.helper_idle_s):
+                if kind != 1:
+                    continue
+                buf += payload
+                while True:
+                    if state == "body":
+                        take = min(left, len(buf))
+                        sha.update(buf[:take])
+                        del buf[:take]
+                        left -= take
+                        if left:
+                            break
+                        state = "tail"
+                    at = buf.find(b"\n")
+                    if at < 0:
+                        if len(buf) > 64:  # not the helper's words: another process wrote into its output
+                            return
+                        break
+                    word = bytes(buf[:at])
+                    del buf[: at + 1]
+                    if state == "tail":
+                        if word.isdigit() and int(word) >= current[1]:
+                            found[current[0]] = sha.hexdigest()
+                        state = "head"
+                        continue
+                    current = next(pending, ("", -1))
+                    if current[1] < 0 or word not in (b"ok", b"no"):
+                        return
+                    if word == b"ok":
+                        state, left, sha = "body", current[1], hashlib.sha256()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+
     async def _oom_grew(self, name: str) -> bool:
         try:
             text = (await self._quiet(name, ["/bin/sh", "-c", _OOM_COUNT])).decode(errors="replace").split()
@@ -675,7 +766,15 @@ def _candidate(path: str) -> str | None:
 async def scan_files(engine: Engine, name: str, before: Mapping[str, FileRow], listed: set[str]) -> FileScan:
     """Compare the container's /mnt/data with ``before`` (see the module docstring). ``listed``: absolute
     paths where new files may be (the wrapper's listing, or ``DockerExec.listing``'s)."""
-    candidates = sorted({rel for path in listed if (rel := _candidate(path))} | set(before))
+    new = sorted({rel for path in listed if (rel := _candidate(path))} - set(before))
+    if len(new) > _MAX_NEW_PATHS:
+        log.warning(
+            "container %s: %d new paths under /mnt/data; past the first %d they go unrecorded",
+            name,
+            len(new),
+            _MAX_NEW_PATHS,
+        )
+    candidates = sorted([*new[:_MAX_NEW_PATHS], *before])
     stats: dict[str, dict[str, Any] | None] = {}
     limiter = anyio.CapacityLimiter(16)
 
