@@ -537,10 +537,16 @@ class DockerExec:
                 "stopped or blocked it). Nothing was recorded; the next command's file scan records whatever it left.",
                 status=504,
             )
+        if outcome in _WRITTEN.values():  # it said how it ended, and removed its temporary file
+            raise ProviderError(
+                f"{where} could not be written in the container ({outcome}: the upload was cut, the disk is full, "
+                "or a command changed the file while it was written). Nothing was stored."
+            )
+        # Killed by the container's processes, before or after its rename: what it left is not known here.
         raise ProviderError(
-            f"{where} could not be written in the container ({outcome or 'the helper ended without a word'}: the "
-            "upload was cut, the disk is full, or a command changed the file while it was written). Nothing was "
-            "stored."
+            f"{where} could not be written in the container (its helper ended without a word: killed by the "
+            "container's processes, or the upload was cut). Nothing was recorded; whatever it stored is recorded "
+            "by the next command's file scan."
         )
 
     async def _written(self, exec_id: str) -> str:
