@@ -148,16 +148,14 @@ async def test_delete_and_close_kill_every_process(tmp_path: Path) -> None:
     async with docker_provider(tmp_path / "d", cleanup=False) as docker:
         doomed = await docker.create_container(ContainerSpec(name="doomed"))
         kept = await docker.create_container(ContainerSpec(name="kept"))
-        a = await start(docker, doomed.id, "sleep 304")
+        await start(docker, doomed.id, "sleep 304")
         b = await start(docker, kept.id, "sleep 305 & sleep 306")
-        await stdout_until(docker, kept.id, b.id, "")
         await docker.delete_container(doomed.id)
         assert await docker.engine.inspect(f"cmcp-{doomed.id}") is None
         assert [p.id for p in await docker.list_processes(kept.id)] == [b.id]
         with anyio.fail_after(10):
             while "sleep 306" not in await sleepers(docker, kept.id, "30"):  # noqa: ASYNC110
                 await anyio.sleep(0.05)
-        del a
     async with docker_provider(tmp_path / "d") as again:  # the provider closed: its processes were killed
         assert await sleepers(again, kept.id, "30") == ""
 

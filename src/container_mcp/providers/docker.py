@@ -708,7 +708,8 @@ class DockerProvider(ProcessBacked):
                     log.info("container %s: killed background process %s a dead server left", container_id, proc_id)
                 except ProviderError as exc:
                     log.warning("container %s: background process %s not killed: %s", container_id, proc_id, exc)
-                    continue
+                    if exc.status is None:
+                        continue  # the engine did not answer: the next start tries again
             await anyio.to_thread.run_sync(_remove_tree, entry)
 
     async def start_process(
