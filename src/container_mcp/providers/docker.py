@@ -22,6 +22,12 @@
   ``allowlist`` is not offered (no filtering proxy is reachable from an engine that may be remote)
   and is refused by the service with this reason.
 * Commands: ``exec`` (``docker_exec``) through the engine's exec and its hijacked stream.
+* Background processes (``container_process``): each an engine exec whose stream the provider
+  holds in its ``ProcessTable`` (``local_processes``: output in capped files under
+  ``<data_dir>/processes/<id>/``), without the container's lock until it exits and its changes
+  are committed as a command's. It is signalled and killed by the session its wrapper announced
+  first (``DockerExec.run_background``); delete, expiry and the provider's close kill it, and the
+  next start kills what a dead server's processes left (``_kill_orphans``).
 * Lifecycle: create takes the id's lock, creates and starts the engine container, then writes the
   row; delete removes the engine container, then the row. Expiry (on access and by the reaper,
   with the injected clock) removes the engine container and keeps the row as ``expired``. At start
