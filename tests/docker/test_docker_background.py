@@ -98,9 +98,10 @@ async def test_stdin_is_written_and_closed_while_other_calls_go_on(docker: Docke
 async def test_term_reaches_the_command_and_kill_ends_one_that_ignores_it(docker: DockerProvider) -> None:
     c = await docker.create_container(ContainerSpec(name="signals"))
     trapped = await start(docker, c.id, "trap 'echo bye; exit 7' TERM; echo up; while :; do sleep 0.05; done")
-    plain = await start(docker, c.id, "sleep 301")
+    plain = await start(docker, c.id, "sleep 301 & echo up; wait")
     stubborn = await start(docker, c.id, "trap '' TERM; sleep 302 & wait; wait")
     await stdout_until(docker, c.id, trapped.id, "up\n")
+    await stdout_until(docker, c.id, plain.id, "up\n")  # its sleep runs: the signal has a command to reach
     await docker.signal_process(c.id, trapped.id, 15)
     await docker.signal_process(c.id, plain.id, 15)
     ended = await docker.wait_process(c.id, trapped.id, 20)
