@@ -102,6 +102,10 @@ async def test_term_reaches_the_command_and_kill_ends_one_that_ignores_it(docker
     stubborn = await start(docker, c.id, "trap '' TERM; sleep 302 & wait; wait")
     await stdout_until(docker, c.id, trapped.id, "up\n")
     await stdout_until(docker, c.id, plain.id, "up\n")  # its sleep runs: the signal has a command to reach
+    # Signalled at once: the wrapper may not have started the command yet; the signal waits for it.
+    quick = await start(docker, c.id, "sleep 310")
+    await docker.signal_process(c.id, quick.id, 15)
+    assert (await docker.wait_process(c.id, quick.id, 20)).signal == 15
     await docker.signal_process(c.id, trapped.id, 15)
     await docker.signal_process(c.id, plain.id, 15)
     ended = await docker.wait_process(c.id, trapped.id, 20)

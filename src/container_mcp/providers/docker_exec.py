@@ -141,6 +141,9 @@ _SIGNAL = (
 case $s in ""|*[!0-9]*) echo done; exit 0;; esac"""
     + _MEMBERS
     + """if [ "$2" != 9 ]; then
+  i=0; while [ $i -lt 30 ]; do
+    for p in $(members); do [ "$p" = "$s" ] || break 2; done; i=$((i+1)); sleep 0.1
+  done
   for p in $(members); do [ "$p" = "$s" ] || kill -"$2" "$p" 2>/dev/null; done; echo done; exit 0
 fi
 """
@@ -150,7 +153,8 @@ fi
 )
 """Sends signal $2 to every process of session $1 (a background process's, as the server learned it
 from the wrapper's first line; when not known, the one in pid file $3) but the wrapper, which so
-still reports how the command ended and lists its files. Signal 9 is ``_KILL_TREE``'s
+still reports how the command ended and lists its files (a process just started may not have
+forked its command yet: up to 3 s are given it). Signal 9 is ``_KILL_TREE``'s
 stop-then-kill of the whole session, wrapper included, and removes the pid file."""
 
 _READ = 'if [ "$3" -lt 0 ]; then exec tail -c +"$2" -- "$1"; fi; tail -c +"$2" -- "$1" | head -c "$3"'
