@@ -122,6 +122,34 @@ async def test_kill_9_during_exec_then_restart_kills_the_command_and_keeps_the_c
         await remove_all(data / "docker")
 
 
+async def test_kill_9_during_a_background_process_then_restart_kills_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    params = await _params(data)
+    try:
+        with contextlib.suppress(Exception):
+            async with Client(params) as client:
+                cid = (await call(client, "container_create", name="bg"))["id"]
+                # It removes its pid file first: the next start kills by the session the server recorded.
+                script = "rm -f /tmp/.container-mcp-proc-*.pid; echo gone; sleep 1002"
+                started = await call(client, "container_process", container_id=cid, action="start", command=script)
+                pid = started["processes"][0]["id"]
+                with anyio.fail_after(20):
+                    args = {"container_id": cid, "action": "read", "process_id": pid}
+                    while "gone" not in (await call(client, "container_process", **args))["output"]["text"]:  # noqa: ASYNC110
+                        await anyio.sleep(0.02)
+                (server,) = server_pids(data)
+                os.kill(server, signal.SIGKILL)
+                await call(client, "container_list")
+        assert await _count(cid, "^sleep 1002") == 1  # the exec outlives the server's connection
+        async with Client(params) as client:  # the restart kills what the dead server's process left
+            assert (await call(client, "container_process", container_id=cid, action="list"))["processes"] == []
+            ps = await call(client, "container_exec", container_id=cid, command="ps -o args | grep -c '^sleep 1002'")
+            assert ps["stdout"].strip() == "0"
+        assert list((data / "docker" / "processes" / cid / "procs").iterdir()) == []
+    finally:
+        await remove_all(data / "docker")
+
+
 async def test_kill_9_during_an_upload_then_restart_leaves_the_rows_equal_to_what_is_stored(tmp_path: Path) -> None:
     data, host = tmp_path / "data", tmp_path / "host"
     host.mkdir()
@@ -162,6 +190,20 @@ async def test_kill_9_during_an_upload_then_restart_leaves_the_rows_equal_to_wha
         assert "/mnt/data/kept.txt" in rows and rows.get("/mnt/data/big.bin") in (None, 48 << 20)
     finally:
         await remove_all(data / "docker")
+
+
+async def _count(cid: str, pattern: str) -> int:
+    """How many processes of the engine container run ``pattern`` (asked past any server)."""
+    async with Engine(DOCKER_HOST) as engine:
+        argv = ["/bin/sh", "-c", f"ps -o args | grep -c '{pattern}'"]
+        exec_id = await engine.exec_create(f"cmcp-{cid}", argv, user="1000", env=[], workdir="/", stdin=False)
+        stream = await engine.exec_start(exec_id)
+        try:
+            await stream.send_stdin(None)
+            out = b"".join([payload async for kind, payload in stream.frames() if kind == 1])
+        finally:
+            await stream.aclose()
+    return int(out.strip() or 0)
 
 
 async def _call_quietly(client: Client, tool: str, args: dict[str, Any]) -> None:

@@ -25,6 +25,12 @@
   ``allowlist`` is not offered (no filtering proxy is reachable from an engine that may be remote)
   and is refused by the service with this reason.
 * Commands: ``exec`` (``docker_exec``) through the engine's exec and its hijacked stream.
+* Background processes (``container_process``): each an engine exec whose stream the provider
+  holds in its ``ProcessTable`` (``local_processes``: output in capped files under
+  ``<data_dir>/processes/<id>/``), without the container's lock until it exits and its changes
+  are committed as a command's. It is signalled and killed by the session its wrapper announced
+  first (``DockerExec.run_background``); delete, expiry and the provider's close kill it, and the
+  next start kills what a dead server's processes left (``_kill_orphans``).
 * Lifecycle: create takes the id's lock, creates and starts the engine container, then writes the
   row; delete removes the engine container, then the row. Expiry (on access and by the reaper,
   with the injected clock) removes the engine container and keeps the row as ``expired``. At start
@@ -41,7 +47,10 @@ import hashlib
 import logging
 import mimetypes
 import os
+import shlex
+import shutil
 import tempfile
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -74,17 +83,27 @@ from ..models import (
 )
 from ..paths import MOUNT, relative_path
 from ..private import FILE_MODE, private_dir
+from ..sandbox.cgroups import pid_alive
 from ..uploads import CHUNK_SIZE, Upload
-from .base import ApproveChanges, Capabilities, ExecRequest, ExecResult, FileChanges, ProgressCallback
+from .base import (
+    ApproveChanges,
+    Capabilities,
+    ExecRequest,
+    ExecResult,
+    FileChanges,
+    OnExit,
+    ProcessInfo,
+    ProgressCallback,
+)
 from .docker_api import Engine
-from .docker_exec import DockerExec, ExecLimits, ExecOutcome, FileScan, scan_files
+from .docker_exec import BACKGROUND_PIDFILE, DockerExec, ExecLimits, ExecOutcome, FileScan, scan_files
 from .docker_seccomp import security_opt
 from .docker_tar import tar_dir
 from .exec_files import ending
 from .local import FilesSink, UsageSink
 from .local_lock import ContainerLocks, LockBusy
+from .local_processes import OUTPUTS, RUNNING, ProcessBacked, ProcessTable, runs_anywhere
 from .local_registry import ContainerRow, FileRow, Registry, policy_json
-from .registry_backed import RegistryBacked
 
 __all__ = ["LABEL_CONTAINER", "LABEL_DATA_DIR", "LABEL_INSTANCE", "DockerProvider", "instance_label"]
 
@@ -126,7 +145,7 @@ def _ids(user: str) -> tuple[int, int] | None:
     return None
 
 
-class DockerProvider(RegistryBacked):
+class DockerProvider(ProcessBacked):
     """Containers on a Docker-compatible engine. Use as an async context manager (reconciles, reaps)."""
 
     name = "docker"
@@ -163,6 +182,10 @@ class DockerProvider(RegistryBacked):
         self.registry = Registry(data_dir / "registry.sqlite3")
         self._locks = ContainerLocks(data_dir / "locks", sleep=sleep)
         self._exec = DockerExec(engine, user=user, limits=self.limits)
+        self._processes = ProcessTable(
+            max_per_container=self.limits.max_processes_per_container,
+            max_output_bytes=self.limits.process_max_output_bytes,
+        )
         self._usage_sink: UsageSink | None = None
         self._files_sink: FilesSink | None = None
         self._stack: AsyncExitStack | None = None
@@ -184,6 +207,8 @@ class DockerProvider(RegistryBacked):
             file_paths="exact",
             upstream_file_ids=False,
             images=self.images,
+            processes=True,
+            processes_per_session=self.limits.max_processes_per_session,
         )
 
     @property
@@ -206,6 +231,8 @@ class DockerProvider(RegistryBacked):
                 self._seccomp = None
             await self.reconcile()
             self._stack = AsyncExitStack()
+            # Closed before the engine: every background process is killed by its helper first.
+            await self._stack.enter_async_context(self._processes)
             tg = await self._stack.enter_async_context(anyio.create_task_group())
             tg.start_soon(self._reap_forever)
             self._stack.callback(tg.cancel_scope.cancel)
@@ -241,8 +268,15 @@ class DockerProvider(RegistryBacked):
 
     async def sweep(self) -> list[str]:
         """Expire every running container past its time (those in use are left for the next sweep)."""
+        # A process of ours whose container another server process deleted or expired ends now.
+        for container_id in self._processes.containers():
+            row = self.registry.container(container_id)
+            if row is None or row.status != "running":
+                self._processes.cancel(container_id)
         expired: list[str] = []
         for container_id in self.registry.due(self._clock(), limit=100_000):
+            if self._keep_for_processes(container_id):
+                continue
             with contextlib.suppress(LockBusy, ContainerNotFound):
                 async with self._hold(container_id, wait=False):
                     row = self.registry.container(container_id)
@@ -254,6 +288,7 @@ class DockerProvider(RegistryBacked):
 
     async def reconcile(self) -> None:
         """Make engine and registry agree (see the module docstring)."""
+        await self._kill_orphans()
         await self.sweep()
         engine_ids: set[str] = set()
         for found in await self.engine.list_labelled(self.labels):
@@ -314,6 +349,7 @@ class DockerProvider(RegistryBacked):
             await self._files_sink(container_id, [row.model() for row in self.registry.files_of(container_id).values()])
 
     async def _expire(self, container_id: str) -> None:
+        self._processes.cancel(container_id)  # killed, changes discarded; the engine container goes anyway
         with anyio.CancelScope(shield=True):
             await self.engine.remove(_engine_name(container_id))
             self.registry.expire(container_id)
@@ -425,12 +461,17 @@ class DockerProvider(RegistryBacked):
 
     async def delete_container(self, container_id: str) -> ContainerDeleted:
         check_container_id(container_id)
+        # Its background processes end first (one finishing its commit needs the lock), and again
+        # after: one started meanwhile is gone with the engine container.
+        await self._processes.stop(container_id)
         async with self._hold(container_id):
             with anyio.CancelScope(shield=True):
                 await self.engine.remove(_engine_name(container_id))
                 if not self.registry.delete_container(container_id):
                     raise ContainerNotFound(container_id)
                 self._locks.remove(container_id)
+        await self._processes.stop(container_id)
+        await anyio.to_thread.run_sync(lambda: shutil.rmtree(self._proc_root(container_id), ignore_errors=True))
         return ContainerDeleted(id=container_id)
 
     # --- files -----------------------------------------------------------------------------
@@ -580,53 +621,68 @@ class DockerProvider(RegistryBacked):
             name = _engine_name(container_id)
             before = self.registry.files_of(container_id)
             ended: ExecOutcome = await self._engine_call(container_id, self._exec.run(name, request, progress=progress))
-            with anyio.CancelScope(shield=True):
-                # The exit status and the file scan are independent questions to the engine: ask both at once.
-                outcome, scan = ended, FileScan()
+            return await self._commit(container_id, ended, before, approve, listed=request.max_listed_files)
 
-                async def settle() -> None:
-                    nonlocal outcome
-                    outcome = await self._exec.settle(name, ended)
+    async def _commit(
+        self,
+        container_id: str,
+        ended: ExecOutcome,
+        before: dict[str, FileRow],
+        approve: ApproveChanges,
+        *,
+        listed: int,
+    ) -> ExecResult:
+        """Settle a command that ended and commit what it did to /mnt/data (the caller holds the lock):
+        ``approve`` the changes against ``before`` (the rows when it began), or, refused, remove what
+        it wrote and raise."""
+        name = _engine_name(container_id)
+        with anyio.CancelScope(shield=True):
+            # The exit status and the file scan are independent questions to the engine: ask both at once.
+            outcome, scan = ended, FileScan()
 
-                async def rescan() -> None:
-                    nonlocal scan
-                    listed = ended.listed if ended.listed is not None else await self._exec.listing(name)
-                    scan = await scan_files(self.engine, name, before, listed)
+            async def settle() -> None:
+                nonlocal outcome
+                outcome = await self._exec.settle(name, ended)
 
-                try:
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(settle)
-                        tg.start_soon(rescan)
-                except BaseExceptionGroup as group:
-                    raise first_error(group) from None
-            changes = scan.changes(before)
+            async def rescan() -> None:
+                nonlocal scan
+                found = ended.listed if ended.listed is not None else await self._exec.listing(name)
+                scan = await scan_files(self.engine, name, before, found)
+
             try:
-                await approve(changes)
-            except BaseException as exc:
-                with anyio.CancelScope(shield=True):
-                    # A real container cannot be rolled back: what the command wrote goes, so that nothing
-                    # unaccounted for stays stored.
-                    removed = [*scan.created, *scan.changed]
-                    if removed:
-                        await self._exec.remove(name, removed)
-                    self.registry.apply(container_id, [], [*scan.changed, *scan.deleted])
-                    await self._report_usage(container_id, files=True)
-                if hasattr(exc, "message"):
-                    how = ending(outcome.exit_code, outcome.signal, outcome.killed_reason)
-                    exc.message = (
-                        f"The command {how}, but the files it created or changed "
-                        f"were removed from /mnt/data (a container cannot be rolled back). {exc.message}"
-                    )
-                    exc.args = (exc.message,)
-                raise
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(settle)
+                    tg.start_soon(rescan)
+            except BaseExceptionGroup as group:
+                raise first_error(group) from None
+        changes = scan.changes(before)
+        try:
+            await approve(changes)
+        except BaseException as exc:
             with anyio.CancelScope(shield=True):
-                created, changed = await self._rows_for(container_id, scan, source="assistant")
-                if created or changed or scan.deleted:
-                    self.registry.apply(container_id, [*created, *changed], scan.deleted)
-                if len(created) + len(changed) < len(scan.created) + len(scan.changed):
-                    await self._report_usage(container_id, files=True)  # approved files went unrecorded
-                self.registry.touch(container_id, self._clock())  # the run itself was activity
-            return outcome.result(created, changed, scan.deleted, listed=request.max_listed_files)
+                # A real container cannot be rolled back: what the command wrote goes, so that nothing
+                # unaccounted for stays stored.
+                removed = [*scan.created, *scan.changed]
+                if removed:
+                    await self._exec.remove(name, removed)
+                self.registry.apply(container_id, [], [*scan.changed, *scan.deleted])
+                await self._report_usage(container_id, files=True)
+            if hasattr(exc, "message"):
+                how = ending(outcome.exit_code, outcome.signal, outcome.killed_reason)
+                exc.message = (
+                    f"The command {how}, but the files it created or changed "
+                    f"were removed from /mnt/data (a container cannot be rolled back). {exc.message}"
+                )
+                exc.args = (exc.message,)
+            raise
+        with anyio.CancelScope(shield=True):
+            created, changed = await self._rows_for(container_id, scan, source="assistant")
+            if created or changed or scan.deleted:
+                self.registry.apply(container_id, [*created, *changed], scan.deleted)
+            if len(created) + len(changed) < len(scan.created) + len(scan.changed):
+                await self._report_usage(container_id, files=True)  # approved files went unrecorded
+            self.registry.touch(container_id, self._clock())  # the run itself was activity
+        return outcome.result(created, changed, scan.deleted, listed=listed)
 
     async def _rows_for(self, container_id: str, scan: FileScan, *, source: str) -> tuple[list[FileRow], list[FileRow]]:
         """Rows for the scan's created (new ids) and changed (same ids) files, hashing each one's bytes."""
@@ -659,6 +715,95 @@ class DockerProvider(RegistryBacked):
                 )
         return out
 
+    # --- background processes (``ProcessProvider``; the table is local_processes') ------------
+
+    def _proc_root(self, container_id: str) -> Path:
+        """Where the container's background processes' output lives on this host (``<root>/procs/``)."""
+        return self.data_dir / "processes" / container_id
+
+    def _keep_for_processes(self, container_id: str) -> bool:
+        """Whether the container runs background processes, here or in another server process on
+        this data dir: activity, so it does not expire (each ends by its lifetime at the latest);
+        its expiry is pushed on meanwhile."""
+        if not self._processes.running([container_id]) and not runs_anywhere(self._proc_root(container_id)):
+            return False
+        row = self.registry.container(container_id)
+        if row is not None:
+            self.registry.hold(container_id, self._clock() + row.expiry_minutes * 60)
+        return True
+
+    async def _kill_orphans(self) -> None:
+        """Kill the background processes a dead server process left running (found by their output
+        directories, named after that server's pid), and remove those directories."""
+        root = self.data_dir / "processes"
+        entries = await anyio.to_thread.run_sync(lambda: sorted(root.glob(f"*/{OUTPUTS}/*")))
+        for entry in entries:
+            server, _, proc_id = entry.name.partition("-")
+            if server.isdigit() and pid_alive(int(server)):
+                continue
+            container_id = entry.parent.parent.name
+            row = self.registry.container(container_id)
+            if (entry / RUNNING).exists() and row is not None and row.status == "running":
+                # The session the server learned from the wrapper (trusted); else the pid file's.
+                said = (entry / "session").read_text() if (entry / "session").exists() else ""
+                session = int(said) if said.isdigit() else None
+                try:
+                    await self._exec.signal(_engine_name(container_id), session, 9, BACKGROUND_PIDFILE.format(proc_id))
+                    log.info("container %s: killed background process %s a dead server left", container_id, proc_id)
+                except ProviderError as exc:
+                    log.warning("container %s: background process %s not killed: %s", container_id, proc_id, exc)
+                    if exc.status is None:
+                        continue  # the engine did not answer: the next start tries again
+            await anyio.to_thread.run_sync(_remove_tree, entry)
+
+    async def start_process(
+        self, container_id: str, request: ExecRequest, *, approve: ApproveChanges, on_exit: OnExit
+    ) -> ProcessInfo:
+        """Start ``request`` by an engine exec without waiting (``DockerExec.run_background``); it runs
+        without the container's lock and takes it when it exits, to commit its file changes."""
+        lifetime = min(request.timeout_s, self.limits.process_max_lifetime_s)
+        name = _engine_name(container_id)
+        async with self._hold(container_id):
+            row = await self._running(container_id, locked=True)
+            # Event-loop objects (its cancel scope, events) are made here; the disk work is two files.
+            proc = self._processes.new(
+                container_id, self._proc_root(container_id), shlex.join(request.argv), int(self._clock())
+            )
+            # Running is activity: the container stays until the process ends (at most its lifetime).
+            self.registry.hold(container_id, self._clock() + row.expiry_minutes * 60 + lifetime + 60)
+        if request.stdin and proc.stdin is not None:
+            proc.stdin.send_nowait(request.stdin)
+        run = request.model_copy(update={"timeout_s": lifetime, "stdin": None})
+
+        def started(session: int, send: Callable[[int], None]) -> None:
+            (proc.directory / "session").write_text(str(session))  # for the next start after a crash
+            proc.started(send)
+
+        async def body() -> ExecResult:
+            try:
+                ended: ExecOutcome = await self._engine_call(
+                    container_id,
+                    self._exec.run_background(
+                        name,
+                        run,
+                        pidfile=BACKGROUND_PIDFILE.format(proc.id),
+                        output=proc.output,
+                        stdin=proc.stdin_source,
+                        started=started,
+                    ),
+                )
+                proc.ended_mono = time.monotonic()
+                async with self._hold(container_id):
+                    await self._running(container_id, locked=True)
+                    before = self.registry.files_of(container_id)
+                    return await self._commit(container_id, ended, before, approve, listed=request.max_listed_files)
+            finally:
+                # However it ended, its hold ends with it: the container idles from now on.
+                self.registry.touch(container_id, self._clock())
+
+        self._processes.launch(proc, body, on_exit)
+        return proc.info()
+
 
 class _StreamUpload:
     """A file of another container as an upload (size known from its row)."""
@@ -675,6 +820,10 @@ class _StreamUpload:
                 yield chunk
         finally:
             await self._chunks.aclose()
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:

@@ -66,10 +66,10 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 
@@ -81,7 +81,7 @@ from .docker_api import Engine
 from .exec_files import exec_result
 from .local_registry import FileRow
 
-__all__ = ["DockerExec", "ExecLimits", "ExecOutcome", "FileScan", "scan_files"]
+__all__ = ["BACKGROUND_PIDFILE", "DockerExec", "ExecLimits", "ExecOutcome", "FileScan", "scan_files"]
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,25 @@ exit $rc"""
 the argv, then lists /mnt/data's files on stderr between two marker lines (which ``_Divert`` takes out
 of the output); the command's status is the exit status."""
 
-_KILL = """
-read -r s < "$1" 2>/dev/null; [ -n "$s" ] || { echo done; exit 0; }
+BACKGROUND_PIDFILE = "/tmp/.container-mcp-proc-{}.pid"
+"""Where a background process's wrapper records its pid (``{}``: the process id): one file per
+process, so the foreground command's ``PIDFILE`` stays its own."""
+
+_BG_WRAP = """echo $$; [ -d "$2" ] || mkdir -p -- "$2" || exit 126; cd -- "$2" || exit 126
+rm -f -- "$1"; echo $$ > "$1"; p=$1 n=$3; shift 3
+"$@"; rc=$?
+rm -f -- "$p"
+if command -v find >/dev/null; then
+  { printf '\\n%s\\n' "$n"; find /mnt/data -type f -print0 2>/dev/null; printf '\\n%s.\\n' "$n"; } >&2
+fi
+exit $rc"""
+"""``_WRAP`` for a background process: first says its session id on stdout (before anything of the
+command's runs, so the first line is the wrapper's and cannot be forged; the server kills and
+signals by it, never by trusting the pid file, which the command can rewrite, remove or make a
+FIFO), then records it in its pid file (for a later server to find after a crash) and removes that
+when the command ends."""
+
+_MEMBERS = """
 members() {
   for f in /proc/[0-9]*/stat; do
     read -r line < "$f" 2>/dev/null || continue
@@ -108,17 +125,48 @@ members() {
     [ "$4" = "$s" ] && [ "$1" != Z ] && { p=${f#/proc/}; echo "${p%/stat}"; }
   done
 }
-i=0
+"""
+"""Lists the pids of session ``$s``'s live processes."""
+
+_KILL_TREE = """i=0
 while [ $i -lt 100 ]; do
   i=$((i+1)); found=
   for p in $(members); do kill -9 "$p" 2>/dev/null; found=1; done
   [ -n "$found" ] || break
 done
-echo done
 """
-"""Kills every process of the command's session, pass after pass until a scan finds none: a child forked
-between a scan and its parent's death is found by the next pass (stop signals, which would freeze the tree
-first, are refused in these containers: ``docker_seccomp``)."""
+"""Kills every process of session ``$s``, pass after pass until a scan finds none: a child forked between a
+scan and its parent's death is found by the next pass (stop signals, which would freeze the tree first, are
+refused in these containers: ``docker_seccomp``)."""
+
+_KILL = (
+    """
+read -r s < "$1" 2>/dev/null; [ -n "$s" ] || { echo done; exit 0; }"""
+    + _MEMBERS
+    + _KILL_TREE
+    + "echo done\n"
+)
+
+_SIGNAL = (
+    """s=$1; [ -n "$s" ] || read -r s < "$3" 2>/dev/null
+case $s in ""|*[!0-9]*) echo done; exit 0;; esac"""
+    + _MEMBERS
+    + """if [ "$2" != 9 ]; then
+  i=0; while [ $i -lt 30 ]; do
+    for p in $(members); do [ "$p" = "$s" ] || break 2; done; i=$((i+1)); sleep 0.1
+  done
+  for p in $(members); do [ "$p" = "$s" ] || kill -"$2" "$p" 2>/dev/null; done; echo done; exit 0
+fi
+"""
+    + _KILL_TREE
+    + """rm -f -- "$3"; echo done
+"""
+)
+"""Sends signal $2 to every process of session $1 (a background process's, as the server learned it
+from the wrapper's first line; when not known, the one in pid file $3) but the wrapper, which so
+still reports how the command ended and lists its files (a process just started may not have
+forked its command yet: up to 3 s are given it). Signal 9 is ``_KILL_TREE``'s
+kill of the whole session, wrapper included, and removes the pid file."""
 
 _READ = 'if [ "$3" -lt 0 ]; then exec tail -c +"$2" -- "$1"; fi; tail -c +"$2" -- "$1" | head -c "$3"'
 """Writes the file's bytes from offset $2 - 1, at most $3 of them (all when negative), to stdout."""
@@ -207,6 +255,10 @@ class ExecLimits:
     helper_idle_s: float = 30.0
     """How long a helper (a file read, a removal) may send nothing before it is given up: the
     container's own processes can stop or block it."""
+    max_processes_per_container: int = 4
+    max_processes_per_session: int = 8
+    process_max_lifetime_s: float = 3600.0
+    process_max_output_bytes: int = 8 << 20
 
 
 @dataclass
@@ -255,10 +307,26 @@ def _workdir(workdir: str) -> str:
     return normalize_path(workdir)
 
 
+class _Sink(Protocol):
+    def feed(self, chunk: bytes) -> None: ...
+
+
+@dataclass
+class _ToOutput:
+    """One stream of a background process, fed to its ``output(fd, chunk)``."""
+
+    fd: int
+    output: Callable[[int, bytes], None]
+
+    def feed(self, chunk: bytes) -> None:
+        if chunk:
+            self.output(self.fd, chunk)
+
+
 class _Divert:
     """Splits a stderr stream at a marker line: before it, the command's output; after it, the listing."""
 
-    def __init__(self, capture: OutputCapture, nonce: str) -> None:
+    def __init__(self, capture: _Sink, nonce: str) -> None:
         self._capture = capture
         self._start = f"\n{nonce}\n".encode()
         self._end = f"\n{nonce}.\n".encode()
@@ -442,6 +510,121 @@ class DockerExec:
         if not done:
             log.warning("container %s: its command could not be killed from inside; restarting it", name)
             await self._engine.restart(name)
+
+    async def run_background(
+        self,
+        name: str,
+        request: ExecRequest,
+        *,
+        pidfile: str,
+        output: Callable[[int, bytes], None],
+        stdin: AsyncIterable[bytes],
+        started: Callable[[int, Callable[[int], None]], None],
+    ) -> ExecOutcome:
+        """Run ``request`` as a background process (``_BG_WRAP``) until it ends, or ``request.timeout_s``
+        (its lifetime) passes and its session is killed; cancelled, it kills the session too.
+
+        Its output goes to ``output(fd, chunk)`` as it comes, ``stdin``'s chunks up its stdin (closed
+        when ``stdin`` ends). ``started(session, send)`` is called once its session id is known:
+        ``send(signal)`` signals the session from now until the process ended. The outcome's exit
+        status is still to be asked (``settle``) unless it timed out."""
+        workdir = _workdir(request.workdir)
+        _check(request)
+        env = {**_DEFAULT_ENV, **request.env}
+        nonce = "container-mcp-files-" + secrets.token_hex(16)
+        divert = _Divert(_ToOutput(2, output), nonce)
+        exec_id = await self._engine.exec_create(
+            name,
+            ["/bin/sh", "-c", _BG_WRAP, "sh", pidfile, workdir, nonce, *request.argv],
+            user=self._user,
+            env=[f"{k}={v}" for k, v in env.items()],
+            workdir="/",
+            stdin=True,
+        )
+        begun = time.monotonic()
+        stream = await self._engine.exec_start(exec_id)
+        session: int | None = None
+        head = bytearray()
+
+        def feed(kind: int, payload: bytes) -> None:
+            nonlocal session
+            if kind == 2:
+                divert.feed(payload)
+                return
+            if session is None:
+                head.extend(payload)
+                line, sep, rest = bytes(head).partition(b"\n")
+                if not sep:
+                    return
+                session = int(line) if line.isdigit() else 0
+                head.clear()
+                started(session, send)
+                payload = rest
+            if payload:
+                output(1, payload)
+
+        timed_out = False
+        try:
+            async with anyio.create_task_group() as signals:
+
+                def send(sig: int) -> None:
+                    signals.start_soon(self._signal_logged, name, session, sig, pidfile)
+
+                async def pump_stdin() -> None:
+                    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                        async for data in stdin:
+                            await stream.write(data)
+                        await stream.close_stdin()
+
+                with anyio.move_on_after(request.timeout_s) as deadline:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(pump_stdin)
+                        async for kind, payload in stream.frames():
+                            feed(kind, payload)
+                        tg.cancel_scope.cancel()
+                if deadline.cancelled_caught:
+                    timed_out = True
+                    with anyio.CancelScope(shield=True):
+                        await self.signal(name, session, 9, pidfile)
+                        with anyio.move_on_after(self._limits.kill_wait_s):
+                            async for kind, payload in stream.frames():
+                                feed(kind, payload)
+                signals.cancel_scope.cancel()
+        except BaseException:
+            with anyio.CancelScope(shield=True), contextlib.suppress(ProviderError):
+                await self.signal(name, session, 9, pidfile)  # the container may be gone already
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+        duration = time.monotonic() - begun
+        out, err = OutputCapture(0), OutputCapture(0)
+        listed = divert.finish()
+        if timed_out:
+            return ExecOutcome(None, 9, out, err, duration, True, "timeout", listed=listed)
+        return ExecOutcome(None, None, out, err, duration, False, None, exec_id=exec_id, listed=listed)
+
+    async def signal(self, name: str, session: int | None, sig: int, pidfile: str) -> None:
+        """Send ``sig`` to every process of a background process's ``session`` (see ``_SIGNAL``; None:
+        the session its ``pidfile`` names). A kill (9) that cannot be done from inside in
+        ``kill_wait_s`` restarts the container instead, as ``kill`` does."""
+        done = False
+        argv = ["/bin/sh", "-c", _SIGNAL, "sh", "" if session is None else str(session), str(sig), pidfile]
+        with anyio.move_on_after(self._limits.kill_wait_s):
+            try:
+                done = (await self._quiet(name, argv)).strip() == b"done"
+            except ProviderError as exc:
+                if exc.status is None or sig != 9:
+                    raise
+        if not done and sig == 9:
+            log.warning("container %s: a background process could not be killed from inside; restarting it", name)
+            await self._engine.restart(name)
+
+    async def _signal_logged(self, name: str, session: int | None, sig: int, pidfile: str) -> None:
+        try:
+            await self.signal(name, session, sig, pidfile)
+        except ProviderError as exc:
+            log.warning("container %s: signal %d could not be sent: %s", name, sig, exc)
 
     async def remove(self, name: str, rels: list[str]) -> None:
         """Remove files under /mnt/data (relative paths) in the container."""

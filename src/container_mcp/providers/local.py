@@ -30,11 +30,11 @@ import mimetypes
 import os
 import shlex
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Self
 
 import anyio
 import anyio.to_thread
@@ -70,16 +70,14 @@ from .base import (
     FileChanges,
     OnExit,
     ProcessInfo,
-    ProcessOutput,
     ProgressCallback,
     Refund,
 )
 from .local_exec import ExecLimits, finish_run, prepare_job, run_exec
 from .local_fs import ContainerDir
 from .local_lock import ContainerLocks, LockBusy
-from .local_processes import ProcessTable, runs_anywhere, sweep_outputs
+from .local_processes import ProcessBacked, ProcessTable, runs_anywhere, sweep_outputs
 from .local_registry import ContainerRow, FileRow, Registry, policy_json
-from .registry_backed import RegistryBacked
 
 __all__ = ["LocalProvider"]
 
@@ -116,7 +114,7 @@ class _FdUpload:
             os.close(fd)
 
 
-class LocalProvider(RegistryBacked):
+class LocalProvider(ProcessBacked):
     """Containers in ``data_dir``. Use as an async context manager (starts recovery and the reaper)."""
 
     name = "local"
@@ -655,58 +653,6 @@ class LocalProvider(RegistryBacked):
         self._processes.launch(proc, body, on_exit)
         return proc.info()
 
-    async def list_processes(self, container_id: str) -> list[ProcessInfo]:
-        await self._row(container_id, touch=True)
-        return [p.info() for p in self._processes.of(container_id)]
-
-    def running_processes(self, container_ids: Collection[str]) -> int:
-        return self._processes.running(container_ids)
-
-    async def read_process(
-        self, container_id: str, process_id: str, *, stream: Literal["stdout", "stderr"], offset: int, max_bytes: int
-    ) -> ProcessOutput:
-        await self._row(container_id, touch=True)
-        proc = self._processes.get(container_id, process_id)
-        return await anyio.to_thread.run_sync(lambda: proc.read(stream, offset, max_bytes))
-
-    async def write_process(self, container_id: str, process_id: str, data: bytes, *, close: bool) -> ProcessInfo:
-        await self._running(container_id)
-        proc = self._processes.get(container_id, process_id)
-        if proc.stdin is None or proc.done.is_set():
-            raise InvalidRequest(f"The stdin of {process_id} is closed (or the process ended).", param="process_id")
-        if data:
-            with anyio.move_on_after(STDIN_WAIT_S) as waited:
-                await proc.stdin.send(data)
-            if waited.cancelled_caught:
-                raise InvalidRequest(
-                    f"{process_id} is not reading its stdin (its buffer is full); nothing was written. Read its output "
-                    "or wait for it, then try again.",
-                    param="stdin",
-                )
-        if close:
-            proc.stdin.close()
-            proc.stdin = None
-        return proc.info()
-
-    async def signal_process(self, container_id: str, process_id: str, signal: int) -> ProcessInfo:
-        await self._running(container_id)
-        proc = self._processes.get(container_id, process_id)
-        with anyio.move_on_after(STDIN_WAIT_S):  # just started: its sandbox may still be coming up
-            await proc.ready.wait()
-        if proc.done.is_set():
-            raise InvalidRequest(f"{process_id} has already ended ({proc.state}).", param="process_id")
-        if proc.send_signal is None:
-            raise InvalidRequest(f"{process_id} is still starting; send the signal again in a moment.", param="signal")
-        proc.send_signal(signal)
-        return proc.info()
-
-    async def wait_process(self, container_id: str, process_id: str, timeout_s: float) -> ProcessInfo:
-        await self._row(container_id, touch=True)
-        proc = self._processes.get(container_id, process_id)
-        with anyio.move_on_after(timeout_s):
-            await proc.done.wait()
-        return proc.info()
-
 
 PERSISTENCE = (
     "/mnt/data: the container's files (a command's changes are staged and become files when it exits). "
@@ -715,10 +661,6 @@ PERSISTENCE = (
     "with the container. /tmp and /dev/shm: private to each command."
 )
 
-
-STDIN_WAIT_S = 5.0
-"""How long a write waits for a process to take its stdin, or a signal for it to start, before
-either is refused."""
 
 RECOVERY_GRACE_S = 600.0
 """Recovery leaves alone leftovers younger than this: they may be another live process's work."""

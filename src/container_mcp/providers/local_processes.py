@@ -37,8 +37,17 @@ from ..errors import InvalidRequest, QuotaExceeded
 from ..sandbox.cgroups import pid_alive
 from ..sandbox.output import decode_output
 from .base import ExecResult, OnExit, ProcessInfo, ProcessOutput, ProcessState
+from .registry_backed import RegistryBacked
 
-__all__ = ["OUTPUTS", "BackgroundProcess", "ProcessTable", "runs_anywhere", "sweep_outputs"]
+__all__ = [
+    "OUTPUTS",
+    "STDIN_WAIT_S",
+    "BackgroundProcess",
+    "ProcessBacked",
+    "ProcessTable",
+    "runs_anywhere",
+    "sweep_outputs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -352,3 +361,73 @@ def sweep_outputs(container_root: Path) -> int:
                 shutil.rmtree(entry, ignore_errors=True)
                 removed += 1
     return removed
+
+
+STDIN_WAIT_S = 5.0
+"""How long a write waits for a process to take its stdin, or a signal for it to start, before
+either is refused."""
+
+
+class ProcessBacked(RegistryBacked):
+    """A registry-backed provider whose background processes live in a ``ProcessTable``
+    (``self._processes``): the ``ProcessProvider`` calls but ``start_process``, which is the
+    backend's own. ``ready`` of a process means its ``send_signal`` is set."""
+
+    _processes: ProcessTable
+
+    async def list_processes(self, container_id: str) -> list[ProcessInfo]:
+        await self._row(container_id, touch=True)
+        return [p.info() for p in self._processes.of(container_id)]
+
+    def running_processes(self, container_ids: Collection[str]) -> int:
+        return self._processes.running(container_ids)
+
+    async def read_process(
+        self, container_id: str, process_id: str, *, stream: Literal["stdout", "stderr"], offset: int, max_bytes: int
+    ) -> ProcessOutput:
+        await self._row(container_id, touch=True)
+        proc = self._processes.get(container_id, process_id)
+        return await anyio.to_thread.run_sync(lambda: proc.read(stream, offset, max_bytes))
+
+    async def write_process(self, container_id: str, process_id: str, data: bytes, *, close: bool) -> ProcessInfo:
+        await self._running(container_id)
+        proc = self._processes.get(container_id, process_id)
+        if proc.stdin is None or proc.done.is_set():
+            raise InvalidRequest(f"The stdin of {process_id} is closed (or the process ended).", param="process_id")
+        if data:
+            with anyio.move_on_after(STDIN_WAIT_S) as waited:
+                await proc.stdin.send(data)
+            if waited.cancelled_caught:
+                raise InvalidRequest(
+                    f"{process_id} is not reading its stdin (its buffer is full); nothing was written. Read its output "
+                    "or wait for it, then try again.",
+                    param="stdin",
+                )
+        if close:
+            proc.stdin.close()
+            proc.stdin = None
+        return proc.info()
+
+    async def signal_process(self, container_id: str, process_id: str, signal: int) -> ProcessInfo:
+        await self._running(container_id)
+        proc = self._processes.get(container_id, process_id)
+        with anyio.move_on_after(STDIN_WAIT_S):  # just started: its wrapper may not have said its session yet
+            await proc.ready.wait()
+        if proc.done.is_set():
+            raise InvalidRequest(f"{process_id} has already ended ({proc.state}).", param="process_id")
+        if proc.send_signal is None:
+            raise InvalidRequest(f"{process_id} is still starting; send the signal again in a moment.", param="signal")
+        proc.send_signal(signal)
+        return proc.info()
+
+    async def wait_process(self, container_id: str, process_id: str, timeout_s: float) -> ProcessInfo:
+        await self._row(container_id, touch=True)
+        proc = self._processes.get(container_id, process_id)
+        with anyio.move_on_after(timeout_s):
+            await proc.done.wait()
+        return proc.info()
+
+
+STDIN_WAIT_S = 5.0
+"""How long a write waits for a process to take its stdin, or a signal for it to start, before
+either is refused."""
