@@ -11,9 +11,11 @@ from container_mcp.providers import docker_seccomp
 from container_mcp.providers.docker import is_podman
 from container_mcp.providers.docker_seccomp import (
     F_SETSIG,
+    FCNTL_COMMANDS,
     MOBY_VERSION,
     SIGNAL_ARG,
     STOP_SIGNALS,
+    blocks,
     default_profile,
     profile,
     security_opt,
@@ -73,14 +75,24 @@ def test_every_signal_but_the_stop_signals_is_allowed_whatever_the_high_bits() -
                 assert allowed == (low <= 64 and low not in STOP_SIGNALS), (name, hex(high << 32 | low))
 
 
-def test_f_setsig_refuses_the_stop_signals_and_every_other_fcntl_runs() -> None:
+def test_f_setsig_refuses_the_stop_signals_and_every_command_linux_defines_runs() -> None:
     rules = profile()["syscalls"]
-    commands = [*range(48), 1024, 1030, 1033, 1034, F_SETSIG | 1 << 32, 1 << 32, 0xFFFF_FFFF_0000_0004]
+    defined = [*range(18), 36, 37, 38, *range(1024, 1040)]  # include/uapi/linux/fcntl.h, asm-generic/fcntl.h
+    undefined = [18, 35, 39, 1023, 1040, 1 << 20]
+    assert FCNTL_COMMANDS | {F_SETSIG} == set(defined)
+    high = [F_SETSIG | 1 << 32, 1 << 32, 0xFFFF_FFFF_0000_0004, 0xFFFF_FFFF_0000_0000 | 1030]
     for name in ("fcntl", "fcntl64"):
-        for cmd in commands:
+        for cmd in [*defined, *undefined, *high]:
             for sig in (0, 10, 18, 19, 22, 23, 64, 1 << 32 | 19):
-                refused = cmd & 0xFFFF_FFFF == F_SETSIG and (sig & 0xFFFF_FFFF in STOP_SIGNALS)
+                low = cmd & 0xFFFF_FFFF
+                refused = low not in defined or (low == F_SETSIG and sig & 0xFFFF_FFFF in STOP_SIGNALS)
                 assert _allows(rules, name, {1: cmd, 2: sig}) != refused, (name, hex(cmd), hex(sig))
+
+
+def test_blocks_match_exactly_their_set() -> None:
+    for allowed in (FCNTL_COMMANDS, frozenset(range(65)) - STOP_SIGNALS, frozenset({0, 3, 5, 6, 7, 64}), frozenset()):
+        found = blocks(allowed)
+        assert frozenset(v for v in range(1 << 11) if any(v & m == x for m, x in found)) == allowed
 
 
 def test_podman_is_told_from_its_ping_and_docker_is_not() -> None:

@@ -19,7 +19,8 @@ SIGTTIN and SIGTTOU (refused with EPERM, the default's errno):
 * ``kill``, ``tkill``, ``tgkill``, ``rt_sigqueueinfo``, ``rt_tgsigqueueinfo``, ``pidfd_send_signal``;
 * ``fcntl``/``fcntl64`` ``F_SETSIG``, which picks the signal the kernel sends a file's owner
   (``F_SETOWN``: any process of the same uid) when I/O is ready: a stop signal there stops another
-  process without any kill syscall.
+  process without any kill syscall. Every other command Linux defines is allowed
+  (``FCNTL_COMMANDS``).
 
 The kernel reads these arguments as 32-bit ints, while seccomp compares all 64 bits of the
 register; so every comparison is a masked equality on the low 32 bits (``0x1_0000_0013`` is
@@ -40,10 +41,12 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "FCNTL_COMMANDS",
     "F_SETSIG",
     "MOBY_VERSION",
     "SIGNAL_ARG",
     "STOP_SIGNALS",
+    "blocks",
     "default_profile",
     "profile",
     "security_opt",
@@ -73,25 +76,37 @@ SIGNAL_ARG = {
 
 _FCNTL = ("fcntl", "fcntl64")
 F_SETSIG = 10
+
+FCNTL_COMMANDS = frozenset({*range(10), *range(11, 18), *range(36, 39), *range(1024, 1040)})
+"""Every ``fcntl`` command Linux defines (``include/uapi/linux/fcntl.h``, ``asm-generic/fcntl.h``)
+but F_SETSIG: 0..9 (F_DUPFD..F_GETOWN), 11..17 (F_GETSIG, the 32-bit lock commands, F_*OWN_EX,
+F_GETOWNER_UIDS), 36..38 (F_OFD_*LK*) and 1024..1039 (F_LINUX_SPECIFIC_BASE: leases, F_NOTIFY,
+F_DUPFD_CLOEXEC, pipe sizes, seals, write hints). Any other command is one the kernel refuses
+anyway (EINVAL); here it gets EPERM. An allowlist of commands, not "anything but F_SETSIG" bit by
+bit: that took 32 rules per syscall, and compiling them cost every exec ~10 ms."""
 _LOW32 = 0xFFFFFFFF
 
 
-def signal_blocks(allowed: frozenset[int] | None = None) -> list[tuple[int, int]]:
+def blocks(allowed: frozenset[int]) -> list[tuple[int, int]]:
     """(mask, value) pairs whose masked equalities on an argument's low 32 bits match exactly the
-    allowed signals (0..64 without the stop signals): aligned power-of-two blocks, largest first."""
-    allowed = allowed if allowed is not None else frozenset(range(MAX_SIGNAL + 1)) - STOP_SIGNALS
-    blocks: list[tuple[int, int]] = []
-    start = 0
-    while start <= MAX_SIGNAL:
+    ``allowed`` values: aligned power-of-two blocks, largest first."""
+    found: list[tuple[int, int]] = []
+    start, last = 0, max(allowed, default=-1)
+    while start <= last:
         if start not in allowed:
             start += 1
             continue
         size = 1
         while start % (size * 2) == 0 and all(v in allowed for v in range(start, start + size * 2)):
             size *= 2
-        blocks.append((_LOW32 & ~(size - 1), start))
+        found.append((_LOW32 & ~(size - 1), start))
         start += size
-    return blocks
+    return found
+
+
+def signal_blocks() -> list[tuple[int, int]]:
+    """``blocks`` of the allowed signals: 0..64 without the stop signals."""
+    return blocks(frozenset(range(MAX_SIGNAL + 1)) - STOP_SIGNALS)
 
 
 def _arg(index: int, mask: int, value: int) -> dict[str, Any]:
@@ -123,12 +138,11 @@ def narrowed_rules() -> list[dict[str, Any]]:
     A syscall with several rules is allowed when any of them matches; the conditions of one rule
     must all hold. runc splits a rule with two conditions on one argument into two rules, so each
     rule here has at most one condition per argument."""
-    blocks = signal_blocks()
-    rules = [_allow(name, _arg(index, mask, value)) for name, index in SIGNAL_ARG.items() for mask, value in blocks]
+    signals = signal_blocks()
+    rules = [_allow(name, _arg(index, mask, value)) for name, index in SIGNAL_ARG.items() for mask, value in signals]
     for name in _FCNTL:
-        # Any command but F_SETSIG: its low 32 bits differ from F_SETSIG's in at least one bit.
-        rules += [_allow(name, _arg(1, 1 << bit, ~F_SETSIG & (1 << bit))) for bit in range(32)]
-        rules += [_allow(name, _arg(1, _LOW32, F_SETSIG), _arg(2, mask, value)) for mask, value in blocks]
+        rules += [_allow(name, _arg(1, mask, value)) for mask, value in blocks(FCNTL_COMMANDS)]
+        rules += [_allow(name, _arg(1, _LOW32, F_SETSIG), _arg(2, mask, value)) for mask, value in signals]
     return rules
 
 
