@@ -11,7 +11,10 @@ pays for the engine's teardown of the first), so the machine's noise spreads ove
 * ``raw engine``: the same Engine API calls a careful client makes, through the same client
   (``docker_api.Engine``): exec create + start (hijacked stream) + inspect for ``exec true``, into
   the very container the provider series uses; container create + start, that exec, and a forced
-  remove for the lifecycle;
+  remove for the lifecycle (these containers have the engine's default seccomp profile and no
+  CPU quota);
+* ``raw, default seccomp``: that exec into a container with the engine's own default profile, so
+  the cost of the provider's profile (``docker_seccomp``: runc compiles it for every exec) shows;
 * ``provider``: ``DockerProvider`` (registry, lock, /bin/sh wrapper, the change scan of /mnt/data);
 * ``MCP tool``: the tools through the official client in memory (service, quotas, JSON-RPC);
 * ``local bwrap``: the local provider's ``exec true`` and create -> exec -> delete.
@@ -157,6 +160,7 @@ async def main(runs: int, image: str | None, host: str) -> None:
                                 # Into the provider's own container: same image, limits and state.
                                 execs: list[tuple[str, Callable[[], Awaitable[object]]]] = [
                                     ("exec true: raw engine", lambda: raw_exec(raw, f"cmcp-{warm.id}", ["true"])),
+                                    ("exec true: raw, default seccomp", lambda: raw_exec(raw, raw_ref, ["true"])),
                                     ("exec true: provider", lambda: docker.exec(warm.id, true, approve=accept)),
                                     ("exec true: MCP tool", tool_exec),
                                     ("exec true: local bwrap", lambda: local.exec(local_warm.id, true, approve=accept)),
@@ -183,11 +187,15 @@ async def main(runs: int, image: str | None, host: str) -> None:
     print(f"{'series':34s} {'p50 ms':>8s} {'p95 ms':>8s}")
     for name, samples in results.items():
         print(f"{name:34s} {pct(samples, 0.5):8.2f} {pct(samples, 0.95):8.2f}")
-    for what in ("exec true", "create+exec+delete"):
-        raw_p50 = pct(results[f"{what}: raw engine"], 0.5)
+    for what, baseline in [
+        ("exec true", "raw engine"),
+        ("exec true", "raw, default seccomp"),
+        ("create+exec+delete", "raw engine"),
+    ]:
+        raw_p50 = pct(results[f"{what}: {baseline}"], 0.5)
         for series in ("provider", "MCP tool"):
             p50 = pct(results[f"{what}: {series}"], 0.5)
-            print(f"{what}, {series}: p50 {100 * (p50 - raw_p50) / raw_p50:+.1f}% over the raw engine")
+            print(f"{what}, {series}: p50 {100 * (p50 - raw_p50) / raw_p50:+.1f}% over {baseline}")
 
 
 if __name__ == "__main__":

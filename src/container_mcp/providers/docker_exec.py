@@ -88,29 +88,57 @@ log = logging.getLogger(__name__)
 PIDFILE = "/tmp/.container-mcp-exec.pid"
 """Where the wrapper records the running command's pid (one command at a time per container)."""
 
-_WRAP = """[ -d "$2" ] || mkdir -p -- "$2" || exit 126; cd -- "$2" || exit 126
-rm -f -- "$1"; echo $$ > "$1"; n=$3; shift 3
+_WALK = """walk() { for f in "$1"/* "$1"/.[!.]* "$1"/..?*; do
+  if [ -L "$f" ]; then :; elif [ -d "$f" ]; then walk "$f"; elif [ -f "$f" ]; then printf '%s\\000' "$f"; fi
+done; }"""
+"""``walk DIR`` prints DIR's regular files, NUL-terminated, by the shell alone (no symlink followed)."""
+
+_PIDFILE = """{ [ ! -L "$1" ] && { [ ! -e "$1" ] || { [ -f "$1" ] && [ -w "$1" ]; }; }; } || rm -f -- "$1"
+echo $$ > "$1" || exit 126"""
+"""Records the shell's pid in file $1: a writable regular file there is reused, anything else (a FIFO,
+which would block, a symlink, a read-only file) removed first, all by builtins but that ``rm``."""
+
+_LISTED = (
+    """{ printf '\\n%s\\n' "$n"; ("""
+    + _WALK
+    + """
+walk /mnt/data); printf '\\n%s.\\n' "$n"; } >&2"""
+)
+"""The listing of /mnt/data between marker lines of nonce $n on stderr, by the shell (a subshell: one
+fork, no exec, where ``find`` would cost a process start; and a shell that crashes on a deep tree
+takes only the listing with it, which is then incomplete, so the engine's change list is used)."""
+
+_WRAP = (
+    """[ -d "$2" ] || mkdir -p -- "$2" || exit 126; cd -- "$2" || exit 126
+"""
+    + _PIDFILE
+    + """; n=$3; shift 3
 "$@"; rc=$?
-if command -v find >/dev/null; then
-  { printf '\\n%s\\n' "$n"; find /mnt/data -type f -print0 2>/dev/null; printf '\\n%s.\\n' "$n"; } >&2
-fi
+"""
+    + _LISTED
+    + """
 exit $rc"""
-"""Enters the workdir, records the pid (in a fresh file: a FIFO a command left there would block), runs
-the argv, then lists /mnt/data's files on stderr between two marker lines (which ``_Divert`` takes out
-of the output); the command's status is the exit status."""
+)
+"""Enters the workdir, records the pid (``_PIDFILE``), runs the argv, then lists /mnt/data's files on
+stderr between two marker lines (which ``_Divert`` takes out of the output); the command's status is
+the exit status."""
 
 BACKGROUND_PIDFILE = "/tmp/.container-mcp-proc-{}.pid"
 """Where a background process's wrapper records its pid (``{}``: the process id): one file per
 process, so the foreground command's ``PIDFILE`` stays its own."""
 
-_BG_WRAP = """echo $$; [ -d "$2" ] || mkdir -p -- "$2" || exit 126; cd -- "$2" || exit 126
-rm -f -- "$1"; echo $$ > "$1"; p=$1 n=$3; shift 3
+_BG_WRAP = (
+    """echo $$; [ -d "$2" ] || mkdir -p -- "$2" || exit 126; cd -- "$2" || exit 126
+"""
+    + _PIDFILE
+    + """; p=$1 n=$3; shift 3
 "$@"; rc=$?
 rm -f -- "$p"
-if command -v find >/dev/null; then
-  { printf '\\n%s\\n' "$n"; find /mnt/data -type f -print0 2>/dev/null; printf '\\n%s.\\n' "$n"; } >&2
-fi
+"""
+    + _LISTED
+    + """
 exit $rc"""
+)
 """``_WRAP`` for a background process: first says its session id on stdout (before anything of the
 command's runs, so the first line is the wrapper's and cannot be forged; the server kills and
 signals by it, never by trusting the pid file, which the command can rewrite, remove or make a
@@ -211,11 +239,13 @@ replace one whose target the user may not stat)."""
 _WRITTEN = {0: "stored", 3: "parent", 4: "directory", 5: "unwritable", 6: "short", 7: "failed"}
 """``_WRITE``'s exit statuses, by the word it says."""
 
-_LIST = """if command -v find >/dev/null; then exec find /mnt/data -type f -print0 2>/dev/null; fi
-walk() { for f in "$1"/* "$1"/.[!.]* "$1"/..?*; do
-  if [ -L "$f" ]; then :; elif [ -d "$f" ]; then walk "$f"; elif [ -f "$f" ]; then printf '%s\\000' "$f"; fi
-done; }
+_LIST = (
+    """if command -v find >/dev/null; then exec find /mnt/data -type f -print0 2>/dev/null; fi
+"""
+    + _WALK
+    + """
 walk /mnt/data"""
+)
 """Lists /mnt/data's regular files, NUL-terminated (``find`` where the image has it, else the shell)."""
 
 _MAX_LISTING = 16 << 20
