@@ -5,7 +5,7 @@ Reproduce with (a Docker engine at /var/run/docker.sock; scripts/docker-engine s
     .venv/bin/python bench/docker.py               # 30 rounds, the busybox test image
     .venv/bin/python bench/docker.py --runs 50 --image container-mcp-test-debian:bookworm-python3
 
-Series, interleaved round by round, their order rotated each round (an exec right after another
+Series, interleaved round by round, in an order shuffled each round (an exec right after another
 pays for the engine's teardown of the first), so the machine's noise spreads over all of them:
 
 * ``raw engine``: the same Engine API calls a careful client makes, through the same client
@@ -25,6 +25,7 @@ The target: the provider's ``exec true`` p50 at most 10% over the raw engine's.
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 import tempfile
@@ -122,6 +123,7 @@ async def main(runs: int, image: str | None, host: str) -> None:
                         raw_ref = await raw.create_container(f"bench-raw-{root.name}", raw_config(image))
                         await raw.start(raw_ref)
                         true = ExecRequest(argv=["true"])
+                        shuffled = random.Random(1)
                         try:
                             for n in range(runs):
 
@@ -172,10 +174,12 @@ async def main(runs: int, image: str | None, host: str) -> None:
                                     ("create+exec+delete: local bwrap", local_lifecycle),
                                 ]
                                 # The engine keeps working for a few ms after an exec returns (the exec's
-                                # teardown): whichever series follows another exec pays for it. Rotating
-                                # the order each round makes every series follow every other equally.
+                                # teardown): a series that always follows another exec pays for it, and one
+                                # that always follows the local series never does. A rotation keeps those
+                                # neighbours; a shuffle per round (seeded: the same orders every run) gives
+                                # every series every neighbour.
                                 for order in (execs, lifecycles):
-                                    for label, step in order[n % len(order) :] + order[: n % len(order)]:
+                                    for label, step in shuffled.sample(order, len(order)):
                                         await timed(label, step)
                         finally:
                             await raw.remove(raw_ref)
