@@ -9,6 +9,7 @@ import pytest
 from container_mcp.clock import ManualClock
 from container_mcp.errors import ContainerExpired, ProviderUnavailable
 from container_mcp.models import ContainerSpec, ExpiresAfter, ListParams
+from container_mcp.providers.base import ExecRequest, FileChanges
 from container_mcp.providers.docker import LABEL_CONTAINER, LABEL_DATA_DIR, DockerProvider, is_podman
 from container_mcp.providers.docker_seccomp import security_opt
 from container_mcp.uploads import BytesUpload
@@ -74,15 +75,25 @@ async def test_a_missing_image_that_cannot_be_pulled_is_a_clear_error(tmp_path: 
         assert (await docker.list_containers(ListParams())).data == []
 
 
-async def test_the_stop_signal_profile_is_on_where_the_engine_takes_it(
-    docker: DockerProvider, engine_host: str
-) -> None:
-    # Docker takes the profile inline; Podman would read it as a path on its host (create fails), so
-    # the provider tells Podman from its /_ping and leaves Podman's own default profile on.
+async def accept(changes: FileChanges) -> None:
+    return None
+
+
+async def test_stop_signals_are_refused_on_both_engines(docker: DockerProvider, engine_host: str) -> None:
+    # Docker takes the profile inline; Podman reads it as a path on its host, so a local Podman is
+    # given it as a file in the data dir (the provider tells Podman from its /_ping).
     c = await docker.create_container(ContainerSpec(name="profile"))
     inspected = await docker.engine.inspect(f"cmcp-{c.id}")
     assert inspected is not None
-    host = inspected["HostConfig"]
     podman = is_podman(await docker.engine.ping())
     assert podman == (engine_host != DOCKER_HOST)
-    assert (security_opt() in (host.get("SecurityOpt") or [])) is not podman
+    opts = " ".join(inspected["HostConfig"].get("SecurityOpt") or [])
+    assert (str(docker.data_dir / "seccomp") in opts) if podman else (security_opt() in opts)
+    ran = await docker.exec(
+        c.id,
+        ExecRequest(
+            argv=["/bin/sh", "-c", "sleep 30 & kill -STOP $!; echo stop=$?; kill -CONT $!; echo cont=$?; kill $!"]
+        ),
+        approve=accept,
+    )
+    assert ran.stdout.split() == ["stop=1", "cont=0"]

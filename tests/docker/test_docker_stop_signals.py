@@ -28,6 +28,9 @@ from .programs import PTRACE_LOOP, elf
 
 pytestmark = pytest.mark.anyio
 
+ENGINES = ["docker", "podman"]
+"""The tests taking ``engine_host`` or ``docker`` also run on the session's Podman service."""
+
 LIMITS = ExecLimits(pids_limit=64, kill_wait_s=3)
 BOUND_S = 60
 """No call of these tests may take longer: past it, the engine is wedged and the test fails."""
@@ -54,7 +57,7 @@ async def test_stop_signals_are_refused_and_every_other_signal_is_not(docker: Do
     found = await docker.engine.inspect(f"cmcp-{c.id}")
     assert found is not None
     options = found["HostConfig"]["SecurityOpt"]
-    assert options[0] == "no-new-privileges" and options[1].startswith("seccomp={")
+    assert options[0] == "no-new-privileges" and options[1].startswith("seccomp=")  # inline, or Podman's path
     result = await run(
         docker,
         c.id,
@@ -71,20 +74,22 @@ async def test_stop_signals_are_refused_and_every_other_signal_is_not(docker: Do
     ]
 
 
-async def test_a_stop_loop_times_out_and_the_container_stays_usable(tmp_path: Path) -> None:
-    async with docker_provider(tmp_path / "docker", limits=LIMITS) as docker:
+async def test_a_stop_loop_times_out_and_the_container_stays_usable(tmp_path: Path, engine_host: str) -> None:
+    async with docker_provider(tmp_path / "docker", limits=LIMITS, host=engine_host) as docker:
         c = await docker.create_container(ContainerSpec(name="stop-loop"))
         result = await run(docker, c.id, STOP_LOOP, timeout_s=2)
         assert result.timed_out and result.killed_reason == "timeout"
         after = await run(docker, c.id, f"echo alive; {STATES}")
         assert after.stdout.split()[0] == "alive" and "T" not in after.stdout.split()
         await docker.delete_container(c.id)
-        assert await engine_containers(docker.data_dir) == []
+        assert await engine_containers(docker.data_dir, engine_host) == []
 
 
-async def test_a_stop_loop_left_running_wedges_nothing_and_delete_and_expiry_remove_it(tmp_path: Path) -> None:
+async def test_a_stop_loop_left_running_wedges_nothing_and_delete_and_expiry_remove_it(
+    tmp_path: Path, engine_host: str
+) -> None:
     clock = ManualClock()
-    async with docker_provider(tmp_path / "docker", clock=clock, limits=LIMITS) as docker:
+    async with docker_provider(tmp_path / "docker", clock=clock, limits=LIMITS, host=engine_host) as docker:
         deleted = await docker.create_container(ContainerSpec(name="deleted"))
         expiring = await docker.create_container(ContainerSpec(name="expiring", expires_after=ExpiresAfter(minutes=1)))
         for c in (deleted, expiring):
@@ -101,7 +106,7 @@ async def test_a_stop_loop_left_running_wedges_nothing_and_delete_and_expiry_rem
             await docker.delete_container(fresh.id)
             clock.advance(61)
             assert await docker.sweep() == [expiring.id]
-        assert await engine_containers(docker.data_dir) == []
+        assert await engine_containers(docker.data_dir, engine_host) == []
 
 
 _EXIT_WITH_ERRNO = bytes.fromhex("4889c748f7dfb83c0000000f05")
@@ -184,11 +189,11 @@ async def test_a_ptrace_loop_bounds_every_call_and_delete_removes_it(tmp_path: P
 
 @pytest.mark.parametrize("signal", ["KILL", "SEGV"])
 async def test_a_kill_loop_at_every_process_ends_its_call_and_the_next_command_runs_again(
-    tmp_path: Path, signal: str
+    tmp_path: Path, signal: str, engine_host: str
 ) -> None:
     # The loop kills the container's main process too, so the container stops (and the loop with it):
     # the call ends at once, and the next command starts the container again (files stay).
-    async with docker_provider(tmp_path / "docker", limits=LIMITS) as docker:
+    async with docker_provider(tmp_path / "docker", limits=LIMITS, host=engine_host) as docker:
         c = await docker.create_container(ContainerSpec(name="kill-loop"))
         await docker.create_file(c.id, "/mnt/data/kept.txt", BytesUpload(b"kept"))
         ended = await run(docker, c.id, f"while :; do kill -{signal} -1 2>/dev/null; done", timeout_s=5)
@@ -202,4 +207,4 @@ async def test_a_kill_loop_at_every_process_ends_its_call_and_the_next_command_r
         assert after.stdout == "kept"
         with anyio.fail_after(BOUND_S):
             await docker.delete_container(c.id)
-        assert await engine_containers(docker.data_dir) == []
+        assert await engine_containers(docker.data_dir, engine_host) == []

@@ -47,6 +47,7 @@ import hashlib
 import logging
 import mimetypes
 import os
+import secrets
 import shlex
 import shutil
 import tempfile
@@ -97,7 +98,7 @@ from .base import (
 )
 from .docker_api import Engine
 from .docker_exec import BACKGROUND_PIDFILE, DockerExec, ExecLimits, ExecOutcome, FileScan, scan_files
-from .docker_seccomp import security_opt
+from .docker_seccomp import profile_json, security_opt
 from .docker_tar import tar_dir
 from .exec_files import ending
 from .local import FilesSink, UsageSink
@@ -225,10 +226,7 @@ class DockerProvider(ProcessBacked):
     async def __aenter__(self) -> Self:
         try:
             if is_podman(await self.engine.ping()):
-                # Podman's Docker API reads a seccomp= value as a path on its host, not inline JSON:
-                # its own default profile applies, stop signals included (README: the hazard).
-                log.warning("the engine is Podman: its default seccomp profile applies; stop signals are not refused")
-                self._seccomp = None
+                self._seccomp = await self._podman_seccomp()
             await self.reconcile()
             self._stack = AsyncExitStack()
             # Closed before the engine: every background process is killed by its helper first.
@@ -318,6 +316,42 @@ class DockerProvider(ProcessBacked):
                         await self._expire(container_id)
 
     # --- helpers ---------------------------------------------------------------------------
+
+    async def _podman_seccomp(self) -> str | None:
+        """The SecurityOpt entry of the profile on Podman, or None (its own default profile applies).
+
+        Podman's Docker API reads a ``seccomp=`` value as a path on its host, not inline JSON. A local
+        Podman (a unix socket here) is given the profile as a file in the data dir, once a probe
+        container shows that Podman reads it (a Podman machine's VM does not see this host's files);
+        otherwise stop signals are not refused there (README: the hazard) and a warning says so."""
+        if (
+            self.engine.docker_host.startswith("unix://")
+            and await self.engine.image_inspect(self.images[0]) is not None
+        ):
+            text = profile_json()
+            path = self.data_dir / "seccomp" / f"stop-signals-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                scratch = path.with_suffix(f".{os.getpid()}.tmp")
+                scratch.write_text(text)
+                scratch.chmod(0o644)  # not secret; rootful Podman reads it as root, rootless as this user
+                scratch.replace(path)
+            option = f"seccomp={path}"
+            probe = f"cmcp-probe-{secrets.token_hex(6)}"
+            config = self._config("probe", ContainerSpec(name="probe"), self.images[0])  # reconcile removes it
+            config["HostConfig"] = {**config["HostConfig"], "SecurityOpt": ["no-new-privileges", option]}
+            try:
+                await self.engine.create_container(probe, config)
+            except ProviderError as exc:
+                log.warning("Podman could not read the seccomp profile at %s (%s)", path, exc.message[:200])
+            else:
+                await self.engine.remove(probe)
+                return option
+        log.warning(
+            "the engine is Podman, remote or without the image: its default seccomp profile applies, stop "
+            "signals are not refused"
+        )
+        return None
 
     async def _reap(self) -> None:
         await self.sweep()

@@ -926,7 +926,9 @@ class DockerExec:
 
 
 def _not_running(exc: ProviderError) -> bool:
-    return exc.status == 409 and "not running" in exc.message
+    """Whether the engine refused an exec because the container is not running (Docker: 409 "is not
+    running"; Podman: "can only create exec sessions on running containers")."""
+    return exc.status in (409, 500) and ("not running" in exc.message or "on running containers" in exc.message)
 
 
 def _mtime_ns(text: str) -> int:

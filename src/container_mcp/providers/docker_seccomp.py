@@ -49,6 +49,7 @@ __all__ = [
     "blocks",
     "default_profile",
     "profile",
+    "profile_json",
     "security_opt",
     "signal_blocks",
 ]
@@ -166,6 +167,11 @@ def profile() -> dict[str, Any]:
 
 
 @cache
+def profile_json() -> str:
+    """The profile as compact JSON."""
+    return json.dumps(profile(), separators=(",", ":"))
+
+
 def security_opt() -> str:
     """The ``HostConfig.SecurityOpt`` entry carrying the profile (Docker takes the JSON inline)."""
-    return "seccomp=" + json.dumps(profile(), separators=(",", ":"))
+    return "seccomp=" + profile_json()
