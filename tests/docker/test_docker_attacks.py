@@ -14,41 +14,16 @@ import anyio
 import pytest
 
 from container_mcp.models import ContainerSpec, ListParams
-from container_mcp.providers.base import ExecRequest, FileChanges
 from container_mcp.providers.docker import DockerProvider
 from container_mcp.providers.docker_exec import ExecLimits
 from container_mcp.uploads import BytesUpload
 
+from .calls import NONCE, accept, as_root, sh
 from .engine import docker_provider
 
 pytestmark = pytest.mark.anyio
 
 SECRET = b"root-only-secret\n"
-NONCE = "n=$(tr '\\0' '\\n' < /proc/$PPID/cmdline | grep '^container-mcp-files-')"
-"""Shell that reads the wrapper's listing nonce from its argv (same user: /proc shows it)."""
-
-
-async def accept(changes: FileChanges) -> None:
-    return None
-
-
-def sh(script: str, **kw: object) -> ExecRequest:
-    return ExecRequest(argv=["/bin/sh", "-c", script], **kw)
-
-
-async def as_root(docker: DockerProvider, container_id: str, script: str) -> None:
-    """Set the scene as the image's root (never what a caller can do)."""
-    engine = docker.engine
-    exec_id = await engine.exec_create(
-        f"cmcp-{container_id}", ["/bin/sh", "-c", script], user="0", env=[], workdir="/", stdin=False
-    )
-    stream = await engine.exec_start(exec_id)
-    try:
-        await stream.send_stdin(None)
-        async for _ in stream.frames():
-            pass
-    finally:
-        await stream.aclose()
 
 
 async def stored_bytes(docker: DockerProvider, container_id: str) -> list[bytes]:

@@ -20,24 +20,14 @@ import pytest
 from container_mcp.errors import InvalidPath
 from container_mcp.models import ContainerSpec, ListParams
 from container_mcp.providers import docker_exec
-from container_mcp.providers.base import ExecRequest, FileChanges
 from container_mcp.providers.docker import MAX_DEPTH, DockerProvider
 from container_mcp.providers.docker_api import Engine
 from container_mcp.uploads import BytesUpload
 
+from .calls import NONCE, accept, as_root, rows, sh, stored
 from .engine import DOCKER_HOST, debian_image, docker_provider, require_engine
-from .test_docker_attacks import NONCE
-from .test_docker_uploads import as_root, rows, stored
 
 pytestmark = pytest.mark.anyio
-
-
-async def accept(changes: FileChanges) -> None:
-    return None
-
-
-def sh(script: str, **kw: object) -> ExecRequest:
-    return ExecRequest(argv=["/bin/sh", "-c", script], **kw)
 
 
 @pytest.fixture(params=["busybox", "debian"])

@@ -29,13 +29,10 @@ from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
 
 from ..calls import call
+from .calls import accept
 from .engine import DOCKER_HOST, docker_provider
 
 pytestmark = pytest.mark.anyio
-
-
-async def accept(changes: FileChanges) -> None:
-    return None
 
 
 async def ignore(result: ExecResult | None, error: BaseException | None) -> None:

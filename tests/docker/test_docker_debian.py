@@ -14,11 +14,12 @@ import anyio
 import pytest
 
 from container_mcp.models import ContainerSpec, ListParams
-from container_mcp.providers.base import ExecRequest, FileChanges
+from container_mcp.providers.base import ExecRequest
 from container_mcp.providers.docker import DockerProvider
 from container_mcp.providers.docker_api import Engine
 from container_mcp.uploads import BytesUpload
 
+from .calls import accept, sh
 from .engine import DOCKER_HOST, debian_image, docker_provider, require_engine
 
 # The first test of a fresh machine builds the image (~1 min on 2 cores, more on a slow mirror).
@@ -35,14 +36,6 @@ async def debian(tmp_path: Path) -> AsyncIterator[DockerProvider]:
         image = await debian_image(engine)
     async with docker_provider(tmp_path / "docker", image=image) as provider:
         yield provider
-
-
-async def accept(changes: FileChanges) -> None:
-    return None
-
-
-def sh(script: str, **kw: object) -> ExecRequest:
-    return ExecRequest(argv=["/bin/sh", "-c", script], **kw)
 
 
 async def test_commands_files_and_state_on_dash(debian: DockerProvider) -> None:

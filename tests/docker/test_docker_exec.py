@@ -14,18 +14,11 @@ from container_mcp.providers.base import ExecRequest, FileChanges
 from container_mcp.providers.docker import DockerProvider
 from container_mcp.uploads import BytesUpload
 
+from .calls import accept, sh
 from .engine import docker_provider
 
 pytestmark = pytest.mark.anyio
 ENGINES = ["docker", "podman"]
-
-
-async def accept(changes: FileChanges) -> None:
-    return None
-
-
-def sh(script: str, **kw: object) -> ExecRequest:
-    return ExecRequest(argv=["/bin/sh", "-c", script], **kw)
 
 
 async def test_output_exit_code_stdin_and_file_changes(docker: DockerProvider) -> None:

@@ -12,16 +12,14 @@ from pathlib import Path
 import pytest
 
 from container_mcp.models import ContainerSpec
-from container_mcp.providers.base import ExecRequest, FileChanges
+from container_mcp.providers.base import ExecRequest
 from container_mcp.providers.docker import LABEL_CONTAINER, DockerProvider
 from container_mcp.providers.docker_seccomp import security_opt
 from container_mcp.uploads import BytesUpload
 
+from .calls import accept
+
 pytestmark = pytest.mark.anyio
-
-
-async def accept(changes: FileChanges) -> None:
-    return None
 
 
 SEARCH = "for d in /*; do case $d in /proc|/sys|/dev|/bin|/sbin) ;; *) grep -rl '{}' $d 2>/dev/null;; esac; done"

@@ -9,11 +9,12 @@ import pytest
 from container_mcp.clock import ManualClock
 from container_mcp.errors import ContainerExpired, ProviderUnavailable
 from container_mcp.models import ContainerSpec, ExpiresAfter, ListParams
-from container_mcp.providers.base import ExecRequest, FileChanges
+from container_mcp.providers.base import ExecRequest
 from container_mcp.providers.docker import LABEL_CONTAINER, LABEL_DATA_DIR, DockerProvider, is_podman
 from container_mcp.providers.docker_seccomp import security_opt
 from container_mcp.uploads import BytesUpload
 
+from .calls import accept
 from .engine import DOCKER_HOST, docker_provider, engine_containers
 
 pytestmark = pytest.mark.anyio
@@ -73,10 +74,6 @@ async def test_a_missing_image_that_cannot_be_pulled_is_a_clear_error(tmp_path: 
         assert missing in caught.value.message and "docker load" in caught.value.message
         assert await engine_containers(docker.data_dir, docker.engine.docker_host) == []
         assert (await docker.list_containers(ListParams())).data == []
-
-
-async def accept(changes: FileChanges) -> None:
-    return None
 
 
 async def test_stop_signals_are_refused_on_both_engines(docker: DockerProvider, engine_host: str) -> None:

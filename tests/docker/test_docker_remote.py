@@ -13,13 +13,14 @@ from pydantic import ValidationError
 
 from container_mcp.errors import InvalidRequest, ProviderUnavailable
 from container_mcp.models import ContainerSpec
-from container_mcp.providers.base import ExecRequest, FileChanges
+from container_mcp.providers.base import ExecRequest
 from container_mcp.providers.docker import DockerProvider
 from container_mcp.providers.docker_api import Engine, EngineOptions
 from container_mcp.providers.docker_transport import engine_base
 from container_mcp.settings import Settings
 from container_mcp.uploads import BytesUpload
 
+from .calls import accept
 from .engine import docker_provider, engine_containers, require_engine
 from .remote import Certificates, make_certificates, ssh_children, sshd, tls_relay
 
@@ -29,10 +30,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     return make_certificates(tmp_path_factory.mktemp("docker-certs"))
-
-
-async def accept(changes: FileChanges) -> None:
-    return None
 
 
 async def contract_basics(docker: DockerProvider) -> None:

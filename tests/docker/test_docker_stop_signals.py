@@ -18,11 +18,12 @@ import pytest
 from container_mcp.clock import ManualClock
 from container_mcp.errors import ProviderError
 from container_mcp.models import ContainerSpec, ExpiresAfter
-from container_mcp.providers.base import ExecRequest, ExecResult, FileChanges
+from container_mcp.providers.base import ExecRequest, ExecResult
 from container_mcp.providers.docker import DockerProvider
 from container_mcp.providers.docker_exec import ExecLimits
 from container_mcp.uploads import BytesUpload
 
+from .calls import accept
 from .engine import docker_provider, engine_containers
 from .programs import PTRACE_LOOP, elf
 
@@ -34,10 +35,6 @@ ENGINES = ["docker", "podman"]
 LIMITS = ExecLimits(pids_limit=64, kill_wait_s=3)
 BOUND_S = 60
 """No call of these tests may take longer: past it, the engine is wedged and the test fails."""
-
-
-async def accept(changes: FileChanges) -> None:
-    return None
 
 
 async def run(docker: DockerProvider, container_id: str, script: str, timeout_s: float = 20) -> ExecResult:

@@ -17,60 +17,17 @@ import anyio
 import pytest
 
 from container_mcp.errors import InvalidPath, ProviderError
-from container_mcp.models import ContainerSpec, ListParams
+from container_mcp.models import ContainerSpec
 from container_mcp.providers import docker_exec
-from container_mcp.providers.base import ExecRequest, FileChanges
 from container_mcp.providers.docker import DockerProvider
 from container_mcp.providers.docker_exec import ExecLimits
 from container_mcp.uploads import BytesUpload
 
+from .calls import accept, as_root, rows, sh, stored
 from .engine import docker_provider, engine_containers
 from .programs import PTRACE_LOOP
 
 pytestmark = pytest.mark.anyio
-
-
-async def accept(changes: FileChanges) -> None:
-    return None
-
-
-def sh(script: str, **kw: object) -> ExecRequest:
-    return ExecRequest(argv=["/bin/sh", "-c", script], **kw)
-
-
-async def as_root(docker: DockerProvider, container_id: str, script: str) -> bytes:
-    """Look (or set the scene) as the image's root: never what a caller can do."""
-    engine = docker.engine
-    exec_id = await engine.exec_create(
-        f"cmcp-{container_id}", ["/bin/sh", "-c", script], user="0", env=[], workdir="/", stdin=False
-    )
-    stream = await engine.exec_start(exec_id)
-    out = bytearray()
-    try:
-        await stream.send_stdin(None)
-        async for kind, payload in stream.frames():
-            if kind == 1:
-                out += payload
-    finally:
-        await stream.aclose()
-    return bytes(out)
-
-
-async def stored(docker: DockerProvider, container_id: str) -> dict[str, int]:
-    """Every regular file under /mnt/data and its size, as root sees them."""
-    out = await as_root(docker, container_id, "find /mnt/data -type f -exec stat -c '%s %n' {} +")
-    return {
-        line.split(" ", 1)[1].removeprefix("/mnt/data/"): int(line.split(" ", 1)[0])
-        for line in out.decode().splitlines()
-        if line
-    }
-
-
-async def rows(docker: DockerProvider, container_id: str) -> dict[str, int]:
-    return {
-        f.path.removeprefix("/mnt/data/"): f.bytes or 0
-        for f in (await docker.list_files(container_id, ListParams(limit=100))).data
-    }
 
 
 async def read(docker: DockerProvider, container_id: str, file_id: str) -> bytes:
@@ -248,9 +205,16 @@ async def test_a_helper_held_by_the_containers_processes_is_given_up_and_records
             pytest.skip("the attack program is x86-64 machine code")
         c = await docker.create_container(ContainerSpec(name="held"))
         await docker.create_file(c.id, "/mnt/data/tracer", BytesUpload(PTRACE_LOOP))
+        # Started once this command has ended, so the call returns (a traced wrapper would time out, and
+        # the kill that fails on it restarts the container, tracer and all).
         await docker.exec(
-            c.id, sh("chmod +x tracer; setsid ./tracer >/dev/null 2>&1 </dev/null &", timeout_s=2), approve=accept
+            c.id,
+            sh("chmod +x tracer; setsid sh -c 'sleep 0.5; exec ./tracer' >/dev/null 2>&1 </dev/null &"),
+            approve=accept,
         )
+        with anyio.fail_after(10):
+            while not await as_root(docker, c.id, "pidof tracer || true"):  # noqa: ASYNC110
+                await anyio.sleep(0.05)
         with anyio.fail_after(60), pytest.raises(ProviderError) as caught:
             await docker.create_file(c.id, "/mnt/data/big.bin", BytesUpload(b"\xa5" * (64 << 20)))
         assert "Nothing was" in caught.value.message
