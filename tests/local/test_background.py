@@ -273,3 +273,41 @@ async def test_changes_over_the_quota_at_exit_are_refused_and_nothing_is_charged
             assert "finished (exit code 0)" in info["error"]
             assert (await call(client, "file_list", container_id=cid))["data"] == []
             assert (await call(client, "session_usage"))["files"] == 0
+
+
+@pytest.mark.parametrize("signalled", [True, False])
+async def test_a_start_that_fails_after_a_signal_is_killed_and_one_that_fails_alone_is_failed(
+    tmp_path: Path, signalled: bool
+) -> None:
+    # The fault a KILL produces when it lands while the sandbox is still starting (bubblewrap then
+    # says it could not start the command), injected: the real race is rare and not on demand.
+    from container_mcp.errors import ExecError
+    from container_mcp.providers.local_processes import ProcessTable
+
+    ended: list[BaseException | None] = []
+    async with ProcessTable(max_per_container=2, max_output_bytes=1024) as table:
+        proc = table.new("cntr_x", tmp_path, "sleep 600", 0)
+        sent = anyio.Event()
+        proc.started(lambda sig: sent.set())
+
+        async def body() -> Any:
+            if signalled:
+                await sent.wait()
+            raise ExecError("The sandbox could not start the command: (no output)")
+
+        async def on_exit(result: Any, error: BaseException | None) -> None:
+            ended.append(error)
+
+        table.launch(proc, body, on_exit)
+        if signalled:
+            proc.signalled = signal.SIGKILL  # as signal_process records it before sending
+            assert proc.send_signal is not None
+            proc.send_signal(signal.SIGKILL)
+        with anyio.fail_after(10):
+            await proc.done.wait()
+    info = proc.info()
+    assert isinstance(ended[0], ExecError)
+    if signalled:
+        assert (info.state, info.signal) == ("killed", 9) and "before it had started" in (info.error or "")
+    else:
+        assert info.state == "failed" and "could not be run" in (info.error or "")

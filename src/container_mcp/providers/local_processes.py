@@ -122,6 +122,8 @@ class BackgroundProcess:
     result: ExecResult | None = None
     error: str | None = None
     send_signal: Callable[[int], None] | None = None
+    signalled: int | None = None
+    """The last signal a caller sent it: a run that then fails to start was ended by it."""
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     ready: anyio.Event = field(default_factory=anyio.Event)
     """Set once signals can be sent (or it ended before)."""
@@ -295,8 +297,14 @@ class ProcessTable:
                     error, proc.state = exc, "failed"
                     proc.error = f"{exc.message} (The limit is the operator's {exc.limit_name}.)"
                 except Exception as exc:
-                    log.exception("background process %s of %s failed", proc.id, proc.container_id)
-                    error, proc.state, proc.error = exc, "failed", f"The process could not be run or committed: {exc}"
+                    error = exc
+                    if proc.signalled is not None:
+                        # Signalled while its sandbox was still starting: the start fails, but the caller ended it.
+                        proc.state, proc.signal = "killed", proc.signalled
+                        proc.error = f"Ended by signal {proc.signalled} before it had started; nothing it did was kept."
+                    else:
+                        log.exception("background process %s of %s failed", proc.id, proc.container_id)
+                        proc.state, proc.error = "failed", f"The process could not be run or committed: {exc}"
             if proc.scope.cancelled_caught:
                 error = error or anyio.get_cancelled_exc_class()()
                 proc.state = "killed"
@@ -417,6 +425,7 @@ class ProcessBacked(RegistryBacked):
             raise InvalidRequest(f"{process_id} has already ended ({proc.state}).", param="process_id")
         if proc.send_signal is None:
             raise InvalidRequest(f"{process_id} is still starting; send the signal again in a moment.", param="signal")
+        proc.signalled = signal
         proc.send_signal(signal)
         return proc.info()
 
