@@ -38,12 +38,13 @@ from mcp import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.docker.calls import accept
 from tests.docker.engine import busybox_image, remove_all
 
 from container_mcp.clock import system_clock
 from container_mcp.ledger.sqlite import SqliteLedger
 from container_mcp.models import ContainerSpec
-from container_mcp.providers.base import ExecRequest, FileChanges
+from container_mcp.providers.base import ExecRequest
 from container_mcp.providers.docker import DockerProvider
 from container_mcp.providers.docker_api import DEFAULT_DOCKER_HOST, Engine
 from container_mcp.providers.local import LocalProvider
@@ -58,10 +59,6 @@ def pct(samples: list[float], q: float) -> float:
     return (
         statistics.quantiles(samples, n=100, method="inclusive")[round(q * 100) - 1] if len(samples) > 1 else samples[0]
     )
-
-
-async def accept(changes: FileChanges) -> None:
-    return None
 
 
 async def raw_exec(engine: Engine, ref: str, argv: list[str]) -> int:

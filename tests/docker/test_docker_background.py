@@ -20,7 +20,7 @@ from container_mcp.clock import ManualClock
 from container_mcp.errors import QuotaExceeded
 from container_mcp.ledger.sqlite import SqliteLedger
 from container_mcp.models import ContainerSpec, ListParams
-from container_mcp.providers.base import ExecRequest, ExecResult, FileChanges, ProcessInfo
+from container_mcp.providers.base import ExecResult, FileChanges, ProcessInfo
 from container_mcp.providers.docker import DockerProvider
 from container_mcp.providers.docker_exec import ExecLimits
 from container_mcp.runtime import limits_from
@@ -29,7 +29,7 @@ from container_mcp.service import ContainerService
 from container_mcp.settings import Settings
 
 from ..calls import call
-from .calls import accept
+from .calls import accept, sh
 from .engine import DOCKER_HOST, docker_provider
 
 pytestmark = pytest.mark.anyio
@@ -37,10 +37,6 @@ pytestmark = pytest.mark.anyio
 
 async def ignore(result: ExecResult | None, error: BaseException | None) -> None:
     return None
-
-
-def sh(script: str, **kw: Any) -> ExecRequest:
-    return ExecRequest(argv=["/bin/sh", "-c", script], **kw)
 
 
 async def start(docker: DockerProvider, cid: str, script: str, **kw: Any) -> ProcessInfo:
