@@ -392,9 +392,13 @@ class DockerProvider(ProcessBacked):
             await self.on_expired(container_id)
 
     async def _engine_call(self, container_id: str, call: Awaitable[Any]) -> Any:
-        """Await an engine call on the container; its engine container gone means it expired."""
+        """Await an engine call on the container; its engine container gone means it expired. An error of
+        a task group inside the call is raised as itself (``first_error``), as callers map it."""
         try:
-            return await call
+            try:
+                return await call
+            except BaseExceptionGroup as group:
+                raise first_error(group) from None
         except ProviderError as exc:
             if exc.status in (404, 409) and await self.engine.inspect(_engine_name(container_id)) is None:
                 await self._expire(container_id)
@@ -683,12 +687,12 @@ class DockerProvider(ProcessBacked):
                 found = ended.listed if ended.listed is not None else await self._exec.listing(name)
                 scan = await scan_files(self.engine, name, before, found)
 
-            try:
+            async def both() -> None:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(settle)
                     tg.start_soon(rescan)
-            except BaseExceptionGroup as group:
-                raise first_error(group) from None
+
+            await self._engine_call(container_id, both())
         changes = scan.changes(before)
         try:
             await approve(changes)
